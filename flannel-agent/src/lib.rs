@@ -1,0 +1,3 @@
+//! flanneld: flannel's agent, with the packet path in eBPF.
+
+pub mod bpf;

@@ -1,0 +1,66 @@
+//! The tunnel guard: only current peers may send us tunnel packets, and only with our VNI.
+//!
+//! Anything that is not a tunnel packet for us passes untouched; a packet that claims our
+//! tunnel port but fails a check is dropped with a reason.
+
+use flannel_common::{DropReason, Encap};
+
+use crate::{
+    maps,
+    parse::{
+        EthHdr, Ipv4Hdr, Packet, UdpHdr, VxlanHdr, ETH_HLEN, ETH_P_IP, IPPROTO_UDP, VXLAN_FLAGS_I,
+    },
+};
+
+pub enum Verdict {
+    Pass,
+    Drop(DropReason),
+}
+
+/// Bytes the guard reads: Ethernet, the largest IPv4 header, UDP and VXLAN.
+pub const GUARD_HEADER_LEN: u32 = (ETH_HLEN + 60 + 8 + 8) as u32;
+
+#[inline(always)]
+pub fn check(pkt: Packet) -> Verdict {
+    let Some(cfg) = maps::config() else {
+        return Verdict::Pass;
+    };
+    if cfg.port_be == 0 {
+        return Verdict::Pass;
+    }
+    let Some(eth) = pkt.header::<EthHdr>(0) else {
+        return Verdict::Pass;
+    };
+    if eth.ether_type_be != ETH_P_IP.to_be() {
+        return Verdict::Pass;
+    }
+    let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_HLEN) else {
+        return Verdict::Pass;
+    };
+    let ip_len = ip.header_len();
+    if ip.protocol != IPPROTO_UDP || ip_len < 20 || ip.is_later_fragment() {
+        return Verdict::Pass;
+    }
+    if cfg.local_ip_be != 0 && ip.daddr_be != cfg.local_ip_be {
+        return Verdict::Pass;
+    }
+    let Some(udp) = pkt.header::<UdpHdr>(ETH_HLEN + ip_len) else {
+        return Verdict::Pass;
+    };
+    if udp.dest_be != cfg.port_be {
+        return Verdict::Pass;
+    }
+    // From here on the packet claims to be one of our tunnel packets.
+    if !maps::is_peer(ip.saddr_be) {
+        return Verdict::Drop(DropReason::UnknownPeer);
+    }
+    if cfg.encap == Encap::Vxlan as u16 {
+        let Some(vxlan) = pkt.header::<VxlanHdr>(ETH_HLEN + ip_len + 8) else {
+            return Verdict::Drop(DropReason::Truncated);
+        };
+        if vxlan.flags_be != VXLAN_FLAGS_I.to_be() || vxlan.vni_be != (cfg.vni << 8).to_be() {
+            return Verdict::Drop(DropReason::WrongVni);
+        }
+    }
+    Verdict::Pass
+}

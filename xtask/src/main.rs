@@ -1,0 +1,106 @@
+//! Project tasks: `cargo xtask setup | build-ebpf | test | demo`.
+
+mod demo;
+mod ebpf_build;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "flannel's build, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (Debian packages, bpf-linker); idempotent.
+    Setup,
+    /// Build the eBPF programs and print the object's path.
+    BuildEbpf {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build the eBPF object, run the unit and integration tests.
+    Test {
+        /// Leave out the integration tests (they need root: netns, BPF).
+        #[arg(long)]
+        unprivileged: bool,
+        /// Arguments passed on to `cargo test` (a test name filter, for instance).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Set up, then run etcd and three hosts in network namespaces with our agents.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf { release } => {
+            let object = build_ebpf(release)?;
+            println!("{}", object.display());
+            Ok(())
+        }
+        Task::Test {
+            unprivileged,
+            cargo_args,
+        } => test(unprivileged, &cargo_args),
+        Task::Demo => {
+            setup::run()?;
+            demo::run()
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn build_ebpf(release: bool) -> Result<PathBuf> {
+    let root = workspace_root();
+    ebpf_build::build(
+        &root.join("flannel-ebpf"),
+        &root.join("target/ebpf"),
+        release,
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+fn test(unprivileged: bool, cargo_args: &[String]) -> Result<()> {
+    setup::run()?;
+    build_ebpf(true)?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]);
+    if unprivileged {
+        println!("test: leaving out the integration tests (flannel-tests): they need root");
+        cmd.args(["--exclude", "flannel-tests"]);
+    }
+    cmd.arg("--").args(cargo_args);
+    run_checked(&mut cmd)
+}
+
+/// The cargo that runs this xtask (rustup's), for host builds.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
