@@ -17,6 +17,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libzstd-dev", "bpf-linker"),
     ("zlib1g-dev", "bpf-linker"),
     ("protobuf-compiler", "etcd-client (protoc)"),
+    (
+        "libprotobuf-dev",
+        "etcd-client (protobuf's well-known .proto files)",
+    ),
     ("etcd-server", "tests and demo (etcd)"),
     ("etcd-client", "tests and demo (etcdctl)"),
     ("iproute2", "network namespaces"),

@@ -1,0 +1,194 @@
+//! `--ip-masq` and `--iptables-forward-rules`: flannel's chains and rules, exactly as flannel
+//! writes them, through the `iptables` command (no library speaks nftables' iptables-compat).
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
+
+pub const MASQ_CHAIN: &str = "FLANNEL-POSTRTG";
+pub const FORWARD_CHAIN: &str = "FLANNEL-FWD";
+
+/// One rule: appended to `chain` of `table`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub table: &'static str,
+    pub chain: &'static str,
+    pub spec: Vec<String>,
+}
+
+fn rule(table: &'static str, chain: &'static str, spec: &str) -> Rule {
+    Rule {
+        table,
+        chain,
+        spec: spec.split_whitespace().map(str::to_owned).collect(),
+    }
+}
+
+/// flannel's masquerade rules for network `n` and our subnet `s`, jump first.
+pub fn masq_rules(n: &Ipv4Net, s: &Ipv4Net) -> Vec<Rule> {
+    let c = "-m comment --comment flanneld_masq";
+    [
+        ("POSTROUTING", format!("{c} -j {MASQ_CHAIN}")),
+        (
+            MASQ_CHAIN,
+            format!("-m mark --mark 0x4000/0x4000 {c} -j RETURN"),
+        ),
+        (MASQ_CHAIN, format!("-s {s} -d {n} {c} -j RETURN")),
+        (MASQ_CHAIN, format!("-s {n} -d {s} {c} -j RETURN")),
+        (MASQ_CHAIN, format!("! -s {n} -d {s} {c} -j RETURN")),
+        (
+            MASQ_CHAIN,
+            format!("-s {n} ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully"),
+        ),
+        (
+            MASQ_CHAIN,
+            format!("! -s {n} -d {n} {c} -j MASQUERADE --random-fully"),
+        ),
+    ]
+    .into_iter()
+    .map(|(chain, spec)| with_comment(rule("nat", chain, &spec), "flanneld masq"))
+    .collect()
+}
+
+/// flannel's forward rules for network `n`, jump first (Docker sets FORWARD's policy to DROP).
+pub fn forward_rules(n: &Ipv4Net) -> Vec<Rule> {
+    let c = "-m comment --comment flanneld_forward";
+    [
+        ("FORWARD", format!("{c} -j {FORWARD_CHAIN}")),
+        (FORWARD_CHAIN, format!("-s {n} {c} -j ACCEPT")),
+        (FORWARD_CHAIN, format!("-d {n} {c} -j ACCEPT")),
+    ]
+    .into_iter()
+    .map(|(chain, spec)| with_comment(rule("filter", chain, &spec), "flanneld forward"))
+    .collect()
+}
+
+/// The comment has a space, which `split_whitespace` would cut: put it back as one argument.
+fn with_comment(mut rule: Rule, comment: &str) -> Rule {
+    for arg in &mut rule.spec {
+        if arg.starts_with("flanneld_") {
+            *arg = comment.to_owned();
+        }
+    }
+    rule
+}
+
+/// Makes the rules present and in order; returns true when something had to be (re)written.
+///
+/// Our own chains are rewritten whole when any rule is missing or out of place, so a changed
+/// subnet or a rule deleted by hand comes back in flannel's order; jumps from built-in chains
+/// are added when missing.
+pub fn ensure(rules: &[Rule]) -> Result<bool> {
+    let mut changed = false;
+    let mut own_chains: Vec<(&str, &str)> = Vec::new();
+    for rule in rules.iter().filter(|r| r.chain.starts_with("FLANNEL-")) {
+        if !own_chains.contains(&(rule.table, rule.chain)) {
+            own_chains.push((rule.table, rule.chain));
+        }
+    }
+    for &(table, chain) in &own_chains {
+        let mine: Vec<&Rule> = rules.iter().filter(|r| r.chain == chain).collect();
+        let listed = iptables(table, &["-S", chain]).ok();
+        let wanted: Vec<String> = mine.iter().map(|r| listing(r)).collect();
+        let present: Vec<String> = listed
+            .as_deref()
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.starts_with("-A "))
+            .map(str::to_owned)
+            .collect();
+        if present == wanted {
+            continue;
+        }
+        changed = true;
+        if listed.is_none() {
+            iptables(table, &["-N", chain])?;
+        } else {
+            iptables(table, &["-F", chain])?;
+        }
+        for rule in mine {
+            append(rule)?;
+        }
+    }
+    for rule in rules.iter().filter(|r| !r.chain.starts_with("FLANNEL-")) {
+        let mut check = vec!["-C", rule.chain];
+        check.extend(rule.spec.iter().map(String::as_str));
+        if iptables(rule.table, &check).is_err() {
+            changed = true;
+            append(rule)?;
+        }
+    }
+    Ok(changed)
+}
+
+/// How `iptables -S` prints a rule.
+fn listing(rule: &Rule) -> String {
+    let spec: Vec<String> = rule
+        .spec
+        .iter()
+        .map(|arg| {
+            if arg.contains(' ') {
+                format!("\"{arg}\"")
+            } else {
+                arg.clone()
+            }
+        })
+        .collect();
+    format!("-A {} {}", rule.chain, spec.join(" "))
+}
+
+fn append(rule: &Rule) -> Result<()> {
+    let mut args = vec!["-A", rule.chain];
+    args.extend(rule.spec.iter().map(String::as_str));
+    iptables(rule.table, &args).map(drop)
+}
+
+fn iptables(table: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new("iptables")
+        .args(["-w", "5", "-t", table])
+        .args(args)
+        .output()
+        .context("running iptables")?;
+    if !output.status.success() {
+        bail!(
+            "iptables -t {table} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_text_is_flannels() {
+        let n = "10.1.0.0/16".parse().unwrap();
+        let s = "10.1.83.0/24".parse().unwrap();
+        let text: Vec<String> = masq_rules(&n, &s).iter().map(listing).collect();
+        assert_eq!(
+            text,
+            [
+                r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#,
+                r#"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG -s 10.1.83.0/24 -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 10.1.83.0/24 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.83.0/24 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
+                r#"-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
+            ]
+        );
+        let text: Vec<String> = forward_rules(&n).iter().map(listing).collect();
+        assert_eq!(
+            text,
+            [
+                r#"-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD"#,
+                r#"-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#,
+                r#"-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#,
+            ]
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! `/run/flannel/subnet.env`, the file Docker's `--bip` and CNI read.
+
+use std::{collections::BTreeMap, fs, io, net::Ipv4Addr, path::Path};
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+
+use crate::atomic_write::write_atomic;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubnetEnv {
+    pub network: Ipv4Net,
+    pub subnet: Ipv4Net,
+    pub mtu: u32,
+    pub ip_masq: bool,
+}
+
+impl SubnetEnv {
+    /// The file's text: `FLANNEL_SUBNET` is the subnet's first usable address.
+    pub fn render(&self) -> String {
+        let first = Ipv4Addr::from(u32::from(self.subnet.network()) + 1);
+        format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={first}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.network,
+            self.subnet.prefix_len(),
+            self.mtu,
+            self.ip_masq
+        )
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.render(), 0o644)
+    }
+}
+
+/// `KEY=VALUE` lines of an env file (subnet.env, or what mk-docker-opts reads).
+pub fn read_vars(path: &Path) -> io::Result<BTreeMap<String, String>> {
+    let text = fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.trim().split_once('='))
+        .map(|(key, value)| {
+            (
+                key.trim().to_owned(),
+                value.trim().trim_matches('"').to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// The subnet recorded in an existing subnet file, if there is a readable one.
+pub fn previous_subnet(path: &Path) -> Result<Option<Ipv4Net>> {
+    let vars = match read_vars(path) {
+        Ok(vars) => vars,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(vars
+        .get("FLANNEL_SUBNET")
+        .and_then(|subnet| subnet.parse::<Ipv4Net>().ok())
+        .map(|subnet| subnet.trunc()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn env() -> SubnetEnv {
+        SubnetEnv {
+            network: "10.1.0.0/16".parse().unwrap(),
+            subnet: "10.1.83.0/24".parse().unwrap(),
+            mtu: 1450,
+            ip_masq: true,
+        }
+    }
+
+    #[test]
+    fn renders_flannels_format() {
+        assert_eq!(
+            env().render(),
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.83.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+    }
+
+    #[test]
+    fn written_atomically_with_mode_0644_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/flannel/subnet.env");
+        env().write(&path).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), env().render());
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(
+            previous_subnet(&path).unwrap(),
+            Some("10.1.83.0/24".parse().unwrap())
+        );
+        let leftovers = fs::read_dir(path.parent().unwrap()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file left behind");
+        assert_eq!(previous_subnet(&dir.path().join("absent")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        env().write(&path).unwrap();
+        // A directory where the temp file would go makes the write fail midway.
+        let blocker = dir
+            .path()
+            .join(format!(".subnet.env.{}.tmp", std::process::id()));
+        fs::create_dir(&blocker).unwrap();
+        let changed = SubnetEnv { mtu: 1400, ..env() };
+        assert!(changed.write(&path).is_err());
+        assert_eq!(fs::read_to_string(&path).unwrap(), env().render());
+    }
+}
