@@ -1,9 +1,18 @@
 //! flanneld: flannel's agent, with the packet path in eBPF.
 
+pub mod acquire;
 pub mod atomic_write;
 pub mod bpf;
+pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod datapath;
 pub mod docker_opts;
+pub mod health;
+pub mod host_gw;
+pub mod iface;
 pub mod iptables;
 pub mod lease;
+pub mod peers;
+pub mod registry;
 pub mod subnet_env;

@@ -1,17 +1,60 @@
-use anyhow::Result;
-use clap::Parser;
+use std::{ffi::OsString, path::Path, process::ExitCode};
 
-/// flanneld: flannel's agent with an eBPF datapath.
-#[derive(Parser)]
-#[command(version)]
-struct Cli {
-    /// Load the eBPF programs from this object instead of the embedded one.
-    #[arg(long)]
-    bpf_object: Option<std::path::PathBuf>,
+use clap::Parser;
+use flannel_agent::{cli::Args, daemon, docker_opts};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let invoked_as = argv
+        .first()
+        .and_then(|arg0| Path::new(arg0).file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // `mk-docker-opts [flags]` (an installed link) or `flanneld mk-docker-opts [flags]`.
+    if invoked_as.starts_with("mk-docker-opts") {
+        return mk_docker_opts(argv);
+    }
+    if argv.get(1).is_some_and(|arg| arg == "mk-docker-opts") {
+        return mk_docker_opts(argv.into_iter().skip(1).collect());
+    }
+    let args = Args::parse_go_style(argv).unwrap_or_else(|e| e.exit());
+    init_logging(args.verbosity);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(daemon::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    flannel_agent::bpf::Programs::load(cli.bpf_object.as_deref())?;
-    Ok(())
+fn mk_docker_opts(argv: Vec<OsString>) -> ExitCode {
+    let args = docker_opts::DockerOptsArgs::parse_from(argv);
+    match docker_opts::run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mk-docker-opts: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// flannel's `-v` levels: 0 info, 1-2 debug, 3+ trace; RUST_LOG overrides.
+fn init_logging(verbosity: u8) {
+    let level = match verbosity {
+        0 => "info",
+        1 | 2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -1,9 +1,13 @@
-//! Support for the integration tests: hosts in network namespaces and crafted packets.
+//! Support for the integration tests: hosts in network namespaces, a real etcd, flanneld
+//! processes and crafted packets.
 //!
 //! Everything in this crate's tests needs root; `cargo xtask test --unprivileged` leaves them out.
 
+pub mod agent;
+pub mod etcd;
 pub mod netns;
 pub mod packet;
+pub mod testbed;
 
 /// Fails the calling test with a clear message when not root: these tests never pass silently.
 pub fn require_root() {

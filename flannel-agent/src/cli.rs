@@ -1,0 +1,256 @@
+//! flanneld's command line: flannel's flags with flannel's defaults, Go-style.
+//!
+//! Go's flag package accepts `-flag` and `--flag`, `-flag=value` and `-flag value`; booleans
+//! are `--flag` or `--flag=false`. Every flag can also come from `FLANNELD_<NAME>`, used only
+//! when the flag is not on the command line.
+
+use std::{
+    ffi::OsString,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
+
+use clap::{builder::BoolishValueParser, Parser, ValueEnum};
+
+use crate::{iface::IfaceOptions, registry::EtcdOptions};
+
+const FLANNEL: &str = "flannel flags";
+const OURS: &str = "flanneld (Rust, eBPF) flags";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Datapath {
+    /// Our TC/XDP programs.
+    Ebpf,
+    /// What Go flanneld does: TUN loop, kernel vxlan device, routes.
+    Classic,
+}
+
+/// flanneld: flannel's agent, with the packet path in eBPF.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "flanneld", version, max_term_width = 100)]
+pub struct Args {
+    /// etcd endpoints, comma separated
+    #[arg(long, env = "FLANNELD_ETCD_ENDPOINTS", value_delimiter = ',', help_heading = FLANNEL,
+          default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+    /// etcd prefix
+    #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = "/coreos.com/network", help_heading = FLANNEL)]
+    pub etcd_prefix: String,
+    /// SSL key file used to secure etcd communication
+    #[arg(long, env = "FLANNELD_ETCD_KEYFILE", help_heading = FLANNEL)]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// SSL certification file used to secure etcd communication
+    #[arg(long, env = "FLANNELD_ETCD_CERTFILE", help_heading = FLANNEL)]
+    pub etcd_certfile: Option<PathBuf>,
+    /// SSL Certificate Authority file used to secure etcd communication
+    #[arg(long, env = "FLANNELD_ETCD_CAFILE", help_heading = FLANNEL)]
+    pub etcd_cafile: Option<PathBuf>,
+    /// username for BasicAuth to etcd
+    #[arg(long, env = "FLANNELD_ETCD_USERNAME", help_heading = FLANNEL)]
+    pub etcd_username: Option<String>,
+    /// password for BasicAuth to etcd
+    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", help_heading = FLANNEL)]
+    pub etcd_password: Option<String>,
+    /// interface to use (IP or name) for inter-host communication; repeatable
+    #[arg(long, env = "FLANNELD_IFACE", help_heading = FLANNEL)]
+    pub iface: Vec<String>,
+    /// regex of the interface (IP or name) to use; repeatable
+    #[arg(long, env = "FLANNELD_IFACE_REGEX", help_heading = FLANNEL)]
+    pub iface_regex: Vec<String>,
+    /// use the interface that routes to this address
+    #[arg(long, env = "FLANNELD_IFACE_CAN_REACH", help_heading = FLANNEL)]
+    pub iface_can_reach: Option<Ipv4Addr>,
+    /// IP accessible by other nodes for inter-host communication
+    #[arg(long, env = "FLANNELD_PUBLIC_IP", help_heading = FLANNEL)]
+    pub public_ip: Option<Ipv4Addr>,
+    /// filename where env variables (subnet, MTU, ...) will be written to
+    #[arg(long, env = "FLANNELD_SUBNET_FILE", default_value = "/run/flannel/subnet.env", help_heading = FLANNEL)]
+    pub subnet_file: PathBuf,
+    /// subnet lease renewal margin, in minutes
+    #[arg(long, env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=1439), help_heading = FLANNEL)]
+    pub subnet_lease_renew_margin: u32,
+    /// setup IP masquerade rule for traffic destined outside of overlay network
+    #[arg(long, env = "FLANNELD_IP_MASQ", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), help_heading = FLANNEL)]
+    pub ip_masq: bool,
+    /// resync period for iptables rules, in seconds
+    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = FLANNEL)]
+    pub iptables_resync: u64,
+    /// add default accept rules to FORWARD chain in iptables
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), help_heading = FLANNEL)]
+    pub iptables_forward_rules: bool,
+    /// the IP address for healthz server to listen
+    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0", help_heading = FLANNEL)]
+    pub healthz_ip: IpAddr,
+    /// the port for healthz server to listen (0 to disable)
+    #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0, help_heading = FLANNEL)]
+    pub healthz_port: u16,
+    /// log level (klog's -v): 0 info, 1+ debug, 3+ trace
+    #[arg(short = 'v', long = "v", env = "FLANNELD_V", default_value_t = 0, help_heading = FLANNEL)]
+    pub verbosity: u8,
+
+    /// packet path: our eBPF programs or the classic kernel devices
+    #[arg(long, env = "FLANNELD_DATAPATH", value_enum, default_value = "ebpf", help_heading = OURS)]
+    pub datapath: Datapath,
+    /// bpffs directory for this agent's pinned programs and maps (one per network namespace)
+    #[arg(long, env = "FLANNELD_BPF_PIN_DIR", default_value = "/sys/fs/bpf/flannel", help_heading = OURS)]
+    pub bpf_pin_dir: PathBuf,
+    /// load the eBPF programs from this object instead of the embedded one
+    #[arg(long, env = "FLANNELD_BPF_OBJECT", help_heading = OURS)]
+    pub bpf_object: Option<PathBuf>,
+}
+
+impl Args {
+    /// Parses a command line, Go-style dashes included.
+    pub fn parse_go_style(args: impl IntoIterator<Item = OsString>) -> Result<Self, clap::Error> {
+        Self::try_parse_from(go_style(args))
+    }
+
+    pub fn etcd_options(&self) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            cafile: self.etcd_cafile.clone(),
+            certfile: self.etcd_certfile.clone(),
+            keyfile: self.etcd_keyfile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+        }
+    }
+
+    pub fn iface_options(&self) -> IfaceOptions {
+        IfaceOptions {
+            iface: self.iface.clone(),
+            iface_regex: self.iface_regex.clone(),
+            iface_can_reach: self.iface_can_reach,
+            public_ip: self.public_ip,
+        }
+    }
+}
+
+/// Turns Go's single-dash long flags (`-etcd-endpoints=...`) into clap's `--etcd-endpoints=...`.
+/// Single letters (`-v`, `-h`) and everything after `--` stay as they are.
+pub fn go_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut rest = false;
+    args.into_iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            let text = arg.to_string_lossy();
+            if i == 0 || rest {
+                return arg;
+            }
+            if text == "--" {
+                rest = true;
+                return arg;
+            }
+            let name = text
+                .strip_prefix('-')
+                .filter(|t| !t.starts_with('-'))
+                .unwrap_or("");
+            let name_len = name.split('=').next().unwrap_or("").len();
+            if name_len > 1 && name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                OsString::from(format!("-{text}"))
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::parse_go_style(
+            std::iter::once("flanneld")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+        )
+    }
+
+    #[test]
+    fn flannels_defaults() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(
+            args.etcd_endpoints,
+            ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+        );
+        assert_eq!(args.etcd_prefix, "/coreos.com/network");
+        assert_eq!(args.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        assert_eq!(args.subnet_lease_renew_margin, 60);
+        assert!(!args.ip_masq);
+        assert_eq!(args.iptables_resync, 5);
+        assert!(args.iptables_forward_rules);
+        assert_eq!(args.healthz_ip.to_string(), "0.0.0.0");
+        assert_eq!(args.healthz_port, 0);
+        assert_eq!(args.datapath, Datapath::Ebpf);
+        assert_eq!(args.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/flannel"));
+    }
+
+    #[test]
+    fn go_style_dashes_and_values() {
+        let args = parse(&[
+            "-etcd-endpoints=http://10.0.0.1:2379,http://10.0.0.2:2379",
+            "-etcd-prefix",
+            "/my/net",
+            "--iface=eth1",
+            "-iface",
+            "10.0.0.5",
+            "-ip-masq",
+            "--iptables-forward-rules=false",
+            "-v",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.etcd_endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(args.etcd_prefix, "/my/net");
+        assert_eq!(args.iface, ["eth1", "10.0.0.5"]);
+        assert!(args.ip_masq);
+        assert!(!args.iptables_forward_rules);
+        assert_eq!(args.verbosity, 2);
+        assert!(parse(&["-ip-masq=true"]).unwrap().ip_masq);
+        assert!(!parse(&["--ip-masq=false"]).unwrap().ip_masq);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        for (args, flag) in [
+            (
+                &["--subnet-lease-renew-margin=0"][..],
+                "--subnet-lease-renew-margin",
+            ),
+            (
+                &["--subnet-lease-renew-margin=1440"],
+                "--subnet-lease-renew-margin",
+            ),
+            (&["--public-ip=nope"], "--public-ip"),
+            (&["--datapath=tun"], "--datapath"),
+            (&["--ip-masq=maybe"], "--ip-masq"),
+            (&["--no-such-flag"], "--no-such-flag"),
+        ] {
+            let message = parse(args).unwrap_err().to_string();
+            assert!(message.contains(flag), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn help_groups_flannels_flags_apart_from_ours() {
+        let help = parse(&["--help"]).unwrap_err().to_string();
+        let flannel = help.find("flannel flags:").expect("flannel's heading");
+        let ours = help
+            .find("flanneld (Rust, eBPF) flags:")
+            .expect("our heading");
+        assert!(help[flannel..ours].contains("--etcd-endpoints"));
+        assert!(help[ours..].contains("--datapath"));
+        assert!(!help[flannel..ours].contains("--bpf-pin-dir"));
+    }
+}

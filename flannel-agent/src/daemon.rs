@@ -1,0 +1,378 @@
+//! The agent's life: wait for the config, hold a lease, write subnet.env, follow the peers.
+//!
+//! On SIGTERM or SIGINT it exits 0 and leaves the lease, subnet.env, the rules and the
+//! datapath in place, so that a restart does not cut traffic.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use etcd_client::{WatchResponse, WatchStream};
+use ipnet::Ipv4Net;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    time::{interval, sleep, sleep_until, Instant, MissedTickBehavior},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    acquire::{acquire, renew, OutOfSubnets, OwnLease},
+    cli::Args,
+    config::{self, Config},
+    datapath::Datapath,
+    health, iface,
+    iface::ExtIface,
+    iptables,
+    lease::LeaseAttrs,
+    peers::{PeerEvent, PeerTable},
+    registry::{LeaseChange, Registry},
+    subnet_env::{self, SubnetEnv},
+};
+
+const RETRY: Duration = Duration::from_secs(1);
+const RENEW_RETRY: Duration = Duration::from_secs(60);
+const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(30);
+
+pub async fn run(args: Args) -> Result<()> {
+    let ready = Arc::new(AtomicBool::new(false));
+    if args.healthz_port != 0 {
+        health::serve(
+            SocketAddr::new(args.healthz_ip, args.healthz_port),
+            ready.clone(),
+        )
+        .await?;
+    }
+    let iface = iface::choose(&args.iface_options())?;
+    info!(iface = %iface.name, public_ip = %iface.public_ip, mtu = iface.mtu, "using interface");
+    let mut registry = Registry::connect(&args.etcd_options()).await?;
+    let config = wait_for_config(&mut registry).await;
+    info!(network = %config.network, backend = config.backend.type_name(), "network config");
+    let datapath = Datapath::start(args.datapath, &config.backend, &iface)?;
+    let attrs = LeaseAttrs {
+        public_ip: iface.public_ip,
+        backend: datapath.lease_backend(),
+    };
+
+    let previous = subnet_env::previous_subnet(&args.subnet_file)?;
+    let lease = loop {
+        match acquire(&mut registry, &config, &attrs, previous).await {
+            Ok(lease) => break lease,
+            Err(e) if e.is::<OutOfSubnets>() => return Err(e),
+            Err(e) => warn!("acquiring a lease: {e:#}; retrying"),
+        }
+        sleep(RETRY).await;
+    };
+    let mut agent = Agent {
+        peers: PeerTable::new(lease.subnet, config.backend.type_name()),
+        args,
+        registry,
+        config,
+        iface,
+        lease,
+        lease_lost: false,
+        retry_at: None,
+        revision: 0,
+        datapath,
+    };
+    agent.publish_subnet()?;
+    agent.ensure_rules();
+    while let Err(e) = agent.relist().await {
+        warn!("listing peers: {e:#}; retrying");
+        sleep(RETRY).await;
+    }
+    ready.store(true, Ordering::Relaxed);
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!("sd_notify READY=1: {e}");
+    }
+    info!(subnet = %agent.lease.subnet, peers = agent.peers.len(), "ready");
+    agent.run().await
+}
+
+/// Waits until `<prefix>/config` exists and parses, saying every second what is wrong.
+async fn wait_for_config(registry: &mut Registry) -> Config {
+    let key = registry.config_key();
+    loop {
+        match registry.config().await {
+            Ok(Some(json)) => match config::parse(&json) {
+                Ok(config) => return config,
+                Err(e) => error!("invalid network config at {key}: {e:#}"),
+            },
+            Ok(None) => warn!(
+                "no network config at {key}; create it, e.g. ETCDCTL_API=3 etcdctl put {key} \
+                 '{{\"Network\": \"10.1.0.0/16\", \"Backend\": {{\"Type\": \"vxlan\"}}}}'"
+            ),
+            Err(e) => warn!("etcd is not reachable: {e:#}; retrying"),
+        }
+        sleep(RETRY).await;
+    }
+}
+
+struct Agent {
+    args: Args,
+    registry: Registry,
+    config: Config,
+    iface: ExtIface,
+    lease: OwnLease,
+    /// Our key vanished or was taken: re-acquire at `retry_at`.
+    lease_lost: bool,
+    /// When the last lease operation failed, when to try again.
+    retry_at: Option<Instant>,
+    /// The etcd revision the peer table reflects.
+    revision: i64,
+    peers: PeerTable,
+    datapath: Datapath,
+}
+
+enum WatchInput {
+    Message(WatchResponse),
+    Ended(String),
+    Reconnect,
+}
+
+impl Agent {
+    async fn run(&mut self) -> Result<()> {
+        let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut resync = interval(Duration::from_secs(self.args.iptables_resync));
+        resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut watch: Option<WatchStream> = None;
+        let mut backoff = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+                _ = sleep_until(self.lease_deadline()) => self.maintain_lease().await,
+                _ = resync.tick() => self.resync().await,
+                input = next_watch_input(&mut watch, backoff) => match input {
+                    WatchInput::Reconnect => match self.registry.watch(self.revision + 1).await {
+                        Ok(stream) => {
+                            info!(revision = self.revision + 1, "watching leases");
+                            watch = Some(stream);
+                            backoff = Duration::ZERO;
+                        }
+                        Err(e) => {
+                            backoff = (backoff * 2).clamp(RETRY, MAX_WATCH_BACKOFF);
+                            warn!("starting the lease watch: {e:#}; retrying in {backoff:?}");
+                        }
+                    },
+                    WatchInput::Ended(why) => {
+                        warn!("the lease watch stopped ({why}); resuming");
+                        watch = None;
+                    }
+                    WatchInput::Message(response) => {
+                        if response.canceled() || response.compact_revision() > 0 {
+                            warn!(
+                                compacted = response.compact_revision(),
+                                "the watch fell behind a compaction; re-listing leases"
+                            );
+                            watch = None;
+                            if let Err(e) = self.relist().await {
+                                warn!("re-listing leases: {e:#}");
+                            }
+                        } else {
+                            self.on_watch(&response).await;
+                        }
+                    }
+                },
+            }
+        }
+        info!("exiting; the lease, subnet.env, rules and datapath stay in place");
+        Ok(())
+    }
+
+    fn lease_deadline(&self) -> Instant {
+        if let Some(at) = self.retry_at {
+            return at;
+        }
+        if self.lease_lost {
+            return Instant::now();
+        }
+        let margin = Duration::from_secs(u64::from(self.args.subnet_lease_renew_margin) * 60);
+        match self.lease.expires {
+            Some(expires) => Instant::from_std(expires)
+                .checked_sub(margin)
+                .unwrap_or_else(Instant::now),
+            // A reservation never expires: nothing to renew.
+            None => Instant::now() + Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+
+    /// Renews the lease when due, or re-acquires it when lost; failures retry later.
+    async fn maintain_lease(&mut self) {
+        self.retry_at = None;
+        if self.lease_lost {
+            match acquire(
+                &mut self.registry,
+                &self.config,
+                &self.lease.attrs,
+                Some(self.lease.subnet),
+            )
+            .await
+            {
+                Ok(lease) => {
+                    self.lease_lost = false;
+                    self.adopt(lease).await;
+                }
+                Err(e) => {
+                    error!("re-acquiring a lease: {e:#}; retrying");
+                    self.retry_at = Some(Instant::now() + RETRY);
+                }
+            }
+            return;
+        }
+        match renew(&mut self.registry, &self.lease).await {
+            Ok(Some(lease)) => {
+                info!(subnet = %lease.subnet, "lease renewed");
+                self.lease = lease;
+            }
+            Ok(None) => {
+                warn!(subnet = %self.lease.subnet, "our lease is gone; re-acquiring");
+                self.lease_lost = true;
+            }
+            Err(e) => {
+                warn!("renewing the lease: {e:#}; retrying in a minute");
+                self.retry_at = Some(Instant::now() + RENEW_RETRY);
+            }
+        }
+    }
+
+    /// Takes a newly acquired lease; a different subnet rewrites everything that names it.
+    async fn adopt(&mut self, lease: OwnLease) {
+        let moved = lease.subnet != self.lease.subnet;
+        if moved {
+            warn!(old = %self.lease.subnet, new = %lease.subnet, "our subnet changed");
+        } else {
+            info!(subnet = %lease.subnet, "lease re-acquired, same subnet");
+        }
+        self.lease = lease;
+        if moved {
+            if let Err(e) = self.publish_subnet() {
+                error!("{e:#}");
+            }
+            self.ensure_rules();
+            for event in self.peers.set_own(self.lease.subnet) {
+                self.apply(&event).await;
+            }
+        }
+    }
+
+    async fn on_watch(&mut self, response: &WatchResponse) {
+        let last = response
+            .events()
+            .iter()
+            .filter_map(|e| e.kv())
+            .map(|kv| kv.mod_revision())
+            .max();
+        self.revision = self.revision.max(last.unwrap_or_default());
+        for change in self.registry.changes(response) {
+            match change {
+                LeaseChange::Deleted(subnet) if subnet == self.lease.subnet => {
+                    warn!(%subnet, "our lease was deleted or expired; re-acquiring");
+                    self.lease_lost = true;
+                }
+                LeaseChange::Put(lease) if lease.subnet == self.lease.subnet => {
+                    if lease.attrs.public_ip != self.lease.attrs.public_ip {
+                        warn!(subnet = %lease.subnet, by = %lease.attrs.public_ip, "our subnet was taken; re-acquiring");
+                        self.lease_lost = true;
+                    }
+                }
+                LeaseChange::Put(lease) => {
+                    if let Some(event) = self.peers.put(&lease) {
+                        self.apply(&event).await;
+                    }
+                }
+                LeaseChange::Deleted(subnet) => {
+                    if let Some(event) = self.peers.remove(&subnet) {
+                        self.apply(&event).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lists every lease and brings the peer table (and datapath) to match it.
+    async fn relist(&mut self) -> Result<()> {
+        let snapshot = self.registry.snapshot().await?;
+        self.revision = snapshot.revision;
+        let own_held = snapshot.leases.iter().any(|l| {
+            l.subnet == self.lease.subnet && l.attrs.public_ip == self.lease.attrs.public_ip
+        });
+        if !own_held {
+            warn!(subnet = %self.lease.subnet, "our lease is not in etcd; re-acquiring");
+            self.lease_lost = true;
+        }
+        for event in self.peers.resync(&snapshot.leases) {
+            self.apply(&event).await;
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, event: &PeerEvent) {
+        if let Err(e) = self.datapath.apply(event).await {
+            error!("datapath: {e:#}");
+        }
+    }
+
+    fn publish_subnet(&self) -> Result<()> {
+        let env = SubnetEnv {
+            network: self.config.network,
+            subnet: self.lease.subnet,
+            mtu: self.iface.overlay_mtu(&self.config.backend),
+            ip_masq: self.args.ip_masq,
+        };
+        env.write(&self.args.subnet_file)?;
+        info!(path = %self.args.subnet_file.display(), subnet = %self.lease.subnet, "wrote subnet.env");
+        Ok(())
+    }
+
+    fn rules(&self) -> Vec<iptables::Rule> {
+        let network: Ipv4Net = self.config.network;
+        let mut rules = Vec::new();
+        if self.args.ip_masq {
+            rules.extend(iptables::masq_rules(&network, &self.lease.subnet));
+        }
+        if self.args.iptables_forward_rules {
+            rules.extend(iptables::forward_rules(&network));
+        }
+        rules
+    }
+
+    fn ensure_rules(&self) {
+        let rules = self.rules();
+        if rules.is_empty() {
+            return;
+        }
+        match iptables::ensure(&rules) {
+            Ok(true) => info!("iptables rules (re)written"),
+            Ok(false) => {}
+            Err(e) => error!("iptables: {e:#}"),
+        }
+    }
+
+    async fn resync(&mut self) {
+        self.ensure_rules();
+        if let Err(e) = self.datapath.reconcile(self.peers.peers()).await {
+            error!("datapath: {e:#}");
+        }
+    }
+}
+
+async fn next_watch_input(watch: &mut Option<WatchStream>, backoff: Duration) -> WatchInput {
+    match watch {
+        None => {
+            sleep(backoff).await;
+            WatchInput::Reconnect
+        }
+        Some(stream) => match stream.message().await {
+            Ok(Some(response)) => WatchInput::Message(response),
+            Ok(None) => WatchInput::Ended("the stream closed".into()),
+            Err(e) => WatchInput::Ended(e.to_string()),
+        },
+    }
+}

@@ -1,0 +1,187 @@
+//! flanneld processes for tests: started inside a netns host, ready when they say READY=1 on
+//! their NOTIFY_SOCKET, killed on drop.
+
+use std::{
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use crate::netns::{run, Netns};
+
+/// The flanneld binary of this workspace, built once per test process.
+pub fn flanneld() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "flannel-agent",
+                "--bin",
+                "flanneld",
+            ])
+            .status()
+            .expect("running cargo build for flanneld");
+        assert!(status.success(), "building flanneld failed");
+        // Test binaries live in target/<profile>/deps.
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().unwrap().parent().unwrap().join("flanneld")
+    })
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    dir: TempDir,
+    notify: UnixDatagram,
+    netns: String,
+    args: Vec<String>,
+}
+
+impl Agent {
+    /// Starts flanneld in `host` with `args` (its subnet file is in a temp dir, see
+    /// `subnet_file`); does not wait for it to be ready.
+    pub fn spawn(host: &Netns, args: &[&str]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&socket)?;
+        let mut agent = Self {
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            notify,
+            netns: host.name.clone(),
+            dir,
+        };
+        agent.start()?;
+        Ok(agent)
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(flanneld())
+            .arg(format!("--subnet-file={}", self.subnet_file().display()))
+            .args(&self.args)
+            .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting flanneld")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn subnet_file(&self) -> PathBuf {
+        self.dir.path().join("subnet.env")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("flanneld.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits for the next `READY=1` on the notify socket.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 512];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "flanneld was not ready within {timeout:?}; its log:\n{}",
+                    self.log()
+                );
+            }
+            self.notify
+                .set_read_timeout(Some(left.min(Duration::from_millis(200))))?;
+            if let Ok(len) = self.notify.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..len])
+                    .lines()
+                    .any(|l| l == "READY=1")
+                {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "flanneld exited ({status}) before it was ready; its log:\n{}",
+                    self.log()
+                );
+            }
+        }
+    }
+
+    /// The subnet in its subnet.env (`FLANNEL_SUBNET`'s network).
+    pub fn subnet(&self) -> Result<String> {
+        let text = std::fs::read_to_string(self.subnet_file()).context("reading subnet.env")?;
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .context("no FLANNEL_SUBNET")?;
+        let net: ipnet::Ipv4Net = line.parse()?;
+        Ok(net.trunc().to_string())
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        // `ip netns exec` execs flanneld, so the child's pid is flanneld's.
+        run("kill", &["-TERM", &child.id().to_string()])?;
+        Ok(child.wait()?)
+    }
+
+    /// Starts it again with the same arguments and files.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            self.terminate()?;
+        }
+        self.start()
+    }
+
+    /// Waits for the process to exit by itself; returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().context("not running")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "flanneld still running after {timeout:?}; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
