@@ -1,4 +1,4 @@
-use std::{ffi::OsString, path::Path, process::ExitCode};
+use std::{ffi::OsString, io::IsTerminal, path::Path, process::ExitCode};
 
 use clap::Parser;
 use flannel_agent::{cli::Args, daemon, docker_opts};
@@ -55,6 +55,7 @@ fn init_logging(verbosity: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -43,18 +43,28 @@ pub struct Agent {
     notify: UnixDatagram,
     netns: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
     /// Starts flanneld in `host` with `args` (its subnet file is in a temp dir, see
     /// `subnet_file`); does not wait for it to be ready.
     pub fn spawn(host: &Netns, args: &[&str]) -> Result<Self> {
+        Self::spawn_with_env(host, args, &[])
+    }
+
+    /// `spawn`, with extra environment variables.
+    pub fn spawn_with_env(host: &Netns, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&socket)?;
         let mut agent = Self {
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             notify,
             netns: host.name.clone(),
             dir,
@@ -75,6 +85,7 @@ impl Agent {
             .args(&self.args)
             .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -141,11 +152,15 @@ impl Agent {
         Ok(net.trunc().to_string())
     }
 
+    /// flanneld's pid (`ip netns exec` execs it, so it is the child's).
+    pub fn pid(&self) -> Result<u32> {
+        Ok(self.child.as_ref().context("not running")?.id())
+    }
+
     /// Sends SIGTERM and waits; returns the exit status.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        run("kill", &["-TERM", &self.pid()?.to_string()])?;
         let mut child = self.child.take().context("not running")?;
-        // `ip netns exec` execs flanneld, so the child's pid is flanneld's.
-        run("kill", &["-TERM", &child.id().to_string()])?;
         Ok(child.wait()?)
     }
 

@@ -193,6 +193,15 @@ impl Etcd {
         Ok(json["kvs"][0]["lease"].as_i64().unwrap_or(0))
     }
 
+    /// The store's current revision.
+    pub fn revision(&self) -> Result<i64> {
+        let out = self.etcdctl(&["get", "/", "-w", "json"])?;
+        let json: serde_json::Value = serde_json::from_str(&out)?;
+        json["header"]["revision"]
+            .as_i64()
+            .context("no revision in etcdctl's answer")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }

@@ -183,3 +183,301 @@ fn a_deleted_lease_is_reacquired_with_the_same_subnet() {
     assert_ne!(bed.etcd.lease_of(&key).unwrap(), 0);
     assert!(a.log().contains("our lease was deleted or expired"));
 }
+
+#[test]
+fn keeps_its_lease_and_peers_across_an_etcd_restart() {
+    require_root();
+    let mut bed = Testbed::new(3).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    let mut a = bed.agent(0, &[]).unwrap();
+    a.wait_ready(READY).unwrap();
+    let subnet = a.subnet().unwrap();
+    bed.etcd.stop();
+    bed.etcd.resume().unwrap();
+    // A host that joins after the restart reaches a's routes: the watch resumed.
+    let mut b = bed.agent(1, &[]).unwrap();
+    b.wait_ready(READY).unwrap();
+    let b_subnet = b.subnet().unwrap();
+    wait_for("a's route to the new peer", READY, || {
+        bed.hosts[0].ip(&["route"]).unwrap().contains(&b_subnet)
+    })
+    .unwrap();
+    assert_eq!(a.subnet().unwrap(), subnet);
+    assert!(bed.etcd.get(&lease_key(&subnet)).unwrap().is_some());
+}
+
+#[test]
+fn a_watch_behind_a_compaction_relists_its_peers() {
+    require_root();
+    let mut bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    let mut a = bed.agent(0, &[]).unwrap();
+    a.wait_ready(READY).unwrap();
+    let value =
+        |ip: &str| format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#);
+    bed.etcd
+        .put(&lease_key("10.1.200.0/24"), &value("192.168.64.200"))
+        .unwrap();
+    wait_for("the first peer's route", READY, || {
+        bed.hosts[0]
+            .ip(&["route"])
+            .unwrap()
+            .contains("10.1.200.0/24")
+    })
+    .unwrap();
+
+    // Freeze the agent, and while it can't follow: restart etcd, change the leases, compact.
+    let pid = a.pid().unwrap().to_string();
+    flannel_tests::netns::run("kill", &["-STOP", &pid]).unwrap();
+    bed.etcd.stop();
+    bed.etcd.resume().unwrap();
+    bed.etcd
+        .etcdctl(&["del", &lease_key("10.1.200.0/24")])
+        .unwrap();
+    bed.etcd
+        .put(&lease_key("10.1.201.0/24"), &value("192.168.64.201"))
+        .unwrap();
+    let revision = bed.etcd.revision().unwrap();
+    bed.etcd
+        .etcdctl(&["compact", &revision.to_string()])
+        .unwrap();
+    flannel_tests::netns::run("kill", &["-CONT", &pid]).unwrap();
+
+    wait_for("the re-listed peers' routes", READY, || {
+        let routes = bed.hosts[0].ip(&["route"]).unwrap();
+        routes.contains("10.1.201.0/24") && !routes.contains("10.1.200.0/24")
+    })
+    .unwrap();
+    assert!(a.log().contains("re-listing leases"), "{}", a.log());
+}
+
+#[test]
+fn garbage_under_subnets_is_skipped_with_a_warning() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    bed.etcd
+        .put(&format!("{PREFIX}/subnets/junk"), "x")
+        .unwrap();
+    bed.etcd
+        .put(&lease_key("10.1.77.0/24"), "not json")
+        .unwrap();
+    bed.etcd
+        .put(
+            &lease_key("10.1.78.0/24"),
+            r#"{"PublicIP":"192.168.64.78","BackendType":"host-gw"}"#,
+        )
+        .unwrap();
+    let mut a = bed.agent(0, &[]).unwrap();
+    a.wait_ready(READY).unwrap();
+    wait_for("the good peer's route", READY, || {
+        bed.hosts[0]
+            .ip(&["route"])
+            .unwrap()
+            .contains("10.1.78.0/24")
+    })
+    .unwrap();
+    let log = a.log();
+    assert!(
+        log.contains("key=/coreos.com/network/subnets/junk"),
+        "{log}"
+    );
+    assert!(
+        log.contains("key=/coreos.com/network/subnets/10.1.77.0-24"),
+        "{log}"
+    );
+    assert!(!bed.hosts[0].ip(&["route"]).unwrap().contains("10.1.77.0"));
+    assert_ne!(
+        a.subnet().unwrap(),
+        "10.1.77.0/24",
+        "a garbage lease still holds its subnet"
+    );
+}
+
+#[test]
+fn a_full_network_says_out_of_subnets() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    // 10.1.0.0/24 in /26s: SubnetMin .64 to SubnetMax .192, three subnets.
+    bed.put_config(
+        r#"{"Network": "10.1.0.0/24", "SubnetLen": 26, "Backend": {"Type": "host-gw"}}"#,
+    )
+    .unwrap();
+    for (subnet, ip) in [
+        ("10.1.0.64/26", 1),
+        ("10.1.0.128/26", 2),
+        ("10.1.0.192/26", 3),
+    ] {
+        let value = format!(
+            r#"{{"PublicIP":"192.168.99.{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#
+        );
+        bed.etcd.put(&lease_key(subnet), &value).unwrap();
+    }
+    let mut a = bed.agent(0, &[]).unwrap();
+    let status = a.wait_exit(READY).unwrap();
+    assert!(!status.success());
+    assert!(
+        a.log().contains(
+            "out of subnets: every /26 between 10.1.0.64 and 10.1.0.192 of 10.1.0.0/24 is leased"
+        ),
+        "{}",
+        a.log()
+    );
+}
+
+#[test]
+fn a_reservation_is_honoured_and_never_gets_a_ttl() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    let key = lease_key("10.1.5.0/24");
+    bed.etcd
+        .put(
+            &key,
+            r#"{"PublicIP":"192.168.64.10","PublicIPv6":null,"BackendType":"host-gw"}"#,
+        )
+        .unwrap();
+    let mut a = bed.agent(0, &[]).unwrap();
+    a.wait_ready(READY).unwrap();
+    assert_eq!(a.subnet().unwrap(), "10.1.5.0/24");
+    assert_eq!(
+        bed.etcd.lease_of(&key).unwrap(),
+        0,
+        "the reservation has no TTL"
+    );
+    a.restart().unwrap();
+    a.wait_ready(READY).unwrap();
+    assert_eq!(bed.etcd.lease_of(&key).unwrap(), 0);
+}
+
+#[test]
+fn ip_masq_and_forward_rules_are_flannels_and_come_back() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    let mut a = bed.agent(0, &["-ip-masq", "--iptables-resync=1"]).unwrap();
+    a.wait_ready(READY).unwrap();
+    let s = a.subnet().unwrap();
+    let n = "10.1.0.0/16";
+    let masq_rules = || -> Vec<String> {
+        let nat = bed.hosts[0].exec("iptables-save", &["-t", "nat"]).unwrap();
+        nat.lines()
+            .filter(|l| l.contains("flanneld masq"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let masq = masq_rules();
+    assert_eq!(
+        masq,
+        [
+            r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#.to_owned(),
+            r#"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#.to_owned(),
+            format!(r#"-A FLANNEL-POSTRTG -s {s} -d {n} -m comment --comment "flanneld masq" -j RETURN"#),
+            format!(r#"-A FLANNEL-POSTRTG -s {n} -d {s} -m comment --comment "flanneld masq" -j RETURN"#),
+            format!(r#"-A FLANNEL-POSTRTG ! -s {n} -d {s} -m comment --comment "flanneld masq" -j RETURN"#),
+            format!(r#"-A FLANNEL-POSTRTG -s {n} ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#),
+            format!(r#"-A FLANNEL-POSTRTG ! -s {n} -d {n} -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#),
+        ]
+    );
+    let filter = bed.hosts[0]
+        .exec("iptables-save", &["-t", "filter"])
+        .unwrap();
+    let forward: Vec<&str> = filter
+        .lines()
+        .filter(|l| l.contains("flanneld forward"))
+        .collect();
+    assert_eq!(
+        forward,
+        [
+            r#"-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD"#,
+            r#"-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#,
+            r#"-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#,
+        ]
+    );
+    // A rule deleted by hand is back, in its place, within the resync period.
+    bed.hosts[0]
+        .exec(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-D",
+                "FLANNEL-POSTRTG",
+                "-s",
+                &s,
+                "-d",
+                n,
+                "-m",
+                "comment",
+                "--comment",
+                "flanneld masq",
+                "-j",
+                "RETURN",
+            ],
+        )
+        .unwrap();
+    assert_eq!(masq_rules().len(), 6);
+    wait_for("the rule to come back", READY, || masq_rules() == masq).unwrap();
+    // And the rules stay when the agent exits.
+    a.terminate().unwrap();
+    assert_eq!(masq_rules(), masq);
+    let rewrites = a.log().matches("iptables rules (re)written").count();
+    assert_eq!(
+        rewrites,
+        2,
+        "written at start and after the deletion only:\n{}",
+        a.log()
+    );
+}
+
+#[test]
+fn flags_come_from_flanneld_env_vars_when_not_on_the_command_line() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    // FLANNELD_IP_MASQ applies; FLANNELD_IFACE loses to the --iface=eth0 the testbed passes.
+    let mut a = flannel_tests::agent::Agent::spawn_with_env(
+        &bed.hosts[0],
+        &[
+            &format!("-etcd-endpoints={}", bed.etcd.endpoint()),
+            "--iface=eth0",
+        ],
+        &[
+            ("FLANNELD_IP_MASQ", "true"),
+            ("FLANNELD_IFACE", "no-such-iface"),
+        ],
+    )
+    .unwrap();
+    a.wait_ready(READY).unwrap();
+    let env = std::fs::read_to_string(a.subnet_file()).unwrap();
+    assert!(env.ends_with("FLANNEL_IPMASQ=true\n"), "{env}");
+}
+
+#[test]
+fn healthz_and_readyz() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    let mut a = bed
+        .agent(0, &["--healthz-port=8471", "--healthz-ip=127.0.0.1"])
+        .unwrap();
+    let get = |path: &str| {
+        bed.hosts[0]
+            .exec(
+                "curl",
+                &[
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("http://127.0.0.1:8471{path}"),
+                ],
+            )
+            .unwrap_or_default()
+    };
+    wait_for("/healthz", READY, || get("/healthz") == "200").unwrap();
+    assert_eq!(get("/readyz"), "503", "no config, no lease: not ready");
+    bed.put_config(HOST_GW).unwrap();
+    a.wait_ready(READY).unwrap();
+    assert_eq!(get("/readyz"), "200");
+}

@@ -29,6 +29,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sockperf", "bench"),
     ("bpftool", "inspecting programs"),
     ("iputils-ping", "tests"),
+    ("curl", "tests (/healthz)"),
     ("tcpdump", "debugging"),
     ("ethtool", "bench"),
 ];

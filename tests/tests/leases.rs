@@ -1,0 +1,198 @@
+//! Lease allocation against a real etcd, many managers at once, and etcd over client-cert TLS.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use flannel_agent::{
+    acquire::{acquire, OutOfSubnets},
+    config,
+    lease::{BackendAttrs, LeaseAttrs},
+    registry::{EtcdOptions, Registry},
+};
+use flannel_tests::{
+    etcd::{Etcd, TlsFiles},
+    require_root,
+    testbed::PREFIX,
+};
+use ipnet::Ipv4Net;
+
+fn options(etcd: &Etcd) -> EtcdOptions {
+    EtcdOptions {
+        endpoints: vec![etcd.endpoint()],
+        prefix: PREFIX.into(),
+        ..Default::default()
+    }
+}
+
+fn attrs(n: u32) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ip: Ipv4Addr::from(0x0a63_0000 + n),
+        backend: BackendAttrs::HostGw,
+    }
+}
+
+/// `managers` lease managers acquire at once; returns their subnets.
+async fn acquire_all(etcd: &Etcd, config_json: &str, managers: u32) -> Vec<Ipv4Net> {
+    let config = config::parse(config_json).unwrap();
+    let tasks: Vec<_> = (0..managers)
+        .map(|n| {
+            let (options, config) = (options(etcd), config.clone());
+            tokio::spawn(async move {
+                let mut registry = Registry::connect(&options).await.unwrap();
+                acquire(&mut registry, &config, &attrs(n), None)
+                    .await
+                    .unwrap()
+                    .subnet
+            })
+        })
+        .collect();
+    let mut subnets = Vec::new();
+    for task in tasks {
+        subnets.push(task.await.unwrap());
+    }
+    subnets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_managers_at_once_get_thirty_distinct_subnets() {
+    require_root();
+    let etcd = Etcd::start().unwrap();
+    let json = r#"{"Network": "10.1.0.0/16", "SubnetMin": "10.1.10.0", "SubnetMax": "10.1.200.0"}"#;
+    let config = config::parse(json).unwrap();
+    let subnets = acquire_all(&etcd, json, 30).await;
+    let distinct: BTreeSet<_> = subnets.iter().collect();
+    assert_eq!(distinct.len(), 30, "{subnets:?}");
+    assert!(
+        subnets.iter().all(|s| config.contains_subnet(s)),
+        "{subnets:?}"
+    );
+    assert_eq!(etcd.keys(&format!("{PREFIX}/subnets/")).unwrap().len(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_for_the_last_free_subnets_everyone_wins_one() {
+    require_root();
+    let etcd = Etcd::start().unwrap();
+    // /28s of a /24: SubnetMin .16 to SubnetMax .240, 15 subnets for 15 managers.
+    let json = r#"{"Network": "10.1.0.0/24", "SubnetLen": 28}"#;
+    let subnets = acquire_all(&etcd, json, 15).await;
+    let distinct: BTreeSet<_> = subnets.iter().collect();
+    assert_eq!(distinct.len(), 15, "{subnets:?}");
+    let config = config::parse(json).unwrap();
+    let mut registry = Registry::connect(&options(&etcd)).await.unwrap();
+    let err = acquire(&mut registry, &config, &attrs(99), None)
+        .await
+        .unwrap_err();
+    assert!(err.is::<OutOfSubnets>(), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_hosts_reservation_is_never_taken() {
+    require_root();
+    let etcd = Etcd::start().unwrap();
+    // /26s of a /24: .64, .128, .192; .128 is reserved for someone else.
+    let json = r#"{"Network": "10.1.0.0/24", "SubnetLen": 26}"#;
+    let reserved = format!("{PREFIX}/subnets/10.1.0.128-26");
+    etcd.put(&reserved, &attrs(1000).to_json()).unwrap();
+    let subnets = acquire_all(&etcd, json, 2).await;
+    assert!(
+        !subnets.contains(&"10.1.0.128/26".parse().unwrap()),
+        "{subnets:?}"
+    );
+    assert_eq!(
+        etcd.lease_of(&reserved).unwrap(),
+        0,
+        "the reservation keeps no TTL"
+    );
+    assert_eq!(etcd.get(&reserved).unwrap().unwrap(), attrs(1000).to_json());
+}
+
+fn write_tls_files(dir: &std::path::Path) -> TlsFiles {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "flannel test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (server_cert, server_key) = leaf("etcd");
+    let (client_cert, client_key) = leaf("flanneld");
+    TlsFiles {
+        ca: write("ca.pem", &ca_cert.pem()),
+        server_cert: write("server.pem", &server_cert),
+        server_key: write("server-key.pem", &server_key),
+        client_cert: write("client.pem", &client_cert),
+        client_key: write("client-key.pem", &client_key),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_client_certificates() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_tls_files(dir.path());
+    let (ca, cert, key) = (
+        files.ca.clone(),
+        files.client_cert.clone(),
+        files.client_key.clone(),
+    );
+    let etcd = Etcd::start_tls(files).unwrap();
+    etcd.put(&format!("{PREFIX}/config"), r#"{"Network": "10.1.0.0/16"}"#)
+        .unwrap();
+
+    let good = EtcdOptions {
+        cafile: Some(ca.clone()),
+        certfile: Some(cert.clone()),
+        keyfile: Some(key.clone()),
+        ..options(&etcd)
+    };
+    let mut registry = Registry::connect(&good).await.unwrap();
+    assert!(registry
+        .config()
+        .await
+        .unwrap()
+        .unwrap()
+        .contains("10.1.0.0/16"));
+
+    // Without a client certificate, etcd refuses us.
+    let anonymous = EtcdOptions {
+        cafile: Some(ca),
+        ..options(&etcd)
+    };
+    let refused = match Registry::connect(&anonymous).await {
+        Ok(mut registry) => registry.config().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "etcd accepted a client without a certificate");
+
+    // A certificate without its key is a usage error, named as such.
+    let half = EtcdOptions {
+        certfile: Some(cert),
+        ..options(&etcd)
+    };
+    let err = Registry::connect(&half).await.err().expect("refused");
+    assert!(
+        err.to_string()
+            .contains("--etcd-certfile and --etcd-keyfile go together"),
+        "{err}"
+    );
+}
