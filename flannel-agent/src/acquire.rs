@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// flannel's lease TTL.
-pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Attempts when other hosts keep winning the race for the subnets we pick.
 const MAX_ATTEMPTS: usize = 20;
 
@@ -29,16 +29,19 @@ pub struct OwnLease {
     pub lease_id: i64,
     /// When the TTL runs out; None for a reservation.
     pub expires: Option<Instant>,
+    /// The TTL each renewal asks for.
+    pub ttl: Duration,
 }
 
 impl OwnLease {
-    fn new(subnet: Ipv4Net, attrs: &LeaseAttrs, lease_id: i64) -> Self {
-        let expires = (lease_id != 0).then(|| Instant::now() + LEASE_TTL);
+    fn new(subnet: Ipv4Net, attrs: &LeaseAttrs, lease_id: i64, ttl: Duration) -> Self {
+        let expires = (lease_id != 0).then(|| Instant::now() + ttl);
         Self {
             subnet,
             attrs: attrs.clone(),
             lease_id,
             expires,
+            ttl,
         }
     }
 }
@@ -48,6 +51,7 @@ pub async fn acquire(
     config: &Config,
     attrs: &LeaseAttrs,
     previous: Option<Ipv4Net>,
+    ttl: Duration,
 ) -> Result<OwnLease> {
     for _ in 0..MAX_ATTEMPTS {
         let snapshot = registry.snapshot().await?;
@@ -57,13 +61,13 @@ pub async fn acquire(
             .find(|l| l.attrs.public_ip == attrs.public_ip && config.contains_subnet(&l.subnet))
         {
             // Ours already: refresh it with our current attributes (a reservation keeps no TTL).
-            let ttl = (held.lease_id != 0).then_some(LEASE_TTL);
+            let held_ttl = (held.lease_id != 0).then_some(ttl);
             if let Some(lease_id) = registry
-                .refresh(&held.subnet, attrs, held.lease_id, ttl)
+                .refresh(&held.subnet, attrs, held.lease_id, held_ttl)
                 .await?
             {
                 info!(subnet = %held.subnet, reservation = lease_id == 0, "reusing our lease");
-                return Ok(OwnLease::new(held.subnet, attrs, lease_id));
+                return Ok(OwnLease::new(held.subnet, attrs, lease_id, ttl));
             }
             continue; // it changed under us: look again
         }
@@ -72,9 +76,9 @@ pub async fn acquire(
                 Some(subnet) => subnet,
                 None => pick_free(config, &snapshot)?,
             };
-        if let Some(lease_id) = registry.create(&candidate, attrs, LEASE_TTL).await? {
+        if let Some(lease_id) = registry.create(&candidate, attrs, ttl).await? {
             info!(subnet = %candidate, "acquired a new lease");
-            return Ok(OwnLease::new(candidate, attrs, lease_id));
+            return Ok(OwnLease::new(candidate, attrs, lease_id, ttl));
         }
         info!(subnet = %candidate, "another host took the subnet first; trying another");
     }
@@ -84,11 +88,11 @@ pub async fn acquire(
 /// Renews our lease: a fresh TTL and our current attributes. None when the key is no longer
 /// ours (expired, deleted, taken over): the caller acquires again.
 pub async fn renew(registry: &mut Registry, lease: &OwnLease) -> Result<Option<OwnLease>> {
-    let ttl = (lease.lease_id != 0).then_some(LEASE_TTL);
+    let ttl = (lease.lease_id != 0).then_some(lease.ttl);
     Ok(registry
         .refresh(&lease.subnet, &lease.attrs, lease.lease_id, ttl)
         .await?
-        .map(|lease_id| OwnLease::new(lease.subnet, &lease.attrs, lease_id)))
+        .map(|lease_id| OwnLease::new(lease.subnet, &lease.attrs, lease_id, lease.ttl)))
 }
 
 fn is_free(snapshot: &Snapshot, subnet: &Ipv4Net) -> bool {

@@ -100,6 +100,11 @@ pub struct Args {
     /// bpffs directory for this agent's pinned programs and maps (one per network namespace)
     #[arg(long, env = "FLANNELD_BPF_PIN_DIR", default_value = "/sys/fs/bpf/flannel", help_heading = OURS)]
     pub bpf_pin_dir: PathBuf,
+    /// subnet lease TTL in seconds (flannel's is fixed at 24 h); renewal comes
+    /// --subnet-lease-renew-margin minutes before it runs out
+    #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value_t = crate::acquire::DEFAULT_LEASE_TTL.as_secs(), hide = true,
+          value_parser = clap::value_parser!(u64).range(61..), help_heading = OURS)]
+    pub subnet_lease_ttl: u64,
     /// load the eBPF programs from this object instead of the embedded one
     #[arg(long, env = "FLANNELD_BPF_OBJECT", help_heading = OURS)]
     pub bpf_object: Option<PathBuf>,

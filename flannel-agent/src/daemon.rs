@@ -60,8 +60,9 @@ pub async fn run(args: Args) -> Result<()> {
     };
 
     let previous = subnet_env::previous_subnet(&args.subnet_file)?;
+    let ttl = Duration::from_secs(args.subnet_lease_ttl);
     let lease = loop {
-        match acquire(&mut registry, &config, &attrs, previous).await {
+        match acquire(&mut registry, &config, &attrs, previous, ttl).await {
             Ok(lease) => break lease,
             Err(e) if e.is::<OutOfSubnets>() => return Err(e),
             Err(e) => warn!("acquiring a lease: {e:#}; retrying"),
@@ -207,14 +208,8 @@ impl Agent {
     async fn maintain_lease(&mut self) {
         self.retry_at = None;
         if self.lease_lost {
-            match acquire(
-                &mut self.registry,
-                &self.config,
-                &self.lease.attrs,
-                Some(self.lease.subnet),
-            )
-            .await
-            {
+            let (attrs, subnet, ttl) = (&self.lease.attrs, Some(self.lease.subnet), self.lease.ttl);
+            match acquire(&mut self.registry, &self.config, attrs, subnet, ttl).await {
                 Ok(lease) => {
                     self.lease_lost = false;
                     self.adopt(lease).await;

@@ -14,26 +14,29 @@ use tempfile::TempDir;
 
 use crate::netns::{run, Netns};
 
-/// The flanneld binary of this workspace, built once per test process.
+/// The flanneld binary of this workspace, built once per process; cargo says where it is.
 pub fn flanneld() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let output = Command::new(cargo)
             .args([
                 "build",
                 "--quiet",
+                "--message-format=json",
                 "-p",
                 "flannel-agent",
-                "--bin",
-                "flanneld",
             ])
-            .status()
+            .args(["--bin", "flanneld"])
+            .stderr(Stdio::inherit())
+            .output()
             .expect("running cargo build for flanneld");
-        assert!(status.success(), "building flanneld failed");
-        // Test binaries live in target/<profile>/deps.
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("flanneld")
+        assert!(output.status.success(), "building flanneld failed");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no flanneld executable")
     })
 }
 

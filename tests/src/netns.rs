@@ -109,3 +109,23 @@ pub fn link(
     }
     Ok(())
 }
+
+/// Removes every namespace this process created, killing what runs inside: for a Ctrl-C
+/// handler, where destructors don't run.
+pub fn remove_own_namespaces() {
+    let tag = format!("-{}-", std::process::id());
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ft-") && name.contains(&tag) {
+            if let Ok(pids) = run("ip", &["netns", "pids", &name]) {
+                for pid in pids.split_whitespace() {
+                    let _ = run("kill", &["-KILL", pid]);
+                }
+            }
+            let _ = run("ip", &["netns", "del", &name]);
+        }
+    }
+}

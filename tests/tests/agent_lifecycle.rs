@@ -481,3 +481,99 @@ fn healthz_and_readyz() {
     a.wait_ready(READY).unwrap();
     assert_eq!(get("/readyz"), "200");
 }
+
+#[test]
+fn renews_its_lease_at_the_margin() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    // A 62 s TTL renewed 1 minute before it runs out: every 2 s.
+    let mut a = bed
+        .agent(
+            0,
+            &["--subnet-lease-ttl=62", "--subnet-lease-renew-margin=1"],
+        )
+        .unwrap();
+    a.wait_ready(READY).unwrap();
+    let key = lease_key(&a.subnet().unwrap());
+    let mut seen = Vec::new();
+    let mut record = || {
+        let now = bed.etcd.lease_of(&key).unwrap();
+        assert_ne!(now, 0, "the key never loses its lease");
+        if !seen.contains(&now) {
+            seen.push(now);
+        }
+    };
+    wait_for("two renewals", READY, || {
+        record();
+        a.log().matches("lease renewed").count() >= 2
+    })
+    .unwrap();
+    record();
+    assert!(
+        seen.len() >= 3,
+        "each renewal attaches a fresh etcd lease: {seen:?}"
+    );
+}
+
+#[test]
+fn a_dead_etcd_endpoint_in_the_list_is_skipped() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    let endpoints = format!(
+        "--etcd-endpoints=http://192.168.64.1:1,{}",
+        bed.etcd.endpoint()
+    );
+    let mut a =
+        flannel_tests::agent::Agent::spawn(&bed.hosts[0], &[&endpoints, "--iface=eth0"]).unwrap();
+    a.wait_ready(READY).unwrap();
+}
+
+#[test]
+fn mk_docker_opts_as_a_subcommand_and_under_its_own_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("subnet.env");
+    std::fs::write(&env, "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n").unwrap();
+    let link = dir.path().join("mk-docker-opts");
+    std::os::unix::fs::symlink(flannel_tests::agent::flanneld(), &link).unwrap();
+    let out = dir.path().join("docker");
+    let (env_s, out_s) = (env.to_str().unwrap(), out.to_str().unwrap());
+    let expected = "DOCKER_NETWORK_OPTIONS=\" --bip=10.1.74.1/24 --ip-masq=false --mtu=1472\"\n";
+    for (program, args) in [
+        (
+            flannel_tests::agent::flanneld(),
+            vec![
+                "mk-docker-opts",
+                "-f",
+                env_s,
+                "-d",
+                out_s,
+                "-c",
+                "-k",
+                "DOCKER_NETWORK_OPTIONS",
+            ],
+        ),
+        (
+            link.as_path(),
+            vec![
+                "-f",
+                env_s,
+                "-d",
+                out_s,
+                "-c",
+                "-k",
+                "DOCKER_NETWORK_OPTIONS",
+            ],
+        ),
+    ] {
+        let _ = std::fs::remove_file(&out);
+        let status = std::process::Command::new(program)
+            .args(&args)
+            .env_remove("DOCKER_NETWORK_OPTIONS")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), expected);
+    }
+}

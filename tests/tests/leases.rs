@@ -6,7 +6,7 @@ use std::{
 };
 
 use flannel_agent::{
-    acquire::{acquire, OutOfSubnets},
+    acquire::{acquire, OutOfSubnets, DEFAULT_LEASE_TTL},
     config,
     lease::{BackendAttrs, LeaseAttrs},
     registry::{EtcdOptions, Registry},
@@ -41,7 +41,7 @@ async fn acquire_all(etcd: &Etcd, config_json: &str, managers: u32) -> Vec<Ipv4N
             let (options, config) = (options(etcd), config.clone());
             tokio::spawn(async move {
                 let mut registry = Registry::connect(&options).await.unwrap();
-                acquire(&mut registry, &config, &attrs(n), None)
+                acquire(&mut registry, &config, &attrs(n), None, DEFAULT_LEASE_TTL)
                     .await
                     .unwrap()
                     .subnet
@@ -82,7 +82,7 @@ async fn racing_for_the_last_free_subnets_everyone_wins_one() {
     assert_eq!(distinct.len(), 15, "{subnets:?}");
     let config = config::parse(json).unwrap();
     let mut registry = Registry::connect(&options(&etcd)).await.unwrap();
-    let err = acquire(&mut registry, &config, &attrs(99), None)
+    let err = acquire(&mut registry, &config, &attrs(99), None, DEFAULT_LEASE_TTL)
         .await
         .unwrap_err();
     assert!(err.is::<OutOfSubnets>(), "{err:#}");
