@@ -29,8 +29,8 @@ pub fn run() -> Result<()> {
     let mut agents = Vec::new();
     let mut containers: Vec<(usize, Container)> = Vec::new();
     println!(
-        "\n{:<6} {:<15} {:<15} {}",
-        "host", "public IP", "subnet", "containers"
+        "\n{:<6} {:<15} {:<15} containers",
+        "host", "public IP", "subnet"
     );
     for host in 0..HOSTS {
         let mut agent = bed.agent(host, &["--ip-masq"])?;
