@@ -4,11 +4,14 @@ use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap},
     programs::{SchedClassifier, Xdp},
     Ebpf,
 };
-use flannel_common::{map_names, program_names, DatapathConfig, DropReason, PeerInfo};
+use flannel_common::{
+    map_names, program_names, DatapathConfig, DropReason, Endpoint, PeerInfo, PeerTraffic, Tunnel,
+};
+use ipnet::Ipv4Net;
 
 /// The object built from `flannel-ebpf` when this binary was compiled.
 static EMBEDDED_OBJECT: &[u8] =
@@ -30,8 +33,10 @@ impl Programs {
         };
         let xdp: &mut Xdp = program(&mut ebpf, program_names::XDP_INGRESS)?;
         xdp.load().context("verifying xdp_ingress")?;
-        let tc: &mut SchedClassifier = program(&mut ebpf, program_names::TC_INGRESS)?;
-        tc.load().context("verifying tc_ingress")?;
+        for name in [program_names::TC_INGRESS, program_names::TC_ENCAP] {
+            let tc: &mut SchedClassifier = program(&mut ebpf, name)?;
+            tc.load().with_context(|| format!("verifying {name}"))?;
+        }
         Ok(Self { ebpf })
     }
 
@@ -41,6 +46,10 @@ impl Programs {
 
     pub fn tc_ingress(&mut self) -> &mut SchedClassifier {
         program(&mut self.ebpf, program_names::TC_INGRESS).expect("checked at load")
+    }
+
+    pub fn tc_encap(&mut self) -> &mut SchedClassifier {
+        program(&mut self.ebpf, program_names::TC_ENCAP).expect("checked at load")
     }
 
     pub fn set_config(&mut self, config: DatapathConfig) -> Result<()> {
@@ -58,6 +67,81 @@ impl Programs {
         let mut map: HashMap<&mut MapData, u32, PeerInfo> = self.map(map_names::PEERS)?;
         map.remove(&u32::from(public_ip).to_be())
             .with_context(|| format!("removing peer {public_ip} from the peer map"))
+    }
+
+    /// Routes `subnet` through `tunnel`.
+    pub fn insert_route(&mut self, subnet: Ipv4Net, tunnel: Tunnel) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, u32, Tunnel> = self.map(map_names::ROUTES)?;
+        map.insert(&route_key(subnet), tunnel, 0)
+            .with_context(|| format!("adding the route to {subnet}"))
+    }
+
+    pub fn remove_route(&mut self, subnet: Ipv4Net) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, u32, Tunnel> = self.map(map_names::ROUTES)?;
+        map.remove(&route_key(subnet))
+            .with_context(|| format!("removing the route to {subnet}"))
+    }
+
+    /// The local containers the fast path delivers to, by IPv4.
+    pub fn endpoints(&mut self) -> Result<Vec<(Ipv4Addr, Endpoint)>> {
+        let map: HashMap<&mut MapData, u32, Endpoint> = self.map(map_names::ENDPOINTS)?;
+        map.iter()
+            .map(|entry| {
+                let (ip_be, endpoint) = entry.context("reading the endpoint map")?;
+                Ok((Ipv4Addr::from(u32::from_be(ip_be)), endpoint))
+            })
+            .collect()
+    }
+
+    pub fn insert_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<()> {
+        let mut map: HashMap<&mut MapData, u32, Endpoint> = self.map(map_names::ENDPOINTS)?;
+        map.insert(u32::from(ip).to_be(), endpoint, 0)
+            .with_context(|| format!("adding endpoint {ip}"))
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
+        let mut map: HashMap<&mut MapData, u32, Endpoint> = self.map(map_names::ENDPOINTS)?;
+        map.remove(&u32::from(ip).to_be())
+            .with_context(|| format!("removing endpoint {ip}"))
+    }
+
+    /// Starts counting traffic with `public_ip` (kept if already counting).
+    pub fn track_traffic(&mut self, public_ip: Ipv4Addr) -> Result<()> {
+        let key = u32::from(public_ip).to_be();
+        let mut map: PerCpuHashMap<&mut MapData, u32, PeerTraffic> =
+            self.map(map_names::TRAFFIC)?;
+        if map.get(&key, 0).is_ok() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![PeerTraffic::default(); cpus])?;
+        map.insert(key, zeros, 0)
+            .with_context(|| format!("adding traffic counters for {public_ip}"))
+    }
+
+    pub fn untrack_traffic(&mut self, public_ip: Ipv4Addr) -> Result<()> {
+        let mut map: PerCpuHashMap<&mut MapData, u32, PeerTraffic> =
+            self.map(map_names::TRAFFIC)?;
+        map.remove(&u32::from(public_ip).to_be())
+            .with_context(|| format!("removing traffic counters for {public_ip}"))
+    }
+
+    /// Traffic with `public_ip`, summed over CPUs.
+    pub fn traffic(&mut self, public_ip: Ipv4Addr) -> Result<PeerTraffic> {
+        let map: PerCpuHashMap<&mut MapData, u32, PeerTraffic> = self.map(map_names::TRAFFIC)?;
+        let per_cpu = map
+            .get(&u32::from(public_ip).to_be(), 0)
+            .with_context(|| format!("reading traffic counters for {public_ip}"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(PeerTraffic::default(), |sum, cpu| PeerTraffic {
+                tx_packets: sum.tx_packets + cpu.tx_packets,
+                tx_bytes: sum.tx_bytes + cpu.tx_bytes,
+                rx_packets: sum.rx_packets + cpu.rx_packets,
+                rx_bytes: sum.rx_bytes + cpu.rx_bytes,
+            }))
     }
 
     /// Dropped packets by reason, summed over CPUs.
@@ -84,6 +168,13 @@ impl Programs {
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
         T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
     }
+}
+
+fn route_key(subnet: Ipv4Net) -> Key<u32> {
+    Key::new(
+        u32::from(subnet.prefix_len()),
+        u32::from(subnet.network()).to_be(),
+    )
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>

@@ -53,7 +53,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut registry = Registry::connect(&args.etcd_options()).await?;
     let config = wait_for_config(&mut registry).await;
     info!(network = %config.network, backend = config.backend.type_name(), "network config");
-    let datapath = Datapath::start(args.datapath, &config.backend, &iface)?;
+    let mut datapath = Datapath::start(&args, &config.backend, &iface).await?;
     let attrs = LeaseAttrs {
         public_ip: iface.public_ip,
         backend: datapath.lease_backend(),
@@ -69,6 +69,8 @@ pub async fn run(args: Args) -> Result<()> {
         }
         sleep(RETRY).await;
     };
+    let mtu = iface.overlay_mtu(&config.backend);
+    datapath.activate(config.network, lease.subnet, mtu).await?;
     let mut agent = Agent {
         peers: PeerTable::new(lease.subnet, config.backend.type_name()),
         args,
@@ -87,6 +89,7 @@ pub async fn run(args: Args) -> Result<()> {
         warn!("listing peers: {e:#}; retrying");
         sleep(RETRY).await;
     }
+    agent.datapath.attach()?;
     ready.store(true, Ordering::Relaxed);
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         warn!("sd_notify READY=1: {e}");
@@ -249,6 +252,14 @@ impl Agent {
         if moved {
             if let Err(e) = self.publish_subnet() {
                 error!("{e:#}");
+            }
+            let mtu = self.iface.overlay_mtu(&self.config.backend);
+            if let Err(e) = self
+                .datapath
+                .activate(self.config.network, self.lease.subnet, mtu)
+                .await
+            {
+                error!("datapath: {e:#}");
             }
             self.ensure_rules();
             for event in self.peers.set_own(self.lease.subnet) {

@@ -2,10 +2,12 @@
 //! and what happens when peers come and go.
 
 use anyhow::{bail, Result};
+use ipnet::Ipv4Net;
 
 use crate::{
-    cli::Datapath as DatapathKind,
+    cli::{Args, Datapath as DatapathKind},
     config::Backend,
+    ebpf_datapath::EbpfDatapath,
     host_gw::HostGw,
     iface::ExtIface,
     lease::BackendAttrs,
@@ -14,25 +16,26 @@ use crate::{
 
 pub enum Datapath {
     HostGw(HostGw),
+    Ebpf(Box<EbpfDatapath>),
 }
 
 impl Datapath {
     /// Sets up the datapath, or says clearly why this combination can't run.
-    pub fn start(kind: DatapathKind, backend: &Backend, iface: &ExtIface) -> Result<Self> {
-        match backend {
+    pub async fn start(args: &Args, backend: &Backend, iface: &ExtIface) -> Result<Self> {
+        match (backend, args.datapath) {
             // host-gw is plain routing: nothing to encapsulate, the same on both datapaths.
-            Backend::HostGw => {
+            (Backend::HostGw, _) => {
                 iface.check_public_ip_is_local()?;
                 Ok(Self::HostGw(HostGw::new(&iface.name)?))
             }
-            Backend::Vxlan { .. } | Backend::Udp { .. } => bail!(
-                "Backend.Type {:?} on --datapath={}: not available yet in this flanneld (the \
-                 {} encapsulation is under construction); use Backend host-gw meanwhile",
-                backend.type_name(),
-                match kind {
-                    DatapathKind::Ebpf => "ebpf",
-                    DatapathKind::Classic => "classic",
-                },
+            (Backend::Vxlan { .. } | Backend::Udp { .. }, DatapathKind::Ebpf) => {
+                let datapath =
+                    EbpfDatapath::start(backend, iface, args.bpf_object.as_deref()).await?;
+                Ok(Self::Ebpf(Box::new(datapath)))
+            }
+            (Backend::Vxlan { .. } | Backend::Udp { .. }, DatapathKind::Classic) => bail!(
+                "Backend.Type {:?} on --datapath=classic: not available yet in this flanneld; \
+                 use --datapath=ebpf",
                 backend.type_name()
             ),
         }
@@ -42,17 +45,36 @@ impl Datapath {
     pub fn lease_backend(&self) -> BackendAttrs {
         match self {
             Self::HostGw(_) => BackendAttrs::HostGw,
+            Self::Ebpf(ebpf) => ebpf.lease_backend(),
         }
     }
 
-    pub async fn apply(&self, event: &PeerEvent) -> Result<()> {
+    /// Our subnet is known (at start, or after it changed).
+    pub async fn activate(&mut self, network: Ipv4Net, subnet: Ipv4Net, mtu: u32) -> Result<()> {
+        match self {
+            Self::HostGw(_) => Ok(()),
+            Self::Ebpf(ebpf) => ebpf.activate(network, subnet, mtu).await,
+        }
+    }
+
+    /// The peers are in place: start carrying traffic.
+    pub fn attach(&mut self) -> Result<()> {
+        match self {
+            Self::HostGw(_) => Ok(()),
+            Self::Ebpf(ebpf) => ebpf.attach(),
+        }
+    }
+
+    pub async fn apply(&mut self, event: &PeerEvent) -> Result<()> {
         match self {
             Self::HostGw(routes) => routes.apply(event).await,
+            Self::Ebpf(ebpf) => ebpf.apply(event).await,
         }
     }
 
-    /// Restores state that someone removed behind our back (routes deleted by hand).
-    pub async fn reconcile(&self, peers: impl Iterator<Item = Peer>) -> Result<()> {
+    /// Restores state that someone removed behind our back (routes deleted by hand), and
+    /// picks up devices that appeared (a container bridge).
+    pub async fn reconcile(&mut self, peers: impl Iterator<Item = Peer>) -> Result<()> {
         match self {
             Self::HostGw(routes) => {
                 for peer in peers {
@@ -60,6 +82,7 @@ impl Datapath {
                 }
                 Ok(())
             }
+            Self::Ebpf(ebpf) => ebpf.reconcile().await,
         }
     }
 }

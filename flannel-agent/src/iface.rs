@@ -32,7 +32,7 @@ pub struct IfaceOptions {
 }
 
 /// (interface name, IPv4 address) pairs, in the kernel's order.
-fn addresses() -> Result<Vec<(String, Ipv4Addr)>> {
+pub fn addresses() -> Result<Vec<(String, Ipv4Addr)>> {
     Ok(getifaddrs()
         .context("listing interface addresses")?
         .filter_map(|ifa| {

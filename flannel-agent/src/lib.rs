@@ -8,6 +8,8 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod docker_opts;
+pub mod ebpf_datapath;
+pub mod endpoints;
 pub mod health;
 pub mod host_gw;
 pub mod iface;

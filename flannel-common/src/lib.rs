@@ -16,12 +16,16 @@ pub mod map_names {
     pub const CONFIG: &str = "FLANNEL_CONFIG_V1";
     pub const PEERS: &str = "FLANNEL_PEERS_V1";
     pub const DROPS: &str = "FLANNEL_DROPS_V1";
+    pub const ROUTES: &str = "FLANNEL_ROUTES_V1";
+    pub const TRAFFIC: &str = "FLANNEL_TRAFFIC_V1";
+    pub const ENDPOINTS: &str = "FLANNEL_ENDPOINTS_V1";
 }
 
 /// Program names, as the agent looks them up in the object.
 pub mod program_names {
     pub const XDP_INGRESS: &str = "xdp_ingress";
     pub const TC_INGRESS: &str = "tc_ingress";
+    pub const TC_ENCAP: &str = "tc_encap";
 }
 
 /// The datapath's settings: the single entry of the `CONFIG` array map.
@@ -38,8 +42,18 @@ pub struct DatapathConfig {
     /// Wire format of the tunnel, one of [`Encap`] as u16.
     pub encap: u16,
     /// Our public IPv4, network byte order: tunnel packets to other addresses (forwarded
-    /// through this host) are not ours to judge. Zero accepts any destination.
+    /// through this host) are not ours to judge. Zero accepts any destination. Also the outer
+    /// source address of what we send.
     pub local_ip_be: u32,
+    /// The host NIC that carries the tunnel.
+    pub nic_ifindex: u32,
+    /// Our VTEP MAC (vxlan): the inner source of what we send, and the only inner
+    /// destination we accept, as a kernel vxlan device does.
+    pub vtep_mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The largest inner packet a tunnel carries (interface MTU - overhead): bigger
+    /// non-GSO packets take the stack's path, which answers "fragmentation needed".
+    pub inner_mtu: u32,
 }
 
 /// Tunnel wire formats (flannel's backend types).
@@ -50,6 +64,54 @@ pub enum Encap {
     Vxlan = 1,
     /// Raw IPv4 in UDP (flannel `udp`).
     Udp = 2,
+}
+
+/// Value of the `ROUTES` LPM trie, keyed by a peer's subnet: where to tunnel its traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tunnel {
+    /// The peer's public IPv4, network byte order: the outer destination.
+    pub remote_ip_be: u32,
+    /// The peer's VTEP MAC (vxlan): the inner destination.
+    pub vtep_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Value of the `ENDPOINTS` map, keyed by a local container's IPv4 (network byte order):
+/// where decapsulated packets for it go without crossing the stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The host-side veth of the container, on the bridge.
+    pub ifindex: u32,
+    /// The container's MAC.
+    pub mac: [u8; 6],
+    /// The bridge's MAC: the source of the frames the container gets.
+    pub bridge_mac: [u8; 6],
+}
+
+/// Per-peer traffic, one per CPU in the `TRAFFIC` map, keyed by the peer's public IPv4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+/// Bytes added in front of the inner IP packet: outer IPv4, UDP, VXLAN, inner Ethernet.
+pub const VXLAN_OVERHEAD: u32 = 20 + 8 + 8 + 14;
+/// Bytes added in front of the inner IP packet: outer IPv4 and UDP.
+pub const UDP_OVERHEAD: u32 = 20 + 8;
+
+impl Encap {
+    pub const fn overhead(self) -> u32 {
+        match self {
+            Encap::Vxlan => VXLAN_OVERHEAD,
+            Encap::Udp => UDP_OVERHEAD,
+        }
+    }
 }
 
 /// Value of the `PEERS` hash map, keyed by a peer's public IPv4 (network byte order).
@@ -75,10 +137,26 @@ pub enum DropReason {
     WrongVni = 1,
     /// A packet to our tunnel port too short to hold the tunnel header.
     Truncated = 2,
+    /// A VXLAN frame whose inner destination MAC is not our VTEP MAC.
+    WrongMac = 3,
+    /// The kernel refused to grow the packet for the outer headers.
+    EncapFailed = 4,
+    /// The kernel refused to strip the outer headers.
+    DecapFailed = 5,
+    /// udp backend: the inner TTL ran out.
+    TtlExpired = 6,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [Self::UnknownPeer, Self::WrongVni, Self::Truncated];
+    pub const ALL: [DropReason; 7] = [
+        Self::UnknownPeer,
+        Self::WrongVni,
+        Self::Truncated,
+        Self::WrongMac,
+        Self::EncapFailed,
+        Self::DecapFailed,
+        Self::TtlExpired,
+    ];
     /// Number of entries in the `DROPS` array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -87,6 +165,10 @@ impl DropReason {
             Self::UnknownPeer => "unknown_peer",
             Self::WrongVni => "wrong_vni",
             Self::Truncated => "truncated",
+            Self::WrongMac => "wrong_mac",
+            Self::EncapFailed => "encap_failed",
+            Self::DecapFailed => "decap_failed",
+            Self::TtlExpired => "ttl_expired",
         }
     }
 }
@@ -96,7 +178,10 @@ pub const MAX_PEERS: u32 = 16_384;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are #[repr(C)] with only integer fields and explicit padding.
+    // SAFETY: all are #[repr(C)] with only integer fields and explicit padding.
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::PeerInfo {}
+    unsafe impl aya::Pod for super::Tunnel {}
+    unsafe impl aya::Pod for super::PeerTraffic {}
+    unsafe impl aya::Pod for super::Endpoint {}
 }

@@ -1,9 +1,9 @@
 //! The tunnel guard: only current peers may send us tunnel packets, and only with our VNI.
 //!
 //! Anything that is not a tunnel packet for us passes untouched; a packet that claims our
-//! tunnel port but fails a check is dropped with a reason.
+//! tunnel port but fails a check is dropped with a reason; a genuine one is handed to decap.
 
-use flannel_common::{DropReason, Encap};
+use flannel_common::{DatapathConfig, DropReason, Encap};
 
 use crate::{
     maps,
@@ -15,16 +15,19 @@ use crate::{
 pub enum Verdict {
     Pass,
     Drop(DropReason),
+    /// A tunnel packet from a current peer: `outer_ip_len` bytes of outer IPv4 header.
+    Tunnel {
+        peer_be: u32,
+        outer_ip_len: usize,
+    },
 }
 
-/// Bytes the guard reads: Ethernet, the largest IPv4 header, UDP and VXLAN.
-pub const GUARD_HEADER_LEN: u32 = (ETH_HLEN + 60 + 8 + 8) as u32;
+/// Bytes the guard and decap read: Ethernet, the largest IPv4 header, UDP, VXLAN and the
+/// inner Ethernet header.
+pub const HEADER_LEN: u32 = (ETH_HLEN + 60 + 8 + 8 + ETH_HLEN) as u32;
 
 #[inline(always)]
-pub fn check(pkt: Packet) -> Verdict {
-    let Some(cfg) = maps::config() else {
-        return Verdict::Pass;
-    };
+pub fn check(pkt: Packet, cfg: &DatapathConfig) -> Verdict {
     if cfg.port_be == 0 {
         return Verdict::Pass;
     }
@@ -62,5 +65,8 @@ pub fn check(pkt: Packet) -> Verdict {
             return Verdict::Drop(DropReason::WrongVni);
         }
     }
-    Verdict::Pass
+    Verdict::Tunnel {
+        peer_be: ip.saddr_be,
+        outer_ip_len: ip_len,
+    }
 }

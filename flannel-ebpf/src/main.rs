@@ -2,28 +2,37 @@
 #![no_std]
 #![no_main]
 
+mod csum;
+mod decap;
+mod encap;
 mod guard;
 mod maps;
 mod parse;
+mod ttl;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_redirect_neigh, bpf_redirect_peer},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use flannel_common::DropReason;
 
 use guard::Verdict;
-use parse::Packet;
+use parse::{Ipv4Hdr, Packet, ETH_HLEN};
 
 /// XDP on the host NIC: drop forged tunnel packets before the stack allocates an skb.
 #[xdp]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
+    let Some(cfg) = maps::config() else {
+        return xdp_action::XDP_PASS;
+    };
     let pkt = Packet {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    match guard::check(pkt) {
-        Verdict::Pass => xdp_action::XDP_PASS,
+    match guard::check(pkt, cfg) {
+        Verdict::Pass | Verdict::Tunnel { .. } => xdp_action::XDP_PASS,
         Verdict::Drop(reason) => {
             maps::count_drop(reason);
             xdp_action::XDP_DROP
@@ -31,25 +40,116 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
-/// TC ingress on the host NIC: the same guard, for drivers without XDP.
+/// TC ingress on the host NIC: tunnel packets from current peers are decapsulated and go on
+/// into the stack as the inner packet; forged ones are dropped; the rest passes.
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
-    // The guard reads only linear bytes: make sure the tunnel headers are there.
-    let wanted = guard::GUARD_HEADER_LEN.min(ctx.len());
-    if ((ctx.data_end() - ctx.data()) as u32) < wanted && ctx.pull_data(wanted).is_err() {
+    let Some(cfg) = maps::config() else {
+        return TC_ACT_OK;
+    };
+    if !linear(&ctx, guard::HEADER_LEN) {
         return TC_ACT_OK;
     }
     let pkt = Packet {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    match guard::check(pkt) {
-        Verdict::Pass => TC_ACT_OK,
-        Verdict::Drop(reason) => {
-            maps::count_drop(reason);
-            TC_ACT_SHOT
-        }
+    let (peer_be, outer_ip_len) = match guard::check(pkt, cfg) {
+        Verdict::Pass => return TC_ACT_OK,
+        Verdict::Drop(reason) => return drop(reason),
+        Verdict::Tunnel {
+            peer_be,
+            outer_ip_len,
+        } => (peer_be, outer_ip_len),
+    };
+    let bytes = ctx.len();
+    if let Err(reason) = decap::decapsulate(&ctx, cfg, outer_ip_len) {
+        return drop(reason);
     }
+    maps::count_rx(peer_be, bytes);
+    deliver(&ctx)
+}
+
+/// A decapsulated packet for a local container goes straight into the container's network
+/// namespace: no routing, no bridge, and a GSO packet stays whole (the bridge would segment
+/// it, as it still carries the tunnel's GSO type). Anything else goes into the stack.
+#[inline(always)]
+fn deliver(ctx: &TcContext) -> i32 {
+    let pkt = Packet {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_HLEN) else {
+        return TC_ACT_OK;
+    };
+    let Some(endpoint) = maps::endpoint(ip.daddr_be) else {
+        return TC_ACT_OK;
+    };
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&endpoint.mac);
+    macs[6..].copy_from_slice(&endpoint.bridge_mac);
+    if ctx.store(0, &macs, 0).is_err() {
+        return TC_ACT_OK;
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect_peer(endpoint.ifindex, 0) as i32 }
+}
+
+/// TC on the overlay device's egress (everything routed to the overlay) and on the
+/// container bridge's ingress (container traffic, before routing): IPv4 packets for a peer's
+/// subnet are encapsulated and sent straight out of the NIC.
+#[classifier]
+pub fn tc_encap(ctx: TcContext) -> i32 {
+    let Some(cfg) = maps::config() else {
+        return TC_ACT_OK;
+    };
+    if cfg.port_be == 0 || !linear(&ctx, (ETH_HLEN + 20) as u32) {
+        return TC_ACT_OK;
+    }
+    let pkt = Packet {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let Some(eth) = pkt.header::<parse::EthHdr>(0) else {
+        return TC_ACT_OK;
+    };
+    if eth.ether_type_be != parse::ETH_P_IP.to_be() {
+        return TC_ACT_OK;
+    }
+    let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_HLEN) else {
+        return TC_ACT_OK;
+    };
+    let Some(tunnel) = maps::tunnel_to(ip.daddr_be) else {
+        return TC_ACT_OK;
+    };
+    // Too big to tunnel whole: the stack fragments it or answers "fragmentation needed".
+    // SAFETY: reading a field of the skb behind the context.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    if !gso && u32::from(u16::from_be(ip.tot_len_be)) > cfg.inner_mtu {
+        return TC_ACT_OK;
+    }
+    let tunnel = *tunnel;
+    let bytes = ctx.len();
+    if let Err(reason) = encap::encapsulate(&ctx, cfg, &tunnel) {
+        return drop(reason);
+    }
+    maps::count_tx(tunnel.remote_ip_be, bytes);
+    // The neighbour subsystem fills in the outer Ethernet header for the NIC.
+    // SAFETY: plain helper call; no pointers passed.
+    unsafe { bpf_redirect_neigh(cfg.nic_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Makes sure the first `len` bytes (or the whole packet, if shorter) are linear.
+#[inline(always)]
+fn linear(ctx: &TcContext, len: u32) -> bool {
+    let wanted = len.min(ctx.len());
+    ((ctx.data_end() - ctx.data()) as u32) >= wanted || ctx.pull_data(wanted).is_ok()
+}
+
+#[inline(always)]
+fn drop(reason: DropReason) -> i32 {
+    maps::count_drop(reason);
+    TC_ACT_SHOT
 }
 
 #[cfg(not(test))]

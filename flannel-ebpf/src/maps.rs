@@ -2,9 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
-use flannel_common::{DatapathConfig, DropReason, PeerInfo, MAX_PEERS};
+use flannel_common::{
+    DatapathConfig, DropReason, Endpoint, PeerInfo, PeerTraffic, Tunnel, MAX_PEERS,
+};
 
 #[map(name = "FLANNEL_CONFIG_V1")]
 pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
@@ -12,6 +14,21 @@ pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 /// Current leases, keyed by the peer's public IPv4 (network byte order).
 #[map(name = "FLANNEL_PEERS_V1")]
 pub static PEERS: HashMap<u32, PeerInfo> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+/// Peer subnets (network byte order, longest prefix) to their tunnel.
+#[map(name = "FLANNEL_ROUTES_V1")]
+pub static ROUTES: LpmTrie<u32, Tunnel> = LpmTrie::with_max_entries(MAX_PEERS, 0);
+
+/// Traffic per peer public IPv4; the agent creates the entries.
+#[map(name = "FLANNEL_TRAFFIC_V1")]
+pub static TRAFFIC: PerCpuHashMap<u32, PeerTraffic> = PerCpuHashMap::with_max_entries(MAX_PEERS, 0);
+
+/// Local containers, keyed by IPv4 (network byte order); the agent keeps it current.
+#[map(name = "FLANNEL_ENDPOINTS_V1")]
+pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Containers one host holds at most in the fast path (more take the stack's path).
+const MAX_ENDPOINTS: u32 = 4096;
 
 /// Dropped packets, indexed by `DropReason`.
 #[map(name = "FLANNEL_DROPS_V1")]
@@ -28,9 +45,42 @@ pub fn is_peer(public_ip_be: u32) -> bool {
 }
 
 #[inline(always)]
+pub fn tunnel_to(dst_be: u32) -> Option<&'static Tunnel> {
+    ROUTES.get(Key::new(32, dst_be))
+}
+
+#[inline(always)]
+pub fn endpoint(ip_be: u32) -> Option<Endpoint> {
+    // SAFETY: copied out at once; the agent replaces entries whole.
+    unsafe { ENDPOINTS.get(ip_be).copied() }
+}
+
+#[inline(always)]
 pub fn count_drop(reason: DropReason) {
     if let Some(counter) = DROPS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
         unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_tx(peer_be: u32, bytes: u32) {
+    if let Some(traffic) = TRAFFIC.get_ptr_mut(peer_be) {
+        // SAFETY: per-CPU value.
+        unsafe {
+            (*traffic).tx_packets += 1;
+            (*traffic).tx_bytes += u64::from(bytes);
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_rx(peer_be: u32, bytes: u32) {
+    if let Some(traffic) = TRAFFIC.get_ptr_mut(peer_be) {
+        // SAFETY: per-CPU value.
+        unsafe {
+            (*traffic).rx_packets += 1;
+            (*traffic).rx_bytes += u64::from(bytes);
+        }
     }
 }

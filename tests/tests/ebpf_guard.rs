@@ -28,6 +28,7 @@ fn config(encap: Encap, port: u16) -> DatapathConfig {
         port_be: port.to_be(),
         encap: encap as u16,
         local_ip_be: u32::from(LOCAL).to_be(),
+        ..Default::default()
     }
 }
 

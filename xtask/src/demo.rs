@@ -11,7 +11,7 @@ use flannel_tests::{
 };
 
 const HOSTS: usize = 3;
-const CONFIG: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#;
+const CONFIG: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
 
 pub fn run() -> Result<()> {
     ctrlc::set_handler(|| {

@@ -1,0 +1,350 @@
+//! The eBPF datapath: our TC programs carry flannel's vxlan and udp wire formats.
+//!
+//! - `tc_ingress` on the NIC decapsulates tunnel packets from current peers (and drops
+//!   forged ones) before the stack routes the inner packet to its container.
+//! - `tc_encap` on the egress of the overlay device `flannel-bpf` encapsulates whatever the
+//!   host routes to the overlay network and sends it straight out of the NIC; on the ingress
+//!   of the container bridge (the interface that holds an address of our subnet, docker0 or
+//!   cni0) it does the same for container traffic before routing: the fast path.
+//!
+//! Filters are netlink TC filters at a fixed handle in one of two priorities: a new agent
+//! attaches at the free one, then removes the old one, so a restart drops nothing, and the
+//! filters (with the maps they hold) stay when the agent exits.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    programs::{
+        links::Link,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        SchedClassifier, TcAttachType,
+    },
+    util::KernelVersion,
+};
+use flannel_common::{DatapathConfig, Encap, Endpoint, PeerInfo, Tunnel};
+use ipnet::Ipv4Net;
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use tracing::{info, warn};
+
+use crate::{
+    bpf::Programs,
+    config::Backend,
+    endpoints,
+    iface::{self, ExtIface},
+    lease::{BackendAttrs, Mac},
+    peers::{Peer, PeerEvent},
+};
+
+/// The overlay device, a veth whose peer never sees a packet: `tc_encap` redirects them all.
+pub const OVERLAY_DEV: &str = "flannel-bpf";
+const OVERLAY_PEER: &str = "flannel-bpf-p";
+/// Our TC filters' handle, and the two priorities a restart alternates between.
+const FILTER_HANDLE: TcHandle = TcHandle::new(0, 0xf1a);
+const PRIORITIES: [u16; 2] = [0xf1a0, 0xf1a1];
+/// `BPF_F_ADJ_ROOM_ENCAP_L2_ETH`, needed for VXLAN GSO, came with Linux 5.13.
+const MIN_KERNEL: (u8, u8) = (5, 13);
+
+pub struct EbpfDatapath {
+    programs: Programs,
+    encap: Encap,
+    vni: u32,
+    port: u16,
+    nic: ExtIface,
+    netlink: Handle,
+    overlay_index: u32,
+    vtep_mac: Mac,
+    subnet: Option<Ipv4Net>,
+    /// Peer subnets in the maps, with the public IP each goes to.
+    installed: HashMap<Ipv4Net, Ipv4Addr>,
+    /// The bridge the fast path is attached to, with its ifindex.
+    bridge: Option<(String, u32)>,
+}
+
+impl EbpfDatapath {
+    pub async fn start(
+        backend: &Backend,
+        nic: &ExtIface,
+        object: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let kernel = KernelVersion::current().context("reading the kernel version")?;
+        if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
+            bail!(
+                "the eBPF datapath needs Linux {}.{} or later (bpf_skb_adjust_room with \
+                 BPF_F_ADJ_ROOM_ENCAP_L2_ETH); this is {kernel:?}",
+                MIN_KERNEL.0,
+                MIN_KERNEL.1
+            );
+        }
+        let (encap, vni, port) = match backend {
+            Backend::Vxlan { vni, port, .. } => (Encap::Vxlan, *vni, *port),
+            Backend::Udp { port } => (Encap::Udp, 0, *port),
+            Backend::HostGw => bail!("host-gw has nothing to encapsulate"),
+        };
+        let programs = Programs::load(object)?;
+        let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+        tokio::spawn(connection);
+        let mtu = nic.overlay_mtu(backend);
+        let (overlay_index, vtep_mac) = ensure_overlay_device(&netlink, mtu).await?;
+        info!(device = OVERLAY_DEV, mtu, vtep_mac = %vtep_mac, "overlay device");
+        Ok(Self {
+            programs,
+            encap,
+            vni,
+            port,
+            nic: nic.clone(),
+            netlink,
+            overlay_index,
+            vtep_mac,
+            subnet: None,
+            installed: HashMap::new(),
+            bridge: None,
+        })
+    }
+
+    pub fn lease_backend(&self) -> BackendAttrs {
+        match self.encap {
+            Encap::Vxlan => BackendAttrs::Vxlan {
+                vni: self.vni,
+                vtep_mac: self.vtep_mac,
+            },
+            Encap::Udp => BackendAttrs::Udp,
+        }
+    }
+
+    /// Our subnet is known: the overlay device takes `<subnet>.0/32` (the source of host
+    /// traffic, as flannel's devices), the network is routed to it, the maps configured.
+    pub async fn activate(&mut self, network: Ipv4Net, subnet: Ipv4Net, mtu: u32) -> Result<()> {
+        self.netlink
+            .address()
+            .add(self.overlay_index, IpAddr::V4(subnet.network()), 32)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding {}/32 to {OVERLAY_DEV}", subnet.network()))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(network.network(), network.prefix_len())
+            .output_interface(self.overlay_index)
+            .pref_source(subnet.network())
+            .build();
+        self.netlink
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("routing {network} to {OVERLAY_DEV}"))?;
+        let nic_ifindex = nix::net::if_::if_nametoindex(self.nic.name.as_str())
+            .with_context(|| format!("looking up {}", self.nic.name))?;
+        self.programs.set_config(DatapathConfig {
+            vni: self.vni,
+            port_be: self.port.to_be(),
+            encap: self.encap as u16,
+            local_ip_be: u32::from(self.nic.addr).to_be(),
+            nic_ifindex,
+            vtep_mac: self.vtep_mac.0,
+            inner_mtu: mtu,
+            ..Default::default()
+        })?;
+        self.subnet = Some(subnet);
+        Ok(())
+    }
+
+    /// Attaches the programs, taking over from a previous agent's; call once the maps hold
+    /// the peers, so no packet meets an empty map.
+    pub fn attach(&mut self) -> Result<()> {
+        let nic = self.nic.name.clone();
+        attach_replacing(self.programs.tc_ingress(), &nic, TcAttachType::Ingress)?;
+        attach_replacing(self.programs.tc_encap(), OVERLAY_DEV, TcAttachType::Egress)?;
+        info!(nic = %nic, overlay = OVERLAY_DEV, "eBPF programs attached");
+        self.attach_bridge();
+        Ok(())
+    }
+
+    /// The fast path: attach `tc_encap` to the container bridge once it exists (Docker may
+    /// start after us, and may recreate it).
+    fn attach_bridge(&mut self) {
+        let Some(subnet) = self.subnet else { return };
+        let found = iface::addresses().ok().and_then(|all| {
+            all.into_iter()
+                .find(|(name, addr)| name != OVERLAY_DEV && subnet.contains(addr))
+                .map(|(name, _)| name)
+        });
+        let Some(name) = found else { return };
+        let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
+            return;
+        };
+        if self.bridge.as_ref() == Some(&(name.clone(), index)) {
+            return;
+        }
+        match attach_replacing(self.programs.tc_encap(), &name, TcAttachType::Ingress) {
+            Ok(()) => {
+                info!(bridge = %name, "fast path attached to the container bridge");
+                self.bridge = Some((name, index));
+            }
+            Err(e) => warn!(bridge = %name, "fast path not attached: {e:#}"),
+        }
+    }
+
+    pub async fn apply(&mut self, event: &PeerEvent) -> Result<()> {
+        match event {
+            PeerEvent::Added(peer) => self.install(peer),
+            PeerEvent::Removed(peer) => self.uninstall(&peer.subnet),
+        }
+    }
+
+    fn install(&mut self, peer: &Peer) -> Result<()> {
+        let vtep_mac = match &peer.attrs.backend {
+            BackendAttrs::Vxlan { vtep_mac, .. } => *vtep_mac,
+            _ => Mac::default(),
+        };
+        let ip = peer.attrs.public_ip;
+        if let Some(old_ip) = self.installed.insert(peer.subnet, ip) {
+            if old_ip != ip {
+                self.forget_ip_unless_used(old_ip)?;
+            }
+        }
+        let ip_be = u32::from(ip).to_be();
+        let info = PeerInfo {
+            subnet_be: u32::from(peer.subnet.network()).to_be(),
+            prefix_len: peer.subnet.prefix_len(),
+            vtep_mac: vtep_mac.0,
+            ..Default::default()
+        };
+        self.programs.insert_peer(ip, info)?;
+        self.programs.track_traffic(ip)?;
+        let tunnel = Tunnel {
+            remote_ip_be: ip_be,
+            vtep_mac: vtep_mac.0,
+            ..Default::default()
+        };
+        self.programs.insert_route(peer.subnet, tunnel)?;
+        info!(subnet = %peer.subnet, public_ip = %ip, "peer in the datapath");
+        Ok(())
+    }
+
+    fn uninstall(&mut self, subnet: &Ipv4Net) -> Result<()> {
+        let Some(ip) = self.installed.remove(subnet) else {
+            return Ok(());
+        };
+        self.programs.remove_route(*subnet)?;
+        self.forget_ip_unless_used(ip)?;
+        info!(%subnet, public_ip = %ip, "peer left the datapath");
+        Ok(())
+    }
+
+    /// A public IP no subnet uses any more may no longer send us tunnel packets.
+    fn forget_ip_unless_used(&mut self, ip: Ipv4Addr) -> Result<()> {
+        if self.installed.values().all(|used| *used != ip) {
+            self.programs.remove_peer(ip)?;
+            self.programs.untrack_traffic(ip)?;
+        }
+        Ok(())
+    }
+
+    pub async fn reconcile(&mut self) -> Result<()> {
+        self.attach_bridge();
+        self.sync_endpoints().await
+    }
+
+    /// Brings the fast path's container map in line with the bridge's containers.
+    async fn sync_endpoints(&mut self) -> Result<()> {
+        let Some((bridge, bridge_index)) = self.bridge.clone() else {
+            return Ok(());
+        };
+        let path = format!("/sys/class/net/{bridge}/address");
+        let bridge_mac: Mac = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {path}"))?
+            .trim()
+            .parse()?;
+        let wanted = endpoints::discover(&self.netlink, bridge_index).await?;
+        let current = self.programs.endpoints()?;
+        for (ip, _) in &current {
+            if !wanted.contains_key(ip) {
+                self.programs.remove_endpoint(*ip)?;
+            }
+        }
+        for (ip, (ifindex, mac)) in wanted {
+            let endpoint = Endpoint {
+                ifindex,
+                mac: mac.0,
+                bridge_mac: bridge_mac.0,
+            };
+            if !current.contains(&(ip, endpoint)) {
+                self.programs.insert_endpoint(ip, endpoint)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The overlay veth pair, created if missing (a restart reuses it and keeps its MAC); up,
+/// without ARP, at `mtu`. Returns its ifindex and MAC.
+async fn ensure_overlay_device(netlink: &Handle, mtu: u32) -> Result<(u32, Mac)> {
+    if nix::net::if_::if_nametoindex(OVERLAY_DEV).is_err() {
+        netlink
+            .link()
+            .add(LinkVeth::new(OVERLAY_DEV, OVERLAY_PEER).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating the overlay device {OVERLAY_DEV}"))?;
+    }
+    for name in [OVERLAY_DEV, OVERLAY_PEER] {
+        let index =
+            nix::net::if_::if_nametoindex(name).with_context(|| format!("finding {name}"))?;
+        let settings = LinkUnspec::new_with_index(index)
+            .up()
+            .arp(false)
+            .mtu(mtu)
+            .build();
+        netlink
+            .link()
+            .set(settings)
+            .execute()
+            .await
+            .with_context(|| format!("setting {name} up"))?;
+    }
+    let index = nix::net::if_::if_nametoindex(OVERLAY_DEV)?;
+    let path = format!("/sys/class/net/{OVERLAY_DEV}/address");
+    let mac = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path}"))?
+        .trim()
+        .parse()?;
+    Ok((index, mac))
+}
+
+/// Attaches `program` at a free one of our two priorities, then removes the filter at the
+/// other one (a previous agent's), so there is no moment without a filter. The filter stays
+/// when we exit.
+fn attach_replacing(program: &mut SchedClassifier, iface: &str, kind: TcAttachType) -> Result<()> {
+    // An existing clsact qdisc is fine.
+    let _ = tc::qdisc_add_clsact(iface);
+    let mut last_error = None;
+    for (index, &priority) in PRIORITIES.iter().enumerate() {
+        let options = NlOptions {
+            priority,
+            handle: FILTER_HANDLE,
+            classid: None,
+        };
+        match program.attach_with_options(iface, kind, TcAttachOptions::Netlink(options)) {
+            Ok(id) => {
+                let link = program.take_link(id)?;
+                std::mem::forget(link);
+                let old = PRIORITIES[1 - index];
+                if let Ok(previous) =
+                    SchedClassifierLink::attached(iface, kind, old, FILTER_HANDLE, None)
+                {
+                    // Nothing there is fine too.
+                    let _ = previous.detach();
+                }
+                return Ok(());
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(anyhow!(last_error.expect("two attempts")))
+        .with_context(|| format!("attaching {kind:?} filter on {iface}"))
+}
