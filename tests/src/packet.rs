@@ -75,6 +75,60 @@ pub fn udp_frame(
     ethernet([0x02, 0, 0, 0, 0, 2], [0x02, 0, 0, 0, 0, 1], ETH_P_IP, &ip)
 }
 
+/// Starts capturing, on every interface of the calling thread's network namespace, the first
+/// IPv4 UDP frame to `port`; the returned thread yields it (None after 5 s without one).
+/// The socket exists when this returns, so a frame sent afterwards is not missed.
+pub fn capture_udp(port: u16) -> std::thread::JoinHandle<Option<Vec<u8>>> {
+    // SAFETY: plain socket calls on a socket this function owns.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            (libc::ETH_P_ALL as u16).to_be().into(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    let timeout = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: valid fd and a timeval of the right size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &timeout as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let frame = loop {
+            // SAFETY: buf is valid for its length.
+            let len = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if len < 0 {
+                break None;
+            }
+            let frame = &buf[..len as usize];
+            let is_match = frame.len() > 42
+                && frame[12..14] == ETH_P_IP.to_be_bytes()
+                && frame[23] == IPPROTO_UDP
+                && frame[36..38] == port.to_be_bytes();
+            if is_match {
+                break Some(frame.to_vec());
+            }
+        };
+        // SAFETY: closing the fd this thread owns.
+        unsafe { libc::close(fd) };
+        frame
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,546 @@
+//! The programs run by the kernel on crafted packets with BPF_PROG_TEST_RUN: the tunnel guard
+//! (XDP and TC ingress), decapsulation (also of a frame made by the kernel's vxlan device),
+//! and encapsulation, byte for byte, for both wire formats.
+
+use std::net::{Ipv4Addr, UdpSocket};
+
+use aya::programs::{TestRun, TestRunOptions, XdpMode};
+use flannel_agent::bpf::Programs;
+use flannel_common::{
+    DatapathConfig, DropReason, Encap, PeerInfo, Tunnel, UDP_BACKEND_PORT, VXLAN_PORT,
+};
+use flannel_tests::{
+    netns::{link, Netns},
+    packet::{self, udp_frame, vxlan, IPPROTO_TCP},
+    require_root,
+};
+
+const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
+const PEER: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 3);
+const STRANGER: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 66);
+const VNI: u32 = 1;
+const OUR_VTEP: [u8; 6] = [0x0a, 0, 0, 0, 0, 1];
+const PEER_VTEP: [u8; 6] = [0x0a, 0, 0, 0, 0, 2];
+const INNER_MTU: u32 = 1450;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+fn config(encap: Encap, port: u16) -> DatapathConfig {
+    DatapathConfig {
+        vni: VNI,
+        port_be: port.to_be(),
+        encap: encap as u16,
+        local_ip_be: u32::from(LOCAL).to_be(),
+        nic_ifindex: 1,
+        vtep_mac: OUR_VTEP,
+        inner_mtu: INNER_MTU,
+        ..Default::default()
+    }
+}
+
+/// Programs loaded with `config` and one peer, PEER, holding 10.1.74.0/24.
+fn guard(config: DatapathConfig) -> Programs {
+    require_root();
+    let mut programs = Programs::load(None).expect("load the embedded object");
+    programs.set_config(config).unwrap();
+    let peer = PeerInfo {
+        subnet_be: u32::from(Ipv4Addr::new(10, 1, 74, 0)).to_be(),
+        prefix_len: 24,
+        ..Default::default()
+    };
+    programs.insert_peer(PEER, peer).unwrap();
+    programs.track_traffic(PEER).unwrap();
+    let tunnel = Tunnel {
+        remote_ip_be: u32::from(PEER).to_be(),
+        vtep_mac: PEER_VTEP,
+        ..Default::default()
+    };
+    programs
+        .insert_route("10.1.74.0/24".parse().unwrap(), tunnel)
+        .unwrap();
+    programs
+}
+
+/// Runs both programs on `frame`; returns (XDP verdict, TC verdict).
+fn verdicts(programs: &mut Programs, frame: &[u8]) -> (u32, u32) {
+    let xdp = programs
+        .xdp_ingress()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })
+        .expect("xdp test run")
+        .return_value;
+    let tc = programs
+        .tc_ingress()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })
+        .expect("tc test run")
+        .return_value;
+    (xdp, tc)
+}
+
+fn drops(programs: &mut Programs, reason: DropReason) -> u64 {
+    programs
+        .drops()
+        .unwrap()
+        .into_iter()
+        .find(|(r, _)| *r == reason)
+        .unwrap()
+        .1
+}
+
+/// An inner IPv4 packet from a peer's container to one of ours.
+fn inner_ip() -> Vec<u8> {
+    packet::ipv4(
+        Ipv4Addr::new(10, 1, 74, 2),
+        Ipv4Addr::new(10, 1, 83, 2),
+        IPPROTO_TCP,
+        &[7; 20],
+    )
+}
+
+fn inner_frame() -> Vec<u8> {
+    packet::ethernet(OUR_VTEP, PEER_VTEP, packet::ETH_P_IP, &inner_ip())
+}
+
+fn vxlan_from(src: Ipv4Addr, vni: u32) -> Vec<u8> {
+    udp_frame(src, LOCAL, 40000, VXLAN_PORT, &vxlan(vni, &inner_frame()))
+}
+
+/// Runs tc_ingress on `frame`: its verdict and the packet it leaves.
+fn tc_ingress(programs: &mut Programs, frame: &[u8]) -> (u32, Vec<u8>) {
+    run_tc(programs.tc_ingress(), frame)
+}
+
+fn run_tc(program: &mut aya::programs::SchedClassifier, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .expect("tc test run");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+#[test]
+fn vxlan_from_a_peer_is_decapsulated_to_the_inner_packet() {
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let frame = vxlan_from(PEER, VNI);
+    assert_eq!(verdicts(&mut programs, &frame).0, XDP_PASS);
+    let (verdict, out) = tc_ingress(&mut programs, &frame);
+    assert_eq!(verdict, TC_ACT_OK);
+    // The outer Ethernet header (addressed to this host) stays, the inner packet follows.
+    assert_eq!(out, [&frame[..14], &inner_ip()[..]].concat());
+    let traffic = programs.traffic(PEER).unwrap();
+    // verdicts() ran tc_ingress once already.
+    assert_eq!(
+        (traffic.rx_packets, traffic.rx_bytes),
+        (2, 2 * frame.len() as u64)
+    );
+}
+
+#[test]
+fn vxlan_for_another_vtep_mac_is_dropped() {
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let inner = packet::ethernet(
+        [0x0a, 0, 0, 0, 0, 9],
+        PEER_VTEP,
+        packet::ETH_P_IP,
+        &inner_ip(),
+    );
+    let frame = udp_frame(PEER, LOCAL, 40000, VXLAN_PORT, &vxlan(VNI, &inner));
+    assert_eq!(tc_ingress(&mut programs, &frame).0, TC_ACT_SHOT);
+    assert_eq!(drops(&mut programs, DropReason::WrongMac), 1);
+}
+
+#[test]
+fn vxlan_from_a_stranger_is_dropped_and_counted() {
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    assert_eq!(
+        verdicts(&mut programs, &vxlan_from(STRANGER, VNI)),
+        (XDP_DROP, TC_ACT_SHOT)
+    );
+    assert_eq!(
+        drops(&mut programs, DropReason::UnknownPeer),
+        2,
+        "one drop per program"
+    );
+    assert_eq!(drops(&mut programs, DropReason::WrongVni), 0);
+}
+
+#[test]
+fn vxlan_with_another_vni_is_dropped() {
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    assert_eq!(
+        verdicts(&mut programs, &vxlan_from(PEER, 2)),
+        (XDP_DROP, TC_ACT_SHOT)
+    );
+    assert_eq!(drops(&mut programs, DropReason::WrongVni), 2);
+}
+
+#[test]
+fn vxlan_without_the_valid_vni_flag_is_dropped() {
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut frame = vxlan_from(PEER, VNI);
+    frame[14 + 20 + 8] = 0; // clear the I flag
+    assert_eq!(verdicts(&mut programs, &frame), (XDP_DROP, TC_ACT_SHOT));
+    assert_eq!(drops(&mut programs, DropReason::WrongVni), 2);
+}
+
+#[test]
+fn truncated_vxlan_header_is_dropped() {
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let frame = udp_frame(PEER, LOCAL, 40000, VXLAN_PORT, &[0x08, 0, 0]);
+    assert_eq!(verdicts(&mut programs, &frame), (XDP_DROP, TC_ACT_SHOT));
+    assert_eq!(drops(&mut programs, DropReason::Truncated), 2);
+}
+
+#[test]
+fn unrelated_traffic_passes() {
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let dns = udp_frame(STRANGER, LOCAL, 40000, 53, b"query");
+    let tcp = packet::ethernet(
+        [2, 0, 0, 0, 0, 2],
+        [2, 0, 0, 0, 0, 1],
+        packet::ETH_P_IP,
+        &packet::ipv4(STRANGER, LOCAL, IPPROTO_TCP, &[0; 20]),
+    );
+    let arp = packet::ethernet([0xff; 6], [2, 0, 0, 0, 0, 1], 0x0806, &[0; 28]);
+    for frame in [dns, tcp, arp] {
+        assert_eq!(verdicts(&mut programs, &frame), (XDP_PASS, TC_ACT_OK));
+    }
+    let total: u64 = programs.drops().unwrap().iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 0);
+}
+
+#[test]
+fn tunnel_traffic_for_another_address_is_not_judged() {
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let frame = udp_frame(
+        STRANGER,
+        Ipv4Addr::new(192, 168, 64, 9),
+        40000,
+        VXLAN_PORT,
+        &vxlan(VNI, &inner_frame()),
+    );
+    assert_eq!(verdicts(&mut programs, &frame), (XDP_PASS, TC_ACT_OK));
+}
+
+#[test]
+fn an_unconfigured_guard_passes_everything() {
+    require_root();
+    let mut programs = Programs::load(None).unwrap();
+    assert_eq!(
+        verdicts(&mut programs, &vxlan_from(STRANGER, 7)),
+        (XDP_PASS, TC_ACT_OK)
+    );
+}
+
+#[test]
+fn udp_backend_checks_the_sender_but_has_no_vni() {
+    let mut programs = guard(config(Encap::Udp, UDP_BACKEND_PORT));
+    let inner = packet::ipv4(
+        Ipv4Addr::new(10, 1, 83, 2),
+        Ipv4Addr::new(10, 1, 74, 2),
+        IPPROTO_TCP,
+        &[0; 20],
+    );
+    let from_peer = udp_frame(PEER, LOCAL, UDP_BACKEND_PORT, UDP_BACKEND_PORT, &inner);
+    let from_stranger = udp_frame(STRANGER, LOCAL, UDP_BACKEND_PORT, UDP_BACKEND_PORT, &inner);
+    assert_eq!(verdicts(&mut programs, &from_peer), (XDP_PASS, TC_ACT_OK));
+    assert_eq!(
+        verdicts(&mut programs, &from_stranger),
+        (XDP_DROP, TC_ACT_SHOT)
+    );
+    // Decapsulated with the inner TTL decremented, as flannel's udp backend does.
+    let (verdict, out) = tc_ingress(&mut programs, &from_peer);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, [&from_peer[..14], &with_ttl(&inner, 63)[..]].concat());
+}
+
+/// Real packets on a veth: the attached XDP guard drops a stranger's VXLAN and lets a peer's
+/// through, and ordinary traffic keeps flowing.
+#[test]
+fn attached_guard_filters_real_packets() {
+    require_root();
+    let host = Netns::new("guard-host").unwrap();
+    let peer = Netns::new("guard-peer").unwrap();
+    link(
+        &host,
+        "eth0",
+        "192.168.64.2/24",
+        &peer,
+        "eth0",
+        "192.168.64.3/24",
+    )
+    .unwrap();
+    peer.ip(&["addr", "add", "192.168.64.66/24", "dev", "eth0"])
+        .unwrap();
+
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    // XDP only: the guard's verdicts, with the payload left for the socket to see.
+    host.enter(|| {
+        programs
+            .xdp_ingress()
+            .attach("eth0", XdpMode::Default)
+            .map(drop)
+    })
+    .unwrap()
+    .expect("attach XDP");
+
+    let receiver = host
+        .enter(|| UdpSocket::bind((LOCAL, VXLAN_PORT)))
+        .unwrap()
+        .unwrap();
+    receiver
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let send_from = |src: Ipv4Addr, payload: Vec<u8>| {
+        peer.enter(move || {
+            let socket = UdpSocket::bind((src, 0)).unwrap();
+            socket.send_to(&payload, (LOCAL, VXLAN_PORT)).unwrap();
+        })
+        .unwrap()
+    };
+    send_from(STRANGER, vxlan(VNI, b"forged"));
+    send_from(PEER, vxlan(VNI, b"genuine"));
+
+    // The stranger's datagram was sent first: the first one to arrive must be the peer's.
+    let mut buf = [0u8; 64];
+    let (len, from) = receiver
+        .recv_from(&mut buf)
+        .expect("the peer's packet arrives");
+    assert_eq!(from.ip(), PEER);
+    assert_eq!(&buf[8..len], b"genuine");
+    assert_eq!(
+        drops(&mut programs, DropReason::UnknownPeer),
+        1,
+        "dropped once, by XDP"
+    );
+    peer.exec("ping", &["-c", "1", "-W", "2", "192.168.64.2"])
+        .expect("ping crosses the guarded link");
+}
+
+/// A container packet, as tc_encap sees it on the bridge or the overlay device.
+fn container_frame(dst: Ipv4Addr, payload_len: usize) -> Vec<u8> {
+    let ip = packet::ipv4(
+        Ipv4Addr::new(10, 1, 83, 2),
+        dst,
+        IPPROTO_TCP,
+        &vec![5; payload_len],
+    );
+    packet::ethernet(
+        [2, 0, 0, 0, 0, 0xb],
+        [2, 0, 0, 0, 0, 0xc],
+        packet::ETH_P_IP,
+        &ip,
+    )
+}
+
+/// `ip` with its TTL set to `ttl` and the header checksum recomputed.
+fn with_ttl(ip: &[u8], ttl: u8) -> Vec<u8> {
+    let mut ip = ip.to_vec();
+    ip[8] = ttl;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let sum = packet::checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip
+}
+
+/// Checks the outer headers tc_encap wrote in front of `inner_len` bytes, and returns the
+/// bytes after them. The UDP source port comes from the flow hash: any ephemeral port.
+fn check_outer(out: &[u8], original: &[u8], overhead: usize, port: u16) -> Vec<u8> {
+    let inner_len = original.len() - 14;
+    assert_eq!(out.len(), original.len() + overhead);
+    assert_eq!(
+        &out[..14],
+        &original[..14],
+        "the L2 header is the neighbour layer's to rewrite"
+    );
+    let outer_ip = &out[14..34];
+    let total = (inner_len + overhead) as u16;
+    let mut expected_ip = vec![0x45, 0];
+    expected_ip.extend_from_slice(&total.to_be_bytes());
+    expected_ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17]);
+    expected_ip.extend_from_slice(&outer_ip[10..12]);
+    expected_ip.extend_from_slice(&LOCAL.octets());
+    expected_ip.extend_from_slice(&PEER.octets());
+    assert_eq!(outer_ip, &expected_ip[..]);
+    assert_eq!(packet::checksum(outer_ip), 0, "valid outer IPv4 checksum");
+    let udp = &out[34..42];
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    assert!(
+        (32768..61000).contains(&sport),
+        "source port {sport} is ephemeral"
+    );
+    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), port);
+    assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), total - 20);
+    assert_eq!(&udp[6..8], &[0, 0], "UDP checksum 0");
+    out[42..].to_vec()
+}
+
+#[test]
+fn vxlan_encap_byte_for_byte() {
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let frame = container_frame(Ipv4Addr::new(10, 1, 74, 2), 100);
+    let (verdict, out) = run_tc(programs.tc_encap(), &frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent to the NIC");
+    let rest = check_outer(&out, &frame, 50, VXLAN_PORT);
+    assert_eq!(
+        &rest[..8],
+        &[0x08, 0, 0, 0, 0, 0, 1, 0],
+        "VXLAN flags and VNI 1"
+    );
+    let inner = packet::ethernet(PEER_VTEP, OUR_VTEP, packet::ETH_P_IP, &frame[14..]);
+    assert_eq!(
+        &rest[8..],
+        &inner[..],
+        "inner Ethernet to the peer's VTEP, then the packet"
+    );
+    let traffic = programs.traffic(PEER).unwrap();
+    assert_eq!(
+        (traffic.tx_packets, traffic.tx_bytes),
+        (1, frame.len() as u64)
+    );
+}
+
+#[test]
+fn udp_encap_byte_for_byte_with_the_ttl_decremented() {
+    let mut programs = guard(config(Encap::Udp, UDP_BACKEND_PORT));
+    let frame = container_frame(Ipv4Addr::new(10, 1, 74, 2), 100);
+    let (verdict, out) = run_tc(programs.tc_encap(), &frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let rest = check_outer(&out, &frame, 28, UDP_BACKEND_PORT);
+    assert_eq!(
+        rest,
+        with_ttl(&frame[14..], 63),
+        "the raw IPv4 packet, TTL 64 - 1"
+    );
+}
+
+#[test]
+fn encap_leaves_other_destinations_and_oversize_packets_to_the_stack() {
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    for frame in [
+        container_frame(Ipv4Addr::new(10, 1, 99, 2), 100),
+        container_frame(Ipv4Addr::new(8, 8, 8, 8), 100),
+        // 1451 bytes of IPv4 do not fit a 1500-byte NIC once encapsulated.
+        container_frame(Ipv4Addr::new(10, 1, 74, 2), INNER_MTU as usize - 20 + 1),
+    ] {
+        assert_eq!(
+            run_tc(programs.tc_encap(), &frame),
+            (TC_ACT_OK, frame.clone())
+        );
+    }
+    let fits = container_frame(Ipv4Addr::new(10, 1, 74, 2), INNER_MTU as usize - 20);
+    assert_eq!(run_tc(programs.tc_encap(), &fits).0, TC_ACT_REDIRECT);
+}
+
+/// A frame sent by a Linux vxlan device set up as flannel sets up `flannel.1`, captured on
+/// the wire, is decapsulated by our tc_ingress.
+#[test]
+fn decapsulates_a_frame_made_by_the_kernels_vxlan_device() {
+    require_root();
+    let kernel = Netns::new("kvx").unwrap();
+    let ours = Netns::new("kvx-ours").unwrap();
+    link(
+        &kernel,
+        "eth0",
+        "192.168.64.3/24",
+        &ours,
+        "eth0",
+        "192.168.64.2/24",
+    )
+    .unwrap();
+    let mac = "0a:00:00:00:00:01";
+    for args in [
+        &[
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            "192.168.64.3",
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ][..],
+        &["link", "set", "flannel.1", "mtu", "1450", "up"],
+        &["addr", "add", "10.1.74.0/32", "dev", "flannel.1"],
+        &[
+            "neigh",
+            "replace",
+            "10.1.83.0",
+            "dev",
+            "flannel.1",
+            "lladdr",
+            mac,
+            "nud",
+            "permanent",
+        ],
+        &[
+            "route",
+            "replace",
+            "10.1.83.0/24",
+            "via",
+            "10.1.83.0",
+            "dev",
+            "flannel.1",
+            "onlink",
+        ],
+    ] {
+        kernel.ip(args).unwrap();
+    }
+    kernel
+        .exec(
+            "bridge",
+            &[
+                "fdb",
+                "replace",
+                mac,
+                "dev",
+                "flannel.1",
+                "dst",
+                "192.168.64.2",
+                "self",
+                "permanent",
+            ],
+        )
+        .unwrap();
+
+    let capture = ours
+        .enter(|| flannel_tests::packet::capture_udp(VXLAN_PORT))
+        .unwrap();
+    kernel
+        .enter(|| {
+            let socket = UdpSocket::bind("10.1.74.0:0").unwrap();
+            socket
+                .send_to(b"from a kernel vxlan peer", "10.1.83.2:9999")
+                .unwrap();
+        })
+        .unwrap();
+    let frame = capture.join().unwrap().expect("the kernel's VXLAN frame");
+
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let (verdict, out) = tc_ingress(&mut programs, &frame);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(&out[..14], &frame[..14]);
+    assert_eq!(&out[14..], &frame[14 + 50..], "the inner IPv4 packet");
+    assert_eq!(&out[14 + 12..14 + 20], &[10, 1, 74, 0, 10, 1, 83, 2]);
+    assert!(out.ends_with(b"from a kernel vxlan peer"));
+}
