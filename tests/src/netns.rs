@@ -18,10 +18,11 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
         .with_context(|| format!("running {program}"))?;
     if !output.status.success() {
         bail!(
-            "`{program} {}` failed ({}): {}",
+            "`{program} {}` failed ({}): {}{}",
             args.join(" "),
             output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            String::from_utf8_lossy(&output.stderr).trim(),
+            String::from_utf8_lossy(&output.stdout).trim()
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())

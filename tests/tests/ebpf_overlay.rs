@@ -76,3 +76,334 @@ fn vxlan_lease_advertises_the_overlay_devices_mac() {
         )
     );
 }
+
+fn lease_value(bed: &Testbed, subnet: &str) -> serde_json::Value {
+    let key = format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"));
+    serde_json::from_str(&bed.etcd.get(&key).unwrap().expect("lease")).unwrap()
+}
+
+/// One host ours, the other a Linux vxlan device set up exactly as flannel sets up
+/// `flannel.1`; containers on both reach each other, both ways.
+#[test]
+fn interoperates_with_a_kernel_vxlan_host_configured_like_flannel() {
+    require_root();
+    let bed = Testbed::new(2).unwrap();
+    bed.put_config(VXLAN).unwrap();
+    let kernel = &bed.hosts[1];
+    let kernel_subnet = "10.1.200.0/24";
+    for args in [
+        &[
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            "192.168.64.11",
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ][..],
+        &["link", "set", "flannel.1", "mtu", "1450", "up"],
+        &["addr", "add", "10.1.200.0/32", "dev", "flannel.1"],
+    ] {
+        kernel.ip(args).unwrap();
+    }
+    let kernel_mac = kernel
+        .exec("cat", &["/sys/class/net/flannel.1/address"])
+        .unwrap();
+    let kernel_lease = format!(
+        r#"{{"PublicIP":"192.168.64.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+        kernel_mac.trim()
+    );
+    bed.etcd
+        .put(&format!("{PREFIX}/subnets/10.1.200.0-24"), &kernel_lease)
+        .unwrap();
+    let kernel_container = bed.add_container(1, kernel_subnet, 2).unwrap();
+
+    let mut ours = bed.agent(0, &[]).unwrap();
+    ours.wait_ready(READY).unwrap();
+    let our_subnet = ours.subnet().unwrap();
+    let our_mac = lease_value(&bed, &our_subnet)["BackendData"]["VtepMAC"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gateway = our_subnet.replace(".0/24", ".0");
+    // What flanneld's vxlan backend does on the kernel host for our lease.
+    kernel
+        .ip(&[
+            "neigh",
+            "replace",
+            &gateway,
+            "dev",
+            "flannel.1",
+            "lladdr",
+            &our_mac,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    kernel
+        .exec(
+            "bridge",
+            &[
+                "fdb",
+                "replace",
+                &our_mac,
+                "dev",
+                "flannel.1",
+                "dst",
+                "192.168.64.10",
+                "self",
+                "permanent",
+            ],
+        )
+        .unwrap();
+    kernel
+        .ip(&[
+            "route",
+            "replace",
+            &our_subnet,
+            "via",
+            &gateway,
+            "dev",
+            "flannel.1",
+            "onlink",
+        ])
+        .unwrap();
+    let our_container = bed.add_container(0, &our_subnet, 2).unwrap();
+
+    wait_for("ours to reach the kernel host's container", READY, || {
+        our_container.ping(kernel_container.ip).is_ok()
+    })
+    .unwrap();
+    wait_for("the kernel host's container to reach ours", READY, || {
+        kernel_container.ping(our_container.ip).is_ok()
+    })
+    .unwrap();
+}
+
+/// iperf3 between two containers, one way or the other; returns Gbit/s.
+fn iperf(server: &Container, client: &Container, reverse: bool) -> f64 {
+    server.ns.exec("iperf3", &["-s", "-D", "-1"]).unwrap();
+    let ip = server.ip.to_string();
+    let mut args = vec!["-c", ip.as_str(), "-t", "2", "-J"];
+    if reverse {
+        args.push("-R");
+    }
+    let mut out = Err(anyhow::anyhow!("not run"));
+    wait_for("iperf3 to connect", READY, || {
+        out = client.ns.exec("iperf3", &args);
+        out.is_ok()
+    })
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&out.unwrap()).unwrap();
+    json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
+        / 1e9
+}
+
+#[test]
+fn tcp_bulk_transfer_works_both_ways() {
+    for config in [VXLAN, UDP] {
+        let (_bed, _agents, containers) = overlay(config, 2);
+        let forward = iperf(&containers[0], &containers[1], false);
+        let reverse = iperf(&containers[0], &containers[1], true);
+        assert!(
+            forward > 0.1 && reverse > 0.1,
+            "{config}: {forward} / {reverse} Gbit/s"
+        );
+    }
+}
+
+#[test]
+fn a_peer_removed_from_etcd_stops_being_reachable() {
+    let (bed, mut agents, containers) = overlay(VXLAN, 2);
+    wait_for("reachability", READY, || {
+        containers[0].ping(containers[1].ip).is_ok()
+    })
+    .unwrap();
+    let gone = agents[1].subnet().unwrap();
+    agents[1].terminate().unwrap();
+    bed.etcd
+        .etcdctl(&[
+            "del",
+            &format!("{PREFIX}/subnets/{}", gone.replace('/', "-")),
+        ])
+        .unwrap();
+    wait_for("the peer to leave the datapath", READY, || {
+        agents[0].log().contains("peer left the datapath")
+    })
+    .unwrap();
+    assert!(
+        containers[0].ping(containers[1].ip).is_err(),
+        "the removed peer is unreachable"
+    );
+}
+
+#[test]
+fn a_peer_that_changes_its_public_ip_keeps_working() {
+    let (bed, mut agents, containers) = overlay(VXLAN, 2);
+    wait_for("reachability", READY, || {
+        containers[0].ping(containers[1].ip).is_ok()
+    })
+    .unwrap();
+    // Host 1 moves from 192.168.64.11 to 192.168.64.21; its lease says so.
+    agents[1].terminate().unwrap();
+    let subnet = agents[1].subnet().unwrap();
+    let key = format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"));
+    let moved = bed
+        .etcd
+        .get(&key)
+        .unwrap()
+        .unwrap()
+        .replace("192.168.64.11", "192.168.64.21");
+    // (Deleting the primary address first: the kernel would take secondaries with it.)
+    bed.hosts[1]
+        .ip(&["addr", "del", "192.168.64.11/24", "dev", "eth0"])
+        .unwrap();
+    bed.hosts[1]
+        .ip(&["addr", "add", "192.168.64.21/24", "dev", "eth0"])
+        .unwrap();
+    bed.hosts[1]
+        .ip(&["route", "replace", "default", "via", "192.168.64.1"])
+        .unwrap();
+    bed.etcd.put(&key, &moved).unwrap();
+    let endpoints = format!("--etcd-endpoints={}", bed.etcd.endpoint());
+    let mut restarted = Agent::spawn(&bed.hosts[1], &[&endpoints, "--iface=eth0"]).unwrap();
+    restarted.wait_ready(READY).unwrap();
+    assert_eq!(
+        restarted.subnet().unwrap(),
+        subnet,
+        "same subnet, new address"
+    );
+    for (from, to) in [(0, 1), (1, 0)] {
+        wait_for("reachability after the move", READY, || {
+            containers[from].ping(containers[to].ip).is_ok()
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn an_agent_restart_loses_no_packet() {
+    let (_bed, mut agents, containers) = overlay(VXLAN, 2);
+    wait_for("reachability", READY, || {
+        containers[0].ping(containers[1].ip).is_ok()
+    })
+    .unwrap();
+    let target = containers[1].ip.to_string();
+    let pinger = std::thread::scope(|scope| {
+        let pinger = scope.spawn(|| {
+            containers[0]
+                .ns
+                .exec("ping", &["-i", "0.01", "-c", "400", "-W", "1", &target])
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        for agent in agents.iter_mut() {
+            agent.restart().unwrap();
+            agent.wait_ready(READY).unwrap();
+        }
+        pinger.join().unwrap()
+    });
+    let out = pinger.expect("ping ran");
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    assert!(agents[0].log().matches("eBPF programs attached").count() == 2);
+}
+
+#[test]
+fn a_strangers_vxlan_packet_reaches_no_container() {
+    let (bed, _agents, containers) = overlay(VXLAN, 2);
+    wait_for("reachability", READY, || {
+        containers[0].ping(containers[1].ip).is_ok()
+    })
+    .unwrap();
+    // A stranger on the underlay, without a lease, forges a VXLAN frame with our VNI for
+    // host 1's container, and the same packet from a peer's address would be delivered.
+    let stranger = flannel_tests::netns::Netns::new("stranger").unwrap();
+    flannel_tests::netns::link(
+        &stranger,
+        "eth0",
+        "192.168.64.66/24",
+        &bed.underlay,
+        "p66",
+        "0.0.0.0/32",
+    )
+    .unwrap();
+    bed.underlay
+        .ip(&["link", "set", "p66", "master", "br0"])
+        .unwrap();
+    let vtep = lease_value(&bed, &containers[1].ip.to_string().replace(".2", ".0/24"))
+        ["BackendData"]["VtepMAC"]
+        .as_str()
+        .unwrap()
+        .parse::<flannel_agent::lease::Mac>()
+        .unwrap();
+    let listener = containers[1]
+        .ns
+        .enter(|| std::net::UdpSocket::bind((containers[1].ip, 7777)))
+        .unwrap()
+        .unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let inner_ip = flannel_tests::packet::ipv4(
+        std::net::Ipv4Addr::new(10, 1, 66, 6),
+        containers[1].ip,
+        flannel_tests::packet::IPPROTO_UDP,
+        &flannel_tests::packet::udp(5555, 7777, b"forged"),
+    );
+    let inner = flannel_tests::packet::ethernet(
+        vtep.0,
+        [2, 0, 0, 0, 0, 0x66],
+        flannel_tests::packet::ETH_P_IP,
+        &inner_ip,
+    );
+    let payload = flannel_tests::packet::vxlan(1, &inner);
+    stranger
+        .enter(|| {
+            let socket = std::net::UdpSocket::bind("192.168.64.66:0").unwrap();
+            socket.send_to(&payload, "192.168.64.11:8472").unwrap();
+        })
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        listener.recv(&mut buf).is_err(),
+        "the forged packet reached the container"
+    );
+}
+
+#[test]
+fn an_oversize_packet_gets_fragmentation_needed() {
+    let (_bed, _agents, containers) = overlay(VXLAN, 2);
+    wait_for("reachability", READY, || {
+        containers[0].ping(containers[1].ip).is_ok()
+    })
+    .unwrap();
+    // The containers' veths have MTU 1500; the overlay carries 1450.
+    let out = containers[0].ns.ip(&["link", "show", "eth0"]).unwrap();
+    assert!(out.contains("mtu 1500"), "{out}");
+    let err = containers[0]
+        .ns
+        .exec(
+            "ping",
+            &[
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                "1460",
+                &containers[1].ip.to_string(),
+            ],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("mtu = 1450"), "{err:#}");
+}

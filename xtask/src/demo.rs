@@ -80,7 +80,7 @@ pub fn run() -> Result<()> {
         "\niperf3 TCP, {} (h0) <- {} (h1), 3 s: {gbits:.2} Gbit/s",
         server.ip, client.ip
     );
-    println!("datapath: host-gw routes (the eBPF vxlan and udp datapaths are not built yet)");
+    println!("datapath: vxlan on our eBPF programs (flanneld --datapath=ebpf)");
     drop(agents);
     if failures > 0 {
         bail!("{failures} container pairs could not reach each other");
