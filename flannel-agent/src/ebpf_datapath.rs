@@ -262,11 +262,14 @@ impl EbpfDatapath {
             .parse()?;
         let wanted = endpoints::discover(&self.netlink, bridge_index).await?;
         let current = self.programs.endpoints()?;
+        let mut changed = false;
         for (ip, _) in &current {
             if !wanted.contains_key(ip) {
                 self.programs.remove_endpoint(*ip)?;
+                changed = true;
             }
         }
+        let count = wanted.len();
         for (ip, (ifindex, mac)) in wanted {
             let endpoint = Endpoint {
                 ifindex,
@@ -275,7 +278,11 @@ impl EbpfDatapath {
             };
             if !current.contains(&(ip, endpoint)) {
                 self.programs.insert_endpoint(ip, endpoint)?;
+                changed = true;
             }
+        }
+        if changed {
+            info!(bridge = %bridge, containers = count, "fast path endpoints updated");
         }
         Ok(())
     }

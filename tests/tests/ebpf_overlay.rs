@@ -89,33 +89,8 @@ fn interoperates_with_a_kernel_vxlan_host_configured_like_flannel() {
     require_root();
     let bed = Testbed::new(2).unwrap();
     bed.put_config(VXLAN).unwrap();
-    let kernel = &bed.hosts[1];
     let kernel_subnet = "10.1.200.0/24";
-    for args in [
-        &[
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "local",
-            "192.168.64.11",
-            "dev",
-            "eth0",
-            "dstport",
-            "8472",
-            "nolearning",
-        ][..],
-        &["link", "set", "flannel.1", "mtu", "1450", "up"],
-        &["addr", "add", "10.1.200.0/32", "dev", "flannel.1"],
-    ] {
-        kernel.ip(args).unwrap();
-    }
-    let kernel_mac = kernel
-        .exec("cat", &["/sys/class/net/flannel.1/address"])
-        .unwrap();
+    let kernel_mac = bed.kernel_vxlan(1, kernel_subnet).unwrap();
     let kernel_lease = format!(
         r#"{{"PublicIP":"192.168.64.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
         kernel_mac.trim()
@@ -132,48 +107,7 @@ fn interoperates_with_a_kernel_vxlan_host_configured_like_flannel() {
         .as_str()
         .unwrap()
         .to_owned();
-    let gateway = our_subnet.replace(".0/24", ".0");
-    // What flanneld's vxlan backend does on the kernel host for our lease.
-    kernel
-        .ip(&[
-            "neigh",
-            "replace",
-            &gateway,
-            "dev",
-            "flannel.1",
-            "lladdr",
-            &our_mac,
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
-    kernel
-        .exec(
-            "bridge",
-            &[
-                "fdb",
-                "replace",
-                &our_mac,
-                "dev",
-                "flannel.1",
-                "dst",
-                "192.168.64.10",
-                "self",
-                "permanent",
-            ],
-        )
-        .unwrap();
-    kernel
-        .ip(&[
-            "route",
-            "replace",
-            &our_subnet,
-            "via",
-            &gateway,
-            "dev",
-            "flannel.1",
-            "onlink",
-        ])
+    bed.kernel_vxlan_peer(1, &our_subnet, &our_mac, Testbed::host_ip(0))
         .unwrap();
     let our_container = bed.add_container(0, &our_subnet, 2).unwrap();
 

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | build-ebpf | test | demo`.
 
+mod bench;
 mod demo;
 mod ebpf_build;
 mod setup;
@@ -39,6 +40,12 @@ enum Task {
     },
     /// Set up, then run etcd and three hosts in network namespaces with our agents.
     Demo,
+    /// Set up, then measure every datapath side by side (target/bench/report.md).
+    Bench {
+        /// One short round of every row.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -56,6 +63,10 @@ fn main() -> Result<()> {
         Task::Demo => {
             setup::run()?;
             demo::run()
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            bench::run(quick)
         }
     }
 }

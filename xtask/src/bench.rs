@@ -1,0 +1,316 @@
+//! `cargo xtask bench [--quick]`: every datapath side by side on the same two-host testbed,
+//! container to container, in interleaved rounds; medians with min-max, and ratios against
+//! the kernel's vxlan computed from the same run.
+
+use std::{fmt::Write as _, fs, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use flannel_tests::{
+    agent::Agent,
+    etcd::wait_for,
+    testbed::{Container, Testbed},
+};
+use serde_json::json;
+
+use crate::workspace_root;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Row {
+    /// Plain routing between the hosts: the no-overlay limit.
+    HostGw,
+    /// flannel's vxlan backend: the kernel's vxlan device, set up as flanneld does.
+    KernelVxlan,
+    EbpfVxlan,
+    EbpfUdp,
+}
+
+const ROWS: [Row; 4] = [Row::HostGw, Row::KernelVxlan, Row::EbpfVxlan, Row::EbpfUdp];
+
+impl Row {
+    fn name(self) -> &'static str {
+        match self {
+            Row::HostGw => "host-gw (plain routing)",
+            Row::KernelVxlan => "vxlan, kernel device",
+            Row::EbpfVxlan => "vxlan, eBPF",
+            Row::EbpfUdp => "udp, eBPF",
+        }
+    }
+}
+
+/// One measurement of one row.
+#[derive(Clone, Copy)]
+struct Sample {
+    tcp_1: f64,
+    tcp_4: f64,
+    lat_p50: f64,
+    lat_p99: f64,
+}
+
+/// A measure's name and how to read it from a sample.
+type Metric = (&'static str, fn(&Sample) -> f64);
+
+const METRICS: [Metric; 4] = [
+    ("TCP 1 stream Gbit/s", |s| s.tcp_1),
+    ("TCP 4 streams Gbit/s", |s| s.tcp_4),
+    ("TCP RR p50 us (RTT/2)", |s| s.lat_p50),
+    ("TCP RR p99 us (RTT/2)", |s| s.lat_p99),
+];
+
+pub fn run(quick: bool) -> Result<()> {
+    flannel_tests::agent::flanneld();
+    let (rounds, seconds) = if quick { (1, 2) } else { (3, 5) };
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); ROWS.len()];
+    for round in 1..=rounds {
+        for (i, row) in ROWS.iter().enumerate() {
+            eprintln!("round {round}/{rounds}: {}", row.name());
+            let sample =
+                measure(*row, seconds).with_context(|| format!("bench row {}", row.name()))?;
+            samples[i].push(sample);
+        }
+    }
+    let report = report(&samples, rounds, seconds)?;
+    println!("{}", report.0);
+    let dir = workspace_root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join("report.md"), &report.0)?;
+    fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&report.1)?,
+    )?;
+    eprintln!("wrote {}", dir.join("report.md").display());
+    Ok(())
+}
+
+/// Builds a fresh testbed for `row`, checks that it carries traffic, and measures it.
+fn measure(row: Row, seconds: u32) -> Result<Sample> {
+    let bed = Testbed::new(2)?;
+    let (agents, containers) = match row {
+        Row::KernelVxlan => (Vec::new(), kernel_vxlan(&bed)?),
+        Row::HostGw => agents(
+            &bed,
+            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#,
+        )?,
+        Row::EbpfVxlan => agents(
+            &bed,
+            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#,
+        )?,
+        Row::EbpfUdp => agents(
+            &bed,
+            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "udp"}}"#,
+        )?,
+    };
+    let (client, server) = (&containers[0], &containers[1]);
+    // A row that can't pass traffic fails the bench; it never gets a number.
+    wait_for("the row to pass traffic", Duration::from_secs(20), || {
+        client.ping(server.ip).is_ok()
+    })?;
+    // The eBPF rows: measure once the fast path knows the containers.
+    let ebpf = matches!(row, Row::EbpfVxlan | Row::EbpfUdp);
+    for agent in agents.iter().filter(|_| ebpf) {
+        wait_for("the fast path endpoints", Duration::from_secs(20), || {
+            agent.log().contains("fast path endpoints updated")
+        })?;
+    }
+    let tcp_1 = iperf(client, server, 1, seconds)?;
+    let tcp_4 = iperf(client, server, 4, seconds)?;
+    let (lat_p50, lat_p99) = sockperf(client, server, seconds)?;
+    Ok(Sample {
+        tcp_1,
+        tcp_4,
+        lat_p50,
+        lat_p99,
+    })
+}
+
+fn agents(bed: &Testbed, config: &str) -> Result<(Vec<Agent>, Vec<Container>)> {
+    bed.put_config(config)?;
+    let mut agents = Vec::new();
+    let mut containers = Vec::new();
+    for host in 0..2 {
+        let mut agent = bed.agent(host, &["--iptables-resync=1"])?;
+        agent.wait_ready(Duration::from_secs(30))?;
+        containers.push(bed.add_container(host, &agent.subnet()?, 2)?);
+        agents.push(agent);
+    }
+    Ok((agents, containers))
+}
+
+fn kernel_vxlan(bed: &Testbed) -> Result<Vec<Container>> {
+    let subnets = ["10.1.1.0/24", "10.1.2.0/24"];
+    let macs = [
+        bed.kernel_vxlan(0, subnets[0])?,
+        bed.kernel_vxlan(1, subnets[1])?,
+    ];
+    bed.kernel_vxlan_peer(0, subnets[1], &macs[1], Testbed::host_ip(1))?;
+    bed.kernel_vxlan_peer(1, subnets[0], &macs[0], Testbed::host_ip(0))?;
+    let mut containers = Vec::new();
+    for (host, subnet) in subnets.iter().enumerate() {
+        let container = bed.add_container(host, subnet, 2)?;
+        // flannel's subnet.env MTU for vxlan: Docker gives it to the containers.
+        container.ns.ip(&["link", "set", "eth0", "mtu", "1450"])?;
+        containers.push(container);
+    }
+    Ok(containers)
+}
+
+fn iperf(client: &Container, server: &Container, streams: u32, seconds: u32) -> Result<f64> {
+    server.ns.exec("iperf3", &["-s", "-D", "-1"])?;
+    let (ip, streams, seconds) = (
+        server.ip.to_string(),
+        streams.to_string(),
+        seconds.to_string(),
+    );
+    let mut out = None;
+    wait_for("iperf3 to connect", Duration::from_secs(10), || {
+        out = client
+            .ns
+            .exec("iperf3", &["-c", &ip, "-P", &streams, "-t", &seconds, "-J"])
+            .ok();
+        out.is_some()
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&out.unwrap())?;
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no iperf3 result")?;
+    Ok(bps / 1e9)
+}
+
+/// TCP request/response latency with 64-byte messages: (p50, p99) in microseconds, RTT/2.
+fn sockperf(client: &Container, server: &Container, seconds: u32) -> Result<(f64, f64)> {
+    let ip = server.ip.to_string();
+    let mut daemon = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &server.ns.name,
+            "sockperf",
+            "server",
+            "--tcp",
+            "-p",
+            "11111",
+            "-i",
+            &ip,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting sockperf server")?;
+    let seconds = seconds.to_string();
+    let mut out = None;
+    let result = wait_for("sockperf to connect", Duration::from_secs(10), || {
+        out = client
+            .ns
+            .exec(
+                "sockperf",
+                &[
+                    "ping-pong",
+                    "--tcp",
+                    "-p",
+                    "11111",
+                    "-i",
+                    &ip,
+                    "-t",
+                    &seconds,
+                    "-m",
+                    "64",
+                ],
+            )
+            .ok()
+            .filter(|o| o.contains("percentile 50.000"));
+        out.is_some()
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    result?;
+    let out = out.unwrap();
+    let percentile = |p: &str| -> Result<f64> {
+        out.lines()
+            .find(|l| l.contains(&format!("percentile {p} =")))
+            .and_then(|l| l.split('=').nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no p{p} in sockperf's output"))
+    };
+    Ok((percentile("50.000")?, percentile("99.000")?))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn report(
+    samples: &[Vec<Sample>],
+    rounds: u32,
+    seconds: u32,
+) -> Result<(String, serde_json::Value)> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
+        .trim()
+        .to_owned();
+    let cores = std::thread::available_parallelism()?.get();
+    let mut md = String::new();
+    writeln!(
+        md,
+        "# cargo xtask bench{}\n",
+        if rounds == 1 { " --quick" } else { "" }
+    )?;
+    writeln!(
+        md,
+        "Two hosts in network namespaces on a veth underlay (MTU 1500), one container each, \
+         container to container. Linux {kernel}, {cores} cores, flanneld {}. {rounds} \
+         interleaved round(s) of {seconds} s per measure; median (min-max).\n",
+        env!("CARGO_PKG_VERSION")
+    )?;
+    let kernel_vxlan = ROWS.iter().position(|r| *r == Row::KernelVxlan).unwrap();
+    let mut medians = vec![[0f64; 4]; ROWS.len()];
+    let mut json_rows = Vec::new();
+    write!(md, "| row |")?;
+    for (name, _) in METRICS {
+        write!(md, " {name} |")?;
+    }
+    writeln!(md, "\n|---|---|---|---|---|")?;
+    for (i, row) in ROWS.iter().enumerate() {
+        write!(md, "| {} |", row.name())?;
+        let mut json_metrics = serde_json::Map::new();
+        for (m, (name, get)) in METRICS.iter().enumerate() {
+            let mut values: Vec<f64> = samples[i].iter().map(get).collect();
+            let med = median(&mut values);
+            medians[i][m] = med;
+            write!(
+                md,
+                " {med:.2} ({:.2}-{:.2}) |",
+                values[0],
+                values[values.len() - 1]
+            )?;
+            json_metrics.insert(name.to_string(), json!({"median": med, "all": values}));
+        }
+        writeln!(md)?;
+        json_rows.push(json!({"row": row.name(), "metrics": json_metrics}));
+    }
+    writeln!(md, "\nRatios to the kernel's vxlan (same run; throughput: higher is better, latency: lower is better):\n")?;
+    writeln!(
+        md,
+        "| row | TCP 1 stream | TCP 4 streams | p50 latency | p99 latency |\n|---|---|---|---|---|"
+    )?;
+    for (i, row) in ROWS.iter().enumerate() {
+        write!(md, "| {} |", row.name())?;
+        for (value, base) in medians[i].iter().zip(medians[kernel_vxlan]) {
+            write!(md, " {:.2}x |", value / base)?;
+        }
+        writeln!(md)?;
+    }
+    writeln!(
+        md,
+        "\nNot measured yet: flannel's TUN udp backend (the classic datapath is not built), CPU \
+         per Gbit/s, small-packet UDP rate, convergence time, agent RSS."
+    )?;
+    if samples.iter().any(|s| s.is_empty()) {
+        bail!("a row has no samples");
+    }
+    let json = json!({"kernel": kernel, "cores": cores, "rounds": rounds, "seconds": seconds, "rows": json_rows});
+    Ok((md, json))
+}
