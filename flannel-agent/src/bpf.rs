@@ -1,8 +1,8 @@
 //! Loading the eBPF programs and owning their maps.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{fs, net::Ipv4Addr, path::Path};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap},
     programs::{SchedClassifier, Xdp},
@@ -38,6 +38,21 @@ impl Programs {
             tc.load().with_context(|| format!("verifying {name}"))?;
         }
         Ok(Self { ebpf })
+    }
+
+    /// Pins every map under `dir`, replacing an older agent's pins, for bpftool and
+    /// inspection. A restarted agent does not adopt pinned maps: it fills fresh ones from etcd
+    /// before it takes over, so no old layout is ever trusted.
+    pub fn pin_maps(&self, dir: &Path) -> Result<()> {
+        ensure_bpffs(dir)?;
+        for (name, map) in self.ebpf.maps() {
+            let path = dir.join(name);
+            // An older agent's pin, or nothing.
+            let _ = fs::remove_file(&path);
+            map.pin(&path)
+                .with_context(|| format!("pinning map {name} at {}", path.display()))?;
+        }
+        Ok(())
     }
 
     pub fn xdp_ingress(&mut self) -> &mut Xdp {
@@ -168,6 +183,29 @@ impl Programs {
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
         T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
     }
+}
+
+/// Makes `dir` a directory on a bpf filesystem, mounting bpffs at /sys/fs/bpf when `dir` is
+/// below it and nothing is mounted there (`ip netns exec` gives a fresh /sys).
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    use nix::sys::statfs::{statfs, BPF_FS_MAGIC};
+    let root = Path::new("/sys/fs/bpf");
+    let on_bpffs = |path: &Path| statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC);
+    if dir.starts_with(root) && !on_bpffs(root) {
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting bpffs at /sys/fs/bpf")?;
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !on_bpffs(dir) {
+        bail!("--bpf-pin-dir {} is not on a bpf filesystem", dir.display());
+    }
+    Ok(())
 }
 
 fn route_key(subnet: Ipv4Net) -> Key<u32> {

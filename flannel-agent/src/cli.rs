@@ -105,6 +105,10 @@ pub struct Args {
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value_t = crate::acquire::DEFAULT_LEASE_TTL.as_secs(), hide = true,
           value_parser = clap::value_parser!(u64).range(61..), help_heading = OURS)]
     pub subnet_lease_ttl: u64,
+    /// remove everything flanneld installed on this host (filters, overlay device, routes,
+    /// iptables chains, pinned maps) and exit
+    #[arg(long, help_heading = OURS)]
+    pub cleanup: bool,
     /// load the eBPF programs from this object instead of the embedded one
     #[arg(long, env = "FLANNELD_BPF_OBJECT", help_heading = OURS)]
     pub bpf_object: Option<PathBuf>,

@@ -34,6 +34,7 @@ use crate::{
     bpf::Programs,
     config::Backend,
     endpoints,
+    host_gw::ROUTE_PROTOCOL,
     iface::{self, ExtIface},
     lease::{BackendAttrs, Mac},
     peers::{Peer, PeerEvent},
@@ -43,8 +44,8 @@ use crate::{
 pub const OVERLAY_DEV: &str = "flannel-bpf";
 const OVERLAY_PEER: &str = "flannel-bpf-p";
 /// Our TC filters' handle, and the two priorities a restart alternates between.
-const FILTER_HANDLE: TcHandle = TcHandle::new(0, 0xf1a);
-const PRIORITIES: [u16; 2] = [0xf1a0, 0xf1a1];
+pub const FILTER_HANDLE: TcHandle = TcHandle::new(0, 0xf1a);
+pub const PRIORITIES: [u16; 2] = [0xf1a0, 0xf1a1];
 /// `BPF_F_ADJ_ROOM_ENCAP_L2_ETH`, needed for VXLAN GSO, came with Linux 5.13.
 const MIN_KERNEL: (u8, u8) = (5, 13);
 
@@ -62,6 +63,7 @@ pub struct EbpfDatapath {
     installed: HashMap<Ipv4Net, Ipv4Addr>,
     /// The bridge the fast path is attached to, with its ifindex.
     bridge: Option<(String, u32)>,
+    pin_dir: std::path::PathBuf,
 }
 
 impl EbpfDatapath {
@@ -69,6 +71,7 @@ impl EbpfDatapath {
         backend: &Backend,
         nic: &ExtIface,
         object: Option<&std::path::Path>,
+        pin_dir: &std::path::Path,
     ) -> Result<Self> {
         let kernel = KernelVersion::current().context("reading the kernel version")?;
         if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
@@ -102,6 +105,7 @@ impl EbpfDatapath {
             subnet: None,
             installed: HashMap::new(),
             bridge: None,
+            pin_dir: pin_dir.to_owned(),
         })
     }
 
@@ -129,6 +133,7 @@ impl EbpfDatapath {
             .destination_prefix(network.network(), network.prefix_len())
             .output_interface(self.overlay_index)
             .pref_source(subnet.network())
+            .protocol(ROUTE_PROTOCOL)
             .build();
         self.netlink
             .route()
@@ -160,6 +165,7 @@ impl EbpfDatapath {
         attach_replacing(self.programs.tc_ingress(), &nic, TcAttachType::Ingress)?;
         attach_replacing(self.programs.tc_encap(), OVERLAY_DEV, TcAttachType::Egress)?;
         info!(nic = %nic, overlay = OVERLAY_DEV, "eBPF programs attached");
+        self.programs.pin_maps(&self.pin_dir)?;
         self.attach_bridge();
         Ok(())
     }

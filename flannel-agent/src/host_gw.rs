@@ -4,10 +4,13 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::{packet_route::route::RouteProtocol, Handle, RouteMessageBuilder};
 use tracing::info;
 
 use crate::peers::{Peer, PeerEvent};
+
+/// The routing protocol number our routes carry, so `--cleanup` finds them and only them.
+pub const ROUTE_PROTOCOL: RouteProtocol = RouteProtocol::Other(0xf1);
 
 pub struct HostGw {
     handle: Handle,
@@ -71,6 +74,7 @@ impl HostGw {
             .destination_prefix(peer.subnet.network(), peer.subnet.prefix_len())
             .gateway(peer.attrs.public_ip)
             .output_interface(self.if_index)
+            .protocol(ROUTE_PROTOCOL)
             .build()
     }
 }

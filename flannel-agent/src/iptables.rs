@@ -17,61 +17,70 @@ pub struct Rule {
     pub spec: Vec<String>,
 }
 
-fn rule(table: &'static str, chain: &'static str, spec: &str) -> Rule {
+/// Our chains: (table, the built-in chain that jumps to it, the chain, its rules' comment).
+type Chain = (&'static str, &'static str, &'static str, &'static str);
+const MASQ: Chain = ("nat", "POSTROUTING", MASQ_CHAIN, "flanneld masq");
+const FORWARD: Chain = ("filter", "FORWARD", FORWARD_CHAIN, "flanneld forward");
+
+/// `<matches> -m comment --comment "<comment>" <target>`, as flannel writes its rules.
+fn rule(chain: &Chain, in_chain: &'static str, matches: &str, target: &str) -> Rule {
+    let (table, _, _, comment) = *chain;
+    let mut spec: Vec<String> = matches.split_whitespace().map(str::to_owned).collect();
+    spec.extend(["-m", "comment", "--comment", comment].map(str::to_owned));
+    spec.extend(target.split_whitespace().map(str::to_owned));
     Rule {
         table,
-        chain,
-        spec: spec.split_whitespace().map(str::to_owned).collect(),
+        chain: in_chain,
+        spec,
     }
+}
+
+/// The built-in chain's jump to our chain.
+fn jump(chain: &Chain) -> Rule {
+    rule(chain, chain.1, "", &format!("-j {}", chain.2))
 }
 
 /// flannel's masquerade rules for network `n` and our subnet `s`, jump first.
 pub fn masq_rules(n: &Ipv4Net, s: &Ipv4Net) -> Vec<Rule> {
-    let c = "-m comment --comment flanneld_masq";
-    [
-        ("POSTROUTING", format!("{c} -j {MASQ_CHAIN}")),
-        (
-            MASQ_CHAIN,
-            format!("-m mark --mark 0x4000/0x4000 {c} -j RETURN"),
+    let own = |matches: String, target: &str| rule(&MASQ, MASQ_CHAIN, &matches, target);
+    vec![
+        jump(&MASQ),
+        own("-m mark --mark 0x4000/0x4000".into(), "-j RETURN"),
+        own(format!("-s {s} -d {n}"), "-j RETURN"),
+        own(format!("-s {n} -d {s}"), "-j RETURN"),
+        own(format!("! -s {n} -d {s}"), "-j RETURN"),
+        own(
+            format!("-s {n} ! -d 224.0.0.0/4"),
+            "-j MASQUERADE --random-fully",
         ),
-        (MASQ_CHAIN, format!("-s {s} -d {n} {c} -j RETURN")),
-        (MASQ_CHAIN, format!("-s {n} -d {s} {c} -j RETURN")),
-        (MASQ_CHAIN, format!("! -s {n} -d {s} {c} -j RETURN")),
-        (
-            MASQ_CHAIN,
-            format!("-s {n} ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully"),
-        ),
-        (
-            MASQ_CHAIN,
-            format!("! -s {n} -d {n} {c} -j MASQUERADE --random-fully"),
-        ),
+        own(format!("! -s {n} -d {n}"), "-j MASQUERADE --random-fully"),
     ]
-    .into_iter()
-    .map(|(chain, spec)| with_comment(rule("nat", chain, &spec), "flanneld masq"))
-    .collect()
 }
 
 /// flannel's forward rules for network `n`, jump first (Docker sets FORWARD's policy to DROP).
 pub fn forward_rules(n: &Ipv4Net) -> Vec<Rule> {
-    let c = "-m comment --comment flanneld_forward";
-    [
-        ("FORWARD", format!("{c} -j {FORWARD_CHAIN}")),
-        (FORWARD_CHAIN, format!("-s {n} {c} -j ACCEPT")),
-        (FORWARD_CHAIN, format!("-d {n} {c} -j ACCEPT")),
+    let own = |matches: String| rule(&FORWARD, FORWARD_CHAIN, &matches, "-j ACCEPT");
+    vec![
+        jump(&FORWARD),
+        own(format!("-s {n}")),
+        own(format!("-d {n}")),
     ]
-    .into_iter()
-    .map(|(chain, spec)| with_comment(rule("filter", chain, &spec), "flanneld forward"))
-    .collect()
 }
 
-/// The comment has a space, which `split_whitespace` would cut: put it back as one argument.
-fn with_comment(mut rule: Rule, comment: &str) -> Rule {
-    for arg in &mut rule.spec {
-        if arg.starts_with("flanneld_") {
-            *arg = comment.to_owned();
+/// Removes our jumps and chains (`flanneld --cleanup`); what is already gone is fine.
+pub fn remove_all() -> Result<()> {
+    for chain in [MASQ, FORWARD] {
+        let (table, _, own, _) = chain;
+        let jump = jump(&chain);
+        let mut delete = vec!["-D", jump.chain];
+        delete.extend(jump.spec.iter().map(String::as_str));
+        while iptables(table, &delete).is_ok() {}
+        if iptables(table, &["-S", own]).is_ok() {
+            iptables(table, &["-F", own])?;
+            iptables(table, &["-X", own])?;
         }
     }
-    rule
+    Ok(())
 }
 
 /// Makes the rules present and in order; returns true when something had to be (re)written.

@@ -3,6 +3,7 @@
 pub mod acquire;
 pub mod atomic_write;
 pub mod bpf;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

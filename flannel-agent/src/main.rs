@@ -1,7 +1,7 @@
 use std::{ffi::OsString, io::IsTerminal, path::Path, process::ExitCode};
 
 use clap::Parser;
-use flannel_agent::{cli::Args, daemon, docker_opts};
+use flannel_agent::{cleanup, cli::Args, daemon, docker_opts};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -25,7 +25,14 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(daemon::run(args)) {
+    let work = async {
+        if args.cleanup {
+            cleanup::run(&args.bpf_pin_dir).await
+        } else {
+            daemon::run(args).await
+        }
+    };
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -341,3 +341,107 @@ fn an_oversize_packet_gets_fragmentation_needed() {
         .unwrap_err();
     assert!(err.to_string().contains("mtu = 1450"), "{err:#}");
 }
+
+/// A bpffs mounted on a temporary directory, unmounted on drop.
+struct Bpffs(tempfile::TempDir);
+
+impl Bpffs {
+    fn mount() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        flannel_tests::netns::run("mount", &["-t", "bpf", "bpf", dir.path().to_str().unwrap()])
+            .unwrap();
+        Bpffs(dir)
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = flannel_tests::netns::run("umount", &[self.0.path().to_str().unwrap()]);
+    }
+}
+
+#[test]
+fn maps_are_pinned_and_cleanup_removes_everything_we_installed() {
+    require_root();
+    let bpffs = Bpffs::mount();
+    let pins = bpffs.0.path().join("flannel");
+    let pin_flag = format!("--bpf-pin-dir={}", pins.display());
+    let bed = Testbed::new(2).unwrap();
+    bed.put_config(VXLAN).unwrap();
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| bed.agent(i, &[&pin_flag, "--ip-masq"]).unwrap())
+        .collect();
+    for agent in &mut agents {
+        agent.wait_ready(READY).unwrap();
+    }
+    // Both agents pin into the same directory here; each pin is some agent's live map.
+    for name in [
+        "FLANNEL_CONFIG_V1",
+        "FLANNEL_PEERS_V1",
+        "FLANNEL_ROUTES_V1",
+        "FLANNEL_DROPS_V1",
+    ] {
+        assert!(pins.join(name).exists(), "{name} is pinned");
+    }
+    let host = &bed.hosts[0];
+    let filters = |dev: &str, kind: &str| {
+        host.exec("tc", &["filter", "show", "dev", dev, kind])
+            .unwrap_or_default()
+    };
+    assert!(filters("eth0", "ingress").contains("tc_ingress"));
+    agents[0].terminate().unwrap();
+
+    let cleanup = Agent::spawn(host, &["--cleanup", &pin_flag]).map(|mut a| a.wait_exit(READY));
+    assert!(cleanup.unwrap().unwrap().success());
+    assert!(
+        !filters("eth0", "ingress").contains("tc_ingress"),
+        "NIC filter removed"
+    );
+    assert!(
+        host.ip(&["link", "show", "flannel-bpf"]).is_err(),
+        "overlay device removed"
+    );
+    assert!(
+        !host.ip(&["route", "show"]).unwrap().contains("10.1.0.0/16"),
+        "overlay route removed"
+    );
+    let nat = host.exec("iptables-save", &["-t", "nat"]).unwrap();
+    let filter = host.exec("iptables-save", &["-t", "filter"]).unwrap();
+    assert!(
+        !nat.contains("FLANNEL") && !filter.contains("FLANNEL"),
+        "{nat}{filter}"
+    );
+    assert!(!pins.exists(), "pins removed");
+}
+
+#[test]
+fn cleanup_removes_host_gw_routes_and_only_ours() {
+    require_root();
+    let bed = Testbed::new(2).unwrap();
+    bed.put_config(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#)
+        .unwrap();
+    let mut agents: Vec<Agent> = (0..2).map(|i| bed.agent(i, &[]).unwrap()).collect();
+    for agent in &mut agents {
+        agent.wait_ready(READY).unwrap();
+    }
+    let peer = agents[1].subnet().unwrap();
+    let host = &bed.hosts[0];
+    wait_for("the host-gw route", READY, || {
+        host.ip(&["route"]).unwrap().contains(&peer)
+    })
+    .unwrap();
+    host.ip(&["route", "add", "10.99.0.0/24", "via", "192.168.64.1"])
+        .unwrap();
+    agents[0].terminate().unwrap();
+    let status = Agent::spawn(host, &["--cleanup"])
+        .unwrap()
+        .wait_exit(READY)
+        .unwrap();
+    assert!(status.success());
+    let routes = host.ip(&["route"]).unwrap();
+    assert!(!routes.contains(&peer), "{routes}");
+    assert!(
+        routes.contains("10.99.0.0/24"),
+        "someone else's route stays: {routes}"
+    );
+}

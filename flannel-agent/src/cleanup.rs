@@ -1,0 +1,78 @@
+//! `flanneld --cleanup`: removes what flanneld installed on this host: our TC filters, the
+//! overlay device, our routes (host-gw and overlay), our iptables chains and the pinned maps.
+//! The lease stays in etcd until its TTL runs out, as when flannel stops for good.
+
+use std::{fs, path::Path};
+
+use anyhow::{Context, Result};
+use aya::programs::{links::Link, tc::SchedClassifierLink, TcAttachType};
+use futures::TryStreamExt;
+use rtnetlink::RouteMessageBuilder;
+use tracing::info;
+
+use crate::{
+    ebpf_datapath::{FILTER_HANDLE, OVERLAY_DEV, PRIORITIES},
+    host_gw::ROUTE_PROTOCOL,
+    iptables,
+};
+
+pub async fn run(pin_dir: &Path) -> Result<()> {
+    let mut filters = 0;
+    for entry in fs::read_dir("/sys/class/net").context("listing interfaces")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        for kind in [TcAttachType::Ingress, TcAttachType::Egress] {
+            for priority in PRIORITIES {
+                let Ok(link) =
+                    SchedClassifierLink::attached(&name, kind, priority, FILTER_HANDLE, None)
+                else {
+                    continue;
+                };
+                if link.detach().is_ok() {
+                    filters += 1;
+                }
+            }
+        }
+    }
+    info!(filters, "removed our TC filters");
+
+    let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(connection);
+    if let Ok(index) = nix::net::if_::if_nametoindex(OVERLAY_DEV) {
+        netlink
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .context("deleting the overlay device")?;
+        info!(device = OVERLAY_DEV, "removed the overlay device");
+    }
+    let routes: Vec<_> = netlink
+        .route()
+        .get(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .context("listing routes")?;
+    let ours: Vec<_> = routes
+        .into_iter()
+        .filter(|r| r.header.protocol == ROUTE_PROTOCOL)
+        .collect();
+    let count = ours.len();
+    for route in ours {
+        netlink
+            .route()
+            .del(route)
+            .execute()
+            .await
+            .context("deleting a route")?;
+    }
+    info!(routes = count, "removed our routes");
+
+    iptables::remove_all()?;
+    info!("removed our iptables chains");
+    if pin_dir.exists() {
+        fs::remove_dir_all(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+        info!(dir = %pin_dir.display(), "removed the pinned maps");
+    }
+    Ok(())
+}
