@@ -17,6 +17,15 @@ use crate::{iface::IfaceOptions, registry::EtcdOptions};
 const FLANNEL: &str = "flannel flags";
 const OURS: &str = "flanneld (Rust, eBPF) flags";
 
+/// Where the eBPF datapath decapsulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Decap {
+    /// TC ingress on the NIC: GSO packets stay whole, delivery straight into containers.
+    Tc,
+    /// XDP on the NIC: before the stack allocates an skb (and before GRO).
+    Xdp,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Datapath {
     /// Our TC/XDP programs.
@@ -105,6 +114,9 @@ pub struct Args {
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value_t = crate::acquire::DEFAULT_LEASE_TTL.as_secs(), hide = true,
           value_parser = clap::value_parser!(u64).range(61..), help_heading = OURS)]
     pub subnet_lease_ttl: u64,
+    /// where tunnel packets are decapsulated (measured faster: tc; see docs/benchmarks.md)
+    #[arg(long, env = "FLANNELD_BPF_DECAP", value_enum, default_value = "tc", help_heading = OURS)]
+    pub bpf_decap: Decap,
     /// remove everything flanneld installed on this host (filters, overlay device, routes,
     /// iptables chains, pinned maps) and exit
     #[arg(long, help_heading = OURS)]

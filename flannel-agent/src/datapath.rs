@@ -29,13 +29,7 @@ impl Datapath {
                 Ok(Self::HostGw(HostGw::new(&iface.name)?))
             }
             (Backend::Vxlan { .. } | Backend::Udp { .. }, DatapathKind::Ebpf) => {
-                let datapath = EbpfDatapath::start(
-                    backend,
-                    iface,
-                    args.bpf_object.as_deref(),
-                    &args.bpf_pin_dir,
-                )
-                .await?;
+                let datapath = EbpfDatapath::start(args, backend, iface).await?;
                 Ok(Self::Ebpf(Box::new(datapath)))
             }
             (Backend::Vxlan { .. } | Backend::Udp { .. }, DatapathKind::Classic) => bail!(

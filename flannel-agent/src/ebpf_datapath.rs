@@ -19,9 +19,10 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{
-        links::Link,
+        links::{FdLink, Link, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
-        SchedClassifier, TcAttachType,
+        xdp::XdpLink,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     util::KernelVersion,
 };
@@ -32,6 +33,7 @@ use tracing::{info, warn};
 
 use crate::{
     bpf::Programs,
+    cli::{Args, Decap},
     config::Backend,
     endpoints,
     host_gw::ROUTE_PROTOCOL,
@@ -64,15 +66,11 @@ pub struct EbpfDatapath {
     /// The bridge the fast path is attached to, with its ifindex.
     bridge: Option<(String, u32)>,
     pin_dir: std::path::PathBuf,
+    decap: Decap,
 }
 
 impl EbpfDatapath {
-    pub async fn start(
-        backend: &Backend,
-        nic: &ExtIface,
-        object: Option<&std::path::Path>,
-        pin_dir: &std::path::Path,
-    ) -> Result<Self> {
+    pub async fn start(args: &Args, backend: &Backend, nic: &ExtIface) -> Result<Self> {
         let kernel = KernelVersion::current().context("reading the kernel version")?;
         if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
             bail!(
@@ -87,7 +85,7 @@ impl EbpfDatapath {
             Backend::Udp { port } => (Encap::Udp, 0, *port),
             Backend::HostGw => bail!("host-gw has nothing to encapsulate"),
         };
-        let programs = Programs::load(object)?;
+        let programs = Programs::load(args.bpf_object.as_deref())?;
         let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
         tokio::spawn(connection);
         let mtu = nic.overlay_mtu(backend);
@@ -105,7 +103,8 @@ impl EbpfDatapath {
             subnet: None,
             installed: HashMap::new(),
             bridge: None,
-            pin_dir: pin_dir.to_owned(),
+            pin_dir: args.bpf_pin_dir.clone(),
+            decap: args.bpf_decap,
         })
     }
 
@@ -164,8 +163,13 @@ impl EbpfDatapath {
         let nic = self.nic.name.clone();
         attach_replacing(self.programs.tc_ingress(), &nic, TcAttachType::Ingress)?;
         attach_replacing(self.programs.tc_encap(), OVERLAY_DEV, TcAttachType::Egress)?;
-        info!(nic = %nic, overlay = OVERLAY_DEV, "eBPF programs attached");
         self.programs.pin_maps(&self.pin_dir)?;
+        let xdp_pin = self.pin_dir.join(XDP_LINK_PIN);
+        match self.decap {
+            Decap::Xdp => attach_xdp(self.programs.xdp_ingress(), &nic, &xdp_pin)?,
+            Decap::Tc => detach_xdp(&xdp_pin)?,
+        }
+        info!(nic = %nic, overlay = OVERLAY_DEV, decap = ?self.decap, "eBPF programs attached");
         self.attach_bridge();
         Ok(())
     }
@@ -327,6 +331,36 @@ async fn ensure_overlay_device(netlink: &Handle, mtu: u32) -> Result<(u32, Mac)>
         .trim()
         .parse()?;
     Ok((index, mac))
+}
+
+/// Where the XDP program's bpf_link is pinned: a restart replaces the program in it.
+const XDP_LINK_PIN: &str = "xdp_ingress_link";
+
+/// Attaches XDP decap to `iface`, or, when a previous agent's link is pinned, atomically
+/// replaces the program in it. The pinned link outlives us.
+fn attach_xdp(program: &mut Xdp, iface: &str, pin: &std::path::Path) -> Result<()> {
+    if let Ok(pinned) = PinnedLink::from_pin(pin) {
+        let link = XdpLink::try_from(FdLink::from(pinned))?;
+        program
+            .attach_to_link(link)
+            .context("replacing the XDP program")?;
+        return Ok(());
+    }
+    let id = program
+        .attach(iface, XdpMode::Default)
+        .with_context(|| format!("attaching XDP to {iface}"))?;
+    let link = FdLink::try_from(program.take_link(id)?)?;
+    link.pin(pin)
+        .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+    Ok(())
+}
+
+/// `--bpf-decap=tc` after an XDP run: the pinned link goes, and the XDP program with it.
+fn detach_xdp(pin: &std::path::Path) -> Result<()> {
+    if let Ok(pinned) = PinnedLink::from_pin(pin) {
+        pinned.unpin().context("unpinning the XDP link")?;
+    }
+    Ok(())
 }
 
 /// Attaches `program` at a free one of our two priorities, then removes the filter at the

@@ -21,7 +21,8 @@ use flannel_common::DropReason;
 use guard::Verdict;
 use parse::{Ipv4Hdr, Packet, ETH_HLEN};
 
-/// XDP on the host NIC: drop forged tunnel packets before the stack allocates an skb.
+/// XDP on the host NIC (`--bpf-decap=xdp`): drop forged tunnel packets before the stack
+/// allocates an skb, and decapsulate genuine ones before GRO.
 #[xdp]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     let Some(cfg) = maps::config() else {
@@ -31,11 +32,25 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
         start: ctx.data(),
         end: ctx.data_end(),
     };
+    let dropped = |reason| {
+        maps::count_drop(reason);
+        xdp_action::XDP_DROP
+    };
     match guard::check(pkt, cfg) {
-        Verdict::Pass | Verdict::Tunnel { .. } => xdp_action::XDP_PASS,
-        Verdict::Drop(reason) => {
-            maps::count_drop(reason);
-            xdp_action::XDP_DROP
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop(reason) => dropped(reason),
+        Verdict::Tunnel {
+            peer_be,
+            outer_ip_len,
+        } => {
+            let bytes = (pkt.end - pkt.start) as u32;
+            match decap::decapsulate_xdp(&ctx, cfg, outer_ip_len) {
+                Ok(()) => {
+                    maps::count_rx(peer_be, bytes);
+                    xdp_action::XDP_PASS
+                }
+                Err(reason) => dropped(reason),
+            }
         }
     }
 }

@@ -445,3 +445,53 @@ fn cleanup_removes_host_gw_routes_and_only_ours() {
         "someone else's route stays: {routes}"
     );
 }
+
+#[test]
+fn xdp_decap_carries_traffic_and_restarts_without_loss() {
+    require_root();
+    // The XDP link is pinned: give each host a pin directory that outlives its agent.
+    let bpffs = Bpffs::mount();
+    let bed = Testbed::new(2).unwrap();
+    bed.put_config(VXLAN).unwrap();
+    let flags: Vec<String> = (0..2)
+        .map(|i| {
+            format!(
+                "--bpf-pin-dir={}",
+                bpffs.0.path().join(format!("h{i}")).display()
+            )
+        })
+        .collect();
+    let mut agents = Vec::new();
+    let mut containers = Vec::new();
+    for (host, pin) in flags.iter().enumerate() {
+        let mut agent = bed.agent(host, &[pin, "--bpf-decap=xdp"]).unwrap();
+        agent.wait_ready(READY).unwrap();
+        containers.push(
+            bed.add_container(host, &agent.subnet().unwrap(), 2)
+                .unwrap(),
+        );
+        agents.push(agent);
+    }
+    let xdp = |host: usize| bed.hosts[host].ip(&["link", "show", "eth0"]).unwrap();
+    assert!(xdp(0).contains("prog/xdp"), "{}", xdp(0));
+    all_reach_all(&containers);
+    let forward = iperf(&containers[0], &containers[1], false);
+    assert!(forward > 0.1, "{forward} Gbit/s");
+
+    let target = containers[1].ip.to_string();
+    let out = std::thread::scope(|scope| {
+        let pinger = scope.spawn(|| {
+            containers[0]
+                .ns
+                .exec("ping", &["-i", "0.01", "-c", "300", "-W", "1", &target])
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        for agent in agents.iter_mut() {
+            agent.restart().unwrap();
+            agent.wait_ready(READY).unwrap();
+        }
+        pinger.join().unwrap()
+    })
+    .expect("ping ran");
+    assert!(out.contains(" 0% packet loss"), "{out}");
+}

@@ -136,16 +136,14 @@ fn run_tc(program: &mut aya::programs::SchedClassifier, frame: &[u8]) -> (u32, V
 fn vxlan_from_a_peer_is_decapsulated_to_the_inner_packet() {
     let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
     let frame = vxlan_from(PEER, VNI);
-    assert_eq!(verdicts(&mut programs, &frame).0, XDP_PASS);
     let (verdict, out) = tc_ingress(&mut programs, &frame);
     assert_eq!(verdict, TC_ACT_OK);
     // The outer Ethernet header (addressed to this host) stays, the inner packet follows.
     assert_eq!(out, [&frame[..14], &inner_ip()[..]].concat());
     let traffic = programs.traffic(PEER).unwrap();
-    // verdicts() ran tc_ingress once already.
     assert_eq!(
         (traffic.rx_packets, traffic.rx_bytes),
-        (2, 2 * frame.len() as u64)
+        (1, frame.len() as u64)
     );
 }
 
@@ -268,8 +266,8 @@ fn udp_backend_checks_the_sender_but_has_no_vni() {
     assert_eq!(out, [&from_peer[..14], &with_ttl(&inner, 63)[..]].concat());
 }
 
-/// Real packets on a veth: the attached XDP guard drops a stranger's VXLAN and lets a peer's
-/// through, and ordinary traffic keeps flowing.
+/// Real packets on a veth: XDP drops a stranger's VXLAN, decapsulates a peer's into the
+/// stack, and ordinary traffic keeps flowing.
 #[test]
 fn attached_guard_filters_real_packets() {
     require_root();
@@ -288,7 +286,6 @@ fn attached_guard_filters_real_packets() {
         .unwrap();
 
     let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
-    // XDP only: the guard's verdicts, with the payload left for the socket to see.
     host.enter(|| {
         programs
             .xdp_ingress()
@@ -298,13 +295,26 @@ fn attached_guard_filters_real_packets() {
     .unwrap()
     .expect("attach XDP");
 
+    // Inside the tunnel: a datagram from a peer's container to a socket on this host.
     let receiver = host
-        .enter(|| UdpSocket::bind((LOCAL, VXLAN_PORT)))
+        .enter(|| UdpSocket::bind((LOCAL, 7777)))
         .unwrap()
         .unwrap();
     receiver
         .set_read_timeout(Some(std::time::Duration::from_secs(2)))
         .unwrap();
+    let inner = |text: &[u8]| {
+        let ip = packet::ipv4(
+            Ipv4Addr::new(10, 1, 74, 2),
+            LOCAL,
+            packet::IPPROTO_UDP,
+            &packet::udp(5555, 7777, text),
+        );
+        vxlan(
+            VNI,
+            &packet::ethernet(OUR_VTEP, PEER_VTEP, packet::ETH_P_IP, &ip),
+        )
+    };
     let send_from = |src: Ipv4Addr, payload: Vec<u8>| {
         peer.enter(move || {
             let socket = UdpSocket::bind((src, 0)).unwrap();
@@ -312,21 +322,23 @@ fn attached_guard_filters_real_packets() {
         })
         .unwrap()
     };
-    send_from(STRANGER, vxlan(VNI, b"forged"));
-    send_from(PEER, vxlan(VNI, b"genuine"));
+    send_from(STRANGER, inner(b"forged"));
+    send_from(PEER, inner(b"genuine"));
 
-    // The stranger's datagram was sent first: the first one to arrive must be the peer's.
+    // The stranger's frame was sent first: the first datagram to arrive must be the peer's,
+    // decapsulated by XDP.
     let mut buf = [0u8; 64];
     let (len, from) = receiver
         .recv_from(&mut buf)
         .expect("the peer's packet arrives");
-    assert_eq!(from.ip(), PEER);
-    assert_eq!(&buf[8..len], b"genuine");
+    assert_eq!(from.ip(), Ipv4Addr::new(10, 1, 74, 2));
+    assert_eq!(&buf[..len], b"genuine");
     assert_eq!(
         drops(&mut programs, DropReason::UnknownPeer),
         1,
         "dropped once, by XDP"
     );
+    assert_eq!(programs.traffic(PEER).unwrap().rx_packets, 1);
     peer.exec("ping", &["-c", "1", "-W", "2", "192.168.64.2"])
         .expect("ping crosses the guarded link");
 }
@@ -543,4 +555,40 @@ fn decapsulates_a_frame_made_by_the_kernels_vxlan_device() {
     assert_eq!(&out[14..], &frame[14 + 50..], "the inner IPv4 packet");
     assert_eq!(&out[14 + 12..14 + 20], &[10, 1, 74, 0, 10, 1, 83, 2]);
     assert!(out.ends_with(b"from a kernel vxlan peer"));
+}
+
+/// Runs xdp_ingress on `frame`: its verdict and the packet it leaves.
+fn run_xdp(programs: &mut Programs, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = programs
+        .xdp_ingress()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .expect("xdp test run");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+#[test]
+fn xdp_decapsulates_both_formats_like_tc() {
+    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let frame = vxlan_from(PEER, VNI);
+    assert_eq!(
+        run_xdp(&mut programs, &frame),
+        (XDP_PASS, [&frame[..14], &inner_ip()[..]].concat())
+    );
+
+    let mut programs = guard(config(Encap::Udp, UDP_BACKEND_PORT));
+    let inner = inner_ip();
+    let frame = udp_frame(PEER, LOCAL, UDP_BACKEND_PORT, UDP_BACKEND_PORT, &inner);
+    let (verdict, out) = run_xdp(&mut programs, &frame);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(
+        out,
+        [&frame[..14], &with_ttl(&inner, 63)[..]].concat(),
+        "TTL 64 - 1, checksum updated"
+    );
 }

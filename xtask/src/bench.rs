@@ -21,17 +21,26 @@ enum Row {
     /// flannel's vxlan backend: the kernel's vxlan device, set up as flanneld does.
     KernelVxlan,
     EbpfVxlan,
+    /// `--bpf-decap=xdp`.
+    EbpfVxlanXdp,
     EbpfUdp,
 }
 
-const ROWS: [Row; 4] = [Row::HostGw, Row::KernelVxlan, Row::EbpfVxlan, Row::EbpfUdp];
+const ROWS: [Row; 5] = [
+    Row::HostGw,
+    Row::KernelVxlan,
+    Row::EbpfVxlan,
+    Row::EbpfVxlanXdp,
+    Row::EbpfUdp,
+];
 
 impl Row {
     fn name(self) -> &'static str {
         match self {
             Row::HostGw => "host-gw (plain routing)",
             Row::KernelVxlan => "vxlan, kernel device",
-            Row::EbpfVxlan => "vxlan, eBPF",
+            Row::EbpfVxlan => "vxlan, eBPF (TC decap)",
+            Row::EbpfVxlanXdp => "vxlan, eBPF (XDP decap)",
             Row::EbpfUdp => "udp, eBPF",
         }
     }
@@ -86,18 +95,10 @@ fn measure(row: Row, seconds: u32) -> Result<Sample> {
     let bed = Testbed::new(2)?;
     let (agents, containers) = match row {
         Row::KernelVxlan => (Vec::new(), kernel_vxlan(&bed)?),
-        Row::HostGw => agents(
-            &bed,
-            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#,
-        )?,
-        Row::EbpfVxlan => agents(
-            &bed,
-            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#,
-        )?,
-        Row::EbpfUdp => agents(
-            &bed,
-            r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "udp"}}"#,
-        )?,
+        Row::HostGw => agents(&bed, "host-gw", &[])?,
+        Row::EbpfVxlan => agents(&bed, "vxlan", &[])?,
+        Row::EbpfVxlanXdp => agents(&bed, "vxlan", &["--bpf-decap=xdp"])?,
+        Row::EbpfUdp => agents(&bed, "udp", &[])?,
     };
     let (client, server) = (&containers[0], &containers[1]);
     // A row that can't pass traffic fails the bench; it never gets a number.
@@ -105,7 +106,7 @@ fn measure(row: Row, seconds: u32) -> Result<Sample> {
         client.ping(server.ip).is_ok()
     })?;
     // The eBPF rows: measure once the fast path knows the containers.
-    let ebpf = matches!(row, Row::EbpfVxlan | Row::EbpfUdp);
+    let ebpf = matches!(row, Row::EbpfVxlan | Row::EbpfVxlanXdp | Row::EbpfUdp);
     for agent in agents.iter().filter(|_| ebpf) {
         wait_for("the fast path endpoints", Duration::from_secs(20), || {
             agent.log().contains("fast path endpoints updated")
@@ -122,12 +123,15 @@ fn measure(row: Row, seconds: u32) -> Result<Sample> {
     })
 }
 
-fn agents(bed: &Testbed, config: &str) -> Result<(Vec<Agent>, Vec<Container>)> {
-    bed.put_config(config)?;
+/// Agents on both hosts for `backend`, with `flags`, and a container behind each.
+fn agents(bed: &Testbed, backend: &str, flags: &[&str]) -> Result<(Vec<Agent>, Vec<Container>)> {
+    bed.put_config(&format!(
+        r#"{{"Network": "10.1.0.0/16", "Backend": {{"Type": "{backend}"}}}}"#
+    ))?;
     let mut agents = Vec::new();
     let mut containers = Vec::new();
     for host in 0..2 {
-        let mut agent = bed.agent(host, &["--iptables-resync=1"])?;
+        let mut agent = bed.agent(host, &[&["--iptables-resync=1"], flags].concat())?;
         agent.wait_ready(Duration::from_secs(30))?;
         containers.push(bed.add_container(host, &agent.subnet()?, 2)?);
         agents.push(agent);
