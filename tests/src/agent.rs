@@ -146,13 +146,22 @@ impl Agent {
 
     /// The subnet in its subnet.env (`FLANNEL_SUBNET`'s network).
     pub fn subnet(&self) -> Result<String> {
-        let text = std::fs::read_to_string(self.subnet_file()).context("reading subnet.env")?;
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
-            .context("no FLANNEL_SUBNET")?;
-        let net: ipnet::Ipv4Net = line.parse()?;
+        let net: ipnet::Ipv4Net = self.subnet_env("FLANNEL_SUBNET")?.parse()?;
         Ok(net.trunc().to_string())
+    }
+
+    /// `FLANNEL_MTU` of its subnet.env.
+    pub fn mtu(&self) -> Result<u32> {
+        Ok(self.subnet_env("FLANNEL_MTU")?.parse()?)
+    }
+
+    fn subnet_env(&self, name: &str) -> Result<String> {
+        let text = std::fs::read_to_string(self.subnet_file()).context("reading subnet.env")?;
+        let prefix = format!("{name}=");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_owned)
+            .with_context(|| format!("no {name} in subnet.env"))
     }
 
     /// flanneld's pid (`ip netns exec` execs it, so it is the child's).

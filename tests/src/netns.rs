@@ -2,6 +2,7 @@
 
 use std::{
     fs::File,
+    net::Ipv4Addr,
     os::fd::AsRawFd,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -129,4 +130,86 @@ pub fn remove_own_namespaces() {
             let _ = run("ip", &["netns", "del", &name]);
         }
     }
+}
+
+/// Sets `host` up as flanneld's kernel vxlan backend does: `flannel.1` (VNI 1, port 8472,
+/// learning off, MTU 1450) on `eth0` from `local`, holding `<subnet>.0/32`. Returns its MAC.
+pub fn kernel_vxlan(host: &Netns, local: Ipv4Addr, subnet: &str) -> Result<String> {
+    let local = local.to_string();
+    host.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &local,
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ])?;
+    host.ip(&["link", "set", "flannel.1", "mtu", "1450", "up"])?;
+    let net: ipnet::Ipv4Net = subnet.parse()?;
+    host.ip(&[
+        "addr",
+        "add",
+        &format!("{}/32", net.network()),
+        "dev",
+        "flannel.1",
+    ])?;
+    Ok(host
+        .exec("cat", &["/sys/class/net/flannel.1/address"])?
+        .trim()
+        .to_owned())
+}
+
+/// On a `kernel_vxlan` host, what flanneld does per peer lease: neighbour, fdb, route.
+pub fn kernel_vxlan_peer(
+    host: &Netns,
+    peer_subnet: &str,
+    peer_mac: &str,
+    peer_ip: Ipv4Addr,
+) -> Result<()> {
+    let net: ipnet::Ipv4Net = peer_subnet.parse()?;
+    let gateway = net.network().to_string();
+    host.ip(&[
+        "neigh",
+        "replace",
+        &gateway,
+        "dev",
+        "flannel.1",
+        "lladdr",
+        peer_mac,
+        "nud",
+        "permanent",
+    ])?;
+    host.exec(
+        "bridge",
+        &[
+            "fdb",
+            "replace",
+            peer_mac,
+            "dev",
+            "flannel.1",
+            "dst",
+            &peer_ip.to_string(),
+            "self",
+            "permanent",
+        ],
+    )?;
+    host.ip(&[
+        "route",
+        "replace",
+        peer_subnet,
+        "via",
+        &gateway,
+        "dev",
+        "flannel.1",
+        "onlink",
+    ])?;
+    Ok(())
 }

@@ -107,6 +107,18 @@ impl Testbed {
     }
 }
 
+impl Testbed {
+    /// A container as Docker started with mk-docker-opts' `--bip` and `--mtu` would be, on a
+    /// host running `agent`: on its `FLANNEL_SUBNET`, with its `FLANNEL_MTU`.
+    pub fn add_docker_container(&self, index: usize, agent: &Agent, n: u8) -> Result<Container> {
+        let container = self.add_container(index, &agent.subnet()?, n)?;
+        container
+            .ns
+            .ip(&["link", "set", "eth0", "mtu", &agent.mtu()?.to_string()])?;
+        Ok(container)
+    }
+}
+
 pub struct Container {
     pub ns: Netns,
     pub ip: Ipv4Addr,
@@ -116,92 +128,5 @@ impl Container {
     pub fn ping(&self, to: Ipv4Addr) -> Result<String> {
         self.ns
             .exec("ping", &["-c", "1", "-W", "2", &to.to_string()])
-    }
-}
-
-impl Testbed {
-    /// Sets host `index` up as flanneld's kernel vxlan backend does: `flannel.1` (VNI 1, port
-    /// 8472, learning off, MTU 1450) holding `<subnet>.0/32`. Returns the device's MAC.
-    pub fn kernel_vxlan(&self, index: usize, subnet: &str) -> Result<String> {
-        let host = &self.hosts[index];
-        let local = Self::host_ip(index).to_string();
-        host.ip(&[
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "local",
-            &local,
-            "dev",
-            "eth0",
-            "dstport",
-            "8472",
-            "nolearning",
-        ])?;
-        host.ip(&["link", "set", "flannel.1", "mtu", "1450", "up"])?;
-        let net: ipnet::Ipv4Net = subnet.parse()?;
-        host.ip(&[
-            "addr",
-            "add",
-            &format!("{}/32", net.network()),
-            "dev",
-            "flannel.1",
-        ])?;
-        Ok(host
-            .exec("cat", &["/sys/class/net/flannel.1/address"])?
-            .trim()
-            .to_owned())
-    }
-
-    /// On a `kernel_vxlan` host, what flanneld does per peer lease: neighbour, fdb, route.
-    pub fn kernel_vxlan_peer(
-        &self,
-        index: usize,
-        peer_subnet: &str,
-        peer_mac: &str,
-        peer_ip: Ipv4Addr,
-    ) -> Result<()> {
-        let host = &self.hosts[index];
-        let net: ipnet::Ipv4Net = peer_subnet.parse()?;
-        let gateway = net.network().to_string();
-        host.ip(&[
-            "neigh",
-            "replace",
-            &gateway,
-            "dev",
-            "flannel.1",
-            "lladdr",
-            peer_mac,
-            "nud",
-            "permanent",
-        ])?;
-        host.exec(
-            "bridge",
-            &[
-                "fdb",
-                "replace",
-                peer_mac,
-                "dev",
-                "flannel.1",
-                "dst",
-                &peer_ip.to_string(),
-                "self",
-                "permanent",
-            ],
-        )?;
-        host.ip(&[
-            "route",
-            "replace",
-            peer_subnet,
-            "via",
-            &gateway,
-            "dev",
-            "flannel.1",
-            "onlink",
-        ])?;
-        Ok(())
     }
 }

@@ -577,3 +577,61 @@ fn mk_docker_opts_as_a_subcommand_and_under_its_own_name() {
         assert_eq!(std::fs::read_to_string(&out).unwrap(), expected);
     }
 }
+
+#[test]
+fn chooses_the_interface_as_flannel_does() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    // A second interface (a veth standing in for a dummy), so that the choice matters.
+    let host = &bed.hosts[0];
+    host.ip(&[
+        "link", "add", "second", "type", "veth", "peer", "name", "second-p",
+    ])
+    .unwrap();
+    host.ip(&["addr", "add", "172.16.9.1/24", "dev", "second"])
+        .unwrap();
+    host.ip(&["link", "set", "second", "up"]).unwrap();
+    let endpoints = format!("--etcd-endpoints={}", bed.etcd.endpoint());
+    for (flags, public_ip) in [
+        (&[][..], "192.168.64.10"),
+        (&["--iface=second"], "172.16.9.1"),
+        (&["--iface=172.16.9.1"], "172.16.9.1"),
+        (&["--iface=no-such-iface", "--iface=eth0"], "192.168.64.10"),
+        (&["--iface-regex=^sec"], "172.16.9.1"),
+        (&[r"--iface-regex=^172\.16\."], "172.16.9.1"),
+        (&["--iface-can-reach=172.16.9.77"], "172.16.9.1"),
+        (
+            &["--iface=eth0", "--public-ip=192.168.64.10"],
+            "192.168.64.10",
+        ),
+    ] {
+        let mut args = vec![endpoints.as_str()];
+        args.extend_from_slice(flags);
+        let mut agent = flannel_tests::agent::Agent::spawn(host, &args).unwrap();
+        agent.wait_ready(READY).unwrap();
+        let value = bed
+            .etcd
+            .get(&lease_key(&agent.subnet().unwrap()))
+            .unwrap()
+            .unwrap();
+        assert!(
+            value.contains(&format!(r#""PublicIP":"{public_ip}""#)),
+            "{flags:?}: {value}"
+        );
+        agent.terminate().unwrap();
+    }
+    let mut refused = flannel_tests::agent::Agent::spawn(
+        host,
+        &[&endpoints, "--iface=eth0", "--public-ip=10.9.9.9"],
+    )
+    .unwrap();
+    assert!(!refused.wait_exit(READY).unwrap().success());
+    assert!(
+        refused
+            .log()
+            .contains("host-gw: the public IP 10.9.9.9 is not an address of eth0"),
+        "{}",
+        refused.log()
+    );
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
+    netns::{kernel_vxlan, kernel_vxlan_peer},
     require_root,
     testbed::{Container, Testbed, PREFIX},
 };
@@ -24,10 +25,7 @@ fn overlay(config: &str, hosts: usize) -> (Testbed, Vec<Agent>, Vec<Container>) 
     for host in 0..hosts {
         let mut agent = bed.agent(host, &[]).unwrap();
         agent.wait_ready(READY).unwrap();
-        containers.push(
-            bed.add_container(host, &agent.subnet().unwrap(), 2)
-                .unwrap(),
-        );
+        containers.push(bed.add_docker_container(host, &agent, 2).unwrap());
         agents.push(agent);
     }
     (bed, agents, containers)
@@ -90,7 +88,7 @@ fn interoperates_with_a_kernel_vxlan_host_configured_like_flannel() {
     let bed = Testbed::new(2).unwrap();
     bed.put_config(VXLAN).unwrap();
     let kernel_subnet = "10.1.200.0/24";
-    let kernel_mac = bed.kernel_vxlan(1, kernel_subnet).unwrap();
+    let kernel_mac = kernel_vxlan(&bed.hosts[1], Testbed::host_ip(1), kernel_subnet).unwrap();
     let kernel_lease = format!(
         r#"{{"PublicIP":"192.168.64.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
         kernel_mac.trim()
@@ -107,8 +105,7 @@ fn interoperates_with_a_kernel_vxlan_host_configured_like_flannel() {
         .as_str()
         .unwrap()
         .to_owned();
-    bed.kernel_vxlan_peer(1, &our_subnet, &our_mac, Testbed::host_ip(0))
-        .unwrap();
+    kernel_vxlan_peer(&bed.hosts[1], &our_subnet, &our_mac, Testbed::host_ip(0)).unwrap();
     let our_container = bed.add_container(0, &our_subnet, 2).unwrap();
 
     wait_for("ours to reach the kernel host's container", READY, || {
@@ -224,6 +221,31 @@ fn a_peer_that_changes_its_public_ip_keeps_working() {
     }
 }
 
+/// Pings `to` from `from` every 10 ms, `count` times, while every agent restarts in turn;
+/// returns ping's report.
+fn ping_through_restarts(
+    from: &Container,
+    to: &Container,
+    agents: &mut [Agent],
+    count: u32,
+) -> String {
+    let (target, count) = (to.ip.to_string(), count.to_string());
+    std::thread::scope(|scope| {
+        let pinger = scope.spawn(|| {
+            from.ns
+                .exec("ping", &["-i", "0.01", "-c", &count, "-W", "1", &target])
+        });
+        // Let traffic flow before the first restart, so the window covers the handover.
+        std::thread::sleep(Duration::from_millis(500));
+        for agent in agents.iter_mut() {
+            agent.restart().unwrap();
+            agent.wait_ready(READY).unwrap();
+        }
+        pinger.join().unwrap()
+    })
+    .expect("ping ran")
+}
+
 #[test]
 fn an_agent_restart_loses_no_packet() {
     let (_bed, mut agents, containers) = overlay(VXLAN, 2);
@@ -231,21 +253,7 @@ fn an_agent_restart_loses_no_packet() {
         containers[0].ping(containers[1].ip).is_ok()
     })
     .unwrap();
-    let target = containers[1].ip.to_string();
-    let pinger = std::thread::scope(|scope| {
-        let pinger = scope.spawn(|| {
-            containers[0]
-                .ns
-                .exec("ping", &["-i", "0.01", "-c", "400", "-W", "1", &target])
-        });
-        std::thread::sleep(Duration::from_millis(500));
-        for agent in agents.iter_mut() {
-            agent.restart().unwrap();
-            agent.wait_ready(READY).unwrap();
-        }
-        pinger.join().unwrap()
-    });
-    let out = pinger.expect("ping ran");
+    let out = ping_through_restarts(&containers[0], &containers[1], &mut agents, 400);
     assert!(out.contains(" 0% packet loss"), "{out}");
     assert!(agents[0].log().matches("eBPF programs attached").count() == 2);
 }
@@ -319,9 +327,11 @@ fn an_oversize_packet_gets_fragmentation_needed() {
         containers[0].ping(containers[1].ip).is_ok()
     })
     .unwrap();
-    // The containers' veths have MTU 1500; the overlay carries 1450.
-    let out = containers[0].ns.ip(&["link", "show", "eth0"]).unwrap();
-    assert!(out.contains("mtu 1500"), "{out}");
+    // A container whose MTU ignores FLANNEL_MTU (1450 for vxlan on a 1500 NIC).
+    containers[0]
+        .ns
+        .ip(&["link", "set", "eth0", "mtu", "1500"])
+        .unwrap();
     let err = containers[0]
         .ns
         .exec(
@@ -466,10 +476,7 @@ fn xdp_decap_carries_traffic_and_restarts_without_loss() {
     for (host, pin) in flags.iter().enumerate() {
         let mut agent = bed.agent(host, &[pin, "--bpf-decap=xdp"]).unwrap();
         agent.wait_ready(READY).unwrap();
-        containers.push(
-            bed.add_container(host, &agent.subnet().unwrap(), 2)
-                .unwrap(),
-        );
+        containers.push(bed.add_docker_container(host, &agent, 2).unwrap());
         agents.push(agent);
     }
     let xdp = |host: usize| bed.hosts[host].ip(&["link", "show", "eth0"]).unwrap();
@@ -478,20 +485,6 @@ fn xdp_decap_carries_traffic_and_restarts_without_loss() {
     let forward = iperf(&containers[0], &containers[1], false);
     assert!(forward > 0.1, "{forward} Gbit/s");
 
-    let target = containers[1].ip.to_string();
-    let out = std::thread::scope(|scope| {
-        let pinger = scope.spawn(|| {
-            containers[0]
-                .ns
-                .exec("ping", &["-i", "0.01", "-c", "300", "-W", "1", &target])
-        });
-        std::thread::sleep(Duration::from_millis(500));
-        for agent in agents.iter_mut() {
-            agent.restart().unwrap();
-            agent.wait_ready(READY).unwrap();
-        }
-        pinger.join().unwrap()
-    })
-    .expect("ping ran");
+    let out = ping_through_restarts(&containers[0], &containers[1], &mut agents, 300);
     assert!(out.contains(" 0% packet loss"), "{out}");
 }

@@ -4,13 +4,13 @@
 
 use std::net::{Ipv4Addr, UdpSocket};
 
-use aya::programs::{TestRun, TestRunOptions, XdpMode};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult, XdpMode};
 use flannel_agent::bpf::Programs;
 use flannel_common::{
     DatapathConfig, DropReason, Encap, PeerInfo, Tunnel, UDP_BACKEND_PORT, VXLAN_PORT,
 };
 use flannel_tests::{
-    netns::{link, Netns},
+    netns::{kernel_vxlan, kernel_vxlan_peer, link, Netns},
     packet::{self, udp_frame, vxlan, IPPROTO_TCP},
     require_root,
 };
@@ -67,23 +67,27 @@ fn guard(config: DatapathConfig) -> Programs {
 
 /// Runs both programs on `frame`; returns (XDP verdict, TC verdict).
 fn verdicts(programs: &mut Programs, frame: &[u8]) -> (u32, u32) {
-    let xdp = programs
-        .xdp_ingress()
+    (
+        run(programs.xdp_ingress(), frame).0,
+        run(programs.tc_ingress(), frame).0,
+    )
+}
+
+/// Runs `program` on `frame` with BPF_PROG_TEST_RUN: its verdict and the packet it leaves.
+fn run<P>(program: &mut P, frame: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
         .test_run(TestRunOptions {
             data_in: Some(frame),
+            data_out: Some(&mut out),
             ..Default::default()
         })
-        .expect("xdp test run")
-        .return_value;
-    let tc = programs
-        .tc_ingress()
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            ..Default::default()
-        })
-        .expect("tc test run")
-        .return_value;
-    (xdp, tc)
+        .expect("test run");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
 }
 
 fn drops(programs: &mut Programs, reason: DropReason) -> u64 {
@@ -114,29 +118,11 @@ fn vxlan_from(src: Ipv4Addr, vni: u32) -> Vec<u8> {
     udp_frame(src, LOCAL, 40000, VXLAN_PORT, &vxlan(vni, &inner_frame()))
 }
 
-/// Runs tc_ingress on `frame`: its verdict and the packet it leaves.
-fn tc_ingress(programs: &mut Programs, frame: &[u8]) -> (u32, Vec<u8>) {
-    run_tc(programs.tc_ingress(), frame)
-}
-
-fn run_tc(program: &mut aya::programs::SchedClassifier, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .expect("tc test run");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
-}
-
 #[test]
 fn vxlan_from_a_peer_is_decapsulated_to_the_inner_packet() {
     let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
     let frame = vxlan_from(PEER, VNI);
-    let (verdict, out) = tc_ingress(&mut programs, &frame);
+    let (verdict, out) = run(programs.tc_ingress(), &frame);
     assert_eq!(verdict, TC_ACT_OK);
     // The outer Ethernet header (addressed to this host) stays, the inner packet follows.
     assert_eq!(out, [&frame[..14], &inner_ip()[..]].concat());
@@ -157,7 +143,7 @@ fn vxlan_for_another_vtep_mac_is_dropped() {
         &inner_ip(),
     );
     let frame = udp_frame(PEER, LOCAL, 40000, VXLAN_PORT, &vxlan(VNI, &inner));
-    assert_eq!(tc_ingress(&mut programs, &frame).0, TC_ACT_SHOT);
+    assert_eq!(run(programs.tc_ingress(), &frame).0, TC_ACT_SHOT);
     assert_eq!(drops(&mut programs, DropReason::WrongMac), 1);
 }
 
@@ -261,7 +247,7 @@ fn udp_backend_checks_the_sender_but_has_no_vni() {
         (XDP_DROP, TC_ACT_SHOT)
     );
     // Decapsulated with the inner TTL decremented, as flannel's udp backend does.
-    let (verdict, out) = tc_ingress(&mut programs, &from_peer);
+    let (verdict, out) = run(programs.tc_ingress(), &from_peer);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, [&from_peer[..14], &with_ttl(&inner, 63)[..]].concat());
 }
@@ -405,7 +391,7 @@ fn check_outer(out: &[u8], original: &[u8], overhead: usize, port: u16) -> Vec<u
 fn vxlan_encap_byte_for_byte() {
     let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
     let frame = container_frame(Ipv4Addr::new(10, 1, 74, 2), 100);
-    let (verdict, out) = run_tc(programs.tc_encap(), &frame);
+    let (verdict, out) = run(programs.tc_encap(), &frame);
     assert_eq!(verdict, TC_ACT_REDIRECT, "sent to the NIC");
     let rest = check_outer(&out, &frame, 50, VXLAN_PORT);
     assert_eq!(
@@ -430,7 +416,7 @@ fn vxlan_encap_byte_for_byte() {
 fn udp_encap_byte_for_byte_with_the_ttl_decremented() {
     let mut programs = guard(config(Encap::Udp, UDP_BACKEND_PORT));
     let frame = container_frame(Ipv4Addr::new(10, 1, 74, 2), 100);
-    let (verdict, out) = run_tc(programs.tc_encap(), &frame);
+    let (verdict, out) = run(programs.tc_encap(), &frame);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let rest = check_outer(&out, &frame, 28, UDP_BACKEND_PORT);
     assert_eq!(
@@ -449,13 +435,10 @@ fn encap_leaves_other_destinations_and_oversize_packets_to_the_stack() {
         // 1451 bytes of IPv4 do not fit a 1500-byte NIC once encapsulated.
         container_frame(Ipv4Addr::new(10, 1, 74, 2), INNER_MTU as usize - 20 + 1),
     ] {
-        assert_eq!(
-            run_tc(programs.tc_encap(), &frame),
-            (TC_ACT_OK, frame.clone())
-        );
+        assert_eq!(run(programs.tc_encap(), &frame), (TC_ACT_OK, frame.clone()));
     }
     let fits = container_frame(Ipv4Addr::new(10, 1, 74, 2), INNER_MTU as usize - 20);
-    assert_eq!(run_tc(programs.tc_encap(), &fits).0, TC_ACT_REDIRECT);
+    assert_eq!(run(programs.tc_encap(), &fits).0, TC_ACT_REDIRECT);
 }
 
 /// A frame sent by a Linux vxlan device set up as flannel sets up `flannel.1`, captured on
@@ -474,66 +457,9 @@ fn decapsulates_a_frame_made_by_the_kernels_vxlan_device() {
         "192.168.64.2/24",
     )
     .unwrap();
-    let mac = "0a:00:00:00:00:01";
-    for args in [
-        &[
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "local",
-            "192.168.64.3",
-            "dev",
-            "eth0",
-            "dstport",
-            "8472",
-            "nolearning",
-        ][..],
-        &["link", "set", "flannel.1", "mtu", "1450", "up"],
-        &["addr", "add", "10.1.74.0/32", "dev", "flannel.1"],
-        &[
-            "neigh",
-            "replace",
-            "10.1.83.0",
-            "dev",
-            "flannel.1",
-            "lladdr",
-            mac,
-            "nud",
-            "permanent",
-        ],
-        &[
-            "route",
-            "replace",
-            "10.1.83.0/24",
-            "via",
-            "10.1.83.0",
-            "dev",
-            "flannel.1",
-            "onlink",
-        ],
-    ] {
-        kernel.ip(args).unwrap();
-    }
-    kernel
-        .exec(
-            "bridge",
-            &[
-                "fdb",
-                "replace",
-                mac,
-                "dev",
-                "flannel.1",
-                "dst",
-                "192.168.64.2",
-                "self",
-                "permanent",
-            ],
-        )
-        .unwrap();
+    let local = Ipv4Addr::new(192, 168, 64, 3);
+    kernel_vxlan(&kernel, local, "10.1.74.0/24").unwrap();
+    kernel_vxlan_peer(&kernel, "10.1.83.0/24", "0a:00:00:00:00:01", LOCAL).unwrap();
 
     let capture = ours
         .enter(|| flannel_tests::packet::capture_udp(VXLAN_PORT))
@@ -549,7 +475,7 @@ fn decapsulates_a_frame_made_by_the_kernels_vxlan_device() {
     let frame = capture.join().unwrap().expect("the kernel's VXLAN frame");
 
     let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
-    let (verdict, out) = tc_ingress(&mut programs, &frame);
+    let (verdict, out) = run(programs.tc_ingress(), &frame);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(&out[..14], &frame[..14]);
     assert_eq!(&out[14..], &frame[14 + 50..], "the inner IPv4 packet");
@@ -557,34 +483,19 @@ fn decapsulates_a_frame_made_by_the_kernels_vxlan_device() {
     assert!(out.ends_with(b"from a kernel vxlan peer"));
 }
 
-/// Runs xdp_ingress on `frame`: its verdict and the packet it leaves.
-fn run_xdp(programs: &mut Programs, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = programs
-        .xdp_ingress()
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .expect("xdp test run");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
-}
-
 #[test]
 fn xdp_decapsulates_both_formats_like_tc() {
     let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
     let frame = vxlan_from(PEER, VNI);
     assert_eq!(
-        run_xdp(&mut programs, &frame),
+        run(programs.xdp_ingress(), &frame),
         (XDP_PASS, [&frame[..14], &inner_ip()[..]].concat())
     );
 
     let mut programs = guard(config(Encap::Udp, UDP_BACKEND_PORT));
     let inner = inner_ip();
     let frame = udp_frame(PEER, LOCAL, UDP_BACKEND_PORT, UDP_BACKEND_PORT, &inner);
-    let (verdict, out) = run_xdp(&mut programs, &frame);
+    let (verdict, out) = run(programs.xdp_ingress(), &frame);
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(
         out,

@@ -196,3 +196,53 @@ async fn etcd_with_client_certificates() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_username_and_password() {
+    require_root();
+    let etcd = Etcd::start().unwrap();
+    etcd.etcdctl(&["user", "add", "root:s3cret"]).unwrap();
+    etcd.etcdctl(&["auth", "enable"]).unwrap();
+    etcd.etcdctl(&[
+        "--user=root:s3cret",
+        "put",
+        &format!("{PREFIX}/config"),
+        r#"{"Network": "10.1.0.0/16"}"#,
+    ])
+    .unwrap();
+
+    let with = |user: Option<&str>, password: Option<&str>| EtcdOptions {
+        username: user.map(str::to_owned),
+        password: password.map(str::to_owned),
+        ..options(&etcd)
+    };
+    let mut registry = Registry::connect(&with(Some("root"), Some("s3cret")))
+        .await
+        .unwrap();
+    assert!(registry
+        .config()
+        .await
+        .unwrap()
+        .unwrap()
+        .contains("10.1.0.0/16"));
+
+    let wrong = match Registry::connect(&with(Some("root"), Some("wrong"))).await {
+        Ok(mut registry) => registry.config().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(wrong, "a wrong password was accepted");
+    let anonymous = match Registry::connect(&options(&etcd)).await {
+        Ok(mut registry) => registry.config().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(anonymous, "etcd with auth answered an anonymous client");
+    let half = Registry::connect(&with(Some("root"), None))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        half.to_string()
+            .contains("--etcd-username and --etcd-password go together"),
+        "{half}"
+    );
+}

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
+    netns,
     testbed::{Container, Testbed},
 };
 use serde_json::json;
@@ -133,7 +134,7 @@ fn agents(bed: &Testbed, backend: &str, flags: &[&str]) -> Result<(Vec<Agent>, V
     for host in 0..2 {
         let mut agent = bed.agent(host, &[&["--iptables-resync=1"], flags].concat())?;
         agent.wait_ready(Duration::from_secs(30))?;
-        containers.push(bed.add_container(host, &agent.subnet()?, 2)?);
+        containers.push(bed.add_docker_container(host, &agent, 2)?);
         agents.push(agent);
     }
     Ok((agents, containers))
@@ -142,11 +143,11 @@ fn agents(bed: &Testbed, backend: &str, flags: &[&str]) -> Result<(Vec<Agent>, V
 fn kernel_vxlan(bed: &Testbed) -> Result<Vec<Container>> {
     let subnets = ["10.1.1.0/24", "10.1.2.0/24"];
     let macs = [
-        bed.kernel_vxlan(0, subnets[0])?,
-        bed.kernel_vxlan(1, subnets[1])?,
+        netns::kernel_vxlan(&bed.hosts[0], Testbed::host_ip(0), subnets[0])?,
+        netns::kernel_vxlan(&bed.hosts[1], Testbed::host_ip(1), subnets[1])?,
     ];
-    bed.kernel_vxlan_peer(0, subnets[1], &macs[1], Testbed::host_ip(1))?;
-    bed.kernel_vxlan_peer(1, subnets[0], &macs[0], Testbed::host_ip(0))?;
+    netns::kernel_vxlan_peer(&bed.hosts[0], subnets[1], &macs[1], Testbed::host_ip(1))?;
+    netns::kernel_vxlan_peer(&bed.hosts[1], subnets[0], &macs[0], Testbed::host_ip(0))?;
     let mut containers = Vec::new();
     for (host, subnet) in subnets.iter().enumerate() {
         let container = bed.add_container(host, subnet, 2)?;

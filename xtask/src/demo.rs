@@ -37,8 +37,8 @@ pub fn run() -> Result<()> {
         agent.wait_ready(Duration::from_secs(30))?;
         let subnet = agent.subnet()?;
         let pair = [
-            bed.add_container(host, &subnet, 2)?,
-            bed.add_container(host, &subnet, 3)?,
+            bed.add_docker_container(host, &agent, 2)?,
+            bed.add_docker_container(host, &agent, 3)?,
         ];
         println!(
             "{:<6} {:<15} {:<15} {}, {}",
