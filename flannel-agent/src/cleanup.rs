@@ -1,5 +1,6 @@
 //! `flanneld --cleanup`: removes what flanneld installed on this host: our TC filters, the
-//! overlay device, our routes (host-gw and overlay), our iptables chains and the pinned maps.
+//! overlay devices (`flannel-bpf`, `flannel.<VNI>`), our routes (host-gw, overlay, classic
+//! vxlan), our iptables chains and the pinned maps.
 //! The lease stays in etcd until its TTL runs out, as when flannel stops for good.
 
 use std::{fs, path::Path};
@@ -37,14 +38,20 @@ pub async fn run(pin_dir: &Path) -> Result<()> {
 
     let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);
-    if let Ok(index) = nix::net::if_::if_nametoindex(OVERLAY_DEV) {
-        netlink
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .context("deleting the overlay device")?;
-        info!(device = OVERLAY_DEV, "removed the overlay device");
+    // The eBPF overlay device, and the classic datapath's `flannel.<VNI>` (its neighbours and
+    // fdb entries go with it).
+    for entry in fs::read_dir("/sys/class/net").context("listing interfaces")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name == OVERLAY_DEV || name.starts_with("flannel.") {
+            let index = nix::net::if_::if_nametoindex(name.as_str())?;
+            netlink
+                .link()
+                .del(index)
+                .execute()
+                .await
+                .with_context(|| format!("deleting {name}"))?;
+            info!(device = %name, "removed the device");
+        }
     }
     let routes: Vec<_> = netlink
         .route()

@@ -3,13 +3,15 @@
 
 use anyhow::{bail, Result};
 use ipnet::Ipv4Net;
+use tracing::warn;
 
 use crate::{
     cli::{Args, Datapath as DatapathKind},
     config::Backend,
-    ebpf_datapath::EbpfDatapath,
+    ebpf_datapath::{EbpfDatapath, Unsupported},
     host_gw::HostGw,
     iface::ExtIface,
+    kernel_vxlan::KernelVxlan,
     lease::BackendAttrs,
     peers::{Peer, PeerEvent},
 };
@@ -17,6 +19,7 @@ use crate::{
 pub enum Datapath {
     HostGw(HostGw),
     Ebpf(Box<EbpfDatapath>),
+    KernelVxlan(KernelVxlan),
 }
 
 impl Datapath {
@@ -29,15 +32,31 @@ impl Datapath {
                 Ok(Self::HostGw(HostGw::new(&iface.name)?))
             }
             (Backend::Vxlan { .. } | Backend::Udp { .. }, DatapathKind::Ebpf) => {
-                let datapath = EbpfDatapath::start(args, backend, iface).await?;
-                Ok(Self::Ebpf(Box::new(datapath)))
+                match EbpfDatapath::start(args, backend, iface).await {
+                    Ok(datapath) => Ok(Self::Ebpf(Box::new(datapath))),
+                    Err(e) if e.is::<Unsupported>() && matches!(backend, Backend::Vxlan { .. }) => {
+                        warn!("eBPF datapath unavailable ({e:#}); falling back to the kernel vxlan device");
+                        Self::kernel_vxlan(backend, iface).await
+                    }
+                    Err(e) => Err(e),
+                }
             }
-            (Backend::Vxlan { .. } | Backend::Udp { .. }, DatapathKind::Classic) => bail!(
-                "Backend.Type {:?} on --datapath=classic: not available yet in this flanneld; \
-                 use --datapath=ebpf",
-                backend.type_name()
+            (Backend::Vxlan { .. }, DatapathKind::Classic) => Self::kernel_vxlan(backend, iface).await,
+            (Backend::Udp { .. }, DatapathKind::Classic) => bail!(
+                "Backend.Type \"udp\" on --datapath=classic (flannel's TUN loop): not available yet \
+                 in this flanneld; use --datapath=ebpf"
             ),
         }
+    }
+
+    async fn kernel_vxlan(backend: &Backend, iface: &ExtIface) -> Result<Self> {
+        let Backend::Vxlan { vni, port, .. } = backend else {
+            bail!("the kernel vxlan device carries only the vxlan backend");
+        };
+        let mtu = iface.overlay_mtu(backend);
+        Ok(Self::KernelVxlan(
+            KernelVxlan::start(*vni, *port, iface, mtu).await?,
+        ))
     }
 
     /// What our lease says about our end of the backend.
@@ -45,6 +64,7 @@ impl Datapath {
         match self {
             Self::HostGw(_) => BackendAttrs::HostGw,
             Self::Ebpf(ebpf) => ebpf.lease_backend(),
+            Self::KernelVxlan(vxlan) => vxlan.lease_backend(),
         }
     }
 
@@ -53,13 +73,14 @@ impl Datapath {
         match self {
             Self::HostGw(_) => Ok(()),
             Self::Ebpf(ebpf) => ebpf.activate(network, subnet, mtu).await,
+            Self::KernelVxlan(vxlan) => vxlan.activate(subnet).await,
         }
     }
 
     /// The peers are in place: start carrying traffic.
     pub fn attach(&mut self) -> Result<()> {
         match self {
-            Self::HostGw(_) => Ok(()),
+            Self::HostGw(_) | Self::KernelVxlan(_) => Ok(()),
             Self::Ebpf(ebpf) => ebpf.attach(),
         }
     }
@@ -68,6 +89,7 @@ impl Datapath {
         match self {
             Self::HostGw(routes) => routes.apply(event).await,
             Self::Ebpf(ebpf) => ebpf.apply(event).await,
+            Self::KernelVxlan(vxlan) => vxlan.apply(event).await,
         }
     }
 
@@ -82,6 +104,12 @@ impl Datapath {
                 Ok(())
             }
             Self::Ebpf(ebpf) => ebpf.reconcile().await,
+            Self::KernelVxlan(vxlan) => {
+                for peer in peers {
+                    vxlan.install(&peer).await?;
+                }
+                Ok(())
+            }
         }
     }
 }

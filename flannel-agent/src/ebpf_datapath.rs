@@ -51,6 +51,19 @@ pub const PRIORITIES: [u16; 2] = [0xf1a0, 0xf1a1];
 /// `BPF_F_ADJ_ROOM_ENCAP_L2_ETH`, needed for VXLAN GSO, came with Linux 5.13.
 const MIN_KERNEL: (u8, u8) = (5, 13);
 
+/// This kernel can't run the eBPF datapath; the vxlan backend falls back to the kernel's
+/// vxlan device.
+#[derive(Debug)]
+pub struct Unsupported(String);
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
 pub struct EbpfDatapath {
     programs: Programs,
     encap: Encap,
@@ -73,19 +86,20 @@ impl EbpfDatapath {
     pub async fn start(args: &Args, backend: &Backend, nic: &ExtIface) -> Result<Self> {
         let kernel = KernelVersion::current().context("reading the kernel version")?;
         if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
-            bail!(
-                "the eBPF datapath needs Linux {}.{} or later (bpf_skb_adjust_room with \
+            return Err(Unsupported(format!(
+                "it needs Linux {}.{} or later (bpf_skb_adjust_room with \
                  BPF_F_ADJ_ROOM_ENCAP_L2_ETH); this is {kernel:?}",
-                MIN_KERNEL.0,
-                MIN_KERNEL.1
-            );
+                MIN_KERNEL.0, MIN_KERNEL.1
+            ))
+            .into());
         }
         let (encap, vni, port) = match backend {
             Backend::Vxlan { vni, port, .. } => (Encap::Vxlan, *vni, *port),
             Backend::Udp { port } => (Encap::Udp, 0, *port),
             Backend::HostGw => bail!("host-gw has nothing to encapsulate"),
         };
-        let programs = Programs::load(args.bpf_object.as_deref())?;
+        let programs = Programs::load(args.bpf_object.as_deref())
+            .map_err(|e| Unsupported(format!("the kernel refused our programs: {e:#}")))?;
         let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
         tokio::spawn(connection);
         let mtu = nic.overlay_mtu(backend);

@@ -15,6 +15,7 @@ pub mod health;
 pub mod host_gw;
 pub mod iface;
 pub mod iptables;
+pub mod kernel_vxlan;
 pub mod lease;
 pub mod peers;
 pub mod registry;

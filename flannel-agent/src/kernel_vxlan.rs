@@ -1,0 +1,241 @@
+//! flannel's vxlan backend on the kernel's vxlan device (`--datapath=classic`), as flanneld
+//! sets it up: device `flannel.<VNI>` (local = our address, dev = the interface, learning off,
+//! MTU = interface - 50) holding `<subnet>.0/32`, and per peer a permanent neighbour, an fdb
+//! entry and an onlink route, all through rtnetlink.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::{
+    packet_route::{
+        link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo},
+        neighbour::NeighbourFlags,
+    },
+    Handle, LinkUnspec, LinkVxlan, NeighbourAddRequest, RouteMessageBuilder,
+};
+use tracing::{info, warn};
+
+use crate::{
+    host_gw::ROUTE_PROTOCOL,
+    iface::ExtIface,
+    lease::{BackendAttrs, Mac},
+    peers::{Peer, PeerEvent},
+};
+
+pub struct KernelVxlan {
+    netlink: Handle,
+    name: String,
+    index: u32,
+    mac: Mac,
+    vni: u32,
+}
+
+impl KernelVxlan {
+    pub async fn start(vni: u32, port: u16, nic: &ExtIface, mtu: u32) -> Result<Self> {
+        let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+        tokio::spawn(connection);
+        let name = format!("flannel.{vni}");
+        let nic_index = nix::net::if_::if_nametoindex(nic.name.as_str())
+            .with_context(|| format!("looking up {}", nic.name))?;
+        let wanted = [
+            InfoVxlan::Id(vni),
+            InfoVxlan::Link(nic_index),
+            InfoVxlan::Local(nic.addr),
+            InfoVxlan::Port(port),
+            InfoVxlan::Learning(false),
+        ];
+        match vxlan_info(&netlink, &name).await? {
+            // An existing compatible device is kept: a restart keeps its MAC.
+            Some((_, info)) if wanted.iter().all(|w| info.contains(w)) => {}
+            Some((index, _)) => {
+                warn!(device = %name, "exists with other parameters; recreating it");
+                netlink
+                    .link()
+                    .del(index)
+                    .execute()
+                    .await
+                    .context("deleting the old device")?;
+                create(&netlink, &name, vni, port, nic_index, nic.addr).await?;
+            }
+            None => create(&netlink, &name, vni, port, nic_index, nic.addr).await?,
+        }
+        let index = nix::net::if_::if_nametoindex(name.as_str())?;
+        netlink
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("setting {name} up"))?;
+        let path = format!("/sys/class/net/{name}/address");
+        let mac = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {path}"))?
+            .trim()
+            .parse()?;
+        info!(device = %name, vtep_mac = %mac, mtu, "kernel vxlan device");
+        Ok(Self {
+            netlink,
+            name,
+            index,
+            mac,
+            vni,
+        })
+    }
+
+    pub fn lease_backend(&self) -> BackendAttrs {
+        BackendAttrs::Vxlan {
+            vni: self.vni,
+            vtep_mac: self.mac,
+        }
+    }
+
+    /// The device holds `<subnet>.0/32`, as flannel's.
+    pub async fn activate(&mut self, subnet: Ipv4Net) -> Result<()> {
+        self.netlink
+            .address()
+            .add(self.index, IpAddr::V4(subnet.network()), 32)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding {}/32 to {}", subnet.network(), self.name))
+    }
+
+    pub async fn apply(&mut self, event: &PeerEvent) -> Result<()> {
+        match event {
+            PeerEvent::Added(peer) => self.install(peer).await,
+            PeerEvent::Removed(peer) => self.uninstall(peer).await,
+        }
+    }
+
+    /// `ip neigh replace <subnet>.0 lladdr <mac> nud permanent`, `bridge fdb replace <mac> dst
+    /// <public ip> self permanent`, `ip route replace <subnet> via <subnet>.0 onlink`.
+    pub async fn install(&self, peer: &Peer) -> Result<()> {
+        let Some(mac) = vtep_mac(peer) else {
+            return Ok(());
+        };
+        let gateway = peer.subnet.network();
+        self.neighbour(gateway, mac)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("neighbour {gateway} on {}", self.name))?;
+        self.fdb(mac, peer.attrs.public_ip)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("fdb entry {mac} on {}", self.name))?;
+        self.netlink
+            .route()
+            .add(self.route(peer))
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("route to {} on {}", peer.subnet, self.name))?;
+        info!(subnet = %peer.subnet, public_ip = %peer.attrs.public_ip, "peer on the kernel vxlan device");
+        Ok(())
+    }
+
+    async fn uninstall(&self, peer: &Peer) -> Result<()> {
+        let Some(mac) = vtep_mac(peer) else {
+            return Ok(());
+        };
+        // Whatever is already gone is fine: we only want it gone.
+        let _ = self.netlink.route().del(self.route(peer)).execute().await;
+        for mut entry in [
+            self.neighbour(peer.subnet.network(), mac),
+            self.fdb(mac, peer.attrs.public_ip),
+        ] {
+            let _ = self
+                .netlink
+                .neighbours()
+                .del(entry.message_mut().clone())
+                .execute()
+                .await;
+        }
+        info!(subnet = %peer.subnet, "peer left the kernel vxlan device");
+        Ok(())
+    }
+
+    fn neighbour(&self, gateway: Ipv4Addr, mac: Mac) -> NeighbourAddRequest {
+        self.netlink
+            .neighbours()
+            .add(self.index, IpAddr::V4(gateway))
+            .link_layer_address(&mac.0)
+    }
+
+    fn fdb(&self, mac: Mac, public_ip: Ipv4Addr) -> NeighbourAddRequest {
+        self.netlink
+            .neighbours()
+            .add_bridge(self.index, &mac.0)
+            .destination(IpAddr::V4(public_ip))
+            .flags(NeighbourFlags::Own)
+    }
+
+    fn route(&self, peer: &Peer) -> rtnetlink::packet_route::route::RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(peer.subnet.network(), peer.subnet.prefix_len())
+            .gateway(peer.subnet.network())
+            .output_interface(self.index)
+            .onlink()
+            .protocol(ROUTE_PROTOCOL)
+            .build()
+    }
+}
+
+fn vtep_mac(peer: &Peer) -> Option<Mac> {
+    match &peer.attrs.backend {
+        BackendAttrs::Vxlan { vtep_mac, .. } => Some(*vtep_mac),
+        _ => None,
+    }
+}
+
+async fn create(
+    netlink: &Handle,
+    name: &str,
+    vni: u32,
+    port: u16,
+    nic: u32,
+    local: Ipv4Addr,
+) -> Result<()> {
+    let link = LinkVxlan::new(name, vni)
+        .dev(nic)
+        .local(local)
+        .port(port)
+        .learning(false)
+        .build();
+    netlink
+        .link()
+        .add(link)
+        .execute()
+        .await
+        .with_context(|| format!("creating {name}"))
+}
+
+/// An existing device's ifindex and vxlan attributes, if there is one called `name`.
+async fn vxlan_info(netlink: &Handle, name: &str) -> Result<Option<(u32, Vec<InfoVxlan>)>> {
+    let Ok(index) = nix::net::if_::if_nametoindex(name) else {
+        return Ok(None);
+    };
+    let links: Vec<_> = netlink
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_collect()
+        .await?;
+    let info = links
+        .iter()
+        .flat_map(|link| &link.attributes)
+        .filter_map(|attr| match attr {
+            LinkAttribute::LinkInfo(infos) => Some(infos),
+            _ => None,
+        })
+        .flatten()
+        .find_map(|info| match info {
+            LinkInfo::Data(InfoData::Vxlan(vxlan)) => Some(vxlan.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    Ok(Some((index, info)))
+}

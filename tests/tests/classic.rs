@@ -1,0 +1,165 @@
+//! `--datapath=classic` with the vxlan backend: the kernel's vxlan device as flanneld sets it
+//! up, alone, mixed with hosts on the eBPF datapath, and as the eBPF datapath's fallback.
+
+use std::time::Duration;
+
+use flannel_tests::{
+    agent::Agent,
+    etcd::wait_for,
+    require_root,
+    testbed::{Container, Testbed, PREFIX},
+};
+
+const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+const READY: Duration = Duration::from_secs(20);
+
+/// Agents with per-host `flags` on `VXLAN`, and a container behind each.
+fn cluster(flags: &[&[&str]]) -> (Testbed, Vec<Agent>, Vec<Container>) {
+    require_root();
+    let bed = Testbed::new(flags.len()).unwrap();
+    bed.put_config(VXLAN).unwrap();
+    let mut agents = Vec::new();
+    let mut containers = Vec::new();
+    for (host, flags) in flags.iter().enumerate() {
+        let mut agent = bed.agent(host, flags).unwrap();
+        agent.wait_ready(READY).unwrap();
+        containers.push(bed.add_docker_container(host, &agent, 2).unwrap());
+        agents.push(agent);
+    }
+    (bed, agents, containers)
+}
+
+fn all_reach_all(containers: &[Container]) {
+    for from in containers {
+        for to in containers {
+            let what = format!("{} to reach {}", from.ip, to.ip);
+            wait_for(&what, READY, || from.ping(to.ip).is_ok()).unwrap();
+        }
+    }
+}
+
+const CLASSIC: &[&str] = &["--datapath=classic"];
+const EBPF: &[&str] = &["--datapath=ebpf"];
+
+#[test]
+fn classic_vxlan_on_three_hosts() {
+    let (bed, _agents, containers) = cluster(&[CLASSIC, CLASSIC, CLASSIC]);
+    all_reach_all(&containers);
+    let device = bed.hosts[0]
+        .ip(&["-d", "link", "show", "flannel.1"])
+        .unwrap();
+    for part in [
+        "mtu 1450",
+        "vxlan id 1 local 192.168.64.10 dev eth0",
+        "dstport 8472",
+        "nolearning",
+    ] {
+        assert!(device.contains(part), "{part}: {device}");
+    }
+}
+
+#[test]
+fn mixed_classic_and_ebpf_hosts_reach_each_other() {
+    let (_bed, _agents, containers) = cluster(&[CLASSIC, EBPF]);
+    all_reach_all(&containers);
+}
+
+#[test]
+fn a_removed_lease_takes_its_neighbour_fdb_entry_and_route() {
+    let (bed, mut agents, containers) = cluster(&[CLASSIC, CLASSIC]);
+    all_reach_all(&containers);
+    let gone = agents[1].subnet().unwrap();
+    let gateway = gone.replace(".0/24", ".0");
+    let host = &bed.hosts[0];
+    let state = || {
+        let neigh = host.ip(&["neigh", "show", "dev", "flannel.1"]).unwrap();
+        let fdb = host
+            .exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+            .unwrap();
+        let routes = host.ip(&["route"]).unwrap();
+        (
+            neigh.contains(&gateway),
+            fdb.contains("dst 192.168.64.11"),
+            routes.contains(&gone),
+        )
+    };
+    assert_eq!(state(), (true, true, true));
+    agents[1].terminate().unwrap();
+    bed.etcd
+        .etcdctl(&[
+            "del",
+            &format!("{PREFIX}/subnets/{}", gone.replace('/', "-")),
+        ])
+        .unwrap();
+    wait_for("the peer's kernel state to go", READY, || {
+        state() == (false, false, false)
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_restart_keeps_the_devices_mac() {
+    let (bed, mut agents, _containers) = cluster(&[CLASSIC]);
+    let mac = || {
+        bed.hosts[0]
+            .exec("cat", &["/sys/class/net/flannel.1/address"])
+            .unwrap()
+    };
+    let before = mac();
+    agents[0].restart().unwrap();
+    agents[0].wait_ready(READY).unwrap();
+    assert_eq!(mac(), before);
+}
+
+#[test]
+fn the_ebpf_datapath_falls_back_to_the_kernel_vxlan_device() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(VXLAN).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("not-bpf.o");
+    std::fs::write(&garbage, b"not an ELF object").unwrap();
+    let object = format!("--bpf-object={}", garbage.display());
+    let mut agent = bed.agent(0, &[&object]).unwrap();
+    agent.wait_ready(READY).unwrap();
+    assert!(
+        agent
+            .log()
+            .contains("falling back to the kernel vxlan device"),
+        "{}",
+        agent.log()
+    );
+    let mac = bed.hosts[0]
+        .exec("cat", &["/sys/class/net/flannel.1/address"])
+        .unwrap();
+    let key = format!(
+        "{PREFIX}/subnets/{}",
+        agent.subnet().unwrap().replace('/', "-")
+    );
+    assert!(
+        bed.etcd.get(&key).unwrap().unwrap().contains(mac.trim()),
+        "the lease carries flannel.1's MAC"
+    );
+}
+
+#[test]
+fn cleanup_removes_the_kernel_vxlan_device_and_its_routes() {
+    let (bed, mut agents, containers) = cluster(&[CLASSIC, CLASSIC]);
+    all_reach_all(&containers);
+    let peer = agents[1].subnet().unwrap();
+    agents[0].terminate().unwrap();
+    let host = &bed.hosts[0];
+    let status = Agent::spawn(host, &["--cleanup"])
+        .unwrap()
+        .wait_exit(READY)
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        host.ip(&["link", "show", "flannel.1"]).is_err(),
+        "device removed"
+    );
+    assert!(
+        !host.ip(&["route"]).unwrap().contains(&peer),
+        "route removed"
+    );
+}
