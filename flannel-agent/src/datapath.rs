@@ -14,12 +14,14 @@ use crate::{
     kernel_vxlan::KernelVxlan,
     lease::BackendAttrs,
     peers::{Peer, PeerEvent},
+    tun_udp::TunUdp,
 };
 
 pub enum Datapath {
     HostGw(HostGw),
     Ebpf(Box<EbpfDatapath>),
     KernelVxlan(KernelVxlan),
+    TunUdp(TunUdp),
 }
 
 impl Datapath {
@@ -34,29 +36,29 @@ impl Datapath {
             (Backend::Vxlan { .. } | Backend::Udp { .. }, DatapathKind::Ebpf) => {
                 match EbpfDatapath::start(args, backend, iface).await {
                     Ok(datapath) => Ok(Self::Ebpf(Box::new(datapath))),
-                    Err(e) if e.is::<Unsupported>() && matches!(backend, Backend::Vxlan { .. }) => {
-                        warn!("eBPF datapath unavailable ({e:#}); falling back to the kernel vxlan device");
-                        Self::kernel_vxlan(backend, iface).await
+                    Err(e) if e.is::<Unsupported>() => {
+                        warn!("eBPF datapath unavailable ({e:#}); falling back to the classic datapath");
+                        Self::classic(backend, iface).await
                     }
                     Err(e) => Err(e),
                 }
             }
-            (Backend::Vxlan { .. }, DatapathKind::Classic) => Self::kernel_vxlan(backend, iface).await,
-            (Backend::Udp { .. }, DatapathKind::Classic) => bail!(
-                "Backend.Type \"udp\" on --datapath=classic (flannel's TUN loop): not available yet \
-                 in this flanneld; use --datapath=ebpf"
-            ),
+            (Backend::Vxlan { .. } | Backend::Udp { .. }, DatapathKind::Classic) => {
+                Self::classic(backend, iface).await
+            }
         }
     }
 
-    async fn kernel_vxlan(backend: &Backend, iface: &ExtIface) -> Result<Self> {
-        let Backend::Vxlan { vni, port, .. } = backend else {
-            bail!("the kernel vxlan device carries only the vxlan backend");
-        };
+    /// What Go flanneld does: the kernel's vxlan device, or the TUN loop for udp.
+    async fn classic(backend: &Backend, iface: &ExtIface) -> Result<Self> {
         let mtu = iface.overlay_mtu(backend);
-        Ok(Self::KernelVxlan(
-            KernelVxlan::start(*vni, *port, iface, mtu).await?,
-        ))
+        match backend {
+            Backend::Vxlan { vni, port, .. } => Ok(Self::KernelVxlan(
+                KernelVxlan::start(*vni, *port, iface, mtu).await?,
+            )),
+            Backend::Udp { port } => Ok(Self::TunUdp(TunUdp::start(*port, iface, mtu).await?)),
+            Backend::HostGw => bail!("host-gw has no classic variant"),
+        }
     }
 
     /// What our lease says about our end of the backend.
@@ -65,6 +67,7 @@ impl Datapath {
             Self::HostGw(_) => BackendAttrs::HostGw,
             Self::Ebpf(ebpf) => ebpf.lease_backend(),
             Self::KernelVxlan(vxlan) => vxlan.lease_backend(),
+            Self::TunUdp(_) => BackendAttrs::Udp,
         }
     }
 
@@ -74,13 +77,14 @@ impl Datapath {
             Self::HostGw(_) => Ok(()),
             Self::Ebpf(ebpf) => ebpf.activate(network, subnet, mtu).await,
             Self::KernelVxlan(vxlan) => vxlan.activate(subnet).await,
+            Self::TunUdp(tun) => tun.activate(network, subnet).await,
         }
     }
 
     /// The peers are in place: start carrying traffic.
     pub fn attach(&mut self) -> Result<()> {
         match self {
-            Self::HostGw(_) | Self::KernelVxlan(_) => Ok(()),
+            Self::HostGw(_) | Self::KernelVxlan(_) | Self::TunUdp(_) => Ok(()),
             Self::Ebpf(ebpf) => ebpf.attach(),
         }
     }
@@ -90,6 +94,10 @@ impl Datapath {
             Self::HostGw(routes) => routes.apply(event).await,
             Self::Ebpf(ebpf) => ebpf.apply(event).await,
             Self::KernelVxlan(vxlan) => vxlan.apply(event).await,
+            Self::TunUdp(tun) => {
+                tun.apply(event);
+                Ok(())
+            }
         }
     }
 
@@ -104,6 +112,7 @@ impl Datapath {
                 Ok(())
             }
             Self::Ebpf(ebpf) => ebpf.reconcile().await,
+            Self::TunUdp(_) => Ok(()),
             Self::KernelVxlan(vxlan) => {
                 for peer in peers {
                     vxlan.install(&peer).await?;

@@ -51,8 +51,7 @@ pub const PRIORITIES: [u16; 2] = [0xf1a0, 0xf1a1];
 /// `BPF_F_ADJ_ROOM_ENCAP_L2_ETH`, needed for VXLAN GSO, came with Linux 5.13.
 const MIN_KERNEL: (u8, u8) = (5, 13);
 
-/// This kernel can't run the eBPF datapath; the vxlan backend falls back to the kernel's
-/// vxlan device.
+/// This kernel can't run the eBPF datapath: the agent falls back to the classic one.
 #[derive(Debug)]
 pub struct Unsupported(String);
 

@@ -20,3 +20,5 @@ pub mod lease;
 pub mod peers;
 pub mod registry;
 pub mod subnet_env;
+pub mod tun_udp;
+pub mod udp_packet;

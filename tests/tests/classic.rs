@@ -1,4 +1,4 @@
-//! `--datapath=classic` with the vxlan backend: the kernel's vxlan device as flanneld sets it
+//! `--datapath=classic`: the kernel's vxlan device and the TUN udp loop as flanneld sets them
 //! up, alone, mixed with hosts on the eBPF datapath, and as the eBPF datapath's fallback.
 
 use std::time::Duration;
@@ -11,13 +11,14 @@ use flannel_tests::{
 };
 
 const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+const UDP: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "udp"}}"#;
 const READY: Duration = Duration::from_secs(20);
 
-/// Agents with per-host `flags` on `VXLAN`, and a container behind each.
-fn cluster(flags: &[&[&str]]) -> (Testbed, Vec<Agent>, Vec<Container>) {
+/// Agents with per-host `flags` on `config`, and a container behind each.
+fn cluster(config: &str, flags: &[&[&str]]) -> (Testbed, Vec<Agent>, Vec<Container>) {
     require_root();
     let bed = Testbed::new(flags.len()).unwrap();
-    bed.put_config(VXLAN).unwrap();
+    bed.put_config(config).unwrap();
     let mut agents = Vec::new();
     let mut containers = Vec::new();
     for (host, flags) in flags.iter().enumerate() {
@@ -43,7 +44,7 @@ const EBPF: &[&str] = &["--datapath=ebpf"];
 
 #[test]
 fn classic_vxlan_on_three_hosts() {
-    let (bed, _agents, containers) = cluster(&[CLASSIC, CLASSIC, CLASSIC]);
+    let (bed, _agents, containers) = cluster(VXLAN, &[CLASSIC, CLASSIC, CLASSIC]);
     all_reach_all(&containers);
     let device = bed.hosts[0]
         .ip(&["-d", "link", "show", "flannel.1"])
@@ -60,13 +61,13 @@ fn classic_vxlan_on_three_hosts() {
 
 #[test]
 fn mixed_classic_and_ebpf_hosts_reach_each_other() {
-    let (_bed, _agents, containers) = cluster(&[CLASSIC, EBPF]);
+    let (_bed, _agents, containers) = cluster(VXLAN, &[CLASSIC, EBPF]);
     all_reach_all(&containers);
 }
 
 #[test]
 fn a_removed_lease_takes_its_neighbour_fdb_entry_and_route() {
-    let (bed, mut agents, containers) = cluster(&[CLASSIC, CLASSIC]);
+    let (bed, mut agents, containers) = cluster(VXLAN, &[CLASSIC, CLASSIC]);
     all_reach_all(&containers);
     let gone = agents[1].subnet().unwrap();
     let gateway = gone.replace(".0/24", ".0");
@@ -99,7 +100,7 @@ fn a_removed_lease_takes_its_neighbour_fdb_entry_and_route() {
 
 #[test]
 fn a_restart_keeps_the_devices_mac() {
-    let (bed, mut agents, _containers) = cluster(&[CLASSIC]);
+    let (bed, mut agents, _containers) = cluster(VXLAN, &[CLASSIC]);
     let mac = || {
         bed.hosts[0]
             .exec("cat", &["/sys/class/net/flannel.1/address"])
@@ -123,9 +124,7 @@ fn the_ebpf_datapath_falls_back_to_the_kernel_vxlan_device() {
     let mut agent = bed.agent(0, &[&object]).unwrap();
     agent.wait_ready(READY).unwrap();
     assert!(
-        agent
-            .log()
-            .contains("falling back to the kernel vxlan device"),
+        agent.log().contains("falling back to the classic datapath"),
         "{}",
         agent.log()
     );
@@ -144,7 +143,7 @@ fn the_ebpf_datapath_falls_back_to_the_kernel_vxlan_device() {
 
 #[test]
 fn cleanup_removes_the_kernel_vxlan_device_and_its_routes() {
-    let (bed, mut agents, containers) = cluster(&[CLASSIC, CLASSIC]);
+    let (bed, mut agents, containers) = cluster(VXLAN, &[CLASSIC, CLASSIC]);
     all_reach_all(&containers);
     let peer = agents[1].subnet().unwrap();
     agents[0].terminate().unwrap();
@@ -161,5 +160,24 @@ fn cleanup_removes_the_kernel_vxlan_device_and_its_routes() {
     assert!(
         !host.ip(&["route"]).unwrap().contains(&peer),
         "route removed"
+    );
+}
+
+#[test]
+fn tun_udp_on_three_hosts_and_mixed_with_ebpf_udp() {
+    let (_bed, _agents, containers) = cluster(UDP, &[CLASSIC, CLASSIC, EBPF]);
+    all_reach_all(&containers);
+}
+
+#[test]
+fn tun_udp_answers_net_unreachable_for_a_subnet_nobody_holds() {
+    let (_bed, _agents, containers) = cluster(UDP, &[CLASSIC]);
+    // From the host's own overlay address, routed into flannel0 like container traffic.
+    let err = containers[0]
+        .ping("10.1.250.9".parse().unwrap())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("Destination Net Unreachable"),
+        "{err:#}"
     );
 }

@@ -24,11 +24,14 @@ enum Row {
     /// `--bpf-decap=xdp`.
     EbpfVxlanXdp,
     EbpfUdp,
+    /// flannel's udp backend: the TUN device and a userspace loop (`--datapath=classic`).
+    TunUdp,
 }
 
-const ROWS: [Row; 5] = [
+const ROWS: [Row; 6] = [
     Row::HostGw,
     Row::KernelVxlan,
+    Row::TunUdp,
     Row::EbpfVxlan,
     Row::EbpfVxlanXdp,
     Row::EbpfUdp,
@@ -42,6 +45,7 @@ impl Row {
             Row::EbpfVxlan => "vxlan, eBPF (TC decap)",
             Row::EbpfVxlanXdp => "vxlan, eBPF (XDP decap)",
             Row::EbpfUdp => "udp, eBPF",
+            Row::TunUdp => "udp, TUN loop",
         }
     }
 }
@@ -99,6 +103,7 @@ fn measure(row: Row, seconds: u32) -> Result<Sample> {
         Row::EbpfVxlan => agents(&bed, "vxlan", &[])?,
         Row::EbpfVxlanXdp => agents(&bed, "vxlan", &["--bpf-decap=xdp"])?,
         Row::EbpfUdp => agents(&bed, "udp", &[])?,
+        Row::TunUdp => agents(&bed, "udp", &["--datapath=classic"])?,
     };
     let (client, server) = (&containers[0], &containers[1]);
     // A row that can't pass traffic fails the bench; it never gets a number.
@@ -251,7 +256,6 @@ fn report(
          interleaved round(s) of {seconds} s per measure; median (min-max).\n",
         env!("CARGO_PKG_VERSION")
     )?;
-    let kernel_vxlan = ROWS.iter().position(|r| *r == Row::KernelVxlan).unwrap();
     let mut medians = vec![[0f64; 4]; ROWS.len()];
     let mut json_rows = Vec::new();
     write!(md, "| row |")?;
@@ -277,22 +281,29 @@ fn report(
         writeln!(md)?;
         json_rows.push(json!({"row": row.name(), "metrics": json_metrics}));
     }
-    writeln!(md, "\nRatios to the kernel's vxlan (same run; throughput: higher is better, latency: lower is better):\n")?;
-    writeln!(
-        md,
-        "| row | TCP 1 stream | TCP 4 streams | p50 latency | p99 latency |\n|---|---|---|---|---|"
-    )?;
-    for (i, row) in ROWS.iter().enumerate() {
-        write!(md, "| {} |", row.name())?;
-        for (value, base) in medians[i].iter().zip(medians[kernel_vxlan]) {
-            write!(md, " {:.2}x |", value / base)?;
+    // Ratios against flannel's two tunnelling backends, from this same run.
+    for baseline in [Row::KernelVxlan, Row::TunUdp] {
+        let base = medians[ROWS.iter().position(|r| *r == baseline).unwrap()];
+        writeln!(
+            md,
+            "\nRatios to {} (throughput: higher is better, latency: lower is better):\n",
+            baseline.name()
+        )?;
+        writeln!(
+            md,
+            "| row | TCP 1 stream | TCP 4 streams | p50 latency | p99 latency |\n|---|---|---|---|---|"
+        )?;
+        for (i, row) in ROWS.iter().enumerate() {
+            write!(md, "| {} |", row.name())?;
+            for (value, base) in medians[i].iter().zip(base) {
+                write!(md, " {:.2}x |", value / base)?;
+            }
+            writeln!(md)?;
         }
-        writeln!(md)?;
     }
     writeln!(
         md,
-        "\nNot measured yet: flannel's TUN udp backend (not built yet), CPU per Gbit/s, \
-         small-packet UDP rate, convergence time, agent RSS."
+        "\nNot measured yet: CPU per Gbit/s, small-packet UDP rate, convergence time, agent RSS."
     )?;
     if samples.iter().any(|s| s.is_empty()) {
         bail!("a row has no samples");
