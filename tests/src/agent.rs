@@ -15,10 +15,12 @@ use tempfile::TempDir;
 use crate::netns::{run, Netns};
 
 /// The flanneld binary of this workspace, built once per process; cargo says where it is.
+/// A debug build, unless `FLANNELD_BUILD_RELEASE` is set (the bench measures release code).
 pub fn flanneld() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = std::env::var_os("FLANNELD_BUILD_RELEASE").map(|_| "--release");
         let output = Command::new(cargo)
             .args([
                 "build",
@@ -28,6 +30,7 @@ pub fn flanneld() -> &'static Path {
                 "flannel-agent",
             ])
             .args(["--bin", "flanneld"])
+            .args(release)
             .stderr(Stdio::inherit())
             .output()
             .expect("running cargo build for flanneld");
@@ -162,6 +165,16 @@ impl Agent {
             .find_map(|l| l.strip_prefix(&prefix))
             .map(str::to_owned)
             .with_context(|| format!("no {name} in subnet.env"))
+    }
+
+    /// Its resident memory, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")
     }
 
     /// flanneld's pid (`ip netns exec` execs it, so it is the child's).

@@ -635,3 +635,23 @@ fn chooses_the_interface_as_flannel_does() {
         refused.log()
     );
 }
+
+#[test]
+fn host_gw_restores_a_route_deleted_by_hand() {
+    require_root();
+    let bed = Testbed::new(2).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    let mut a = bed.agent(0, &["--iptables-resync=1"]).unwrap();
+    let mut b = bed.agent(1, &[]).unwrap();
+    a.wait_ready(READY).unwrap();
+    b.wait_ready(READY).unwrap();
+    let peer = b.subnet().unwrap();
+    let routes = || bed.hosts[0].ip(&["route"]).unwrap();
+    wait_for("the route to the peer", READY, || routes().contains(&peer)).unwrap();
+    bed.hosts[0].ip(&["route", "del", &peer]).unwrap();
+    assert!(!routes().contains(&peer));
+    wait_for("the route to come back", READY, || {
+        routes().contains(&format!("{peer} via 192.168.64.11 dev eth0"))
+    })
+    .unwrap();
+}

@@ -164,8 +164,21 @@ fn cleanup_removes_the_kernel_vxlan_device_and_its_routes() {
 }
 
 #[test]
-fn tun_udp_on_three_hosts_and_mixed_with_ebpf_udp() {
-    let (_bed, _agents, containers) = cluster(UDP, &[CLASSIC, CLASSIC, EBPF]);
+fn tun_udp_on_three_hosts() {
+    let (bed, _agents, containers) = cluster(UDP, &[CLASSIC, CLASSIC, CLASSIC]);
+    all_reach_all(&containers);
+    let device = bed.hosts[0]
+        .ip(&["-d", "link", "show", "flannel0"])
+        .unwrap();
+    assert!(
+        device.contains("mtu 1472") && device.contains("tun"),
+        "{device}"
+    );
+}
+
+#[test]
+fn mixed_tun_udp_and_ebpf_udp_hosts_reach_each_other() {
+    let (_bed, _agents, containers) = cluster(UDP, &[CLASSIC, EBPF]);
     all_reach_all(&containers);
 }
 

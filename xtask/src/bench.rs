@@ -57,19 +57,28 @@ struct Sample {
     tcp_4: f64,
     lat_p50: f64,
     lat_p99: f64,
+    /// CPU busy (all cores, % of one core) per Gbit/s during the 1-stream run.
+    cpu_per_gbit: f64,
+    udp_kpps: f64,
+    rss_mib: f64,
 }
 
 /// A measure's name and how to read it from a sample.
 type Metric = (&'static str, fn(&Sample) -> f64);
 
-const METRICS: [Metric; 4] = [
+const METRICS: [Metric; 7] = [
     ("TCP 1 stream Gbit/s", |s| s.tcp_1),
     ("TCP 4 streams Gbit/s", |s| s.tcp_4),
     ("TCP RR p50 us (RTT/2)", |s| s.lat_p50),
     ("TCP RR p99 us (RTT/2)", |s| s.lat_p99),
+    ("CPU % per Gbit/s", |s| s.cpu_per_gbit),
+    ("UDP 64 B kpps", |s| s.udp_kpps),
+    ("agent RSS MiB", |s| s.rss_mib),
 ];
 
 pub fn run(quick: bool) -> Result<()> {
+    // Measure the code users run: a release build.
+    std::env::set_var("FLANNELD_BUILD_RELEASE", "1");
     flannel_tests::agent::flanneld();
     let (rounds, seconds) = if quick { (1, 2) } else { (3, 5) };
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); ROWS.len()];
@@ -117,14 +126,21 @@ fn measure(row: Row, seconds: u32) -> Result<Sample> {
             agent.log().contains("fast path endpoints updated")
         })?;
     }
+    let (busy, started) = (cpu_busy_seconds()?, std::time::Instant::now());
     let tcp_1 = iperf(client, server, 1, seconds)?;
+    let cores_busy = (cpu_busy_seconds()? - busy) / started.elapsed().as_secs_f64();
     let tcp_4 = iperf(client, server, 4, seconds)?;
     let (lat_p50, lat_p99) = sockperf(client, server, seconds)?;
+    let udp_kpps = udp_rate(client, server, seconds)?;
+    let rss: u64 = agents.iter().map(Agent::rss_kib).sum::<Result<u64>>()?;
     Ok(Sample {
         tcp_1,
         tcp_4,
         lat_p50,
         lat_p99,
+        cpu_per_gbit: cores_busy * 100.0 / tcp_1,
+        udp_kpps,
+        rss_mib: rss as f64 / agents.len() as f64 / 1024.0,
     })
 }
 
@@ -164,6 +180,47 @@ fn iperf(client: &Container, server: &Container, streams: u32, seconds: u32) -> 
         .as_f64()
         .context("no iperf3 result")?;
     Ok(bps / 1e9)
+}
+
+/// CPU time spent busy on all cores since boot, from /proc/stat, in seconds.
+fn cpu_busy_seconds() -> Result<f64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .context("empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: everything but idle and iowait.
+    let busy: f64 = fields.iter().take(8).sum::<f64>() - fields[3] - fields[4];
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(busy / ticks)
+}
+
+/// 64-byte UDP datagrams as fast as iperf3 sends them: thousands received per second.
+fn udp_rate(client: &Container, server: &Container, seconds: u32) -> Result<f64> {
+    server.ns.exec("iperf3", &["-s", "-D", "-1"])?;
+    let (ip, seconds) = (server.ip.to_string(), seconds.to_string());
+    let mut out = None;
+    wait_for("iperf3 to connect", Duration::from_secs(10), || {
+        out = client
+            .ns
+            .exec(
+                "iperf3",
+                &["-c", &ip, "-u", "-l", "64", "-b", "0", "-t", &seconds, "-J"],
+            )
+            .ok();
+        out.is_some()
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&out.unwrap())?;
+    let sum = &json["end"]["sum"];
+    let sent = sum["packets"].as_f64().context("no UDP packet count")?;
+    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let secs = sum["seconds"].as_f64().context("no UDP duration")?;
+    Ok((sent - lost) / secs / 1000.0)
 }
 
 /// TCP request/response latency with 64-byte messages: (p50, p99) in microseconds, RTT/2.
@@ -234,6 +291,16 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// `| row | <metric> | ... |` and its separator line.
+fn table_header(md: &mut String) -> Result<()> {
+    write!(md, "| row |")?;
+    for (name, _) in METRICS {
+        write!(md, " {name} |")?;
+    }
+    writeln!(md, "\n|---|{}", "---|".repeat(METRICS.len()))?;
+    Ok(())
+}
+
 fn report(
     samples: &[Vec<Sample>],
     rounds: u32,
@@ -256,13 +323,9 @@ fn report(
          interleaved round(s) of {seconds} s per measure; median (min-max).\n",
         env!("CARGO_PKG_VERSION")
     )?;
-    let mut medians = vec![[0f64; 4]; ROWS.len()];
+    let mut medians = vec![[0f64; METRICS.len()]; ROWS.len()];
     let mut json_rows = Vec::new();
-    write!(md, "| row |")?;
-    for (name, _) in METRICS {
-        write!(md, " {name} |")?;
-    }
-    writeln!(md, "\n|---|---|---|---|---|")?;
+    table_header(&mut md)?;
     for (i, row) in ROWS.iter().enumerate() {
         write!(md, "| {} |", row.name())?;
         let mut json_metrics = serde_json::Map::new();
@@ -286,13 +349,10 @@ fn report(
         let base = medians[ROWS.iter().position(|r| *r == baseline).unwrap()];
         writeln!(
             md,
-            "\nRatios to {} (throughput: higher is better, latency: lower is better):\n",
+            "\nRatios to {} (higher is better for throughput and rate; lower for latency, CPU and memory):\n",
             baseline.name()
         )?;
-        writeln!(
-            md,
-            "| row | TCP 1 stream | TCP 4 streams | p50 latency | p99 latency |\n|---|---|---|---|---|"
-        )?;
+        table_header(&mut md)?;
         for (i, row) in ROWS.iter().enumerate() {
             write!(md, "| {} |", row.name())?;
             for (value, base) in medians[i].iter().zip(base) {
@@ -303,7 +363,7 @@ fn report(
     }
     writeln!(
         md,
-        "\nNot measured yet: CPU per Gbit/s, small-packet UDP rate, convergence time, agent RSS."
+        "\nNot measured yet: convergence time (lease put to first packet), control-plane scale."
     )?;
     if samples.iter().any(|s| s.is_empty()) {
         bail!("a row has no samples");
