@@ -11,10 +11,7 @@
 //! attaches at the free one, then removes the old one, so a restart drops nothing, and the
 //! filters (with the maps they hold) stay when the agent exits.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -28,7 +25,7 @@ use aya::{
 };
 use flannel_common::{DatapathConfig, Encap, Endpoint, PeerInfo, Tunnel};
 use ipnet::Ipv4Net;
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 use tracing::{info, warn};
 
 use crate::{
@@ -36,9 +33,9 @@ use crate::{
     cli::{Args, Decap},
     config::Backend,
     endpoints,
-    host_gw::ROUTE_PROTOCOL,
     iface::{self, ExtIface},
     lease::{BackendAttrs, Mac},
+    overlay_device,
     peers::{Peer, PeerEvent},
 };
 
@@ -134,26 +131,14 @@ impl EbpfDatapath {
     /// Our subnet is known: the overlay device takes `<subnet>.0/32` (the source of host
     /// traffic, as flannel's devices), the network is routed to it, the maps configured.
     pub async fn activate(&mut self, network: Ipv4Net, subnet: Ipv4Net, mtu: u32) -> Result<()> {
-        self.netlink
-            .address()
-            .add(self.overlay_index, IpAddr::V4(subnet.network()), 32)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| format!("adding {}/32 to {OVERLAY_DEV}", subnet.network()))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(network.network(), network.prefix_len())
-            .output_interface(self.overlay_index)
-            .pref_source(subnet.network())
-            .protocol(ROUTE_PROTOCOL)
-            .build();
-        self.netlink
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| format!("routing {network} to {OVERLAY_DEV}"))?;
+        overlay_device::take_network(
+            &self.netlink,
+            self.overlay_index,
+            OVERLAY_DEV,
+            network,
+            subnet,
+        )
+        .await?;
         let nic_ifindex = nix::net::if_::if_nametoindex(self.nic.name.as_str())
             .with_context(|| format!("looking up {}", self.nic.name))?;
         self.programs.set_config(DatapathConfig {

@@ -13,7 +13,7 @@ use rtnetlink::{
         link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo},
         neighbour::NeighbourFlags,
     },
-    Handle, LinkUnspec, LinkVxlan, NeighbourAddRequest, RouteMessageBuilder,
+    Handle, LinkVxlan, NeighbourAddRequest, RouteMessageBuilder,
 };
 use tracing::{info, warn};
 
@@ -21,6 +21,7 @@ use crate::{
     host_gw::ROUTE_PROTOCOL,
     iface::ExtIface,
     lease::{BackendAttrs, Mac},
+    overlay_device,
     peers::{Peer, PeerEvent},
 };
 
@@ -62,12 +63,7 @@ impl KernelVxlan {
             None => create(&netlink, &name, vni, port, nic_index, nic.addr).await?,
         }
         let index = nix::net::if_::if_nametoindex(name.as_str())?;
-        netlink
-            .link()
-            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
-            .execute()
-            .await
-            .with_context(|| format!("setting {name} up"))?;
+        overlay_device::set_up(&netlink, index, &name, mtu).await?;
         let path = format!("/sys/class/net/{name}/address");
         let mac = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {path}"))?
@@ -92,13 +88,7 @@ impl KernelVxlan {
 
     /// The device holds `<subnet>.0/32`, as flannel's.
     pub async fn activate(&mut self, subnet: Ipv4Net) -> Result<()> {
-        self.netlink
-            .address()
-            .add(self.index, IpAddr::V4(subnet.network()), 32)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| format!("adding {}/32 to {}", subnet.network(), self.name))
+        overlay_device::hold_subnet_address(&self.netlink, self.index, &self.name, subnet).await
     }
 
     pub async fn apply(&mut self, event: &PeerEvent) -> Result<()> {

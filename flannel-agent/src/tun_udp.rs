@@ -6,7 +6,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, UdpSocket},
+    net::{IpAddr, UdpSocket},
     os::fd::AsRawFd,
     sync::{Arc, RwLock},
     thread,
@@ -14,12 +14,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::Handle;
 use tracing::{error, info};
 
 use crate::{
-    host_gw::ROUTE_PROTOCOL,
     iface::ExtIface,
+    overlay_device,
     peers::PeerEvent,
     udp_packet::{self, Outbound, Routes},
 };
@@ -45,12 +45,7 @@ impl TunUdp {
         let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
         tokio::spawn(connection);
         let index = nix::net::if_::if_nametoindex(TUN_DEV)?;
-        netlink
-            .link()
-            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
-            .execute()
-            .await
-            .with_context(|| format!("setting {TUN_DEV} up"))?;
+        overlay_device::set_up(&netlink, index, TUN_DEV, mtu).await?;
         let socket = Arc::new(
             UdpSocket::bind((nic.addr, port))
                 .with_context(|| format!("binding UDP {}:{port}", nic.addr))?,
@@ -74,26 +69,7 @@ impl TunUdp {
 
     /// `flannel0` holds `<subnet>.0/32`; the whole network is routed to it.
     pub async fn activate(&mut self, network: Ipv4Net, subnet: Ipv4Net) -> Result<()> {
-        self.netlink
-            .address()
-            .add(self.index, IpAddr::V4(subnet.network()), 32)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| format!("adding {}/32 to {TUN_DEV}", subnet.network()))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(network.network(), network.prefix_len())
-            .output_interface(self.index)
-            .pref_source(subnet.network())
-            .protocol(ROUTE_PROTOCOL)
-            .build();
-        self.netlink
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| format!("routing {network} to {TUN_DEV}"))?;
+        overlay_device::take_network(&self.netlink, self.index, TUN_DEV, network, subnet).await?;
         let mut state = self.state.write().expect("state lock");
         state.network = Some(network);
         Ok(())

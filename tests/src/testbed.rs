@@ -2,13 +2,13 @@
 //! 192.168.64.1), each host a namespace with `eth0` on the bridge and a default route through
 //! it. Containers sit behind a docker0-style bridge `cni0` on their host's subnet.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::Result;
 
 use crate::{
     agent::Agent,
-    etcd::Etcd,
+    etcd::{wait_for, Etcd},
     netns::{link, Netns},
 };
 
@@ -108,6 +108,25 @@ impl Testbed {
 }
 
 impl Testbed {
+    /// One host per entry of `flags`, each running flanneld with those flags on `config`,
+    /// ready, with a container behind each.
+    pub fn cluster(
+        config: &str,
+        flags: &[&[&str]],
+    ) -> Result<(Testbed, Vec<Agent>, Vec<Container>)> {
+        let bed = Testbed::new(flags.len())?;
+        bed.put_config(config)?;
+        let mut agents = Vec::new();
+        let mut containers = Vec::new();
+        for (host, flags) in flags.iter().enumerate() {
+            let mut agent = bed.agent(host, flags)?;
+            agent.wait_ready(Duration::from_secs(30))?;
+            containers.push(bed.add_docker_container(host, &agent, 2)?);
+            agents.push(agent);
+        }
+        Ok((bed, agents, containers))
+    }
+
     /// A container as Docker started with mk-docker-opts' `--bip` and `--mtu` would be, on a
     /// host running `agent`: on its `FLANNEL_SUBNET`, with its `FLANNEL_MTU`.
     pub fn add_docker_container(&self, index: usize, agent: &Agent, n: u8) -> Result<Container> {
@@ -117,6 +136,17 @@ impl Testbed {
             .ip(&["link", "set", "eth0", "mtu", &agent.mtu()?.to_string()])?;
         Ok(container)
     }
+}
+
+/// Waits until every container reaches every other (each pair within `timeout`).
+pub fn all_reach_all(containers: &[Container], timeout: Duration) -> Result<()> {
+    for from in containers {
+        for to in containers {
+            let what = format!("{} to reach {}", from.ip, to.ip);
+            wait_for(&what, timeout, || from.ping(to.ip).is_ok())?;
+        }
+    }
+    Ok(())
 }
 
 pub struct Container {

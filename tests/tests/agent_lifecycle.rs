@@ -648,8 +648,8 @@ fn host_gw_restores_a_route_deleted_by_hand() {
     let peer = b.subnet().unwrap();
     let routes = || bed.hosts[0].ip(&["route"]).unwrap();
     wait_for("the route to the peer", READY, || routes().contains(&peer)).unwrap();
+    // (The agent may put it back at once: the deletion itself is what `ip` confirms.)
     bed.hosts[0].ip(&["route", "del", &peer]).unwrap();
-    assert!(!routes().contains(&peer));
     wait_for("the route to come back", READY, || {
         routes().contains(&format!("{peer} via 192.168.64.11 dev eth0"))
     })

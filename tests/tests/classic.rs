@@ -7,36 +7,20 @@ use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
     require_root,
-    testbed::{Container, Testbed, PREFIX},
+    testbed::{self, Container, Testbed, PREFIX},
 };
 
 const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
 const UDP: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "udp"}}"#;
 const READY: Duration = Duration::from_secs(20);
 
-/// Agents with per-host `flags` on `config`, and a container behind each.
 fn cluster(config: &str, flags: &[&[&str]]) -> (Testbed, Vec<Agent>, Vec<Container>) {
     require_root();
-    let bed = Testbed::new(flags.len()).unwrap();
-    bed.put_config(config).unwrap();
-    let mut agents = Vec::new();
-    let mut containers = Vec::new();
-    for (host, flags) in flags.iter().enumerate() {
-        let mut agent = bed.agent(host, flags).unwrap();
-        agent.wait_ready(READY).unwrap();
-        containers.push(bed.add_docker_container(host, &agent, 2).unwrap());
-        agents.push(agent);
-    }
-    (bed, agents, containers)
+    Testbed::cluster(config, flags).unwrap()
 }
 
 fn all_reach_all(containers: &[Container]) {
-    for from in containers {
-        for to in containers {
-            let what = format!("{} to reach {}", from.ip, to.ip);
-            wait_for(&what, READY, || from.ping(to.ip).is_ok()).unwrap();
-        }
-    }
+    testbed::all_reach_all(containers, READY).unwrap();
 }
 
 const CLASSIC: &[&str] = &["--datapath=classic"];

@@ -8,7 +8,7 @@ use flannel_tests::{
     etcd::wait_for,
     netns::{kernel_vxlan, kernel_vxlan_peer},
     require_root,
-    testbed::{Container, Testbed, PREFIX},
+    testbed::{self, Container, Testbed, PREFIX},
 };
 
 const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
@@ -18,28 +18,11 @@ const READY: Duration = Duration::from_secs(20);
 /// `hosts` hosts with agents on `config` and one container each.
 fn overlay(config: &str, hosts: usize) -> (Testbed, Vec<Agent>, Vec<Container>) {
     require_root();
-    let bed = Testbed::new(hosts).unwrap();
-    bed.put_config(config).unwrap();
-    let mut agents = Vec::new();
-    let mut containers = Vec::new();
-    for host in 0..hosts {
-        let mut agent = bed.agent(host, &[]).unwrap();
-        agent.wait_ready(READY).unwrap();
-        containers.push(bed.add_docker_container(host, &agent, 2).unwrap());
-        agents.push(agent);
-    }
-    (bed, agents, containers)
+    Testbed::cluster(config, &vec![&[][..]; hosts]).unwrap()
 }
 
 fn all_reach_all(containers: &[Container]) {
-    for from in containers {
-        for to in containers {
-            wait_for(&format!("{} to reach {}", from.ip, to.ip), READY, || {
-                from.ping(to.ip).is_ok()
-            })
-            .unwrap();
-        }
-    }
+    testbed::all_reach_all(containers, READY).unwrap();
 }
 
 #[test]
@@ -461,9 +444,7 @@ fn xdp_decap_carries_traffic_and_restarts_without_loss() {
     require_root();
     // The XDP link is pinned: give each host a pin directory that outlives its agent.
     let bpffs = Bpffs::mount();
-    let bed = Testbed::new(2).unwrap();
-    bed.put_config(VXLAN).unwrap();
-    let flags: Vec<String> = (0..2)
+    let pins: Vec<String> = (0..2)
         .map(|i| {
             format!(
                 "--bpf-pin-dir={}",
@@ -471,14 +452,12 @@ fn xdp_decap_carries_traffic_and_restarts_without_loss() {
             )
         })
         .collect();
-    let mut agents = Vec::new();
-    let mut containers = Vec::new();
-    for (host, pin) in flags.iter().enumerate() {
-        let mut agent = bed.agent(host, &[pin, "--bpf-decap=xdp"]).unwrap();
-        agent.wait_ready(READY).unwrap();
-        containers.push(bed.add_docker_container(host, &agent, 2).unwrap());
-        agents.push(agent);
-    }
+    let flags: Vec<[&str; 2]> = pins
+        .iter()
+        .map(|pin| [pin.as_str(), "--bpf-decap=xdp"])
+        .collect();
+    let flags: Vec<&[&str]> = flags.iter().map(|f| &f[..]).collect();
+    let (bed, mut agents, containers) = Testbed::cluster(VXLAN, &flags).unwrap();
     let xdp = |host: usize| bed.hosts[host].ip(&["link", "show", "eth0"]).unwrap();
     assert!(xdp(0).contains("prog/xdp"), "{}", xdp(0));
     all_reach_all(&containers);

@@ -109,6 +109,15 @@ async fn another_hosts_reservation_is_never_taken() {
     assert_eq!(etcd.get(&reserved).unwrap().unwrap(), attrs(1000).to_json());
 }
 
+/// True when etcd will not serve the config to a client with `options`, at connect or at
+/// the first request.
+async fn refused(options: &EtcdOptions) -> bool {
+    match Registry::connect(options).await {
+        Ok(mut registry) => registry.config().await.is_err(),
+        Err(_) => true,
+    }
+}
+
 fn write_tls_files(dir: &std::path::Path) -> TlsFiles {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
     let ca_key = KeyPair::generate().unwrap();
@@ -178,11 +187,10 @@ async fn etcd_with_client_certificates() {
         cafile: Some(ca),
         ..options(&etcd)
     };
-    let refused = match Registry::connect(&anonymous).await {
-        Ok(mut registry) => registry.config().await.is_err(),
-        Err(_) => true,
-    };
-    assert!(refused, "etcd accepted a client without a certificate");
+    assert!(
+        refused(&anonymous).await,
+        "etcd accepted a client without a certificate"
+    );
 
     // A certificate without its key is a usage error, named as such.
     let half = EtcdOptions {
@@ -226,16 +234,14 @@ async fn etcd_with_username_and_password() {
         .unwrap()
         .contains("10.1.0.0/16"));
 
-    let wrong = match Registry::connect(&with(Some("root"), Some("wrong"))).await {
-        Ok(mut registry) => registry.config().await.is_err(),
-        Err(_) => true,
-    };
-    assert!(wrong, "a wrong password was accepted");
-    let anonymous = match Registry::connect(&options(&etcd)).await {
-        Ok(mut registry) => registry.config().await.is_err(),
-        Err(_) => true,
-    };
-    assert!(anonymous, "etcd with auth answered an anonymous client");
+    assert!(
+        refused(&with(Some("root"), Some("wrong"))).await,
+        "a wrong password was accepted"
+    );
+    assert!(
+        refused(&options(&etcd)).await,
+        "etcd with auth answered an anonymous client"
+    );
     let half = Registry::connect(&with(Some("root"), None))
         .await
         .err()

@@ -105,15 +105,18 @@ pub fn run(quick: bool) -> Result<()> {
 
 /// Builds a fresh testbed for `row`, checks that it carries traffic, and measures it.
 fn measure(row: Row, seconds: u32) -> Result<Sample> {
-    let bed = Testbed::new(2)?;
-    let (agents, containers) = match row {
-        Row::KernelVxlan => agents(&bed, "vxlan", &["--datapath=classic"])?,
-        Row::HostGw => agents(&bed, "host-gw", &[])?,
-        Row::EbpfVxlan => agents(&bed, "vxlan", &[])?,
-        Row::EbpfVxlanXdp => agents(&bed, "vxlan", &["--bpf-decap=xdp"])?,
-        Row::EbpfUdp => agents(&bed, "udp", &[])?,
-        Row::TunUdp => agents(&bed, "udp", &["--datapath=classic"])?,
+    let (config, flags): (&str, &[&str]) = match row {
+        Row::HostGw => ("host-gw", &[]),
+        Row::KernelVxlan => ("vxlan", &["--datapath=classic"]),
+        Row::TunUdp => ("udp", &["--datapath=classic"]),
+        Row::EbpfVxlan => ("vxlan", &[]),
+        Row::EbpfVxlanXdp => ("vxlan", &["--bpf-decap=xdp"]),
+        Row::EbpfUdp => ("udp", &[]),
     };
+    // The agents resync every second so the fast path learns the containers quickly.
+    let flags = [&["--iptables-resync=1"], flags].concat();
+    let config = format!(r#"{{"Network": "10.1.0.0/16", "Backend": {{"Type": "{config}"}}}}"#);
+    let (_bed, agents, containers) = Testbed::cluster(&config, &[&flags, &flags])?;
     let (client, server) = (&containers[0], &containers[1]);
     // A row that can't pass traffic fails the bench; it never gets a number.
     wait_for("the row to pass traffic", Duration::from_secs(20), || {
@@ -142,22 +145,6 @@ fn measure(row: Row, seconds: u32) -> Result<Sample> {
         udp_kpps,
         rss_mib: rss as f64 / agents.len() as f64 / 1024.0,
     })
-}
-
-/// Agents on both hosts for `backend`, with `flags`, and a container behind each.
-fn agents(bed: &Testbed, backend: &str, flags: &[&str]) -> Result<(Vec<Agent>, Vec<Container>)> {
-    bed.put_config(&format!(
-        r#"{{"Network": "10.1.0.0/16", "Backend": {{"Type": "{backend}"}}}}"#
-    ))?;
-    let mut agents = Vec::new();
-    let mut containers = Vec::new();
-    for host in 0..2 {
-        let mut agent = bed.agent(host, &[&["--iptables-resync=1"], flags].concat())?;
-        agent.wait_ready(Duration::from_secs(30))?;
-        containers.push(bed.add_docker_container(host, &agent, 2)?);
-        agents.push(agent);
-    }
-    Ok((agents, containers))
 }
 
 fn iperf(client: &Container, server: &Container, streams: u32, seconds: u32) -> Result<f64> {

@@ -1,0 +1,60 @@
+//! What flannel's overlay devices get, whatever carries their packets (`flannel-bpf`,
+//! `flannel0`, `flannel.<VNI>`): up at the overlay MTU, `<subnet>.0/32` as the source of host
+//! traffic, and for the devices that take the whole network, its route.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use crate::host_gw::ROUTE_PROTOCOL;
+
+pub async fn set_up(netlink: &Handle, index: u32, name: &str, mtu: u32) -> Result<()> {
+    netlink
+        .link()
+        .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+        .execute()
+        .await
+        .with_context(|| format!("setting {name} up"))
+}
+
+/// `ip addr replace <subnet>.0/32 dev <name>`, as flannel gives its devices.
+pub async fn hold_subnet_address(
+    netlink: &Handle,
+    index: u32,
+    name: &str,
+    subnet: Ipv4Net,
+) -> Result<()> {
+    netlink
+        .address()
+        .add(index, IpAddr::V4(subnet.network()), 32)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("adding {}/32 to {name}", subnet.network()))
+}
+
+/// The device holds `<subnet>.0/32` and the whole network is routed to it, from that source.
+pub async fn take_network(
+    netlink: &Handle,
+    index: u32,
+    name: &str,
+    network: Ipv4Net,
+    subnet: Ipv4Net,
+) -> Result<()> {
+    hold_subnet_address(netlink, index, name, subnet).await?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(network.network(), network.prefix_len())
+        .output_interface(index)
+        .pref_source(subnet.network())
+        .protocol(ROUTE_PROTOCOL)
+        .build();
+    netlink
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("routing {network} to {name}"))
+}
