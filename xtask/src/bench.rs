@@ -12,7 +12,7 @@ use flannel_tests::{
 };
 use serde_json::json;
 
-use crate::workspace_root;
+use crate::{chart, workspace_root};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Row {
@@ -90,15 +90,22 @@ pub fn run(quick: bool) -> Result<()> {
             samples[i].push(sample);
         }
     }
-    let report = report(&samples, rounds, seconds)?;
-    println!("{}", report.0);
+    let Report {
+        markdown: md,
+        json,
+        charts,
+    } = report(&samples, rounds, seconds)?;
+    println!("{md}");
     let dir = workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
-    fs::write(dir.join("report.md"), &report.0)?;
+    fs::write(dir.join("report.md"), &md)?;
     fs::write(
         dir.join("report.json"),
-        serde_json::to_string_pretty(&report.1)?,
+        serde_json::to_string_pretty(&json)?,
     )?;
+    for (file, svg) in charts {
+        fs::write(dir.join(file), svg)?;
+    }
     eprintln!("wrote {}", dir.join("report.md").display());
     Ok(())
 }
@@ -288,11 +295,36 @@ fn table_header(md: &mut String) -> Result<()> {
     Ok(())
 }
 
-fn report(
-    samples: &[Vec<Sample>],
-    rounds: u32,
-    seconds: u32,
-) -> Result<(String, serde_json::Value)> {
+/// Charts drawn from the run: (file, metric index, title, unit).
+const CHARTS: [(&str, usize, &str, &str); 3] = [
+    (
+        "tcp-1-stream.svg",
+        0,
+        "TCP throughput, 1 stream (median, min-max)",
+        "Gbit/s",
+    ),
+    (
+        "tcp-4-streams.svg",
+        1,
+        "TCP throughput, 4 streams (median, min-max)",
+        "Gbit/s",
+    ),
+    (
+        "tcp-rr-p50.svg",
+        2,
+        "TCP request/response latency p50, RTT/2 (median, min-max)",
+        "us",
+    ),
+];
+
+/// A run's report: Markdown, JSON, and charts (file name, SVG).
+struct Report {
+    markdown: String,
+    json: serde_json::Value,
+    charts: Vec<(&'static str, String)>,
+}
+
+fn report(samples: &[Vec<Sample>], rounds: u32, seconds: u32) -> Result<Report> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
         .trim()
         .to_owned();
@@ -311,6 +343,8 @@ fn report(
         env!("CARGO_PKG_VERSION")
     )?;
     let mut medians = vec![[0f64; METRICS.len()]; ROWS.len()];
+    // (min, max) per row and metric, for the charts' whiskers.
+    let mut ranges = vec![[(0f64, 0f64); METRICS.len()]; ROWS.len()];
     let mut json_rows = Vec::new();
     table_header(&mut md)?;
     for (i, row) in ROWS.iter().enumerate() {
@@ -320,6 +354,7 @@ fn report(
             let mut values: Vec<f64> = samples[i].iter().map(get).collect();
             let med = median(&mut values);
             medians[i][m] = med;
+            ranges[i][m] = (values[0], values[values.len() - 1]);
             write!(
                 md,
                 " {med:.2} ({:.2}-{:.2}) |",
@@ -356,5 +391,25 @@ fn report(
         bail!("a row has no samples");
     }
     let json = json!({"kernel": kernel, "cores": cores, "rounds": rounds, "seconds": seconds, "rows": json_rows});
-    Ok((md, json))
+    let mut charts = Vec::new();
+    writeln!(md)?;
+    for (file, m, title, unit) in CHARTS {
+        let bars: Vec<chart::Bar> = ROWS
+            .iter()
+            .enumerate()
+            .map(|(i, row)| chart::Bar {
+                label: row.name(),
+                median: medians[i][m],
+                min: ranges[i][m].0,
+                max: ranges[i][m].1,
+            })
+            .collect();
+        charts.push((file, chart::svg(title, unit, &bars)));
+        writeln!(md, "![{title}]({file})")?;
+    }
+    Ok(Report {
+        markdown: md,
+        json,
+        charts,
+    })
 }

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask setup | build-ebpf | test | demo`.
 
 mod bench;
+mod chart;
 mod demo;
 mod ebpf_build;
 mod setup;
