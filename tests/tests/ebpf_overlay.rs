@@ -243,7 +243,7 @@ fn an_agent_restart_loses_no_packet() {
 
 #[test]
 fn a_strangers_vxlan_packet_reaches_no_container() {
-    let (bed, _agents, containers) = overlay(VXLAN, 2);
+    let (bed, agents, containers) = overlay(VXLAN, 2);
     wait_for("reachability", READY, || {
         containers[0].ping(containers[1].ip).is_ok()
     })
@@ -263,8 +263,7 @@ fn a_strangers_vxlan_packet_reaches_no_container() {
     bed.underlay
         .ip(&["link", "set", "p66", "master", "br0"])
         .unwrap();
-    let vtep = lease_value(&bed, &containers[1].ip.to_string().replace(".2", ".0/24"))
-        ["BackendData"]["VtepMAC"]
+    let vtep = lease_value(&bed, &agents[1].subnet().unwrap())["BackendData"]["VtepMAC"]
         .as_str()
         .unwrap()
         .parse::<flannel_agent::lease::Mac>()
