@@ -15,6 +15,11 @@ use crate::{
 pub const PREFIX: &str = "/coreos.com/network";
 pub const CONFIG_KEY: &str = "/coreos.com/network/config";
 
+/// The lease key of `subnet` ("10.1.83.0/24" → `<prefix>/subnets/10.1.83.0-24`).
+pub fn lease_key(subnet: &str) -> String {
+    format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"))
+}
+
 pub struct Testbed {
     // Field order is drop order: hosts before the underlay that carries etcd.
     pub hosts: Vec<Netns>,

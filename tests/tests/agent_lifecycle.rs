@@ -6,15 +6,11 @@ use std::time::Duration;
 use flannel_tests::{
     etcd::wait_for,
     require_root,
-    testbed::{Testbed, PREFIX},
+    testbed::{lease_key, Testbed, PREFIX},
 };
 
 const HOST_GW: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#;
 const READY: Duration = Duration::from_secs(20);
-
-fn lease_key(subnet: &str) -> String {
-    format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"))
-}
 
 #[test]
 fn agents_lease_distinct_subnets_and_write_flannels_files() {

@@ -7,7 +7,7 @@ use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
     require_root,
-    testbed::{self, Container, Testbed, PREFIX},
+    testbed::{self, lease_key, Container, Testbed},
 };
 
 const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
@@ -70,12 +70,7 @@ fn a_removed_lease_takes_its_neighbour_fdb_entry_and_route() {
     };
     assert_eq!(state(), (true, true, true));
     agents[1].terminate().unwrap();
-    bed.etcd
-        .etcdctl(&[
-            "del",
-            &format!("{PREFIX}/subnets/{}", gone.replace('/', "-")),
-        ])
-        .unwrap();
+    bed.etcd.etcdctl(&["del", &lease_key(&gone)]).unwrap();
     wait_for("the peer's kernel state to go", READY, || {
         state() == (false, false, false)
     })
@@ -115,10 +110,7 @@ fn the_ebpf_datapath_falls_back_to_the_kernel_vxlan_device() {
     let mac = bed.hosts[0]
         .exec("cat", &["/sys/class/net/flannel.1/address"])
         .unwrap();
-    let key = format!(
-        "{PREFIX}/subnets/{}",
-        agent.subnet().unwrap().replace('/', "-")
-    );
+    let key = lease_key(&agent.subnet().unwrap());
     assert!(
         bed.etcd.get(&key).unwrap().unwrap().contains(mac.trim()),
         "the lease carries flannel.1's MAC"

@@ -8,7 +8,7 @@ use flannel_tests::{
     etcd::wait_for,
     netns::{kernel_vxlan, kernel_vxlan_peer},
     require_root,
-    testbed::{self, Container, Testbed, PREFIX},
+    testbed::{self, lease_key, Container, Testbed, PREFIX},
 };
 
 const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
@@ -40,10 +40,9 @@ fn udp_containers_on_three_hosts_reach_each_other() {
 #[test]
 fn vxlan_lease_advertises_the_overlay_devices_mac() {
     let (bed, agents, _containers) = overlay(VXLAN, 1);
-    let subnet = agents[0].subnet().unwrap().replace('/', "-");
     let value = bed
         .etcd
-        .get(&format!("{PREFIX}/subnets/{subnet}"))
+        .get(&lease_key(&agents[0].subnet().unwrap()))
         .unwrap()
         .unwrap();
     let mac = bed.hosts[0]
@@ -59,7 +58,7 @@ fn vxlan_lease_advertises_the_overlay_devices_mac() {
 }
 
 fn lease_value(bed: &Testbed, subnet: &str) -> serde_json::Value {
-    let key = format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"));
+    let key = lease_key(&subnet);
     serde_json::from_str(&bed.etcd.get(&key).unwrap().expect("lease")).unwrap()
 }
 
@@ -144,12 +143,7 @@ fn a_peer_removed_from_etcd_stops_being_reachable() {
     .unwrap();
     let gone = agents[1].subnet().unwrap();
     agents[1].terminate().unwrap();
-    bed.etcd
-        .etcdctl(&[
-            "del",
-            &format!("{PREFIX}/subnets/{}", gone.replace('/', "-")),
-        ])
-        .unwrap();
+    bed.etcd.etcdctl(&["del", &lease_key(&gone)]).unwrap();
     wait_for("the peer to leave the datapath", READY, || {
         agents[0].log().contains("peer left the datapath")
     })
@@ -170,7 +164,7 @@ fn a_peer_that_changes_its_public_ip_keeps_working() {
     // Host 1 moves from 192.168.64.11 to 192.168.64.21; its lease says so.
     agents[1].terminate().unwrap();
     let subnet = agents[1].subnet().unwrap();
-    let key = format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"));
+    let key = lease_key(&subnet);
     let moved = bed
         .etcd
         .get(&key)
