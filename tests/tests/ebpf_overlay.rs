@@ -58,7 +58,7 @@ fn vxlan_lease_advertises_the_overlay_devices_mac() {
 }
 
 fn lease_value(bed: &Testbed, subnet: &str) -> serde_json::Value {
-    let key = lease_key(&subnet);
+    let key = lease_key(subnet);
     serde_json::from_str(&bed.etcd.get(&key).unwrap().expect("lease")).unwrap()
 }
 
