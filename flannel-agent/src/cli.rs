@@ -17,6 +17,12 @@ use crate::{iface::IfaceOptions, registry::EtcdOptions};
 const FLANNEL: &str = "flannel flags";
 const OURS: &str = "flanneld (Rust, eBPF) flags";
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Where the eBPF datapath decapsulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Decap {
@@ -117,6 +123,9 @@ pub struct Args {
     /// where tunnel packets are decapsulated (measured faster: tc; see docs/benchmarks.md)
     #[arg(long, env = "FLANNELD_BPF_DECAP", value_enum, default_value = "tc", help_heading = OURS)]
     pub bpf_decap: Decap,
+    /// log format: human text, or one JSON object per line
+    #[arg(long, env = "FLANNELD_LOG_FORMAT", value_enum, default_value = "text", help_heading = OURS)]
+    pub log_format: LogFormat,
     /// remove everything flanneld installed on this host (filters, overlay device, routes,
     /// iptables chains, pinned maps) and exit
     #[arg(long, help_heading = OURS)]

@@ -91,9 +91,10 @@ pub async fn run(args: Args) -> Result<()> {
     }
     agent.datapath.attach()?;
     ready.store(true, Ordering::Relaxed);
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        warn!("sd_notify READY=1: {e}");
-    }
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&agent.status()),
+    ]);
     info!(subnet = %agent.lease.subnet, peers = agent.peers.len(), "ready");
     agent.run().await
 }
@@ -147,10 +148,13 @@ impl Agent {
         resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut watch: Option<WatchStream> = None;
         let mut backoff = Duration::ZERO;
+        // systemd's watchdog: ping at half the period it set.
+        let mut watchdog = sd_notify::watchdog_enabled().map(|period| interval(period / 2));
         loop {
             tokio::select! {
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
+                _ = tick(&mut watchdog) => notify(&[sd_notify::NotifyState::Watchdog]),
                 _ = sleep_until(self.lease_deadline()) => self.maintain_lease().await,
                 _ = resync.tick() => self.resync().await,
                 input = next_watch_input(&mut watch, backoff) => match input {
@@ -186,8 +190,19 @@ impl Agent {
                 },
             }
         }
+        notify(&[sd_notify::NotifyState::Stopping]);
         info!("exiting; the lease, subnet.env, rules and datapath stay in place");
         Ok(())
+    }
+
+    /// systemd's STATUS= line.
+    fn status(&self) -> String {
+        format!(
+            "subnet {}, {} peers, datapath {}",
+            self.lease.subnet,
+            self.peers.len(),
+            self.datapath.name()
+        )
     }
 
     fn lease_deadline(&self) -> Instant {
@@ -362,10 +377,28 @@ impl Agent {
     }
 
     async fn resync(&mut self) {
+        notify(&[sd_notify::NotifyState::Status(&self.status())]);
         self.ensure_rules();
         if let Err(e) = self.datapath.reconcile(self.peers.peers()).await {
             error!("datapath: {e:#}");
         }
+    }
+}
+
+/// Tells systemd (when it listens, on NOTIFY_SOCKET).
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!("sd_notify: {e}");
+    }
+}
+
+/// The next tick of an interval that may not exist (then: never).
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

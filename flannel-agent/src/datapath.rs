@@ -61,6 +61,16 @@ impl Datapath {
         }
     }
 
+    /// For status lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::HostGw(_) => "host-gw routes",
+            Self::Ebpf(_) => "eBPF",
+            Self::KernelVxlan(_) => "kernel vxlan device",
+            Self::TunUdp(_) => "TUN udp loop",
+        }
+    }
+
     /// What our lease says about our end of the backend.
     pub fn lease_backend(&self) -> BackendAttrs {
         match self {

@@ -1,7 +1,11 @@
 use std::{ffi::OsString, io::IsTerminal, path::Path, process::ExitCode};
 
 use clap::Parser;
-use flannel_agent::{cleanup, cli::Args, daemon, docker_opts};
+use flannel_agent::{
+    cleanup,
+    cli::{Args, LogFormat},
+    daemon, docker_opts,
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -19,7 +23,7 @@ fn main() -> ExitCode {
         return mk_docker_opts(argv.into_iter().skip(1).collect());
     }
     let args = Args::parse_go_style(argv).unwrap_or_else(|e| e.exit());
-    init_logging(args.verbosity);
+    init_logging(args.verbosity, args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -53,16 +57,19 @@ fn mk_docker_opts(argv: Vec<OsString>) -> ExitCode {
 }
 
 /// flannel's `-v` levels: 0 info, 1-2 debug, 3+ trace; RUST_LOG overrides.
-fn init_logging(verbosity: u8) {
+fn init_logging(verbosity: u8, format: LogFormat) {
     let level = match verbosity {
         0 => "info",
         1 | 2 => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }

@@ -114,24 +114,27 @@ impl Agent {
 
     /// Waits for the next `READY=1` on the notify socket.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_notify("READY=1", timeout).map(drop)
+    }
+
+    /// Waits for a notify message with a line `line`; returns the whole message.
+    pub fn wait_notify(&mut self, line: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 512];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 bail!(
-                    "flanneld was not ready within {timeout:?}; its log:\n{}",
+                    "no {line} from flanneld within {timeout:?}; its log:\n{}",
                     self.log()
                 );
             }
             self.notify
                 .set_read_timeout(Some(left.min(Duration::from_millis(200))))?;
             if let Ok(len) = self.notify.recv(&mut buf) {
-                if String::from_utf8_lossy(&buf[..len])
-                    .lines()
-                    .any(|l| l == "READY=1")
-                {
-                    return Ok(());
+                let message = String::from_utf8_lossy(&buf[..len]).into_owned();
+                if message.lines().any(|l| l == line) {
+                    return Ok(message);
                 }
             }
             if let Some(status) = self
@@ -140,7 +143,7 @@ impl Agent {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 bail!(
-                    "flanneld exited ({status}) before it was ready; its log:\n{}",
+                    "flanneld exited ({status}) before {line}; its log:\n{}",
                     self.log()
                 );
             }

@@ -651,3 +651,56 @@ fn host_gw_restores_a_route_deleted_by_hand() {
     })
     .unwrap();
 }
+
+#[test]
+fn tells_systemd_ready_with_a_status_then_stopping() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    let mut a = bed.agent(0, &[]).unwrap();
+    let ready = a.wait_notify("READY=1", READY).unwrap();
+    assert!(a.subnet_file().exists(), "READY=1 comes after subnet.env");
+    let status = format!(
+        "STATUS=subnet {}, 0 peers, datapath host-gw routes",
+        a.subnet().unwrap()
+    );
+    assert!(ready.lines().any(|l| l == status), "{ready}");
+    assert!(a.terminate().unwrap().success());
+    a.wait_notify("STOPPING=1", READY).unwrap();
+}
+
+#[test]
+fn pings_the_systemd_watchdog() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    let endpoints = format!("--etcd-endpoints={}", bed.etcd.endpoint());
+    let mut a = flannel_tests::agent::Agent::spawn_with_env(
+        &bed.hosts[0],
+        &[&endpoints, "--iface=eth0"],
+        &[("WATCHDOG_USEC", "200000")],
+    )
+    .unwrap();
+    a.wait_ready(READY).unwrap();
+    for _ in 0..3 {
+        a.wait_notify("WATCHDOG=1", Duration::from_secs(2)).unwrap();
+    }
+}
+
+#[test]
+fn logs_json_lines_on_request() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    let mut a = bed.agent(0, &["--log-format=json"]).unwrap();
+    a.wait_ready(READY).unwrap();
+    let log = a.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "ready"),
+        "{log}"
+    );
+}
