@@ -4,6 +4,7 @@ mod bench;
 mod chart;
 mod demo;
 mod ebpf_build;
+mod install;
 mod setup;
 
 use std::{
@@ -41,6 +42,16 @@ enum Task {
     },
     /// Set up, then run etcd and three hosts in network namespaces with our agents.
     Demo,
+    /// Build a release flanneld and install it with its unit files under a prefix.
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
+    /// Remove what `install` put under the prefix (an edited configuration stays).
+    Uninstall {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
     /// Set up, then measure every datapath side by side (target/bench/report.md).
     Bench {
         /// One short round of every row.
@@ -65,6 +76,8 @@ fn main() -> Result<()> {
             setup::run()?;
             demo::run()
         }
+        Task::Install { prefix } => install::install(&prefix),
+        Task::Uninstall { prefix } => install::uninstall(&prefix),
         Task::Bench { quick } => {
             setup::run()?;
             bench::run(quick)
