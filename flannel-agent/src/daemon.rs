@@ -30,6 +30,7 @@ use crate::{
     iface::ExtIface,
     iptables,
     lease::LeaseAttrs,
+    metrics,
     peers::{PeerEvent, PeerTable},
     registry::{LeaseChange, Registry},
     subnet_env::{self, SubnetEnv},
@@ -41,12 +42,10 @@ const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(30);
 
 pub async fn run(args: Args) -> Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
+    let (metrics_requests, metrics) = tokio::sync::mpsc::channel(4);
     if args.healthz_port != 0 {
-        health::serve(
-            SocketAddr::new(args.healthz_ip, args.healthz_port),
-            ready.clone(),
-        )
-        .await?;
+        let addr = SocketAddr::new(args.healthz_ip, args.healthz_port);
+        health::serve(addr, ready.clone(), metrics_requests).await?;
     }
     let iface = iface::choose(&args.iface_options())?;
     info!(iface = %iface.name, public_ip = %iface.public_ip, mtu = iface.mtu, "using interface");
@@ -82,6 +81,7 @@ pub async fn run(args: Args) -> Result<()> {
         retry_at: None,
         revision: 0,
         datapath,
+        counts: Counts::default(),
     };
     agent.publish_subnet()?;
     agent.ensure_rules();
@@ -96,7 +96,7 @@ pub async fn run(args: Args) -> Result<()> {
         sd_notify::NotifyState::Status(&agent.status()),
     ]);
     info!(subnet = %agent.lease.subnet, peers = agent.peers.len(), "ready");
-    agent.run().await
+    agent.run(metrics).await
 }
 
 /// Waits until `<prefix>/config` exists and parses, saying every second what is wrong.
@@ -132,6 +132,17 @@ struct Agent {
     revision: i64,
     peers: PeerTable,
     datapath: Datapath,
+    counts: Counts,
+}
+
+type MetricsInbox = tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<String>>;
+
+/// Events counted for /metrics.
+#[derive(Default)]
+struct Counts {
+    renewals: u64,
+    watch_restarts: u64,
+    etcd_errors: u64,
 }
 
 enum WatchInput {
@@ -141,7 +152,8 @@ enum WatchInput {
 }
 
 impl Agent {
-    async fn run(&mut self) -> Result<()> {
+    /// The agent's loop; `metrics` brings the requests of /metrics.
+    async fn run(&mut self, mut metrics: MetricsInbox) -> Result<()> {
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut resync = interval(Duration::from_secs(self.args.iptables_resync));
@@ -155,6 +167,9 @@ impl Agent {
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
                 _ = tick(&mut watchdog) => notify(&[sd_notify::NotifyState::Watchdog]),
+                Some(reply) = metrics.recv() => {
+                    let _ = reply.send(self.metrics_text());
+                }
                 _ = sleep_until(self.lease_deadline()) => self.maintain_lease().await,
                 _ = resync.tick() => self.resync().await,
                 input = next_watch_input(&mut watch, backoff) => match input {
@@ -167,10 +182,12 @@ impl Agent {
                         Err(e) => {
                             backoff = (backoff * 2).clamp(RETRY, MAX_WATCH_BACKOFF);
                             warn!("starting the lease watch: {e:#}; retrying in {backoff:?}");
+                            self.counts.etcd_errors += 1;
                         }
                     },
                     WatchInput::Ended(why) => {
                         warn!("the lease watch stopped ({why}); resuming");
+                        self.counts.watch_restarts += 1;
                         watch = None;
                     }
                     WatchInput::Message(response) => {
@@ -193,6 +210,22 @@ impl Agent {
         notify(&[sd_notify::NotifyState::Stopping]);
         info!("exiting; the lease, subnet.env, rules and datapath stay in place");
         Ok(())
+    }
+
+    fn metrics_text(&mut self) -> String {
+        let (traffic, drops) = self.datapath.counters().unwrap_or_else(|e| {
+            warn!("reading the datapath's counters: {e:#}");
+            Default::default()
+        });
+        metrics::render(&metrics::Snapshot {
+            datapath: self.datapath.name(),
+            peers: self.peers.len(),
+            renewals: self.counts.renewals,
+            watch_restarts: self.counts.watch_restarts,
+            etcd_errors: self.counts.etcd_errors,
+            traffic,
+            drops,
+        })
     }
 
     /// systemd's STATUS= line.
@@ -242,6 +275,7 @@ impl Agent {
         match renew(&mut self.registry, &self.lease).await {
             Ok(Some(lease)) => {
                 info!(subnet = %lease.subnet, "lease renewed");
+                self.counts.renewals += 1;
                 self.lease = lease;
             }
             Ok(None) => {
@@ -250,6 +284,7 @@ impl Agent {
             }
             Err(e) => {
                 warn!("renewing the lease: {e:#}; retrying in a minute");
+                self.counts.etcd_errors += 1;
                 self.retry_at = Some(Instant::now() + RENEW_RETRY);
             }
         }

@@ -17,6 +17,12 @@ use crate::{
     tun_udp::TunUdp,
 };
 
+/// Traffic per peer (subnet, public IP) and drops by reason.
+pub type Counters = (
+    Vec<(Ipv4Net, std::net::Ipv4Addr, flannel_common::PeerTraffic)>,
+    Vec<(flannel_common::DropReason, u64)>,
+);
+
 pub enum Datapath {
     HostGw(HostGw),
     Ebpf(Box<EbpfDatapath>),
@@ -58,6 +64,14 @@ impl Datapath {
             )),
             Backend::Udp { port } => Ok(Self::TunUdp(TunUdp::start(*port, iface, mtu).await?)),
             Backend::HostGw => bail!("host-gw has no classic variant"),
+        }
+    }
+
+    /// The eBPF datapath's counters (the others keep none).
+    pub fn counters(&mut self) -> Result<Counters> {
+        match self {
+            Self::Ebpf(ebpf) => ebpf.counters(),
+            _ => Ok(Counters::default()),
         }
     }
 

@@ -253,6 +253,17 @@ impl EbpfDatapath {
         Ok(())
     }
 
+    /// Traffic per installed peer and drops by reason, summed over CPUs.
+    pub fn counters(&mut self) -> Result<crate::datapath::Counters> {
+        let installed: Vec<(Ipv4Net, Ipv4Addr)> =
+            self.installed.iter().map(|(s, ip)| (*s, *ip)).collect();
+        let traffic = installed
+            .into_iter()
+            .map(|(subnet, ip)| Ok((subnet, ip, self.programs.traffic(ip)?)))
+            .collect::<Result<_>>()?;
+        Ok((traffic, self.programs.drops()?))
+    }
+
     pub async fn reconcile(&mut self) -> Result<()> {
         self.attach_bridge();
         self.sync_endpoints().await

@@ -13,12 +13,33 @@ use anyhow::{Context, Result};
 use axum::{http::StatusCode, routing::get, Router};
 use tracing::info;
 
-pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> Result<()> {
+/// How /metrics asks the agent for the current text.
+pub type MetricsRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<String>>;
+
+pub async fn serve(
+    addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    metrics: MetricsRequests,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("--healthz-port: listening on {addr}"))?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let asked = metrics.send(reply).await.is_ok();
+                match tokio::time::timeout(std::time::Duration::from_secs(2), answer).await {
+                    Ok(Ok(text)) if asked => (StatusCode::OK, text),
+                    _ => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the agent is not running yet\n".to_owned(),
+                    ),
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || async move {
@@ -32,7 +53,7 @@ pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> Result<()> {
                 }
             }),
         );
-    info!(%addr, "serving /healthz and /readyz");
+    info!(%addr, "serving /healthz, /readyz and /metrics");
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod iface;
 pub mod iptables;
 pub mod kernel_vxlan;
 pub mod lease;
+pub mod metrics;
 pub mod overlay_device;
 pub mod peers;
 pub mod registry;

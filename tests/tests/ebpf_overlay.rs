@@ -460,3 +460,38 @@ fn xdp_decap_carries_traffic_and_restarts_without_loss() {
     let out = ping_through_restarts(&containers[0], &containers[1], &mut agents, 300);
     assert!(out.contains(" 0% packet loss"), "{out}");
 }
+
+#[test]
+fn metrics_count_what_crosses_the_overlay() {
+    require_root();
+    let flags: [&[&str]; 2] = [&["--healthz-port=8471"], &[]];
+    let (bed, _agents, containers) = Testbed::cluster(VXLAN, &flags).unwrap();
+    all_reach_all(&containers);
+    let metrics = || {
+        bed.hosts[0]
+            .exec("curl", &["-s", "http://127.0.0.1:8471/metrics"])
+            .unwrap()
+    };
+    let tx = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("flannel_peer_tx_packets_total{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no per-peer counter in:\n{text}"))
+    };
+    let before = metrics();
+    // Every non-comment line is `name{labels} value` or `name value`, with a number.
+    for line in before.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "not Prometheus text: {line}");
+    }
+    assert!(
+        before.contains(r#"flannel_datapath_info{datapath="eBPF"} 1"#),
+        "{before}"
+    );
+    for _ in 0..5 {
+        containers[0].ping(containers[1].ip).unwrap();
+    }
+    let after = metrics();
+    assert!(tx(&after) >= tx(&before) + 5, "{before}\n{after}");
+}

@@ -1,0 +1,145 @@
+//! `/metrics` in the Prometheus text format: per-peer traffic and drops by reason from the
+//! BPF counters, lease and etcd gauges and counters, and the datapath in use.
+
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use flannel_common::{DropReason, PeerTraffic};
+use ipnet::Ipv4Net;
+
+/// What the agent knows at one moment.
+#[derive(Default)]
+pub struct Snapshot {
+    pub datapath: &'static str,
+    pub peers: usize,
+    pub renewals: u64,
+    pub watch_restarts: u64,
+    pub etcd_errors: u64,
+    /// Per peer (subnet, public IP), where the datapath counts (eBPF).
+    pub traffic: Vec<(Ipv4Net, Ipv4Addr, PeerTraffic)>,
+    pub drops: Vec<(DropReason, u64)>,
+}
+
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let per_peer = |get: fn(&PeerTraffic) -> u64| -> Vec<(String, u64)> {
+        s.traffic
+            .iter()
+            .map(|(subnet, ip, t)| {
+                (
+                    format!("{{subnet=\"{subnet}\",public_ip=\"{ip}\"}}"),
+                    get(t),
+                )
+            })
+            .collect()
+    };
+    family(
+        "flannel_peer_tx_packets_total",
+        "counter",
+        "Packets encapsulated to a peer.",
+        &per_peer(|t| t.tx_packets),
+    );
+    family(
+        "flannel_peer_tx_bytes_total",
+        "counter",
+        "Bytes encapsulated to a peer.",
+        &per_peer(|t| t.tx_bytes),
+    );
+    family(
+        "flannel_peer_rx_packets_total",
+        "counter",
+        "Packets decapsulated from a peer.",
+        &per_peer(|t| t.rx_packets),
+    );
+    family(
+        "flannel_peer_rx_bytes_total",
+        "counter",
+        "Bytes decapsulated from a peer.",
+        &per_peer(|t| t.rx_bytes),
+    );
+    let drops: Vec<(String, u64)> = s
+        .drops
+        .iter()
+        .map(|(reason, n)| (format!("{{reason=\"{}\"}}", reason.name()), *n))
+        .collect();
+    family(
+        "flannel_drops_total",
+        "counter",
+        "Packets the datapath dropped, by reason.",
+        &drops,
+    );
+    family(
+        "flannel_peers",
+        "gauge",
+        "Peer leases known.",
+        &[(String::new(), s.peers as u64)],
+    );
+    family(
+        "flannel_lease_renewals_total",
+        "counter",
+        "Renewals of our lease.",
+        &[(String::new(), s.renewals)],
+    );
+    family(
+        "flannel_watch_restarts_total",
+        "counter",
+        "Restarts of the etcd lease watch.",
+        &[(String::new(), s.watch_restarts)],
+    );
+    family(
+        "flannel_etcd_errors_total",
+        "counter",
+        "Failed etcd operations.",
+        &[(String::new(), s.etcd_errors)],
+    );
+    family(
+        "flannel_datapath_info",
+        "gauge",
+        "The datapath in use.",
+        &[(format!("{{datapath=\"{}\"}}", s.datapath), 1)],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let snapshot = Snapshot {
+            datapath: "eBPF",
+            peers: 1,
+            renewals: 2,
+            traffic: vec![(
+                "10.1.74.0/24".parse().unwrap(),
+                Ipv4Addr::new(192, 168, 64, 3),
+                PeerTraffic {
+                    tx_packets: 5,
+                    tx_bytes: 500,
+                    rx_packets: 4,
+                    rx_bytes: 400,
+                },
+            )],
+            drops: vec![(DropReason::UnknownPeer, 7)],
+            ..Default::default()
+        };
+        let text = render(&snapshot);
+        for line in [
+            "# TYPE flannel_peer_tx_packets_total counter",
+            r#"flannel_peer_tx_packets_total{subnet="10.1.74.0/24",public_ip="192.168.64.3"} 5"#,
+            r#"flannel_peer_rx_bytes_total{subnet="10.1.74.0/24",public_ip="192.168.64.3"} 400"#,
+            r#"flannel_drops_total{reason="unknown_peer"} 7"#,
+            "flannel_peers 1",
+            "flannel_lease_renewals_total 2",
+            r#"flannel_datapath_info{datapath="eBPF"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+    }
+}
