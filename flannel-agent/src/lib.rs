@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod overlay_device;
 pub mod peers;
 pub mod registry;
+pub mod status;
 pub mod subnet_env;
 pub mod tun_udp;
 pub mod udp_packet;

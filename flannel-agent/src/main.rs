@@ -3,8 +3,9 @@ use std::{ffi::OsString, io::IsTerminal, path::Path, process::ExitCode};
 use clap::Parser;
 use flannel_agent::{
     cleanup,
-    cli::{Args, LogFormat},
+    cli::{go_style, Args, LogFormat},
     daemon, docker_opts,
+    status::{self, StatusArgs},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -22,13 +23,19 @@ fn main() -> ExitCode {
     if argv.get(1).is_some_and(|arg| arg == "mk-docker-opts") {
         return mk_docker_opts(argv.into_iter().skip(1).collect());
     }
+    if argv.get(1).is_some_and(|arg| arg == "status") {
+        let args = StatusArgs::try_parse_from(go_style(argv.into_iter().skip(1)))
+            .unwrap_or_else(|e| e.exit());
+        return match runtime().block_on(status::run(&args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flanneld status: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse_go_style(argv).unwrap_or_else(|e| e.exit());
     init_logging(args.verbosity, args.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     let work = async {
         if args.cleanup {
             cleanup::run(&args.bpf_pin_dir).await
@@ -36,13 +43,21 @@ fn main() -> ExitCode {
             daemon::run(args).await
         }
     };
-    match runtime.block_on(work) {
+    match runtime().block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 fn mk_docker_opts(argv: Vec<OsString>) -> ExitCode {

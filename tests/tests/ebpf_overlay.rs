@@ -495,3 +495,56 @@ fn metrics_count_what_crosses_the_overlay() {
     let after = metrics();
     assert!(tx(&after) >= tx(&before) + 5, "{before}\n{after}");
 }
+
+#[test]
+fn status_lists_every_peer_with_its_traffic() {
+    require_root();
+    let bpffs = Bpffs::mount();
+    let pins: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                "--bpf-pin-dir={}",
+                bpffs.0.path().join(format!("h{i}")).display()
+            )
+        })
+        .collect();
+    let flags: Vec<[&str; 1]> = pins.iter().map(|pin| [pin.as_str()]).collect();
+    let flags: Vec<&[&str]> = flags.iter().map(|f| &f[..]).collect();
+    let (bed, agents, containers) = Testbed::cluster(VXLAN, &flags).unwrap();
+    all_reach_all(&containers);
+
+    let flanneld = flannel_tests::agent::flanneld()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let endpoints = format!("--etcd-endpoints={}", bed.etcd.endpoint());
+    let subnet_file = format!("--subnet-file={}", agents[0].subnet_file().display());
+    let status = |extra: &[&str]| {
+        let mut args = vec!["status", &endpoints, &subnet_file, &pins[0]];
+        args.extend_from_slice(extra);
+        bed.hosts[0].exec(&flanneld, &args).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&status(&["--json"])).unwrap();
+    assert_eq!(json["lease"]["subnet"], agents[0].subnet().unwrap());
+    assert_eq!(json["network"], "10.1.0.0/16");
+    assert_eq!(json["datapath"]["kind"], "eBPF");
+    let attached = json["datapath"]["attached"].to_string();
+    assert!(
+        attached.contains("tc ingress on eth0") && attached.contains("tc ingress on cni0"),
+        "{attached}"
+    );
+    let peers = json["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2, "{json}");
+    for peer in peers {
+        assert!(
+            peer["tx_packets"].as_u64().unwrap() > 0,
+            "pings went to every peer: {peer}"
+        );
+        assert!(peer["vtep_mac"].is_string());
+    }
+    let text = status(&[]);
+    for agent in &agents[1..] {
+        assert!(text.contains(&agent.subnet().unwrap()), "{text}");
+    }
+    assert!(text.contains("datapath:  eBPF"), "{text}");
+}
