@@ -82,6 +82,7 @@ pub async fn run(args: Args) -> Result<()> {
         revision: 0,
         datapath,
         counts: Counts::default(),
+        last_status: String::new(),
     };
     agent.publish_subnet()?;
     agent.ensure_rules();
@@ -91,9 +92,10 @@ pub async fn run(args: Args) -> Result<()> {
     }
     agent.datapath.attach()?;
     ready.store(true, Ordering::Relaxed);
+    agent.last_status = agent.status();
     notify(&[
         sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&agent.status()),
+        sd_notify::NotifyState::Status(&agent.last_status),
     ]);
     info!(subnet = %agent.lease.subnet, peers = agent.peers.len(), "ready");
     agent.run(metrics).await
@@ -133,6 +135,8 @@ struct Agent {
     peers: PeerTable,
     datapath: Datapath,
     counts: Counts,
+    /// The last STATUS= sent to systemd.
+    last_status: String,
 }
 
 type MetricsInbox = tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<String>>;
@@ -412,7 +416,11 @@ impl Agent {
     }
 
     async fn resync(&mut self) {
-        notify(&[sd_notify::NotifyState::Status(&self.status())]);
+        let status = self.status();
+        if status != self.last_status {
+            notify(&[sd_notify::NotifyState::Status(&status)]);
+            self.last_status = status;
+        }
         self.ensure_rules();
         if let Err(e) = self.datapath.reconcile(self.peers.peers()).await {
             error!("datapath: {e:#}");
@@ -421,9 +429,28 @@ impl Agent {
 }
 
 /// Tells systemd (when it listens, on NOTIFY_SOCKET).
+///
+/// Never blocks the agent's loop (the sd-notify crate's send can, when nobody reads): a
+/// message the manager can't take right now is dropped. Written by hand for that reason.
 fn notify(states: &[sd_notify::NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        warn!("sd_notify: {e}");
+    use std::os::{linux::net::SocketAddrExt, unix::ffi::OsStrExt, unix::net};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message: String = states.iter().map(|state| format!("{state}\n")).collect();
+    let sent = net::UnixDatagram::unbound().and_then(|socket| {
+        socket.set_nonblocking(true)?;
+        // systemd's socket may be in the abstract namespace: "@name".
+        let address = match path.as_bytes().strip_prefix(b"@") {
+            Some(name) => net::SocketAddr::from_abstract_name(name)?,
+            None => net::SocketAddr::from_pathname(&path)?,
+        };
+        socket.send_to_addr(message.as_bytes(), &address)
+    });
+    match sent {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => warn!("sd_notify: {e}"),
+        Ok(_) => {}
     }
 }
 

@@ -188,8 +188,7 @@ impl Agent {
     /// Sends SIGTERM and waits; returns the exit status.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         run("kill", &["-TERM", &self.pid()?.to_string()])?;
-        let mut child = self.child.take().context("not running")?;
-        Ok(child.wait()?)
+        self.wait_exit(Duration::from_secs(30))
     }
 
     /// Starts it again with the same arguments and files.

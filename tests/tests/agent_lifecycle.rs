@@ -704,3 +704,23 @@ fn logs_json_lines_on_request() {
         "{log}"
     );
 }
+
+#[test]
+fn a_service_manager_that_stops_reading_never_blocks_the_agent() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    let endpoints = format!("--etcd-endpoints={}", bed.etcd.endpoint());
+    // Watchdog pings every 10 ms into a socket nobody reads any more.
+    let mut a = flannel_tests::agent::Agent::spawn_with_env(
+        &bed.hosts[0],
+        &[&endpoints, "--iface=eth0"],
+        &[("WATCHDOG_USEC", "20000")],
+    )
+    .unwrap();
+    a.wait_ready(READY).unwrap();
+    // Time for hundreds of pings, far more than a datagram socket queues.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = a.terminate().expect("the agent still answers SIGTERM");
+    assert!(status.success());
+}

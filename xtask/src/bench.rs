@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
-    testbed::{Container, Testbed},
+    testbed::{lease_key, Container, Testbed},
 };
 use serde_json::json;
 
@@ -61,12 +61,13 @@ struct Sample {
     cpu_per_gbit: f64,
     udp_kpps: f64,
     rss_mib: f64,
+    converge_ms: f64,
 }
 
 /// A measure's name and how to read it from a sample.
 type Metric = (&'static str, fn(&Sample) -> f64);
 
-const METRICS: [Metric; 7] = [
+const METRICS: [Metric; 8] = [
     ("TCP 1 stream Gbit/s", |s| s.tcp_1),
     ("TCP 4 streams Gbit/s", |s| s.tcp_4),
     ("TCP RR p50 us (RTT/2)", |s| s.lat_p50),
@@ -74,6 +75,7 @@ const METRICS: [Metric; 7] = [
     ("CPU % per Gbit/s", |s| s.cpu_per_gbit),
     ("UDP 64 B kpps", |s| s.udp_kpps),
     ("agent RSS MiB", |s| s.rss_mib),
+    ("lease put to first packet ms", |s| s.converge_ms),
 ];
 
 pub fn run(quick: bool) -> Result<()> {
@@ -123,7 +125,7 @@ fn measure(row: Row, seconds: u32) -> Result<Sample> {
     // The agents resync every second so the fast path learns the containers quickly.
     let flags = [&["--iptables-resync=1"], flags].concat();
     let config = format!(r#"{{"Network": "10.1.0.0/16", "Backend": {{"Type": "{config}"}}}}"#);
-    let (_bed, agents, containers) = Testbed::cluster(&config, &[&flags, &flags])?;
+    let (bed, mut agents, containers) = Testbed::cluster(&config, &[&flags, &flags])?;
     let (client, server) = (&containers[0], &containers[1]);
     // A row that can't pass traffic fails the bench; it never gets a number.
     wait_for("the row to pass traffic", Duration::from_secs(20), || {
@@ -143,6 +145,7 @@ fn measure(row: Row, seconds: u32) -> Result<Sample> {
     let (lat_p50, lat_p99) = sockperf(client, server, seconds)?;
     let udp_kpps = udp_rate(client, server, seconds)?;
     let rss: u64 = agents.iter().map(Agent::rss_kib).sum::<Result<u64>>()?;
+    let converge_ms = convergence(&bed, &mut agents[1], client, server)?;
     Ok(Sample {
         tcp_1,
         tcp_4,
@@ -151,7 +154,78 @@ fn measure(row: Row, seconds: u32) -> Result<Sample> {
         cpu_per_gbit: cores_busy * 100.0 / tcp_1,
         udp_kpps,
         rss_mib: rss as f64 / agents.len() as f64 / 1024.0,
+        converge_ms,
     })
+}
+
+/// Milliseconds from a lease put in etcd to the first packet across: the server's host leaves
+/// (agent stopped, lease deleted, the client can't reach it), then its agent starts again and
+/// puts the lease back, while the client pings every 2 ms. From the agent's own log line for
+/// the put to ping's timestamp of the first reply.
+fn convergence(
+    bed: &Testbed,
+    agent: &mut Agent,
+    client: &Container,
+    server: &Container,
+) -> Result<f64> {
+    let subnet = agent.subnet()?;
+    agent.terminate()?;
+    bed.etcd.etcdctl(&["del", &lease_key(&subnet)])?;
+    wait_for("the peer to be gone", Duration::from_secs(20), || {
+        client.ping(server.ip).is_err()
+    })?;
+    let target = server.ip.to_string();
+    let pings = std::thread::scope(|scope| -> Result<String> {
+        let pinger = scope.spawn(|| {
+            client.ns.exec(
+                "ping",
+                &["-D", "-i", "0.002", "-c", "2500", "-W", "1", &target],
+            )
+        });
+        // ping is sending before the lease comes back.
+        std::thread::sleep(Duration::from_millis(200));
+        agent.restart()?;
+        agent.wait_ready(Duration::from_secs(20))?;
+        // Some packets get no reply: ping then exits non-zero, with its report on stdout.
+        Ok(match pinger.join().expect("pinger thread") {
+            Ok(out) => out,
+            Err(e) => e.to_string(),
+        })
+    })?;
+    let put = agent
+        .log()
+        .lines()
+        .rfind(|l| l.contains("acquired a new lease"))
+        .and_then(|l| rfc3339_seconds(l.split_whitespace().next()?))
+        .context("no lease put in the agent's log")?;
+    let first_reply = pings
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse::<f64>().ok())
+        .find(|t| *t >= put)
+        .context("no reply after the lease came back")?;
+    Ok((first_reply - put) * 1000.0)
+}
+
+/// Seconds since the epoch of a UTC timestamp like `2026-11-22T16:51:39.636528Z`.
+fn rfc3339_seconds(text: &str) -> Option<f64> {
+    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+    let mut ymd = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, d) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
+    let mut hms = time.split(':');
+    let (h, min, sec): (f64, f64, f64) = (
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+    );
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + sec)
 }
 
 fn iperf(client: &Container, server: &Container, streams: u32, seconds: u32) -> Result<f64> {
@@ -385,7 +459,7 @@ fn report(samples: &[Vec<Sample>], rounds: u32, seconds: u32) -> Result<Report> 
     }
     writeln!(
         md,
-        "\nNot measured yet: convergence time (lease put to first packet), control-plane scale."
+        "\nNot measured yet: control-plane scale (1,000 and 5,000 leases)."
     )?;
     if samples.iter().any(|s| s.is_empty()) {
         bail!("a row has no samples");
@@ -412,4 +486,22 @@ fn report(samples: &[Vec<Sample>], rounds: u32, seconds: u32) -> Result<Report> 
         json,
         charts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_timestamps_to_epoch_seconds() {
+        assert_eq!(rfc3339_seconds("1970-01-01T00:00:00Z"), Some(0.0));
+        // date -u -d 2026-11-22T16:51:39Z +%s
+        assert_eq!(
+            rfc3339_seconds("2026-11-22T16:51:39Z"),
+            Some(1_795_366_299.0)
+        );
+        let fraction = rfc3339_seconds("2026-11-22T16:51:39.636528Z").unwrap() - 1_795_366_299.0;
+        assert!((fraction - 0.636528).abs() < 1e-6);
+        assert_eq!(rfc3339_seconds("yesterday"), None);
+    }
 }
