@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use flannel_tests::{
+    etcd::wait_for,
     netns::remove_own_namespaces,
     testbed::{Container, Testbed},
 };
@@ -33,7 +34,7 @@ pub fn run() -> Result<()> {
         "host", "public IP", "subnet"
     );
     for host in 0..HOSTS {
-        let mut agent = bed.agent(host, &["--ip-masq"])?;
+        let mut agent = bed.agent(host, &["--ip-masq", "--iptables-resync=1"])?;
         agent.wait_ready(Duration::from_secs(30))?;
         let subnet = agent.subnet()?;
         let pair = [
@@ -75,6 +76,12 @@ pub fn run() -> Result<()> {
     }
 
     let (server, client) = (&containers[0].1, &containers[2].1);
+    // Measure once the fast path knows the containers (the agents learn them every resync).
+    for agent in &agents[..2] {
+        wait_for("the fast path endpoints", Duration::from_secs(20), || {
+            agent.log().contains("fast path endpoints updated")
+        })?;
+    }
     let gbits = iperf(server, client)?;
     println!(
         "\niperf3 TCP, {} (h0) <- {} (h1), 3 s: {gbits:.2} Gbit/s",
