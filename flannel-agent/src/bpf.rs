@@ -151,12 +151,7 @@ impl Programs {
             .with_context(|| format!("reading traffic counters for {public_ip}"))?;
         Ok(per_cpu
             .iter()
-            .fold(PeerTraffic::default(), |sum, cpu| PeerTraffic {
-                tx_packets: sum.tx_packets + cpu.tx_packets,
-                tx_bytes: sum.tx_bytes + cpu.tx_bytes,
-                rx_packets: sum.rx_packets + cpu.rx_packets,
-                rx_bytes: sum.rx_bytes + cpu.rx_bytes,
-            }))
+            .fold(PeerTraffic::default(), |sum, cpu| sum.plus(*cpu)))
     }
 
     /// Dropped packets by reason, summed over CPUs.

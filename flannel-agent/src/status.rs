@@ -161,12 +161,7 @@ fn read_pins(dir: &Path) -> Result<Pinned> {
         let (ip_be, per_cpu) = entry?;
         let sum = per_cpu
             .iter()
-            .fold(PeerTraffic::default(), |s, c| PeerTraffic {
-                tx_packets: s.tx_packets + c.tx_packets,
-                tx_bytes: s.tx_bytes + c.tx_bytes,
-                rx_packets: s.rx_packets + c.rx_packets,
-                rx_bytes: s.rx_bytes + c.rx_bytes,
-            });
+            .fold(PeerTraffic::default(), |sum, cpu| sum.plus(*cpu));
         traffic.insert(Ipv4Addr::from(u32::from_be(ip_be)), sum);
     }
     let drops_map: PerCpuArray<MapData, u64> = open(map_names::DROPS)?.try_into()?;

@@ -100,6 +100,18 @@ pub struct PeerTraffic {
     pub rx_bytes: u64,
 }
 
+impl PeerTraffic {
+    /// Both counts added up (the per-CPU values of one peer, for instance).
+    pub const fn plus(self, other: Self) -> Self {
+        Self {
+            tx_packets: self.tx_packets + other.tx_packets,
+            tx_bytes: self.tx_bytes + other.tx_bytes,
+            rx_packets: self.rx_packets + other.rx_packets,
+            rx_bytes: self.rx_bytes + other.rx_bytes,
+        }
+    }
+}
+
 /// Bytes added in front of the inner IP packet: outer IPv4, UDP, VXLAN, inner Ethernet.
 pub const VXLAN_OVERHEAD: u32 = 20 + 8 + 8 + 14;
 /// Bytes added in front of the inner IP packet: outer IPv4 and UDP.

@@ -70,10 +70,20 @@ impl Testbed {
 
     /// Starts flanneld on host `index` with the testbed's etcd and `--iface=eth0`.
     pub fn agent(&self, index: usize, extra: &[&str]) -> Result<Agent> {
+        self.agent_with_env(index, extra, &[])
+    }
+
+    /// `agent`, with extra environment variables.
+    pub fn agent_with_env(
+        &self,
+        index: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let endpoints = format!("--etcd-endpoints={}", self.etcd.endpoint());
         let mut args = vec![endpoints.as_str(), "--iface=eth0"];
         args.extend_from_slice(extra);
-        Agent::spawn(&self.hosts[index], &args)
+        Agent::spawn_with_env(&self.hosts[index], &args, env)
     }
 
     /// A container namespace behind host `index`'s `cni0` bridge on `subnet` (e.g.

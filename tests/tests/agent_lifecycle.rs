@@ -674,13 +674,9 @@ fn pings_the_systemd_watchdog() {
     require_root();
     let bed = Testbed::new(1).unwrap();
     bed.put_config(HOST_GW).unwrap();
-    let endpoints = format!("--etcd-endpoints={}", bed.etcd.endpoint());
-    let mut a = flannel_tests::agent::Agent::spawn_with_env(
-        &bed.hosts[0],
-        &[&endpoints, "--iface=eth0"],
-        &[("WATCHDOG_USEC", "200000")],
-    )
-    .unwrap();
+    let mut a = bed
+        .agent_with_env(0, &[], &[("WATCHDOG_USEC", "200000")])
+        .unwrap();
     a.wait_ready(READY).unwrap();
     for _ in 0..3 {
         a.wait_notify("WATCHDOG=1", Duration::from_secs(2)).unwrap();
@@ -710,14 +706,10 @@ fn a_service_manager_that_stops_reading_never_blocks_the_agent() {
     require_root();
     let bed = Testbed::new(1).unwrap();
     bed.put_config(HOST_GW).unwrap();
-    let endpoints = format!("--etcd-endpoints={}", bed.etcd.endpoint());
     // Watchdog pings every 10 ms into a socket nobody reads any more.
-    let mut a = flannel_tests::agent::Agent::spawn_with_env(
-        &bed.hosts[0],
-        &[&endpoints, "--iface=eth0"],
-        &[("WATCHDOG_USEC", "20000")],
-    )
-    .unwrap();
+    let mut a = bed
+        .agent_with_env(0, &[], &[("WATCHDOG_USEC", "20000")])
+        .unwrap();
     a.wait_ready(READY).unwrap();
     // Time for hundreds of pings, far more than a datagram socket queues.
     std::thread::sleep(Duration::from_secs(2));

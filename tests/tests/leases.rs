@@ -109,13 +109,19 @@ async fn another_hosts_reservation_is_never_taken() {
     assert_eq!(etcd.get(&reserved).unwrap().unwrap(), attrs(1000).to_json());
 }
 
+/// The network config as a client with `options` gets it from etcd.
+async fn config_via(options: &EtcdOptions) -> anyhow::Result<String> {
+    let mut registry = Registry::connect(options).await?;
+    registry
+        .config()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no config"))
+}
+
 /// True when etcd will not serve the config to a client with `options`, at connect or at
 /// the first request.
 async fn refused(options: &EtcdOptions) -> bool {
-    match Registry::connect(options).await {
-        Ok(mut registry) => registry.config().await.is_err(),
-        Err(_) => true,
-    }
+    config_via(options).await.is_err()
 }
 
 fn write_tls_files(dir: &std::path::Path) -> TlsFiles {
@@ -174,13 +180,7 @@ async fn etcd_with_client_certificates() {
         keyfile: Some(key.clone()),
         ..options(&etcd)
     };
-    let mut registry = Registry::connect(&good).await.unwrap();
-    assert!(registry
-        .config()
-        .await
-        .unwrap()
-        .unwrap()
-        .contains("10.1.0.0/16"));
+    assert!(config_via(&good).await.unwrap().contains("10.1.0.0/16"));
 
     // Without a client certificate, etcd refuses us.
     let anonymous = EtcdOptions {
@@ -224,15 +224,8 @@ async fn etcd_with_username_and_password() {
         password: password.map(str::to_owned),
         ..options(&etcd)
     };
-    let mut registry = Registry::connect(&with(Some("root"), Some("s3cret")))
-        .await
-        .unwrap();
-    assert!(registry
-        .config()
-        .await
-        .unwrap()
-        .unwrap()
-        .contains("10.1.0.0/16"));
+    let good = with(Some("root"), Some("s3cret"));
+    assert!(config_via(&good).await.unwrap().contains("10.1.0.0/16"));
 
     assert!(
         refused(&with(Some("root"), Some("wrong"))).await,
