@@ -37,6 +37,9 @@ impl Programs {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?;
             tc.load().with_context(|| format!("verifying {name}"))?;
         }
+        // Loading parsed the kernel's BTF (megabytes, freed now): give that memory back.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
         Ok(Self { ebpf })
     }
 

@@ -17,7 +17,7 @@ use etcd_client::{WatchResponse, WatchStream};
 use ipnet::Ipv4Net;
 use tokio::{
     signal::unix::{signal, SignalKind},
-    time::{interval, sleep, sleep_until, Instant, MissedTickBehavior},
+    time::{interval, interval_at, sleep, sleep_until, Instant, MissedTickBehavior},
 };
 use tracing::{error, info, warn};
 
@@ -91,6 +91,8 @@ pub async fn run(args: Args) -> Result<()> {
         sleep(RETRY).await;
     }
     agent.datapath.attach()?;
+    // Watch before saying ready: the first lease change then waits for nothing.
+    let watch = agent.open_watch().await;
     ready.store(true, Ordering::Relaxed);
     agent.last_status = agent.status();
     notify(&[
@@ -98,7 +100,7 @@ pub async fn run(args: Args) -> Result<()> {
         sd_notify::NotifyState::Status(&agent.last_status),
     ]);
     info!(subnet = %agent.lease.subnet, peers = agent.peers.len(), "ready");
-    agent.run(metrics).await
+    agent.run(metrics, watch).await
 }
 
 /// Waits until `<prefix>/config` exists and parses, saying every second what is wrong.
@@ -157,13 +159,20 @@ enum WatchInput {
 
 impl Agent {
     /// The agent's loop; `metrics` brings the requests of /metrics.
-    async fn run(&mut self, mut metrics: MetricsInbox) -> Result<()> {
+    async fn run(&mut self, mut metrics: MetricsInbox, watch: Option<WatchStream>) -> Result<()> {
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let mut resync = interval(Duration::from_secs(self.args.iptables_resync));
+        // Start-up has just done what a resync does: the first one is a period away.
+        let period = Duration::from_secs(self.args.iptables_resync);
+        let mut resync = interval_at(Instant::now() + period, period);
         resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut watch: Option<WatchStream> = None;
-        let mut backoff = Duration::ZERO;
+        // A watch that could not start at start-up has failed once already.
+        let mut backoff = if watch.is_some() {
+            Duration::ZERO
+        } else {
+            RETRY
+        };
+        let mut watch = watch;
         // systemd's watchdog: ping at half the period it set.
         let mut watchdog = sd_notify::watchdog_enabled().map(|period| interval(period / 2));
         loop {
@@ -177,18 +186,13 @@ impl Agent {
                 _ = sleep_until(self.lease_deadline()) => self.maintain_lease().await,
                 _ = resync.tick() => self.resync().await,
                 input = next_watch_input(&mut watch, backoff) => match input {
-                    WatchInput::Reconnect => match self.registry.watch(self.revision + 1).await {
-                        Ok(stream) => {
-                            info!(revision = self.revision + 1, "watching leases");
-                            watch = Some(stream);
-                            backoff = Duration::ZERO;
-                        }
-                        Err(e) => {
-                            backoff = (backoff * 2).clamp(RETRY, MAX_WATCH_BACKOFF);
-                            warn!("starting the lease watch: {e:#}; retrying in {backoff:?}");
-                            self.counts.etcd_errors += 1;
-                        }
-                    },
+                    WatchInput::Reconnect => {
+                        watch = self.open_watch().await;
+                        backoff = match watch {
+                            Some(_) => Duration::ZERO,
+                            None => (backoff * 2).clamp(RETRY, MAX_WATCH_BACKOFF),
+                        };
+                    }
                     WatchInput::Ended(why) => {
                         warn!("the lease watch stopped ({why}); resuming");
                         self.counts.watch_restarts += 1;
@@ -214,6 +218,22 @@ impl Agent {
         notify(&[sd_notify::NotifyState::Stopping]);
         info!("exiting; the lease, subnet.env, rules and datapath stay in place");
         Ok(())
+    }
+
+    /// The lease watch from the revision after the peer table's; None when etcd refused it
+    /// (the loop retries, backing off).
+    async fn open_watch(&mut self) -> Option<WatchStream> {
+        match self.registry.watch(self.revision + 1).await {
+            Ok(stream) => {
+                info!(revision = self.revision + 1, "watching leases");
+                Some(stream)
+            }
+            Err(e) => {
+                warn!("starting the lease watch: {e:#}; retrying");
+                self.counts.etcd_errors += 1;
+                None
+            }
+        }
     }
 
     fn metrics_text(&mut self) -> String {

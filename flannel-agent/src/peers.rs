@@ -1,7 +1,7 @@
 //! The peer table: the other hosts' leases of our backend type, fed by the etcd watch, and
 //! the add / remove events the datapaths consume.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 
@@ -83,7 +83,7 @@ impl PeerTable {
     /// Replaces the table with a full listing (start-up, or after a watch compaction) and
     /// returns the difference as events.
     pub fn resync(&mut self, leases: &[StoredLease]) -> Vec<PeerEvent> {
-        let listed: Vec<Ipv4Net> = leases.iter().map(|l| l.subnet).collect();
+        let listed: BTreeSet<Ipv4Net> = leases.iter().map(|l| l.subnet).collect();
         let gone: Vec<Ipv4Net> = self
             .peers
             .keys()

@@ -92,6 +92,31 @@ impl Drop for Netns {
     }
 }
 
+/// A bpffs mounted on a temporary directory, unmounted on drop: pins there are visible both
+/// to the test and to agents under `ip netns exec` (which remounts `/sys`, hiding /sys/fs/bpf).
+pub struct Bpffs(tempfile::TempDir);
+
+impl Bpffs {
+    pub fn mount() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().to_str().context("temp dir path")?;
+        run("mount", &["-t", "bpf", "bpf", path])?;
+        Ok(Bpffs(dir))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.path().to_str() {
+            let _ = run("umount", &[path]);
+        }
+    }
+}
+
 /// Joins two namespaces with a veth pair, `a_if` in `a` and `b_if` in `b`, each with an
 /// address (CIDR) and up.
 pub fn link(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
-    netns::{kernel_vxlan, kernel_vxlan_peer},
+    netns::{kernel_vxlan, kernel_vxlan_peer, Bpffs},
     require_root,
     testbed::{self, lease_key, Container, Testbed, PREFIX},
 };
@@ -328,29 +328,11 @@ fn an_oversize_packet_gets_fragmentation_needed() {
     assert!(err.to_string().contains("mtu = 1450"), "{err:#}");
 }
 
-/// A bpffs mounted on a temporary directory, unmounted on drop.
-struct Bpffs(tempfile::TempDir);
-
-impl Bpffs {
-    fn mount() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        flannel_tests::netns::run("mount", &["-t", "bpf", "bpf", dir.path().to_str().unwrap()])
-            .unwrap();
-        Bpffs(dir)
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = flannel_tests::netns::run("umount", &[self.0.path().to_str().unwrap()]);
-    }
-}
-
 #[test]
 fn maps_are_pinned_and_cleanup_removes_everything_we_installed() {
     require_root();
-    let bpffs = Bpffs::mount();
-    let pins = bpffs.0.path().join("flannel");
+    let bpffs = Bpffs::mount().unwrap();
+    let pins = bpffs.path().join("flannel");
     let pin_flag = format!("--bpf-pin-dir={}", pins.display());
     let bed = Testbed::new(2).unwrap();
     bed.put_config(VXLAN).unwrap();
@@ -436,12 +418,12 @@ fn cleanup_removes_host_gw_routes_and_only_ours() {
 fn xdp_decap_carries_traffic_and_restarts_without_loss() {
     require_root();
     // The XDP link is pinned: give each host a pin directory that outlives its agent.
-    let bpffs = Bpffs::mount();
+    let bpffs = Bpffs::mount().unwrap();
     let pins: Vec<String> = (0..2)
         .map(|i| {
             format!(
                 "--bpf-pin-dir={}",
-                bpffs.0.path().join(format!("h{i}")).display()
+                bpffs.path().join(format!("h{i}")).display()
             )
         })
         .collect();
@@ -499,12 +481,12 @@ fn metrics_count_what_crosses_the_overlay() {
 #[test]
 fn status_lists_every_peer_with_its_traffic() {
     require_root();
-    let bpffs = Bpffs::mount();
+    let bpffs = Bpffs::mount().unwrap();
     let pins: Vec<String> = (0..3)
         .map(|i| {
             format!(
                 "--bpf-pin-dir={}",
-                bpffs.0.path().join(format!("h{i}")).display()
+                bpffs.path().join(format!("h{i}")).display()
             )
         })
         .collect();

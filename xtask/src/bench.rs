@@ -12,7 +12,7 @@ use flannel_tests::{
 };
 use serde_json::json;
 
-use crate::{chart, workspace_root};
+use crate::{chart, scale, workspace_root};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Row {
@@ -65,9 +65,9 @@ struct Sample {
 }
 
 /// A measure's name and how to read it from a sample.
-type Metric = (&'static str, fn(&Sample) -> f64);
+pub type Metric<S> = (&'static str, fn(&S) -> f64);
 
-const METRICS: [Metric; 8] = [
+const METRICS: [Metric<Sample>; 8] = [
     ("TCP 1 stream Gbit/s", |s| s.tcp_1),
     ("TCP 4 streams Gbit/s", |s| s.tcp_4),
     ("TCP RR p50 us (RTT/2)", |s| s.lat_p50),
@@ -78,25 +78,50 @@ const METRICS: [Metric; 8] = [
     ("lease put to first packet ms", |s| s.converge_ms),
 ];
 
-pub fn run(quick: bool) -> Result<()> {
+/// A part of the bench, for `--only`.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum Part {
+    /// Every datapath's traffic, container to container.
+    Datapath,
+    /// The control plane with 1,000 and 5,000 leases.
+    Scale,
+}
+
+pub fn run(quick: bool, only: Option<Part>) -> Result<()> {
     // Measure the code users run: a release build.
     std::env::set_var("FLANNELD_BUILD_RELEASE", "1");
     flannel_tests::agent::flanneld();
-    let (rounds, seconds) = if quick { (1, 2) } else { (3, 5) };
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); ROWS.len()];
+    let (rounds, seconds, changes) = if quick { (1, 2, 50) } else { (3, 5, 200) };
+    let runs = |part| only.is_none_or(|only| only == part);
+    let mut datapath: Vec<Vec<Sample>> =
+        vec![Vec::new(); if runs(Part::Datapath) { ROWS.len() } else { 0 }];
+    let mut scale: Vec<Vec<scale::Sample>> = vec![
+        Vec::new();
+        if runs(Part::Scale) {
+            scale::SIZES.len()
+        } else {
+            0
+        }
+    ];
     for round in 1..=rounds {
-        for (i, row) in ROWS.iter().enumerate() {
+        for (row, samples) in ROWS.iter().zip(&mut datapath) {
             eprintln!("round {round}/{rounds}: {}", row.name());
             let sample =
                 measure(*row, seconds).with_context(|| format!("bench row {}", row.name()))?;
-            samples[i].push(sample);
+            samples.push(sample);
+        }
+        for (leases, samples) in scale::SIZES.iter().zip(&mut scale) {
+            eprintln!("round {round}/{rounds}: control plane with {leases} leases");
+            let sample = scale::measure(*leases, changes)
+                .with_context(|| format!("control plane with {leases} leases"))?;
+            samples.push(sample);
         }
     }
     let Report {
         markdown: md,
         json,
         charts,
-    } = report(&samples, rounds, seconds)?;
+    } = report(&datapath, &scale, rounds, seconds, changes)?;
     println!("{md}");
     let dir = workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
@@ -360,13 +385,63 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// `| row | <metric> | ... |` and its separator line.
-fn table_header(md: &mut String) -> Result<()> {
+fn table_header<S>(md: &mut String, metrics: &[Metric<S>]) -> Result<()> {
     write!(md, "| row |")?;
-    for (name, _) in METRICS {
+    for (name, _) in metrics {
         write!(md, " {name} |")?;
     }
-    writeln!(md, "\n|---|{}", "---|".repeat(METRICS.len()))?;
+    writeln!(md, "\n|---|{}", "---|".repeat(metrics.len()))?;
     Ok(())
+}
+
+/// A measure over rounds.
+#[derive(Clone, Copy)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+/// A table of `metrics` for `rows` (name, samples), each cell "median (min-max)"; returns the
+/// stats per row and metric, and the rows as JSON.
+fn stats_table<S>(
+    md: &mut String,
+    rows: &[(String, &[S])],
+    metrics: &[Metric<S>],
+) -> Result<(Vec<Vec<Stat>>, Vec<serde_json::Value>)> {
+    if rows.iter().any(|(_, samples)| samples.is_empty()) {
+        bail!("a row has no samples");
+    }
+    table_header(md, metrics)?;
+    let mut stats = Vec::new();
+    let mut json_rows = Vec::new();
+    for (name, samples) in rows {
+        write!(md, "| {name} |")?;
+        let mut row_stats = Vec::new();
+        let mut json_metrics = serde_json::Map::new();
+        for (metric, get) in metrics {
+            let mut values: Vec<f64> = samples.iter().map(get).collect();
+            let stat = Stat {
+                median: median(&mut values),
+                min: values[0],
+                max: values[values.len() - 1],
+            };
+            write!(
+                md,
+                " {:.2} ({:.2}-{:.2}) |",
+                stat.median, stat.min, stat.max
+            )?;
+            json_metrics.insert(
+                metric.to_string(),
+                json!({"median": stat.median, "all": values}),
+            );
+            row_stats.push(stat);
+        }
+        writeln!(md)?;
+        json_rows.push(json!({"row": name, "metrics": json_metrics}));
+        stats.push(row_stats);
+    }
+    Ok((stats, json_rows))
 }
 
 /// Charts drawn from the run: (file, metric index, title, unit).
@@ -398,7 +473,14 @@ struct Report {
     charts: Vec<(&'static str, String)>,
 }
 
-fn report(samples: &[Vec<Sample>], rounds: u32, seconds: u32) -> Result<Report> {
+/// The report of a run; `datapath` (per row) or `scale` (per size) is empty when not run.
+fn report(
+    datapath: &[Vec<Sample>],
+    scale: &[Vec<scale::Sample>],
+    rounds: u32,
+    seconds: u32,
+    changes: usize,
+) -> Result<Report> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
         .trim()
         .to_owned();
@@ -411,81 +493,102 @@ fn report(samples: &[Vec<Sample>], rounds: u32, seconds: u32) -> Result<Report> 
     )?;
     writeln!(
         md,
-        "Two hosts in network namespaces on a veth underlay (MTU 1500), one container each, \
-         container to container. Linux {kernel}, {cores} cores, flanneld {}. {rounds} \
-         interleaved round(s) of {seconds} s per measure; median (min-max).\n",
+        "Linux {kernel}, {cores} cores, flanneld {} (release build). {rounds} interleaved \
+         round(s); median (min-max).\n",
         env!("CARGO_PKG_VERSION")
     )?;
-    let mut medians = vec![[0f64; METRICS.len()]; ROWS.len()];
-    // (min, max) per row and metric, for the charts' whiskers.
-    let mut ranges = vec![[(0f64, 0f64); METRICS.len()]; ROWS.len()];
-    let mut json_rows = Vec::new();
-    table_header(&mut md)?;
-    for (i, row) in ROWS.iter().enumerate() {
-        write!(md, "| {} |", row.name())?;
-        let mut json_metrics = serde_json::Map::new();
-        for (m, (name, get)) in METRICS.iter().enumerate() {
-            let mut values: Vec<f64> = samples[i].iter().map(get).collect();
-            let med = median(&mut values);
-            medians[i][m] = med;
-            ranges[i][m] = (values[0], values[values.len() - 1]);
-            write!(
-                md,
-                " {med:.2} ({:.2}-{:.2}) |",
-                values[0],
-                values[values.len() - 1]
-            )?;
-            json_metrics.insert(name.to_string(), json!({"median": med, "all": values}));
-        }
-        writeln!(md)?;
-        json_rows.push(json!({"row": row.name(), "metrics": json_metrics}));
-    }
-    // Ratios against flannel's two tunnelling backends, from this same run.
-    for baseline in [Row::KernelVxlan, Row::TunUdp] {
-        let base = medians[ROWS.iter().position(|r| *r == baseline).unwrap()];
-        writeln!(
-            md,
-            "\nRatios to {} (higher is better for throughput and rate; lower for latency, CPU and memory):\n",
-            baseline.name()
-        )?;
-        table_header(&mut md)?;
-        for (i, row) in ROWS.iter().enumerate() {
-            write!(md, "| {} |", row.name())?;
-            for (value, base) in medians[i].iter().zip(base) {
-                write!(md, " {:.2}x |", value / base)?;
-            }
-            writeln!(md)?;
-        }
-    }
-    writeln!(
-        md,
-        "\nNot measured yet: control-plane scale (1,000 and 5,000 leases)."
-    )?;
-    if samples.iter().any(|s| s.is_empty()) {
-        bail!("a row has no samples");
-    }
-    let json = json!({"kernel": kernel, "cores": cores, "rounds": rounds, "seconds": seconds, "rows": json_rows});
+    let mut json = json!({"kernel": kernel, "cores": cores, "rounds": rounds});
     let mut charts = Vec::new();
-    writeln!(md)?;
-    for (file, m, title, unit) in CHARTS {
-        let bars: Vec<chart::Bar> = ROWS
-            .iter()
-            .enumerate()
-            .map(|(i, row)| chart::Bar {
-                label: row.name(),
-                median: medians[i][m],
-                min: ranges[i][m].0,
-                max: ranges[i][m].1,
-            })
-            .collect();
-        charts.push((file, chart::svg(title, unit, &bars)));
-        writeln!(md, "![{title}]({file})")?;
+    if !datapath.is_empty() {
+        json["seconds"] = json!(seconds);
+        json["rows"] = datapath_section(&mut md, datapath, seconds, &mut charts)?;
+    }
+    if !scale.is_empty() {
+        json["changes"] = json!(changes);
+        json["scale"] = scale_section(&mut md, scale, changes)?;
     }
     Ok(Report {
         markdown: md,
         json,
         charts,
     })
+}
+
+/// The datapath rows with their ratios and charts; returns the rows as JSON.
+fn datapath_section(
+    md: &mut String,
+    samples: &[Vec<Sample>],
+    seconds: u32,
+    charts: &mut Vec<(&'static str, String)>,
+) -> Result<serde_json::Value> {
+    writeln!(
+        md,
+        "## Datapaths\n\nTwo hosts in network namespaces on a veth underlay (MTU 1500), one \
+         container each, container to container; {seconds} s per measure.\n"
+    )?;
+    let rows: Vec<(String, &[Sample])> = ROWS
+        .iter()
+        .zip(samples)
+        .map(|(row, s)| (row.name().to_owned(), s.as_slice()))
+        .collect();
+    let (stats, json_rows) = stats_table(md, &rows, &METRICS)?;
+    // Ratios against flannel's two tunnelling backends, from this same run.
+    for baseline in [Row::KernelVxlan, Row::TunUdp] {
+        let base = &stats[ROWS.iter().position(|r| *r == baseline).unwrap()];
+        writeln!(
+            md,
+            "\nRatios to {} (higher is better for throughput and rate; lower for latency, CPU and memory):\n",
+            baseline.name()
+        )?;
+        table_header(md, &METRICS)?;
+        for (row, row_stats) in ROWS.iter().zip(&stats) {
+            write!(md, "| {} |", row.name())?;
+            for (value, base) in row_stats.iter().zip(base) {
+                write!(md, " {:.2}x |", value.median / base.median)?;
+            }
+            writeln!(md)?;
+        }
+    }
+    writeln!(md)?;
+    for (file, m, title, unit) in CHARTS {
+        let bars: Vec<chart::Bar> = ROWS
+            .iter()
+            .zip(&stats)
+            .map(|(row, row_stats)| chart::Bar {
+                label: row.name(),
+                median: row_stats[m].median,
+                min: row_stats[m].min,
+                max: row_stats[m].max,
+            })
+            .collect();
+        charts.push((file, chart::svg(title, unit, &bars)));
+        writeln!(md, "![{title}]({file})")?;
+    }
+    Ok(json!(json_rows))
+}
+
+/// The control-plane rows, one per lease count; returns them as JSON.
+fn scale_section(
+    md: &mut String,
+    samples: &[Vec<scale::Sample>],
+    changes: usize,
+) -> Result<serde_json::Value> {
+    writeln!(
+        md,
+        "\n## Control plane at scale\n\nOne host on the eBPF vxlan datapath, started with the \
+         given number of other hosts' leases in etcd (written by the bench). \"Start to all \
+         peers\" runs from the agent's start until its pinned routes map holds every peer \
+         subnet; a lease change is a peer moving to a new public IP, timed from the etcd put \
+         until the map says so, {changes} changes one after another. The BPF maps are sized \
+         for 16,384 peers and preallocated, so their memory does not grow with the leases.\n"
+    )?;
+    let rows: Vec<(String, &[scale::Sample])> = scale::SIZES
+        .iter()
+        .zip(samples)
+        .map(|(leases, s)| (format!("{leases} leases"), s.as_slice()))
+        .collect();
+    let (_, json_rows) = stats_table(md, &rows, &scale::METRICS)?;
+    Ok(json!(json_rows))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod chart;
 mod demo;
 mod ebpf_build;
 mod install;
+mod scale;
 mod setup;
 
 use std::{
@@ -57,6 +58,9 @@ enum Task {
         /// One short round of every row.
         #[arg(long)]
         quick: bool,
+        /// Run only this part.
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
     },
 }
 
@@ -78,9 +82,9 @@ fn main() -> Result<()> {
         }
         Task::Install { prefix } => install::install(&prefix),
         Task::Uninstall { prefix } => install::uninstall(&prefix),
-        Task::Bench { quick } => {
+        Task::Bench { quick, only } => {
             setup::run()?;
-            bench::run(quick)
+            bench::run(quick, only)
         }
     }
 }
