@@ -91,6 +91,10 @@ pub async fn run(args: Args) -> Result<()> {
         sleep(RETRY).await;
     }
     agent.datapath.attach()?;
+    // What each resync does, once now: the fast path learns the containers already there.
+    if let Err(e) = agent.datapath.reconcile(agent.peers.peers()).await {
+        error!("datapath: {e:#}");
+    }
     // Watch before saying ready: the first lease change then waits for nothing.
     let watch = agent.open_watch().await;
     ready.store(true, Ordering::Relaxed);

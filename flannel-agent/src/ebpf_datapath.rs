@@ -11,7 +11,10 @@
 //! attaches at the free one, then removes the old one, so a restart drops nothing, and the
 //! filters (with the maps they hold) stay when the agent exits.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -74,6 +77,8 @@ pub struct EbpfDatapath {
     installed: HashMap<Ipv4Net, Ipv4Addr>,
     /// The bridge the fast path is attached to, with its ifindex.
     bridge: Option<(String, u32)>,
+    /// The bridge's ports (containers' host-side veths) with `tc_encap` at their ingress.
+    ports: HashSet<u32>,
     pin_dir: std::path::PathBuf,
     decap: Decap,
 }
@@ -113,6 +118,7 @@ impl EbpfDatapath {
             subnet: None,
             installed: HashMap::new(),
             bridge: None,
+            ports: HashSet::new(),
             pin_dir: args.bpf_pin_dir.clone(),
             decap: args.bpf_decap,
         })
@@ -266,7 +272,38 @@ impl EbpfDatapath {
 
     pub async fn reconcile(&mut self) -> Result<()> {
         self.attach_bridge();
+        self.attach_ports().await?;
         self.sync_endpoints().await
+    }
+
+    /// The fast path's first hop: `tc_encap` at the ingress of each container's host-side
+    /// veth catches its packets before the bridge (and br_netfilter's conntrack) see them.
+    /// A container newer than the last resync is caught at the bridge meanwhile.
+    async fn attach_ports(&mut self) -> Result<()> {
+        let Some((bridge, bridge_index)) = self.bridge.clone() else {
+            return Ok(());
+        };
+        let ports = endpoints::bridge_ports(&self.netlink, bridge_index).await?;
+        self.ports
+            .retain(|index| ports.iter().any(|(i, _)| i == index));
+        let mut attached = 0;
+        for (index, name) in ports {
+            if self.ports.contains(&index) {
+                continue;
+            }
+            match attach_replacing(self.programs.tc_encap(), &name, TcAttachType::Ingress) {
+                Ok(()) => {
+                    self.ports.insert(index);
+                    attached += 1;
+                }
+                // It may have just gone with its container; the bridge still catches it.
+                Err(e) => warn!(port = %name, "fast path not attached: {e:#}"),
+            }
+        }
+        if attached > 0 {
+            info!(bridge = %bridge, attached, ports = self.ports.len(), "fast path attached to container ports");
+        }
+        Ok(())
     }
 
     /// Brings the fast path's container map in line with the bridge's containers.

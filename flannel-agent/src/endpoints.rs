@@ -1,7 +1,8 @@
-//! Local containers on the bridge, for the decap fast path: each container's IPv4 with its
-//! MAC (the bridge's neighbour table) and its host-side veth (the bridge's forwarding
-//! database). A container the host has not yet talked to is missing until it has; its
-//! packets take the stack's path meanwhile.
+//! Local containers on the bridge, for the fast path: the bridge's ports (where encap
+//! starts), and for decap each container's IPv4 with its MAC (the bridge's neighbour table)
+//! and its host-side veth (the bridge's forwarding database). A container the host has not
+//! yet talked to is missing from the latter until it has; its packets take the stack's path
+//! meanwhile.
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
@@ -9,6 +10,7 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use rtnetlink::{
     packet_route::{
+        link::{LinkAttribute, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
         AddressFamily,
     },
@@ -51,6 +53,28 @@ pub async fn discover(netlink: &Handle, bridge: u32) -> Result<HashMap<Ipv4Addr,
             })?;
             let mac = link_layer(n)?;
             Some((ip, (*port_of.get(&mac)?, mac)))
+        })
+        .collect())
+}
+
+/// The ports of `bridge` (ifindex, name): the containers' host-side veths.
+pub async fn bridge_ports(netlink: &Handle, bridge: u32) -> Result<Vec<(u32, String)>> {
+    let links: Vec<LinkMessage> = netlink
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("listing links")?;
+    Ok(links
+        .iter()
+        .filter(|link| link.attributes.contains(&LinkAttribute::Controller(bridge)))
+        .filter_map(|link| {
+            let name = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            })?;
+            Some((link.header.index, name))
         })
         .collect())
 }

@@ -198,6 +198,54 @@ fn a_peer_that_changes_its_public_ip_keeps_working() {
     }
 }
 
+#[test]
+fn container_traffic_to_peers_skips_the_bridge() {
+    require_root();
+    let flags: &[&str] = &["--iptables-resync=1"];
+    let (bed, agents, containers) = Testbed::cluster(VXLAN, &[flags, flags]).unwrap();
+    wait_for("reachability", READY, || {
+        containers[0].ping(containers[1].ip).is_ok()
+    })
+    .unwrap();
+    // The container's port was attached at a resync after the container appeared.
+    wait_for("the container port to get the fast path", READY, || {
+        agents[0]
+            .log()
+            .contains("fast path attached to container ports")
+    })
+    .unwrap();
+    // Frames the bridge passes up to the host; encapsulated at the port, ours never get there.
+    let bridge_rx = || -> u64 {
+        let path = "/sys/class/net/cni0/statistics/rx_packets";
+        bed.hosts[0]
+            .exec("cat", &[path])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = bridge_rx();
+    containers[0]
+        .ns
+        .exec(
+            "ping",
+            &[
+                "-q",
+                "-c",
+                "200",
+                "-i",
+                "0.002",
+                &containers[1].ip.to_string(),
+            ],
+        )
+        .unwrap();
+    let passed_up = bridge_rx() - before;
+    assert!(
+        passed_up < 20,
+        "{passed_up} of 200 pings went through the bridge"
+    );
+}
+
 /// Pings `to` from `from` every 10 ms, `count` times, while every agent restarts in turn;
 /// returns ping's report.
 fn ping_through_restarts(
