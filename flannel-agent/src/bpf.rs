@@ -48,6 +48,13 @@ impl Programs {
     /// before it takes over, so no old layout is ever trusted.
     pub fn pin_maps(&self, dir: &Path) -> Result<()> {
         ensure_bpffs(dir)?;
+        // An older version's maps (another layout, another name) would linger.
+        for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.starts_with("FLANNEL_") && self.ebpf.map(&name).is_none() {
+                let _ = fs::remove_file(dir.join(&name));
+            }
+        }
         for (name, map) in self.ebpf.maps() {
             let path = dir.join(name);
             // An older agent's pin, or nothing.

@@ -26,7 +26,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use flannel_common::{DatapathConfig, Encap, Endpoint, PeerInfo, Tunnel};
+use flannel_common::{DatapathConfig, Encap, Endpoint, PeerInfo, Tunnel, TunnelEnds};
 use ipnet::Ipv4Net;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 use tracing::{info, warn};
@@ -230,11 +230,15 @@ impl EbpfDatapath {
         };
         self.programs.insert_peer(ip, info)?;
         self.programs.track_traffic(ip)?;
-        let tunnel = Tunnel {
+        let tunnel = Tunnel::new(&TunnelEnds {
+            encap: self.encap,
+            local_ip_be: u32::from(self.nic.public_ip).to_be(),
             remote_ip_be: ip_be,
-            vtep_mac: vtep_mac.0,
-            ..Default::default()
-        };
+            port_be: self.port.to_be(),
+            vni: self.vni,
+            local_mac: self.vtep_mac.0,
+            remote_mac: vtep_mac.0,
+        });
         self.programs.insert_route(peer.subnet, tunnel)?;
         info!(subnet = %peer.subnet, public_ip = %ip, "peer in the datapath");
         Ok(())

@@ -16,7 +16,7 @@ pub mod map_names {
     pub const CONFIG: &str = "FLANNEL_CONFIG_V1";
     pub const PEERS: &str = "FLANNEL_PEERS_V1";
     pub const DROPS: &str = "FLANNEL_DROPS_V1";
-    pub const ROUTES: &str = "FLANNEL_ROUTES_V1";
+    pub const ROUTES: &str = "FLANNEL_ROUTES_V2";
     pub const TRAFFIC: &str = "FLANNEL_TRAFFIC_V1";
     pub const ENDPOINTS: &str = "FLANNEL_ENDPOINTS_V1";
 }
@@ -66,15 +66,71 @@ pub enum Encap {
     Udp = 2,
 }
 
-/// Value of the `ROUTES` LPM trie, keyed by a peer's subnet: where to tunnel its traffic.
+/// Outer headers a tunnel puts in front of the inner IPv4 packet, at most (vxlan).
+pub const HEADER_LEN: usize = VXLAN_OVERHEAD as usize;
+
+/// Value of the `ROUTES` LPM trie, keyed by a peer's subnet: where to tunnel its traffic,
+/// with the outer headers prebuilt by the agent, so the program only fills in what changes
+/// per packet.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tunnel {
-    /// The peer's public IPv4, network byte order: the outer destination.
+    /// The peer's public IPv4, network byte order (also in `header`): its traffic counters.
     pub remote_ip_be: u32,
-    /// The peer's VTEP MAC (vxlan): the inner destination.
-    pub vtep_mac: [u8; 6],
+    /// The one's-complement sum of the outer IPv4 header's 16-bit words, total length and
+    /// checksum left zero: a packet's checksum is then one addition and a fold away.
+    pub ip_sum: u32,
+    /// The outer headers, of which the wire format's overhead is used: IPv4, UDP, and for
+    /// vxlan the VXLAN header and the inner Ethernet header. Per packet the program fills in
+    /// the IPv4 total length and checksum, and the UDP source port and length.
+    pub header: [u8; HEADER_LEN],
     pub _pad: [u8; 2],
+}
+
+/// Both ends of a tunnel, for [`Tunnel::new`]. Addresses and port in network byte order.
+pub struct TunnelEnds {
+    pub encap: Encap,
+    pub local_ip_be: u32,
+    pub remote_ip_be: u32,
+    pub port_be: u16,
+    /// vxlan: the VNI and both VTEP MACs (ours is the inner source, the peer's the inner
+    /// destination).
+    pub vni: u32,
+    pub local_mac: [u8; 6],
+    pub remote_mac: [u8; 6],
+}
+
+impl Tunnel {
+    pub fn new(ends: &TunnelEnds) -> Self {
+        let mut header = [0u8; HEADER_LEN];
+        header[0] = 0x45; // IPv4, 20-byte header
+        header[6] = 0x40; // DF, as the kernel's vxlan device sets it
+        header[8] = 64; // TTL
+        header[9] = 17; // UDP
+        header[12..16].copy_from_slice(&ends.local_ip_be.to_ne_bytes());
+        header[16..20].copy_from_slice(&ends.remote_ip_be.to_ne_bytes());
+        header[22..24].copy_from_slice(&ends.port_be.to_ne_bytes());
+        // header[26..28]: UDP checksum 0, legal over IPv4.
+        if let Encap::Vxlan = ends.encap {
+            header[28] = 0x08; // VNI present
+            header[32..36].copy_from_slice(&(ends.vni << 8).to_be_bytes());
+            header[36..42].copy_from_slice(&ends.remote_mac);
+            header[42..48].copy_from_slice(&ends.local_mac);
+            header[48..50].copy_from_slice(&0x0800u16.to_be_bytes());
+        }
+        let mut ip_sum = 0;
+        let mut i = 0;
+        while i < 20 {
+            ip_sum += u32::from(u16::from_be_bytes([header[i], header[i + 1]]));
+            i += 2;
+        }
+        Self {
+            remote_ip_be: ends.remote_ip_be,
+            ip_sum,
+            header,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// Value of the `ENDPOINTS` map, keyed by a local container's IPv4 (network byte order):

@@ -16,7 +16,7 @@ pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 pub static PEERS: HashMap<u32, PeerInfo> = HashMap::with_max_entries(MAX_PEERS, 0);
 
 /// Peer subnets (network byte order, longest prefix) to their tunnel.
-#[map(name = "FLANNEL_ROUTES_V1")]
+#[map(name = "FLANNEL_ROUTES_V2")]
 pub static ROUTES: LpmTrie<u32, Tunnel> = LpmTrie::with_max_entries(MAX_PEERS, 0);
 
 /// Traffic per peer public IPv4; the agent creates the entries.

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use flannel_common::map_names;
+
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
@@ -392,10 +394,12 @@ fn maps_are_pinned_and_cleanup_removes_everything_we_installed() {
     }
     // Both agents pin into the same directory here; each pin is some agent's live map.
     for name in [
-        "FLANNEL_CONFIG_V1",
-        "FLANNEL_PEERS_V1",
-        "FLANNEL_ROUTES_V1",
-        "FLANNEL_DROPS_V1",
+        map_names::CONFIG,
+        map_names::PEERS,
+        map_names::ROUTES,
+        map_names::DROPS,
+        map_names::TRAFFIC,
+        map_names::ENDPOINTS,
     ] {
         assert!(pins.join(name).exists(), "{name} is pinned");
     }

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use aya::programs::{TestRun, TestRunOptions, TestRunResult, XdpMode};
 use flannel_agent::bpf::Programs;
 use flannel_common::{
-    DatapathConfig, DropReason, Encap, PeerInfo, Tunnel, UDP_BACKEND_PORT, VXLAN_PORT,
+    DatapathConfig, DropReason, Encap, PeerInfo, Tunnel, TunnelEnds, UDP_BACKEND_PORT, VXLAN_PORT,
 };
 use flannel_tests::{
     netns::{kernel_vxlan, kernel_vxlan_peer, link, Netns},
@@ -29,7 +29,12 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
-fn config(encap: Encap, port: u16) -> DatapathConfig {
+/// The settings of a host with our address on `encap`'s port.
+fn config(encap: Encap) -> DatapathConfig {
+    let port = match encap {
+        Encap::Vxlan => VXLAN_PORT,
+        Encap::Udp => UDP_BACKEND_PORT,
+    };
     DatapathConfig {
         vni: VNI,
         port_be: port.to_be(),
@@ -42,8 +47,9 @@ fn config(encap: Encap, port: u16) -> DatapathConfig {
     }
 }
 
-/// Programs loaded with `config` and one peer, PEER, holding 10.1.74.0/24.
-fn guard(config: DatapathConfig) -> Programs {
+/// Programs loaded for `encap` with one peer, PEER, holding 10.1.74.0/24.
+fn guard(encap: Encap) -> Programs {
+    let config = config(encap);
     require_root();
     let mut programs = Programs::load(None).expect("load the embedded object");
     programs.set_config(config).unwrap();
@@ -54,11 +60,15 @@ fn guard(config: DatapathConfig) -> Programs {
     };
     programs.insert_peer(PEER, peer).unwrap();
     programs.track_traffic(PEER).unwrap();
-    let tunnel = Tunnel {
+    let tunnel = Tunnel::new(&TunnelEnds {
+        encap,
+        local_ip_be: config.local_ip_be,
         remote_ip_be: u32::from(PEER).to_be(),
-        vtep_mac: PEER_VTEP,
-        ..Default::default()
-    };
+        port_be: config.port_be,
+        vni: config.vni,
+        local_mac: config.vtep_mac,
+        remote_mac: PEER_VTEP,
+    });
     programs
         .insert_route("10.1.74.0/24".parse().unwrap(), tunnel)
         .unwrap();
@@ -120,7 +130,7 @@ fn vxlan_from(src: Ipv4Addr, vni: u32) -> Vec<u8> {
 
 #[test]
 fn vxlan_from_a_peer_is_decapsulated_to_the_inner_packet() {
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     let frame = vxlan_from(PEER, VNI);
     let (verdict, out) = run(programs.tc_ingress(), &frame);
     assert_eq!(verdict, TC_ACT_OK);
@@ -135,7 +145,7 @@ fn vxlan_from_a_peer_is_decapsulated_to_the_inner_packet() {
 
 #[test]
 fn vxlan_for_another_vtep_mac_is_dropped() {
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     let inner = packet::ethernet(
         [0x0a, 0, 0, 0, 0, 9],
         PEER_VTEP,
@@ -149,7 +159,7 @@ fn vxlan_for_another_vtep_mac_is_dropped() {
 
 #[test]
 fn vxlan_from_a_stranger_is_dropped_and_counted() {
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     assert_eq!(
         verdicts(&mut programs, &vxlan_from(STRANGER, VNI)),
         (XDP_DROP, TC_ACT_SHOT)
@@ -164,7 +174,7 @@ fn vxlan_from_a_stranger_is_dropped_and_counted() {
 
 #[test]
 fn vxlan_with_another_vni_is_dropped() {
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     assert_eq!(
         verdicts(&mut programs, &vxlan_from(PEER, 2)),
         (XDP_DROP, TC_ACT_SHOT)
@@ -174,7 +184,7 @@ fn vxlan_with_another_vni_is_dropped() {
 
 #[test]
 fn vxlan_without_the_valid_vni_flag_is_dropped() {
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     let mut frame = vxlan_from(PEER, VNI);
     frame[14 + 20 + 8] = 0; // clear the I flag
     assert_eq!(verdicts(&mut programs, &frame), (XDP_DROP, TC_ACT_SHOT));
@@ -183,7 +193,7 @@ fn vxlan_without_the_valid_vni_flag_is_dropped() {
 
 #[test]
 fn truncated_vxlan_header_is_dropped() {
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     let frame = udp_frame(PEER, LOCAL, 40000, VXLAN_PORT, &[0x08, 0, 0]);
     assert_eq!(verdicts(&mut programs, &frame), (XDP_DROP, TC_ACT_SHOT));
     assert_eq!(drops(&mut programs, DropReason::Truncated), 2);
@@ -191,7 +201,7 @@ fn truncated_vxlan_header_is_dropped() {
 
 #[test]
 fn unrelated_traffic_passes() {
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     let dns = udp_frame(STRANGER, LOCAL, 40000, 53, b"query");
     let tcp = packet::ethernet(
         [2, 0, 0, 0, 0, 2],
@@ -209,7 +219,7 @@ fn unrelated_traffic_passes() {
 
 #[test]
 fn tunnel_traffic_for_another_address_is_not_judged() {
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     let frame = udp_frame(
         STRANGER,
         Ipv4Addr::new(192, 168, 64, 9),
@@ -232,7 +242,7 @@ fn an_unconfigured_guard_passes_everything() {
 
 #[test]
 fn udp_backend_checks_the_sender_but_has_no_vni() {
-    let mut programs = guard(config(Encap::Udp, UDP_BACKEND_PORT));
+    let mut programs = guard(Encap::Udp);
     let inner = packet::ipv4(
         Ipv4Addr::new(10, 1, 83, 2),
         Ipv4Addr::new(10, 1, 74, 2),
@@ -271,7 +281,7 @@ fn attached_guard_filters_real_packets() {
     peer.ip(&["addr", "add", "192.168.64.66/24", "dev", "eth0"])
         .unwrap();
 
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     host.enter(|| {
         programs
             .xdp_ingress()
@@ -389,7 +399,7 @@ fn check_outer(out: &[u8], original: &[u8], overhead: usize, port: u16) -> Vec<u
 
 #[test]
 fn vxlan_encap_byte_for_byte() {
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     let frame = container_frame(Ipv4Addr::new(10, 1, 74, 2), 100);
     let (verdict, out) = run(programs.tc_encap(), &frame);
     assert_eq!(verdict, TC_ACT_REDIRECT, "sent to the NIC");
@@ -414,7 +424,7 @@ fn vxlan_encap_byte_for_byte() {
 
 #[test]
 fn udp_encap_byte_for_byte_with_the_ttl_decremented() {
-    let mut programs = guard(config(Encap::Udp, UDP_BACKEND_PORT));
+    let mut programs = guard(Encap::Udp);
     let frame = container_frame(Ipv4Addr::new(10, 1, 74, 2), 100);
     let (verdict, out) = run(programs.tc_encap(), &frame);
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -428,7 +438,7 @@ fn udp_encap_byte_for_byte_with_the_ttl_decremented() {
 
 #[test]
 fn encap_leaves_other_destinations_and_oversize_packets_to_the_stack() {
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     for frame in [
         container_frame(Ipv4Addr::new(10, 1, 99, 2), 100),
         container_frame(Ipv4Addr::new(8, 8, 8, 8), 100),
@@ -474,7 +484,7 @@ fn decapsulates_a_frame_made_by_the_kernels_vxlan_device() {
         .unwrap();
     let frame = capture.join().unwrap().expect("the kernel's VXLAN frame");
 
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     let (verdict, out) = run(programs.tc_ingress(), &frame);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(&out[..14], &frame[..14]);
@@ -485,14 +495,14 @@ fn decapsulates_a_frame_made_by_the_kernels_vxlan_device() {
 
 #[test]
 fn xdp_decapsulates_both_formats_like_tc() {
-    let mut programs = guard(config(Encap::Vxlan, VXLAN_PORT));
+    let mut programs = guard(Encap::Vxlan);
     let frame = vxlan_from(PEER, VNI);
     assert_eq!(
         run(programs.xdp_ingress(), &frame),
         (XDP_PASS, [&frame[..14], &inner_ip()[..]].concat())
     );
 
-    let mut programs = guard(config(Encap::Udp, UDP_BACKEND_PORT));
+    let mut programs = guard(Encap::Udp);
     let inner = inner_ip();
     let frame = udp_frame(PEER, LOCAL, UDP_BACKEND_PORT, UDP_BACKEND_PORT, &inner);
     let (verdict, out) = run(programs.xdp_ingress(), &frame);
