@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use etcd_client::{WatchResponse, WatchStream};
 use ipnet::Ipv4Net;
 use tokio::{
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
     time::{interval, interval_at, sleep, sleep_until, Instant, MissedTickBehavior},
 };
 use tracing::{error, info, warn};
@@ -97,14 +97,17 @@ pub async fn run(args: Args) -> Result<()> {
     }
     // Watch before saying ready: the first lease change then waits for nothing.
     let watch = agent.open_watch().await;
+    // Caught from before READY=1: a stop right after it must still end cleanly.
+    let stop = Stop::catch()?;
     ready.store(true, Ordering::Relaxed);
     agent.last_status = agent.status();
+    // Logged first: whoever waits for READY=1 finds the line.
+    info!(subnet = %agent.lease.subnet, peers = agent.peers.len(), "ready");
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&agent.last_status),
     ]);
-    info!(subnet = %agent.lease.subnet, peers = agent.peers.len(), "ready");
-    agent.run(metrics, watch).await
+    agent.run(metrics, watch, stop).await
 }
 
 /// Waits until `<prefix>/config` exists and parses, saying every second what is wrong.
@@ -145,6 +148,28 @@ struct Agent {
     last_status: String,
 }
 
+/// SIGTERM and SIGINT, once the agent is up.
+struct Stop {
+    term: Signal,
+    int: Signal,
+}
+
+impl Stop {
+    fn catch() -> Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 type MetricsInbox = tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<String>>;
 
 /// Events counted for /metrics.
@@ -163,9 +188,12 @@ enum WatchInput {
 
 impl Agent {
     /// The agent's loop; `metrics` brings the requests of /metrics.
-    async fn run(&mut self, mut metrics: MetricsInbox, watch: Option<WatchStream>) -> Result<()> {
-        let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    async fn run(
+        &mut self,
+        mut metrics: MetricsInbox,
+        watch: Option<WatchStream>,
+        mut stop: Stop,
+    ) -> Result<()> {
         // Start-up has just done what a resync does: the first one is a period away.
         let period = Duration::from_secs(self.args.iptables_resync);
         let mut resync = interval_at(Instant::now() + period, period);
@@ -181,8 +209,7 @@ impl Agent {
         let mut watchdog = sd_notify::watchdog_enabled().map(|period| interval(period / 2));
         loop {
             tokio::select! {
-                _ = sigterm.recv() => break,
-                _ = sigint.recv() => break,
+                () = stop.recv() => break,
                 _ = tick(&mut watchdog) => notify(&[sd_notify::NotifyState::Watchdog]),
                 Some(reply) = metrics.recv() => {
                     let _ = reply.send(self.metrics_text());

@@ -48,10 +48,17 @@ pub enum LeaseChange {
     Deleted(Ipv4Net),
 }
 
-#[derive(Clone)]
+/// flannel's registry in etcd, through one endpoint at a time: etcd-client's balanced
+/// channel fails a share of all requests while any endpoint is down (etcdv3/etcd-client#39),
+/// so, as etcd's Go client does, we stay on one endpoint and move to the next when a call
+/// fails.
 pub struct Registry {
     client: Client,
     prefix: String,
+    endpoints: Vec<String>,
+    /// The index in `endpoints` of the one in use.
+    current: usize,
+    connect: ConnectOptions,
 }
 
 impl Registry {
@@ -76,16 +83,53 @@ impl Registry {
         if endpoints.is_empty() {
             bail!("--etcd-endpoints is empty");
         }
-        let client = timed(
-            "connecting to etcd",
-            Client::connect(&endpoints, Some(connect)),
-        )
-        .await
-        .with_context(|| format!("etcd at {}", endpoints.join(",")))?;
-        Ok(Self {
-            client,
-            prefix: options.prefix.trim_end_matches('/').to_owned(),
-        })
+        let mut last_error = None;
+        for (current, endpoint) in endpoints.iter().enumerate() {
+            match timed(
+                "connecting to etcd",
+                Client::connect([endpoint], Some(connect.clone())),
+            )
+            .await
+            {
+                Ok(client) => {
+                    return Ok(Self {
+                        client,
+                        prefix: options.prefix.trim_end_matches('/').to_owned(),
+                        endpoints,
+                        current,
+                        connect,
+                    })
+                }
+                Err(e) => last_error = Some(e.context(format!("etcd at {endpoint}"))),
+            }
+        }
+        Err(last_error.expect("at least one endpoint"))
+    }
+
+    /// One etcd call, given a handle on the endpoint in use, with a deadline (a dead cluster
+    /// is an error, not a hang). When it fails, the next calls go to the next endpoint.
+    async fn call<T, F>(&mut self, what: &str, call: impl FnOnce(Client) -> F) -> Result<T>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let result = timed(what, call(self.client.clone())).await;
+        if result.is_err() && self.endpoints.len() > 1 {
+            self.next_endpoint().await;
+        }
+        result
+    }
+
+    async fn next_endpoint(&mut self) {
+        let failed = &self.endpoints[self.current];
+        self.current = (self.current + 1) % self.endpoints.len();
+        let next = &self.endpoints[self.current];
+        match Client::connect([next], Some(self.connect.clone())).await {
+            Ok(client) => {
+                warn!(failed = %failed, next = %next, "moving to the next etcd endpoint");
+                self.client = client;
+            }
+            Err(e) => warn!(failed = %failed, next = %next, "etcd endpoint refused: {e}"),
+        }
     }
 
     pub fn config_key(&self) -> String {
@@ -95,7 +139,12 @@ impl Registry {
     /// The raw config JSON, or None while the key is missing.
     pub async fn config(&mut self) -> Result<Option<String>> {
         let key = self.config_key();
-        let response = timed("reading the config", self.client.get(key.as_str(), None)).await?;
+        let response = self
+            .call("reading the config", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         match response.kvs().first() {
             None => Ok(None),
             Some(kv) => Ok(Some(
@@ -109,12 +158,11 @@ impl Registry {
     /// Every parseable lease; keys or values that don't parse are skipped with a warning.
     pub async fn snapshot(&mut self) -> Result<Snapshot> {
         let prefix = subnets_prefix(&self.prefix);
-        let response = timed(
-            "listing leases",
-            self.client
-                .get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let response = self
+            .call("listing leases", |mut c| async move {
+                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            })
+            .await?;
         let revision = response.header().map(|h| h.revision()).unwrap_or_default();
         let leases = response
             .kvs()
@@ -140,7 +188,9 @@ impl Registry {
                 attrs.to_json(),
                 Some(PutOptions::new().with_lease(lease_id)),
             )]);
-        let response = timed("creating a lease", self.client.txn(txn)).await?;
+        let response = self
+            .call("creating a lease", |mut c| async move { c.txn(txn).await })
+            .await?;
         if !response.succeeded() {
             self.revoke(lease_id).await;
         }
@@ -169,7 +219,12 @@ impl Registry {
                 Compare::lease(key.as_str(), CompareOp::Equal, current_lease),
             ])
             .and_then([TxnOp::put(key.as_str(), attrs.to_json(), put_options)]);
-        let response = timed("renewing the lease", self.client.txn(txn)).await?;
+        let response = self
+            .call(
+                "renewing the lease",
+                |mut c| async move { c.txn(txn).await },
+            )
+            .await?;
         if response.succeeded() {
             // The old etcd lease holds no key any more.
             if current_lease != 0 && current_lease != lease_id {
@@ -190,10 +245,9 @@ impl Registry {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision);
-        timed(
-            "starting the watch",
-            self.client.watch(prefix.as_str(), Some(options)),
-        )
+        self.call("starting the watch", |mut c| async move {
+            c.watch(prefix, Some(options)).await
+        })
         .await
     }
 
@@ -217,20 +271,21 @@ impl Registry {
 
     async fn grant(&mut self, ttl: Duration) -> Result<i64> {
         let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        Ok(
-            timed("granting an etcd lease", self.client.lease_grant(ttl, None))
-                .await?
-                .id(),
-        )
+        let response = self
+            .call("granting an etcd lease", |mut c| async move {
+                c.lease_grant(ttl, None).await
+            })
+            .await?;
+        Ok(response.id())
     }
 
     /// Best effort: an unattached lease expires by itself anyway.
     async fn revoke(&mut self, lease_id: i64) {
-        let _ = timed(
-            "revoking an unused lease",
-            self.client.lease_revoke(lease_id),
-        )
-        .await;
+        let _ = self
+            .call("revoking an unused lease", |mut c| async move {
+                c.lease_revoke(lease_id).await
+            })
+            .await;
     }
 
     fn parse(&self, kv: &KeyValue) -> Option<StoredLease> {
@@ -277,7 +332,7 @@ fn tls_options(options: &EtcdOptions) -> Result<Option<TlsOptions>> {
     Ok(any.then_some(tls))
 }
 
-/// One etcd call with a deadline, so a dead cluster is an error rather than a hang.
+/// `call` with a deadline.
 async fn timed<T>(
     what: &str,
     call: impl Future<Output = Result<T, etcd_client::Error>>,

@@ -523,7 +523,10 @@ fn a_dead_etcd_endpoint_in_the_list_is_skipped() {
     );
     let mut a =
         flannel_tests::agent::Agent::spawn(&bed.hosts[0], &[&endpoints, "--iface=eth0"]).unwrap();
-    a.wait_ready(READY).unwrap();
+    // One failed call moves the agent to the live endpoint for good (retries are 1 s apart);
+    // a balancer that keeps trying the dead one would miss this deadline now and then.
+    a.wait_ready(Duration::from_secs(6)).unwrap();
+    assert!(a.log().contains("moving to the next etcd endpoint"));
 }
 
 #[test]
