@@ -579,8 +579,8 @@ fn scale_section(
          given number of other hosts' leases in etcd (written by the bench). \"Start to all \
          peers\" runs from the agent's start until its pinned routes map holds every peer \
          subnet; a lease change is a peer moving to a new public IP, timed from the etcd put \
-         until the map says so, {changes} changes one after another. The BPF maps are sized \
-         for 16,384 peers and preallocated, so their memory does not grow with the leases.\n"
+         until the map says so, {changes} changes one after another. The BPF hash maps are \
+         preallocated for 16,384 peers; only the routes' LPM trie grows with the leases.\n"
     )?;
     let rows: Vec<(String, &[scale::Sample])> = scale::SIZES
         .iter()
