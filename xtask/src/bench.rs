@@ -491,13 +491,16 @@ fn report(
         "# cargo xtask bench{}\n",
         if rounds == 1 { " --quick" } else { "" }
     )?;
+    let tools = tool_versions();
     writeln!(
         md,
-        "Linux {kernel}, {cores} cores, flanneld {} (release build). {rounds} interleaved \
+        "Linux {kernel}, {cores} cores, flanneld {} (release build), {}. {rounds} interleaved \
          round(s); median (min-max).\n",
-        env!("CARGO_PKG_VERSION")
+        env!("CARGO_PKG_VERSION"),
+        tools.join(", ")
     )?;
-    let mut json = json!({"kernel": kernel, "cores": cores, "rounds": rounds});
+    let mut json =
+        json!({"kernel": kernel, "cores": cores, "rounds": rounds, "tools": tools});
     let mut charts = Vec::new();
     if !datapath.is_empty() {
         json["seconds"] = json!(seconds);
@@ -512,6 +515,24 @@ fn report(
         json,
         charts,
     })
+}
+
+/// The first line of each measuring tool's version output, as "tool version".
+fn tool_versions() -> Vec<String> {
+    [("iperf3", "--version"), ("sockperf", "--version"), ("etcd", "--version")]
+        .iter()
+        .map(|(tool, flag)| {
+            let output = std::process::Command::new(tool).arg(flag).output();
+            let text = output
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let version = text
+                .split_whitespace()
+                .find(|word| word.starts_with(|c: char| c.is_ascii_digit()))
+                .unwrap_or("unknown");
+            format!("{tool} {version}")
+        })
+        .collect()
 }
 
 /// The datapath rows with their ratios and charts; returns the rows as JSON.
