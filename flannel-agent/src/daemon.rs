@@ -26,6 +26,7 @@ use crate::{
     cli::Args,
     config::{self, Config},
     datapath::Datapath,
+    endpoints::ContainerEvents,
     health, iface,
     iface::ExtIface,
     iptables,
@@ -92,9 +93,14 @@ pub async fn run(args: Args) -> Result<()> {
     }
     agent.datapath.attach()?;
     // What each resync does, once now: the fast path learns the containers already there.
-    if let Err(e) = agent.datapath.reconcile(agent.peers.peers()).await {
-        error!("datapath: {e:#}");
-    }
+    agent.reconcile_datapath().await;
+    let containers = match agent.datapath.container_events() {
+        Some(Err(e)) => {
+            warn!("containers are followed at each resync only: {e:#}");
+            None
+        }
+        events => events.and_then(Result::ok),
+    };
     // Watch before saying ready: the first lease change then waits for nothing.
     let watch = agent.open_watch().await;
     // Caught from before READY=1: a stop right after it must still end cleanly.
@@ -107,7 +113,7 @@ pub async fn run(args: Args) -> Result<()> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&agent.last_status),
     ]);
-    agent.run(metrics, watch, stop).await
+    agent.run(metrics, watch, stop, containers).await
 }
 
 /// Waits until `<prefix>/config` exists and parses, saying every second what is wrong.
@@ -193,6 +199,7 @@ impl Agent {
         mut metrics: MetricsInbox,
         watch: Option<WatchStream>,
         mut stop: Stop,
+        mut containers: Option<ContainerEvents>,
     ) -> Result<()> {
         // Start-up has just done what a resync does: the first one is a period away.
         let period = Duration::from_secs(self.args.iptables_resync);
@@ -216,6 +223,7 @@ impl Agent {
                 }
                 _ = sleep_until(self.lease_deadline()) => self.maintain_lease().await,
                 _ = resync.tick() => self.resync().await,
+                () = container_change(&mut containers) => self.reconcile_datapath().await,
                 input = next_watch_input(&mut watch, backoff) => match input {
                     WatchInput::Reconnect => {
                         watch = self.open_watch().await;
@@ -473,6 +481,11 @@ impl Agent {
             self.last_status = status;
         }
         self.ensure_rules();
+        self.reconcile_datapath().await;
+    }
+
+    /// Brings the datapath in line with the peers and the host (routes, containers).
+    async fn reconcile_datapath(&mut self) {
         if let Err(e) = self.datapath.reconcile(self.peers.peers()).await {
             error!("datapath: {e:#}");
         }
@@ -502,6 +515,14 @@ fn notify(states: &[sd_notify::NotifyState]) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         Err(e) => warn!("sd_notify: {e}"),
         Ok(_) => {}
+    }
+}
+
+/// The next container change, if they are followed (else: never).
+async fn container_change(events: &mut Option<ContainerEvents>) {
+    match events {
+        Some(events) => events.changed().await,
+        None => std::future::pending().await,
     }
 }
 

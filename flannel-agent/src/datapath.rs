@@ -9,6 +9,7 @@ use crate::{
     cli::{Args, Datapath as DatapathKind},
     config::Backend,
     ebpf_datapath::{EbpfDatapath, Unsupported},
+    endpoints::ContainerEvents,
     host_gw::HostGw,
     iface::ExtIface,
     kernel_vxlan::KernelVxlan,
@@ -122,6 +123,14 @@ impl Datapath {
                 tun.apply(event);
                 Ok(())
             }
+        }
+    }
+
+    /// Container changes to follow between resyncs: the eBPF fast path's; None for the others.
+    pub fn container_events(&self) -> Option<Result<ContainerEvents>> {
+        match self {
+            Self::Ebpf(ebpf) => Some(ebpf.container_events()),
+            _ => None,
         }
     }
 

@@ -35,7 +35,7 @@ use crate::{
     bpf::Programs,
     cli::{Args, Decap},
     config::Backend,
-    endpoints,
+    endpoints::{self, ContainerEvents},
     iface::{self, ExtIface},
     lease::{BackendAttrs, Mac},
     overlay_device,
@@ -272,6 +272,13 @@ impl EbpfDatapath {
             .map(|(subnet, ip)| Ok((subnet, ip, self.programs.traffic(ip)?)))
             .collect::<Result<_>>()?;
         Ok((traffic, self.programs.drops()?))
+    }
+
+    /// What moves the fast path between resyncs: containers coming and going.
+    pub fn container_events(&self) -> Result<ContainerEvents> {
+        let nic = nix::net::if_::if_nametoindex(self.nic.name.as_str())
+            .with_context(|| format!("finding {}", self.nic.name))?;
+        ContainerEvents::subscribe(nic)
     }
 
     pub async fn reconcile(&mut self) -> Result<()> {

@@ -4,17 +4,19 @@
 //! yet talked to is missing from the latter until it has; its packets take the stack's path
 //! meanwhile.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context, Result};
-use futures::TryStreamExt;
+use futures::{channel::mpsc::UnboundedReceiver, StreamExt, TryStreamExt};
 use rtnetlink::{
+    packet_core::{NetlinkMessage, NetlinkPayload},
     packet_route::{
         link::{LinkAttribute, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
-        AddressFamily,
+        AddressFamily, RouteNetlinkMessage,
     },
-    Handle,
+    sys::SocketAddr,
+    Handle, MulticastGroup,
 };
 
 use crate::lease::Mac;
@@ -96,4 +98,52 @@ fn link_layer(message: &NeighbourMessage) -> Option<Mac> {
         }
         _ => None,
     })
+}
+
+/// How long a burst of events (a container's creation is several) may take to settle.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// The host's link and neighbour changes, but for the NIC's neighbours: a container's veth
+/// coming or going, the bridge learning a container. The fast path follows them at once
+/// instead of at the next resync, so a container recreated with the same IP is never sent
+/// to its old veth.
+pub struct ContainerEvents {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+    nic: u32,
+}
+
+impl ContainerEvents {
+    pub fn subscribe(nic: u32) -> Result<Self> {
+        let (connection, _, messages) =
+            rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Neigh])
+                .context("subscribing to link and neighbour events")?;
+        tokio::spawn(connection);
+        Ok(Self { messages, nic })
+    }
+
+    /// Waits for a change that may concern a container, and for its burst to settle.
+    pub async fn changed(&mut self) {
+        loop {
+            match self.messages.next().await {
+                Some((message, _)) if self.concerns_containers(&message) => break,
+                Some(_) => {}
+                // The subscription died: the periodic resync still runs.
+                None => std::future::pending().await,
+            }
+        }
+        tokio::time::sleep(SETTLE).await;
+        while self.messages.try_recv().is_ok() {}
+    }
+
+    fn concerns_containers(&self, message: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
+        match &message.payload {
+            NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_),
+            ) => true,
+            NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n),
+            ) => n.header.ifindex != self.nic,
+            _ => false,
+        }
+    }
 }

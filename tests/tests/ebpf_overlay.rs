@@ -201,6 +201,29 @@ fn a_peer_that_changes_its_public_ip_keeps_working() {
 }
 
 #[test]
+fn a_container_recreated_with_its_ip_is_reachable_at_once() {
+    require_root();
+    // Resyncs an hour apart: only the agent following link and neighbour events explains it.
+    let flags: &[&str] = &["--iptables-resync=3600"];
+    let (bed, mut agents, mut containers) = Testbed::cluster(VXLAN, &[flags, flags]).unwrap();
+    all_reach_all(&containers);
+    // A restart learns the containers there are at start-up.
+    agents[1].restart().unwrap();
+    agents[1].wait_ready(READY).unwrap();
+    assert!(agents[1].log().contains("fast path endpoints updated"));
+    // Container 1 goes; a new one takes its IP, on a new veth with a new MAC.
+    bed.hosts[1].ip(&["link", "del", "veth2"]).unwrap();
+    drop(containers.pop());
+    let new = bed.add_docker_container(1, &agents[1], 2).unwrap();
+    // It speaks first, as a starting container does, so its host learns its new MAC; the
+    // replies must not go to the old veth.
+    wait_for("the new container to reach the peer", Duration::from_secs(3), || {
+        new.ping(containers[0].ip).is_ok()
+    })
+    .unwrap();
+}
+
+#[test]
 fn container_traffic_to_peers_skips_the_bridge() {
     require_root();
     let flags: &[&str] = &["--iptables-resync=1"];

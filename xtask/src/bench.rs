@@ -499,8 +499,7 @@ fn report(
         env!("CARGO_PKG_VERSION"),
         tools.join(", ")
     )?;
-    let mut json =
-        json!({"kernel": kernel, "cores": cores, "rounds": rounds, "tools": tools});
+    let mut json = json!({"kernel": kernel, "cores": cores, "rounds": rounds, "tools": tools});
     let mut charts = Vec::new();
     if !datapath.is_empty() {
         json["seconds"] = json!(seconds);
@@ -519,20 +518,24 @@ fn report(
 
 /// The first line of each measuring tool's version output, as "tool version".
 fn tool_versions() -> Vec<String> {
-    [("iperf3", "--version"), ("sockperf", "--version"), ("etcd", "--version")]
-        .iter()
-        .map(|(tool, flag)| {
-            let output = std::process::Command::new(tool).arg(flag).output();
-            let text = output
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            let version = text
-                .split_whitespace()
-                .find(|word| word.starts_with(|c: char| c.is_ascii_digit()))
-                .unwrap_or("unknown");
-            format!("{tool} {version}")
-        })
-        .collect()
+    [
+        ("iperf3", "--version"),
+        ("sockperf", "--version"),
+        ("etcd", "--version"),
+    ]
+    .iter()
+    .map(|(tool, flag)| {
+        let output = std::process::Command::new(tool).arg(flag).output();
+        let text = output
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let version = text
+            .split_whitespace()
+            .find(|word| word.starts_with(|c: char| c.is_ascii_digit()))
+            .unwrap_or("unknown");
+        format!("{tool} {version}")
+    })
+    .collect()
 }
 
 /// The datapath rows with their ratios and charts; returns the rows as JSON.
