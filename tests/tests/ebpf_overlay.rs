@@ -217,9 +217,11 @@ fn a_container_recreated_with_its_ip_is_reachable_at_once() {
     let new = bed.add_docker_container(1, &agents[1], 2).unwrap();
     // It speaks first, as a starting container does, so its host learns its new MAC; the
     // replies must not go to the old veth.
-    wait_for("the new container to reach the peer", Duration::from_secs(3), || {
-        new.ping(containers[0].ip).is_ok()
-    })
+    wait_for(
+        "the new container to reach the peer",
+        Duration::from_secs(3),
+        || new.ping(containers[0].ip).is_ok(),
+    )
     .unwrap();
 }
 
