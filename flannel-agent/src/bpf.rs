@@ -56,11 +56,16 @@ impl Programs {
             }
         }
         for (name, map) in self.ebpf.maps() {
+            // Pinned aside, then renamed over an older agent's pin: the name never points
+            // at nothing, and agents sharing the directory never race on it.
             let path = dir.join(name);
-            // An older agent's pin, or nothing.
-            let _ = fs::remove_file(&path);
-            map.pin(&path)
-                .with_context(|| format!("pinning map {name} at {}", path.display()))?;
+            // (bpffs refuses dots in names.)
+            let aside = dir.join(format!("pinning_{name}_{}", std::process::id()));
+            let _ = fs::remove_file(&aside);
+            map.pin(&aside)
+                .with_context(|| format!("pinning map {name} at {}", aside.display()))?;
+            fs::rename(&aside, &path)
+                .with_context(|| format!("moving the pin of {name} to {}", path.display()))?;
         }
         Ok(())
     }
