@@ -87,10 +87,12 @@ pub enum Part {
     Scale,
 }
 
-pub fn run(quick: bool, only: Option<Part>) -> Result<()> {
+/// `tcp_cc`: the containers' TCP congestion control, by default the machine's.
+pub fn run(quick: bool, only: Option<Part>, tcp_cc: Option<&str>) -> Result<()> {
     // Measure the code users run: a release build.
     std::env::set_var("FLANNELD_BUILD_RELEASE", "1");
     flannel_tests::agent::flanneld();
+    let cc = congestion_control(tcp_cc)?;
     let (rounds, seconds, changes) = if quick { (1, 2, 50) } else { (3, 5, 200) };
     let runs = |part| only.is_none_or(|only| only == part);
     let mut datapath: Vec<Vec<Sample>> =
@@ -107,7 +109,7 @@ pub fn run(quick: bool, only: Option<Part>) -> Result<()> {
         for (row, samples) in ROWS.iter().zip(&mut datapath) {
             eprintln!("round {round}/{rounds}: {}", row.name());
             let sample =
-                measure(*row, seconds).with_context(|| format!("bench row {}", row.name()))?;
+                measure(*row, seconds, &cc).with_context(|| format!("bench row {}", row.name()))?;
             samples.push(sample);
         }
         for (leases, samples) in scale::SIZES.iter().zip(&mut scale) {
@@ -121,7 +123,7 @@ pub fn run(quick: bool, only: Option<Part>) -> Result<()> {
         markdown: md,
         json,
         charts,
-    } = report(&datapath, &scale, rounds, seconds, changes)?;
+    } = report(&datapath, &scale, rounds, seconds, changes, &cc)?;
     println!("{md}");
     let dir = workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
@@ -137,8 +139,27 @@ pub fn run(quick: bool, only: Option<Part>) -> Result<()> {
     Ok(())
 }
 
+/// `chosen`, if this kernel has it, or the machine's default congestion control.
+fn congestion_control(chosen: Option<&str>) -> Result<String> {
+    let read = |file: &str| -> Result<String> {
+        let path = format!("/proc/sys/net/ipv4/{file}");
+        Ok(fs::read_to_string(&path)
+            .with_context(|| format!("reading {path}"))?
+            .trim()
+            .to_owned())
+    };
+    let Some(chosen) = chosen else {
+        return read("tcp_congestion_control");
+    };
+    let available = read("tcp_available_congestion_control")?;
+    if !available.split_whitespace().any(|cc| cc == chosen) {
+        bail!("--tcp-cc {chosen}: this kernel has {available}");
+    }
+    Ok(chosen.to_owned())
+}
+
 /// Builds a fresh testbed for `row`, checks that it carries traffic, and measures it.
-fn measure(row: Row, seconds: u32) -> Result<Sample> {
+fn measure(row: Row, seconds: u32, cc: &str) -> Result<Sample> {
     let (config, flags): (&str, &[&str]) = match row {
         Row::HostGw => ("host-gw", &[]),
         Row::KernelVxlan => ("vxlan", &["--datapath=classic"]),
@@ -164,9 +185,9 @@ fn measure(row: Row, seconds: u32) -> Result<Sample> {
         })?;
     }
     let (busy, started) = (cpu_busy_seconds()?, std::time::Instant::now());
-    let tcp_1 = iperf(client, server, 1, seconds)?;
+    let tcp_1 = iperf(client, server, 1, seconds, cc)?;
     let cores_busy = (cpu_busy_seconds()? - busy) / started.elapsed().as_secs_f64();
-    let tcp_4 = iperf(client, server, 4, seconds)?;
+    let tcp_4 = iperf(client, server, 4, seconds, cc)?;
     let (lat_p50, lat_p99) = sockperf(client, server, seconds)?;
     let udp_kpps = udp_rate(client, server, seconds)?;
     let rss: u64 = agents.iter().map(Agent::rss_kib).sum::<Result<u64>>()?;
@@ -253,7 +274,16 @@ fn rfc3339_seconds(text: &str) -> Option<f64> {
     Some(days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + sec)
 }
 
-fn iperf(client: &Container, server: &Container, streams: u32, seconds: u32) -> Result<f64> {
+/// TCP throughput in Gbit/s with `streams` streams under congestion control `cc`, which is
+/// named rather than inherited: BBR paces, and its rate is then its model's as much as the
+/// path's.
+fn iperf(
+    client: &Container,
+    server: &Container,
+    streams: u32,
+    seconds: u32,
+    cc: &str,
+) -> Result<f64> {
     server.ns.exec("iperf3", &["-s", "-D", "-1"])?;
     let (ip, streams, seconds) = (
         server.ip.to_string(),
@@ -264,7 +294,10 @@ fn iperf(client: &Container, server: &Container, streams: u32, seconds: u32) -> 
     wait_for("iperf3 to connect", Duration::from_secs(10), || {
         out = client
             .ns
-            .exec("iperf3", &["-c", &ip, "-P", &streams, "-t", &seconds, "-J"])
+            .exec(
+                "iperf3",
+                &["-c", &ip, "-P", &streams, "-t", &seconds, "-C", cc, "-J"],
+            )
             .ok();
         out.is_some()
     })?;
@@ -480,6 +513,7 @@ fn report(
     rounds: u32,
     seconds: u32,
     changes: usize,
+    cc: &str,
 ) -> Result<Report> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
         .trim()
@@ -494,12 +528,13 @@ fn report(
     let tools = tool_versions();
     writeln!(
         md,
-        "Linux {kernel}, {cores} cores, flanneld {} (release build), {}. {rounds} interleaved \
-         round(s); median (min-max).\n",
+        "Linux {kernel}, {cores} cores, flanneld {} (release build), {}; TCP congestion \
+         control {cc} (iperf3 -C). {rounds} interleaved round(s); median (min-max).\n",
         env!("CARGO_PKG_VERSION"),
         tools.join(", ")
     )?;
-    let mut json = json!({"kernel": kernel, "cores": cores, "rounds": rounds, "tools": tools});
+    let mut json =
+        json!({"kernel": kernel, "cores": cores, "rounds": rounds, "tools": tools, "tcp_cc": cc});
     let mut charts = Vec::new();
     if !datapath.is_empty() {
         json["seconds"] = json!(seconds);

@@ -61,6 +61,9 @@ enum Task {
         /// Run only this part.
         #[arg(long, value_enum)]
         only: Option<bench::Part>,
+        /// The containers' TCP congestion control (cubic, bbr, ...); the machine's by default.
+        #[arg(long)]
+        tcp_cc: Option<String>,
     },
 }
 
@@ -82,9 +85,13 @@ fn main() -> Result<()> {
         }
         Task::Install { prefix } => install::install(&prefix),
         Task::Uninstall { prefix } => install::uninstall(&prefix),
-        Task::Bench { quick, only } => {
+        Task::Bench {
+            quick,
+            only,
+            tcp_cc,
+        } => {
             setup::run()?;
-            bench::run(quick, only)
+            bench::run(quick, only, tcp_cc.as_deref())
         }
     }
 }
