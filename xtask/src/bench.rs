@@ -284,7 +284,11 @@ fn iperf(
     seconds: u32,
     cc: &str,
 ) -> Result<f64> {
-    server.ns.exec("iperf3", &["-s", "-D", "-1"])?;
+    let server_cpu = server_cpu();
+    server.ns.exec(
+        "taskset",
+        &pinned(&server_cpu, "iperf3", &["-s", "-D", "-1"]),
+    )?;
     let (ip, streams, seconds) = (
         server.ip.to_string(),
         streams.to_string(),
@@ -295,8 +299,12 @@ fn iperf(
         out = client
             .ns
             .exec(
-                "iperf3",
-                &["-c", &ip, "-P", &streams, "-t", &seconds, "-C", cc, "-J"],
+                "taskset",
+                &pinned(
+                    CLIENT_CPU,
+                    "iperf3",
+                    &["-c", &ip, "-P", &streams, "-t", &seconds, "-C", cc, "-J"],
+                ),
             )
             .ok();
         out.is_some()
@@ -306,6 +314,20 @@ fn iperf(
         .as_f64()
         .context("no iperf3 result")?;
     Ok(bps / 1e9)
+}
+
+/// The client's CPU. Its server runs on the last CPU, as if on another host: left to the
+/// scheduler, both sometimes share a CPU and a single stream's rate changes by half.
+const CLIENT_CPU: &str = "0";
+
+fn server_cpu() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores - 1).to_string()
+}
+
+/// `taskset` arguments that run `program args` on `cpu`.
+fn pinned<'a>(cpu: &'a str, program: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    [&["-c", cpu, program][..], args].concat()
 }
 
 /// CPU time spent busy on all cores since boot, from /proc/stat, in seconds.
@@ -328,15 +350,23 @@ fn cpu_busy_seconds() -> Result<f64> {
 
 /// 64-byte UDP datagrams as fast as iperf3 sends them: thousands received per second.
 fn udp_rate(client: &Container, server: &Container, seconds: u32) -> Result<f64> {
-    server.ns.exec("iperf3", &["-s", "-D", "-1"])?;
+    let server_cpu = server_cpu();
+    server.ns.exec(
+        "taskset",
+        &pinned(&server_cpu, "iperf3", &["-s", "-D", "-1"]),
+    )?;
     let (ip, seconds) = (server.ip.to_string(), seconds.to_string());
     let mut out = None;
     wait_for("iperf3 to connect", Duration::from_secs(10), || {
         out = client
             .ns
             .exec(
-                "iperf3",
-                &["-c", &ip, "-u", "-l", "64", "-b", "0", "-t", &seconds, "-J"],
+                "taskset",
+                &pinned(
+                    CLIENT_CPU,
+                    "iperf3",
+                    &["-c", &ip, "-u", "-l", "64", "-b", "0", "-t", &seconds, "-J"],
+                ),
             )
             .ok();
         out.is_some()
@@ -357,6 +387,9 @@ fn sockperf(client: &Container, server: &Container, seconds: u32) -> Result<(f64
             "netns",
             "exec",
             &server.ns.name,
+            "taskset",
+            "-c",
+            &server_cpu(),
             "sockperf",
             "server",
             "--tcp",
@@ -375,19 +408,23 @@ fn sockperf(client: &Container, server: &Container, seconds: u32) -> Result<(f64
         out = client
             .ns
             .exec(
-                "sockperf",
-                &[
-                    "ping-pong",
-                    "--tcp",
-                    "-p",
-                    "11111",
-                    "-i",
-                    &ip,
-                    "-t",
-                    &seconds,
-                    "-m",
-                    "64",
-                ],
+                "taskset",
+                &pinned(
+                    CLIENT_CPU,
+                    "sockperf",
+                    &[
+                        "ping-pong",
+                        "--tcp",
+                        "-p",
+                        "11111",
+                        "-i",
+                        &ip,
+                        "-t",
+                        &seconds,
+                        "-m",
+                        "64",
+                    ],
+                ),
             )
             .ok()
             .filter(|o| o.contains("percentile 50.000"));
@@ -583,7 +620,8 @@ fn datapath_section(
     writeln!(
         md,
         "## Datapaths\n\nTwo hosts in network namespaces on a veth underlay (MTU 1500), one \
-         container each, container to container; {seconds} s per measure.\n"
+         container each, container to container; {seconds} s per measure. The measuring \
+         clients run on CPU 0 and their servers on the last CPU, as on two hosts.\n"
     )?;
     let rows: Vec<(String, &[Sample])> = ROWS
         .iter()
