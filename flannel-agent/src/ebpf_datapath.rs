@@ -289,7 +289,7 @@ impl EbpfDatapath {
 
     /// The fast path's first hop: `tc_encap` at the ingress of each container's host-side
     /// veth catches its packets before the bridge (and br_netfilter's conntrack) see them.
-    /// A container newer than the last resync is caught at the bridge meanwhile.
+    /// Until its port is attached, a new container's traffic is caught at the bridge.
     async fn attach_ports(&mut self) -> Result<()> {
         let Some((bridge, bridge_index)) = self.bridge.clone() else {
             return Ok(());

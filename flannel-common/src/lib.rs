@@ -42,13 +42,13 @@ pub struct DatapathConfig {
     /// Wire format of the tunnel, one of [`Encap`] as u16.
     pub encap: u16,
     /// Our public IPv4, network byte order: tunnel packets to other addresses (forwarded
-    /// through this host) are not ours to judge. Zero accepts any destination. Also the outer
-    /// source address of what we send.
+    /// through this host) are not ours to judge. Zero accepts any destination. (What we send
+    /// takes its source from the peer's [`Tunnel`] header.)
     pub local_ip_be: u32,
     /// The host NIC that carries the tunnel.
     pub nic_ifindex: u32,
-    /// Our VTEP MAC (vxlan): the inner source of what we send, and the only inner
-    /// destination we accept, as a kernel vxlan device does.
+    /// Our VTEP MAC (vxlan): the only inner destination we accept, as a kernel vxlan
+    /// device does.
     pub vtep_mac: [u8; 6],
     pub _pad: [u8; 2],
     /// The largest inner packet a tunnel carries (interface MTU - overhead): bigger
