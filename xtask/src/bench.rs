@@ -284,36 +284,33 @@ fn iperf(
     seconds: u32,
     cc: &str,
 ) -> Result<f64> {
+    let (streams, seconds) = (streams.to_string(), seconds.to_string());
+    let json = iperf3(client, server, &["-P", &streams, "-t", &seconds, "-C", cc])?;
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no iperf3 result")?;
+    Ok(bps / 1e9)
+}
+
+/// One iperf3 run from `client` to a one-off server in `server`, each on its CPU, with the
+/// client's `args`: its JSON report.
+fn iperf3(client: &Container, server: &Container, args: &[&str]) -> Result<serde_json::Value> {
     let server_cpu = server_cpu();
     server.ns.exec(
         "taskset",
         &pinned(&server_cpu, "iperf3", &["-s", "-D", "-1"]),
     )?;
-    let (ip, streams, seconds) = (
-        server.ip.to_string(),
-        streams.to_string(),
-        seconds.to_string(),
-    );
+    let ip = server.ip.to_string();
+    let args = [&["-c", &ip, "-J"][..], args].concat();
     let mut out = None;
     wait_for("iperf3 to connect", Duration::from_secs(10), || {
         out = client
             .ns
-            .exec(
-                "taskset",
-                &pinned(
-                    CLIENT_CPU,
-                    "iperf3",
-                    &["-c", &ip, "-P", &streams, "-t", &seconds, "-C", cc, "-J"],
-                ),
-            )
+            .exec("taskset", &pinned(CLIENT_CPU, "iperf3", &args))
             .ok();
         out.is_some()
     })?;
-    let json: serde_json::Value = serde_json::from_str(&out.unwrap())?;
-    let bps = json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("no iperf3 result")?;
-    Ok(bps / 1e9)
+    Ok(serde_json::from_str(&out.unwrap())?)
 }
 
 /// The client's CPU. Its server runs on the last CPU, as if on another host: left to the
@@ -350,28 +347,12 @@ fn cpu_busy_seconds() -> Result<f64> {
 
 /// 64-byte UDP datagrams as fast as iperf3 sends them: thousands received per second.
 fn udp_rate(client: &Container, server: &Container, seconds: u32) -> Result<f64> {
-    let server_cpu = server_cpu();
-    server.ns.exec(
-        "taskset",
-        &pinned(&server_cpu, "iperf3", &["-s", "-D", "-1"]),
+    let seconds = seconds.to_string();
+    let json = iperf3(
+        client,
+        server,
+        &["-u", "-l", "64", "-b", "0", "-t", &seconds],
     )?;
-    let (ip, seconds) = (server.ip.to_string(), seconds.to_string());
-    let mut out = None;
-    wait_for("iperf3 to connect", Duration::from_secs(10), || {
-        out = client
-            .ns
-            .exec(
-                "taskset",
-                &pinned(
-                    CLIENT_CPU,
-                    "iperf3",
-                    &["-c", &ip, "-u", "-l", "64", "-b", "0", "-t", &seconds, "-J"],
-                ),
-            )
-            .ok();
-        out.is_some()
-    })?;
-    let json: serde_json::Value = serde_json::from_str(&out.unwrap())?;
     let sum = &json["end"]["sum"];
     let sent = sum["packets"].as_f64().context("no UDP packet count")?;
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
