@@ -1,5 +1,5 @@
 //! `flanneld --cleanup`: removes what flanneld installed on this host: our TC filters, the
-//! overlay devices (`flannel-bpf`, `flannel.<VNI>`), our routes (host-gw, overlay, classic
+//! overlay devices (`flannel-bpf`, `flannel.<VNI>`, the GRO device `flannel-gro`), our routes (host-gw, overlay, classic
 //! vxlan), our iptables chains and the pinned maps.
 //! The lease stays in etcd until its TTL runs out, as when flannel stops for good.
 
@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::{
     ebpf_datapath::{FILTER_HANDLE, OVERLAY_DEV, PRIORITIES},
+    gro_device::GRO_DEV,
     host_gw::ROUTE_PROTOCOL,
     iptables,
 };
@@ -42,7 +43,7 @@ pub async fn run(pin_dir: &Path) -> Result<()> {
     // fdb entries go with it).
     for entry in fs::read_dir("/sys/class/net").context("listing interfaces")? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if name == OVERLAY_DEV || name.starts_with("flannel.") {
+        if name == OVERLAY_DEV || name == GRO_DEV || name.starts_with("flannel.") {
             let index = nix::net::if_::if_nametoindex(name.as_str())?;
             netlink
                 .link()

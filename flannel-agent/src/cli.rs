@@ -26,9 +26,11 @@ pub enum LogFormat {
 /// Where the eBPF datapath decapsulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Decap {
-    /// TC ingress on the NIC: GSO packets stay whole, delivery straight into containers.
+    /// TC ingress on the NIC, after GRO: aggregates stay whole, delivered straight into
+    /// containers.
     Tc,
-    /// XDP on the NIC: before the stack allocates an skb (and before GRO).
+    /// XDP on the NIC: before the stack allocates an skb, and before GRO, which then merges
+    /// the inner packets.
     Xdp,
 }
 
@@ -120,9 +122,10 @@ pub struct Args {
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value_t = crate::acquire::DEFAULT_LEASE_TTL.as_secs(), hide = true,
           value_parser = clap::value_parser!(u64).range(61..), help_heading = OURS)]
     pub subnet_lease_ttl: u64,
-    /// where tunnel packets are decapsulated (measured faster: tc; see docs/benchmarks.md)
-    #[arg(long, env = "FLANNELD_BPF_DECAP", value_enum, default_value = "tc", help_heading = OURS)]
-    pub bpf_decap: Decap,
+    /// where tunnel packets are decapsulated; by default the mode measured fastest for the
+    /// backend on NIC-like hosts: tc for vxlan (with a GRO socket), xdp for udp
+    #[arg(long, env = "FLANNELD_BPF_DECAP", value_enum, help_heading = OURS)]
+    pub bpf_decap: Option<Decap>,
     /// log format: human text, or one JSON object per line
     #[arg(long, env = "FLANNELD_LOG_FORMAT", value_enum, default_value = "text", help_heading = OURS)]
     pub log_format: LogFormat,

@@ -282,6 +282,7 @@ impl Agent {
         });
         metrics::render(&metrics::Snapshot {
             datapath: self.datapath.name(),
+            receive: self.datapath.receive_path(),
             peers: self.peers.len(),
             renewals: self.counts.renewals,
             watch_restarts: self.counts.watch_restarts,

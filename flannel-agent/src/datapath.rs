@@ -8,7 +8,7 @@ use tracing::warn;
 use crate::{
     cli::{Args, Datapath as DatapathKind},
     config::Backend,
-    ebpf_datapath::{EbpfDatapath, Unsupported},
+    ebpf_datapath::{EbpfDatapath, ReceivePath, Unsupported},
     endpoints::ContainerEvents,
     host_gw::HostGw,
     iface::ExtIface,
@@ -83,6 +83,14 @@ impl Datapath {
             Self::Ebpf(_) => "eBPF",
             Self::KernelVxlan(_) => "kernel vxlan device",
             Self::TunUdp(_) => "TUN udp loop",
+        }
+    }
+
+    /// eBPF: where tunnel packets are decapsulated, and what GRO merges before that.
+    pub fn receive_path(&self) -> Option<ReceivePath> {
+        match self {
+            Self::Ebpf(ebpf) => Some(ebpf.receive_path()),
+            _ => None,
         }
     }
 

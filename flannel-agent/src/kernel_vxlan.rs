@@ -37,6 +37,8 @@ impl KernelVxlan {
     pub async fn start(vni: u32, port: u16, nic: &ExtIface, mtu: u32) -> Result<Self> {
         let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
         tokio::spawn(connection);
+        // The eBPF datapath's GRO device, in metadata mode, would keep ours off the port.
+        crate::gro_device::remove(&netlink).await?;
         let name = format!("flannel.{vni}");
         let nic_index = nix::net::if_::if_nametoindex(nic.name.as_str())
             .with_context(|| format!("looking up {}", nic.name))?;
@@ -203,7 +205,7 @@ async fn create(
 }
 
 /// An existing device's ifindex and vxlan attributes, if there is one called `name`.
-async fn vxlan_info(netlink: &Handle, name: &str) -> Result<Option<(u32, Vec<InfoVxlan>)>> {
+pub async fn vxlan_info(netlink: &Handle, name: &str) -> Result<Option<(u32, Vec<InfoVxlan>)>> {
     let Ok(index) = nix::net::if_::if_nametoindex(name) else {
         return Ok(None);
     };

@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod docker_opts;
 pub mod ebpf_datapath;
 pub mod endpoints;
+pub mod gro_device;
 pub mod health;
 pub mod host_gw;
 pub mod iface;

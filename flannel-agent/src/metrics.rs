@@ -6,10 +6,14 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 use flannel_common::{DropReason, PeerTraffic};
 use ipnet::Ipv4Net;
 
+use crate::ebpf_datapath::ReceivePath;
+
 /// What the agent knows at one moment.
 #[derive(Default)]
 pub struct Snapshot {
     pub datapath: &'static str,
+    /// eBPF: where tunnel packets are decapsulated, and what GRO merges before that.
+    pub receive: Option<ReceivePath>,
     pub peers: usize,
     pub renewals: u64,
     pub watch_restarts: u64,
@@ -103,6 +107,17 @@ pub fn render(s: &Snapshot) -> String {
         "The datapath in use.",
         &[(format!("{{datapath=\"{}\"}}", s.datapath), 1)],
     );
+    if let Some(receive) = &s.receive {
+        family(
+            "flannel_bpf_decap_info",
+            "gauge",
+            "Where the eBPF datapath decapsulates, and what GRO merges before that.",
+            &[(
+                format!("{{decap=\"{}\",gro=\"{}\"}}", receive.decap, receive.gro),
+                1,
+            )],
+        );
+    }
     out
 }
 
@@ -114,6 +129,10 @@ mod tests {
     fn renders_prometheus_text() {
         let snapshot = Snapshot {
             datapath: "eBPF",
+            receive: Some(ReceivePath {
+                decap: "tc",
+                gro: "tunnel frames",
+            }),
             peers: 1,
             renewals: 2,
             traffic: vec![(
@@ -138,6 +157,7 @@ mod tests {
             "flannel_peers 1",
             "flannel_lease_renewals_total 2",
             r#"flannel_datapath_info{datapath="eBPF"} 1"#,
+            r#"flannel_bpf_decap_info{decap="tc",gro="tunnel frames"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

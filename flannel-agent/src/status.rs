@@ -10,8 +10,15 @@ use flannel_common::{map_names, DatapathConfig, DropReason, PeerTraffic};
 use serde_json::json;
 
 use crate::{
-    cli::Args, config, ebpf_datapath::OVERLAY_DEV, iface, lease::BackendAttrs, registry::Registry,
-    subnet_env, tun_udp::TUN_DEV,
+    cli::{Args, Decap},
+    config,
+    ebpf_datapath::{ReceivePath, OVERLAY_DEV},
+    gro_device::GRO_DEV,
+    iface,
+    lease::BackendAttrs,
+    registry::Registry,
+    subnet_env,
+    tun_udp::TUN_DEV,
 };
 
 /// Show this host's lease, datapath and peers.
@@ -115,9 +122,13 @@ fn describe_datapath(
             format!("tc ingress on {nic}"),
             format!("tc egress on {OVERLAY_DEV}"),
         ];
-        if pin_dir.join("xdp_ingress_link").exists() {
+        let decap = if pin_dir.join("xdp_ingress_link").exists() {
             attached.push(format!("xdp on {nic}"));
-        }
+            Decap::Xdp
+        } else {
+            Decap::Tc
+        };
+        let receive = ReceivePath::new(decap, exists(GRO_DEV));
         let bridge = own.and_then(|subnet| {
             iface::addresses()
                 .ok()?
@@ -127,7 +138,12 @@ fn describe_datapath(
         if let Some((bridge, _)) = bridge {
             attached.push(format!("tc ingress on {bridge} (fast path)"));
         }
-        return json!({"kind": "eBPF", "attached": attached});
+        return json!({
+            "kind": "eBPF",
+            "attached": attached,
+            "decap": receive.decap,
+            "gro": receive.gro,
+        });
     }
     let kind = if exists(TUN_DEV) {
         "TUN udp loop (flannel0)"
@@ -210,6 +226,12 @@ fn print_text(report: &serde_json::Value) {
         text(&report["datapath"]["kind"]),
         attached.join(", ")
     );
+    if let Some(decap) = report["datapath"]["decap"].as_str() {
+        println!(
+            "decap:     {decap}, GRO merges {} first",
+            text(&report["datapath"]["gro"])
+        );
+    }
     if let Some(drops) = report["drops"].as_object().filter(|d| !d.is_empty()) {
         let drops: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("drops:     {}", drops.join(", "));

@@ -13,7 +13,7 @@ pub const UDP_BACKEND_PORT: u16 = 8285;
 
 /// Map names, versioned so that a layout change never reuses an old pinned map.
 pub mod map_names {
-    pub const CONFIG: &str = "FLANNEL_CONFIG_V1";
+    pub const CONFIG: &str = "FLANNEL_CONFIG_V2";
     pub const PEERS: &str = "FLANNEL_PEERS_V1";
     pub const DROPS: &str = "FLANNEL_DROPS_V1";
     pub const ROUTES: &str = "FLANNEL_ROUTES_V2";
@@ -54,6 +54,9 @@ pub struct DatapathConfig {
     /// The largest inner packet a tunnel carries (interface MTU - overhead): bigger
     /// non-GSO packets take the stack's path, which answers "fragmentation needed".
     pub inner_mtu: u32,
+    /// vxlan: the kernel vxlan device in metadata mode (the GRO device) that encapsulates
+    /// what `bpf_skb_adjust_room` refuses to; zero when there is none.
+    pub gro_ifindex: u32,
 }
 
 /// Tunnel wire formats (flannel's backend types).
@@ -240,6 +243,17 @@ impl DropReason {
         }
     }
 }
+
+// The layouts the programs and the agent share, checked on both sides at compile time: no
+// hidden padding, and no size change without a new map name.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<DatapathConfig>() == 32);
+    assert!(size_of::<Tunnel>() == 60);
+    assert!(size_of::<Endpoint>() == 16);
+    assert!(size_of::<PeerTraffic>() == 32);
+    assert!(size_of::<PeerInfo>() == 12);
+};
 
 /// Maximum number of peers the maps hold.
 pub const MAX_PEERS: u32 = 16_384;

@@ -1,5 +1,6 @@
 //! Decapsulation: strip the outer headers of a tunnel packet the guard accepted, leaving the
-//! outer Ethernet header (addressed to this host) in front of the inner IPv4 packet.
+//! outer Ethernet header (addressed to this host) in front of the inner IPv4 packet. TC and
+//! XDP differ only in how they remove the bytes.
 
 use aya_ebpf::{
     bindings::{
@@ -12,12 +13,69 @@ use aya_ebpf::{
 use flannel_common::{DatapathConfig, DropReason, Encap};
 
 use crate::{
-    csum,
-    parse::{EthHdr, Ipv4Hdr, Packet, ETH_HLEN, ETH_P_IP},
+    parse::{Context, EthHdr, Ipv4Hdr, Packet, ETH_HLEN},
     ttl,
 };
 
 const SHRINK_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET) as u64;
+
+/// A hook that can remove bytes right behind the outer Ethernet header.
+pub trait Strip: Context {
+    fn strip(&self, len: usize) -> Result<(), DropReason>;
+}
+
+/// TC: `bpf_skb_adjust_room`, so a GSO packet (a GRO aggregate) stays whole.
+impl Strip for TcContext {
+    #[inline(always)]
+    fn strip(&self, len: usize) -> Result<(), DropReason> {
+        self.adjust_room(-(len as i32), BPF_ADJ_ROOM_MAC, SHRINK_FLAGS)
+            .map_err(|_| DropReason::DecapFailed)?;
+        // The outer UDP checksum, if the NIC checked it, no longer covers anything.
+        // SAFETY: the helper only adjusts the skb behind the context.
+        unsafe { bpf_csum_level(self.skb.skb, BPF_CSUM_LEVEL_DEC as u64) };
+        Ok(())
+    }
+}
+
+/// XDP: the outer Ethernet header moves up to the inner IPv4 header and the head follows,
+/// before the stack (and GRO) see the packet.
+impl Strip for XdpContext {
+    #[inline(always)]
+    fn strip(&self, len: usize) -> Result<(), DropReason> {
+        let pkt = self.packet();
+        let eth = *pkt
+            .header::<[u8; ETH_HLEN]>(0)
+            .ok_or(DropReason::Truncated)?;
+        *pkt.header_mut::<[u8; ETH_HLEN]>(len)
+            .ok_or(DropReason::Truncated)? = eth;
+        // SAFETY: plain helper call on our context.
+        if unsafe { bpf_xdp_adjust_head(self.ctx, len as i32) } != 0 {
+            return Err(DropReason::DecapFailed);
+        }
+        Ok(())
+    }
+}
+
+/// Strips the outer headers (`outer_ip_len` bytes of outer IPv4 header, then UDP, and for
+/// vxlan the VXLAN and inner Ethernet headers).
+#[inline(always)]
+pub fn decapsulate(
+    ctx: &impl Strip,
+    cfg: &DatapathConfig,
+    outer_ip_len: usize,
+) -> Result<(), DropReason> {
+    let len = outer_len(ctx.packet(), cfg, outer_ip_len)?;
+    ctx.strip(len)?;
+    if cfg.encap == Encap::Udp as u16 {
+        // flannel's udp backend decrements the TTL on receive too.
+        let ip = ctx
+            .packet()
+            .header_mut::<Ipv4Hdr>(ETH_HLEN)
+            .ok_or(DropReason::Truncated)?;
+        ttl::decrement(ip)?;
+    }
+    Ok(())
+}
 
 /// How many bytes after the outer Ethernet header to strip, once the inner headers are
 /// checked: a kernel vxlan device drops frames not addressed to its own MAC; so do we.
@@ -33,79 +91,8 @@ fn outer_len(pkt: Packet, cfg: &DatapathConfig, outer_ip_len: usize) -> Result<u
     if inner.dst != cfg.vtep_mac {
         return Err(DropReason::WrongMac);
     }
-    if inner.ether_type_be != ETH_P_IP.to_be() {
+    if !inner.is_ipv4() {
         return Err(DropReason::DecapFailed);
     }
     Ok(udp_end + 8 + ETH_HLEN)
-}
-
-/// TC: strips the outer headers with `bpf_skb_adjust_room`, so a GSO packet stays whole.
-pub fn decapsulate(
-    ctx: &TcContext,
-    cfg: &DatapathConfig,
-    outer_ip_len: usize,
-) -> Result<(), DropReason> {
-    let pkt = Packet {
-        start: ctx.data(),
-        end: ctx.data_end(),
-    };
-    let strip = outer_len(pkt, cfg, outer_ip_len)?;
-    ctx.adjust_room(-(strip as i32), BPF_ADJ_ROOM_MAC, SHRINK_FLAGS)
-        .map_err(|_| DropReason::DecapFailed)?;
-    // The outer UDP checksum, if the NIC checked it, no longer covers anything.
-    // SAFETY: the helper only adjusts the skb behind the context.
-    unsafe { bpf_csum_level(ctx.skb.skb, BPF_CSUM_LEVEL_DEC as u64) };
-    if cfg.encap == Encap::Udp as u16 {
-        // flannel's udp backend decrements the TTL on receive too.
-        ttl::decrement(ctx)?;
-    }
-    Ok(())
-}
-
-/// XDP: moves the outer Ethernet header up to the inner IPv4 header and drops what was in
-/// between, before the stack (and GRO) see the packet.
-pub fn decapsulate_xdp(
-    ctx: &XdpContext,
-    cfg: &DatapathConfig,
-    outer_ip_len: usize,
-) -> Result<(), DropReason> {
-    let pkt = Packet {
-        start: ctx.data(),
-        end: ctx.data_end(),
-    };
-    let strip = outer_len(pkt, cfg, outer_ip_len)?;
-    let eth = *pkt
-        .header::<[u8; ETH_HLEN]>(0)
-        .ok_or(DropReason::Truncated)?;
-    if pkt.start + strip + ETH_HLEN > pkt.end {
-        return Err(DropReason::Truncated);
-    }
-    // SAFETY: bounds-checked just above.
-    unsafe { core::ptr::write_unaligned((pkt.start + strip) as *mut [u8; ETH_HLEN], eth) };
-    // SAFETY: plain helper call on our context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, strip as i32) } != 0 {
-        return Err(DropReason::DecapFailed);
-    }
-    if cfg.encap == Encap::Udp as u16 {
-        let pkt = Packet {
-            start: ctx.data(),
-            end: ctx.data_end(),
-        };
-        let ip = pkt
-            .header::<Ipv4Hdr>(ETH_HLEN)
-            .ok_or(DropReason::Truncated)?;
-        if ip.ttl <= 1 {
-            return Err(DropReason::TtlExpired);
-        }
-        let old = u16::from_be_bytes([ip.ttl, ip.protocol]);
-        let new = u16::from_be_bytes([ip.ttl - 1, ip.protocol]);
-        let check = csum::replace16(u16::from_be(ip.check), old, new).to_be();
-        let ip = (pkt.start + ETH_HLEN) as *mut Ipv4Hdr;
-        // SAFETY: the header was bounds-checked above.
-        unsafe {
-            (*ip).ttl -= 1;
-            (*ip).check = check;
-        }
-    }
-    Ok(())
 }

@@ -5,15 +5,20 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_tunnel_key, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+        BPF_F_DONT_FRAGMENT,
     },
-    helpers::bpf_get_hash_recalc,
+    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
 use flannel_common::{DatapathConfig, DropReason, Encap, Tunnel};
 
-use crate::{csum, parse::ETH_HLEN, ttl};
+use crate::{
+    csum,
+    parse::{Context, Ipv4Hdr, ETH_HLEN},
+    ttl,
+};
 
 const GROW_FLAGS: u64 =
     (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP) as u64;
@@ -21,6 +26,9 @@ const GROW_FLAGS: u64 =
 /// macro `BPF_F_ADJ_ROOM_ENCAP_L2(len)`).
 const VXLAN_GROW_FLAGS: u64 =
     GROW_FLAGS | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64 | ((ETH_HLEN as u64) << 56);
+
+/// What `bpf_skb_adjust_room` says of a packet already marked as tunnelled.
+const EALREADY: i64 = -114;
 
 /// Outer IPv4 and UDP: what the udp format puts in front.
 const OUTER_LEN: usize = 28;
@@ -30,16 +38,22 @@ const SPORT_MIN: u32 = 32768;
 const SPORT_RANGE: u32 = 61000 - 32768;
 
 /// Grows the packet in front of its IPv4 header and writes the peer's prebuilt outer headers
-/// there, with this packet's lengths, IPv4 checksum and UDP source port.
+/// there, with this packet's lengths, IPv4 checksum and UDP source port; returns the TC
+/// action that sends it out of the NIC. `gso`: the packet is to be segmented later.
 pub fn encapsulate(
     ctx: &TcContext,
     cfg: &DatapathConfig,
     tunnel: &Tunnel,
-) -> Result<(), DropReason> {
+    gso: bool,
+) -> Result<i32, DropReason> {
     let vxlan = cfg.encap == Encap::Vxlan as u16;
     if !vxlan {
         // flannel's udp backend decrements the TTL on send.
-        ttl::decrement(ctx)?;
+        let ip = ctx
+            .packet()
+            .header_mut::<Ipv4Hdr>(ETH_HLEN)
+            .ok_or(DropReason::EncapFailed)?;
+        ttl::decrement(ip)?;
     }
     let overhead = if vxlan {
         Encap::Vxlan.overhead()
@@ -52,8 +66,16 @@ pub fn encapsulate(
     // SAFETY: the helper only reads the skb behind the context.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
     let flags = if vxlan { VXLAN_GROW_FLAGS } else { GROW_FLAGS };
-    ctx.adjust_room(overhead as i32, BPF_ADJ_ROOM_MAC, flags)
-        .map_err(|_| DropReason::EncapFailed)?;
+    match ctx.adjust_room(overhead as i32, BPF_ADJ_ROOM_MAC, flags) {
+        Ok(()) => {}
+        // Still marked as tunnelled (see `via_kernel`). One packet, not to be segmented later,
+        // needs no tunnel GSO state: plain room for the outer headers does.
+        Err(EALREADY) if !gso => ctx
+            .adjust_room(overhead as i32, BPF_ADJ_ROOM_MAC, 0)
+            .map_err(|_| DropReason::EncapFailed)?,
+        Err(EALREADY) if vxlan && cfg.gro_ifindex != 0 => return via_kernel(ctx, cfg, tunnel),
+        Err(_) => return Err(DropReason::EncapFailed),
+    }
 
     let mut header = tunnel.header;
     header[2..4].copy_from_slice(&outer_len.to_be_bytes());
@@ -70,5 +92,42 @@ pub fn encapsulate(
             .ok_or(DropReason::EncapFailed)?;
         ctx.store(ETH_HLEN, outer, 0)
     };
-    stored.map_err(|_| DropReason::EncapFailed)
+    stored.map_err(|_| DropReason::EncapFailed)?;
+    // The neighbour subsystem fills in the outer Ethernet header for the NIC.
+    // SAFETY: plain helper call; no pointers passed.
+    Ok(unsafe { bpf_redirect_neigh(cfg.nic_ifindex, core::ptr::null_mut(), 0, 0) as i32 })
+}
+
+/// `bpf_skb_adjust_room` refuses to encapsulate a packet still marked as tunnelled: one that
+/// we decapsulated and a container now forwards to another host. A GRO aggregate keeps that
+/// mark and its tunnel GSO state (this kernel has no flag to clear them on decap), and so does
+/// every frame on a veth underlay, which hands on the skb its sender encapsulated. The
+/// kernel's vxlan device in metadata mode, the GRO device, encapsulates an aggregate instead,
+/// in the same wire format: the inner Ethernet header from our VTEP MAC to the peer's, then
+/// VXLAN to the peer's public IP.
+fn via_kernel(ctx: &TcContext, cfg: &DatapathConfig, tunnel: &Tunnel) -> Result<i32, DropReason> {
+    // The template's inner Ethernet addresses: the peer's VTEP MAC, then ours.
+    let mut macs = [0u8; 12];
+    macs.copy_from_slice(&tunnel.header[36..48]);
+    ctx.store(0, &macs, 0)
+        .map_err(|_| DropReason::EncapFailed)?;
+    // SAFETY: an all-zero key is valid; the fields set are plain integers.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = cfg.vni;
+    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(tunnel.remote_ip_be);
+    key.tunnel_ttl = 64;
+    // SAFETY: the key lives on our stack for the call; its size is passed.
+    let set = unsafe {
+        bpf_skb_set_tunnel_key(
+            ctx.skb.skb,
+            &mut key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            BPF_F_DONT_FRAGMENT as u64,
+        )
+    };
+    if set != 0 {
+        return Err(DropReason::EncapFailed);
+    }
+    // SAFETY: plain helper call.
+    Ok(unsafe { bpf_redirect(cfg.gro_ifindex, 0) as i32 })
 }

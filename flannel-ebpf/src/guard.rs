@@ -7,9 +7,7 @@ use flannel_common::{DatapathConfig, DropReason, Encap};
 
 use crate::{
     maps,
-    parse::{
-        EthHdr, Ipv4Hdr, Packet, UdpHdr, VxlanHdr, ETH_HLEN, ETH_P_IP, IPPROTO_UDP, VXLAN_FLAGS_I,
-    },
+    parse::{EthHdr, Ipv4Hdr, Packet, UdpHdr, VxlanHdr, ETH_HLEN, IPPROTO_UDP, VXLAN_FLAGS_I},
 };
 
 pub enum Verdict {
@@ -34,7 +32,7 @@ pub fn check(pkt: Packet, cfg: &DatapathConfig) -> Verdict {
     let Some(eth) = pkt.header::<EthHdr>(0) else {
         return Verdict::Pass;
     };
-    if eth.ether_type_be != ETH_P_IP.to_be() {
+    if !eth.is_ipv4() {
         return Verdict::Pass;
     }
     let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_HLEN) else {
@@ -44,29 +42,29 @@ pub fn check(pkt: Packet, cfg: &DatapathConfig) -> Verdict {
     if ip.protocol != IPPROTO_UDP || ip_len < 20 || ip.is_later_fragment() {
         return Verdict::Pass;
     }
-    if cfg.local_ip_be != 0 && ip.daddr_be != cfg.local_ip_be {
+    if cfg.local_ip_be != 0 && ip.daddr_be() != cfg.local_ip_be {
         return Verdict::Pass;
     }
     let Some(udp) = pkt.header::<UdpHdr>(ETH_HLEN + ip_len) else {
         return Verdict::Pass;
     };
-    if udp.dest_be != cfg.port_be {
+    if u16::from_ne_bytes(udp.dest) != cfg.port_be {
         return Verdict::Pass;
     }
     // From here on the packet claims to be one of our tunnel packets.
-    if !maps::is_peer(ip.saddr_be) {
+    if !maps::is_peer(ip.saddr_be()) {
         return Verdict::Drop(DropReason::UnknownPeer);
     }
     if cfg.encap == Encap::Vxlan as u16 {
         let Some(vxlan) = pkt.header::<VxlanHdr>(ETH_HLEN + ip_len + 8) else {
             return Verdict::Drop(DropReason::Truncated);
         };
-        if vxlan.flags_be != VXLAN_FLAGS_I.to_be() || vxlan.vni_be != (cfg.vni << 8).to_be() {
+        if vxlan.flags != VXLAN_FLAGS_I.to_be_bytes() || vxlan.vni != (cfg.vni << 8).to_be_bytes() {
             return Verdict::Drop(DropReason::WrongVni);
         }
     }
     Verdict::Tunnel {
-        peer_be: ip.saddr_be,
+        peer_be: ip.saddr_be(),
         outer_ip_len: ip_len,
     }
 }

@@ -12,14 +12,14 @@ mod ttl;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::bpf_redirect_peer,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use flannel_common::DropReason;
 
 use guard::Verdict;
-use parse::{Ipv4Hdr, Packet, ETH_HLEN};
+use parse::{Context, EthHdr, Ipv4Hdr, ETH_HLEN};
 
 /// XDP on the host NIC (`--bpf-decap=xdp`): drop forged tunnel packets before the stack
 /// allocates an skb, and decapsulate genuine ones before GRO.
@@ -28,10 +28,7 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     let Some(cfg) = maps::config() else {
         return xdp_action::XDP_PASS;
     };
-    let pkt = Packet {
-        start: ctx.data(),
-        end: ctx.data_end(),
-    };
+    let pkt = ctx.packet();
     let dropped = |reason| {
         maps::count_drop(reason);
         xdp_action::XDP_DROP
@@ -44,7 +41,7 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
             outer_ip_len,
         } => {
             let bytes = (pkt.end - pkt.start) as u32;
-            match decap::decapsulate_xdp(&ctx, cfg, outer_ip_len) {
+            match decap::decapsulate(&ctx, cfg, outer_ip_len) {
                 Ok(()) => {
                     maps::count_rx(peer_be, bytes);
                     xdp_action::XDP_PASS
@@ -65,11 +62,7 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
     if !linear(&ctx, guard::HEADER_LEN) {
         return TC_ACT_OK;
     }
-    let pkt = Packet {
-        start: ctx.data(),
-        end: ctx.data_end(),
-    };
-    let (peer_be, outer_ip_len) = match guard::check(pkt, cfg) {
+    let (peer_be, outer_ip_len) = match guard::check(ctx.packet(), cfg) {
         Verdict::Pass => return TC_ACT_OK,
         Verdict::Drop(reason) => return drop(reason),
         Verdict::Tunnel {
@@ -90,14 +83,10 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 /// it, as it still carries the tunnel's GSO type). Anything else goes into the stack.
 #[inline(always)]
 fn deliver(ctx: &TcContext) -> i32 {
-    let pkt = Packet {
-        start: ctx.data(),
-        end: ctx.data_end(),
-    };
-    let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_HLEN) else {
+    let Some(ip) = ctx.packet().header::<Ipv4Hdr>(ETH_HLEN) else {
         return TC_ACT_OK;
     };
-    let Some(endpoint) = maps::endpoint(ip.daddr_be) else {
+    let Some(endpoint) = maps::endpoint(ip.daddr_be()) else {
         return TC_ACT_OK;
     };
     let mut macs = [0u8; 12];
@@ -121,37 +110,34 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
     if cfg.port_be == 0 || !linear(&ctx, (ETH_HLEN + 20) as u32) {
         return TC_ACT_OK;
     }
-    let pkt = Packet {
-        start: ctx.data(),
-        end: ctx.data_end(),
-    };
-    let Some(eth) = pkt.header::<parse::EthHdr>(0) else {
+    let pkt = ctx.packet();
+    let Some(eth) = pkt.header::<EthHdr>(0) else {
         return TC_ACT_OK;
     };
-    if eth.ether_type_be != parse::ETH_P_IP.to_be() {
+    if !eth.is_ipv4() {
         return TC_ACT_OK;
     }
     let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_HLEN) else {
         return TC_ACT_OK;
     };
-    let Some(tunnel) = maps::tunnel_to(ip.daddr_be) else {
+    let Some(tunnel) = maps::tunnel_to(ip.daddr_be()) else {
         return TC_ACT_OK;
     };
     // Too big to tunnel whole: the stack fragments it or answers "fragmentation needed".
     // SAFETY: reading a field of the skb behind the context.
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    if !gso && u32::from(u16::from_be(ip.tot_len_be)) > cfg.inner_mtu {
+    if !gso && u32::from(ip.total_len()) > cfg.inner_mtu {
         return TC_ACT_OK;
     }
     let tunnel = *tunnel;
     let bytes = ctx.len();
-    if let Err(reason) = encap::encapsulate(&ctx, cfg, &tunnel) {
-        return drop(reason);
+    match encap::encapsulate(&ctx, cfg, &tunnel, gso) {
+        Ok(send) => {
+            maps::count_tx(tunnel.remote_ip_be, bytes);
+            send
+        }
+        Err(reason) => drop(reason),
     }
-    maps::count_tx(tunnel.remote_ip_be, bytes);
-    // The neighbour subsystem fills in the outer Ethernet header for the NIC.
-    // SAFETY: plain helper call; no pointers passed.
-    unsafe { bpf_redirect_neigh(cfg.nic_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
 
 /// Makes sure the first `len` bytes (or the whole packet, if shorter) are linear.

@@ -8,7 +8,7 @@ use flannel_common::{
     DatapathConfig, DropReason, Endpoint, PeerInfo, PeerTraffic, Tunnel, MAX_PEERS,
 };
 
-#[map(name = "FLANNEL_CONFIG_V1")]
+#[map(name = "FLANNEL_CONFIG_V2")]
 pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 
 /// Current leases, keyed by the peer's public IPv4 (network byte order).

@@ -1,27 +1,20 @@
 //! TTL handling of flannel's udp backend: decrement on send and on receive.
 
-use aya_ebpf::programs::TcContext;
 use flannel_common::DropReason;
 
-use crate::parse::ETH_HLEN;
+use crate::{csum, parse::Ipv4Hdr};
 
-/// Offsets in the IPv4 header that follows the Ethernet header.
-const TTL: usize = ETH_HLEN + 8;
-const CHECK: usize = ETH_HLEN + 10;
-
-pub fn decrement(ctx: &TcContext) -> Result<(), DropReason> {
-    // The TTL shares a 16-bit checksum word with the protocol.
-    let word: [u8; 2] = ctx.load(TTL).map_err(|_| DropReason::Truncated)?;
-    if word[0] <= 1 {
+/// Decrements the TTL and patches the header checksum to match; a packet whose TTL runs out
+/// is dropped.
+#[inline(always)]
+pub fn decrement(ip: &mut Ipv4Hdr) -> Result<(), DropReason> {
+    if ip.ttl <= 1 {
         return Err(DropReason::TtlExpired);
     }
-    let new = [word[0] - 1, word[1]];
-    ctx.l3_csum_replace(
-        CHECK,
-        u64::from(u16::from_ne_bytes(word)),
-        u64::from(u16::from_ne_bytes(new)),
-        2,
-    )
-    .map_err(|_| DropReason::Truncated)?;
-    ctx.store(TTL, &new, 0).map_err(|_| DropReason::Truncated)
+    // The TTL shares a 16-bit checksum word with the protocol.
+    let old = u16::from_be_bytes([ip.ttl, ip.protocol]);
+    ip.ttl -= 1;
+    let new = u16::from_be_bytes([ip.ttl, ip.protocol]);
+    ip.check = csum::replace16(u16::from_be_bytes(ip.check), old, new).to_be_bytes();
+    Ok(())
 }

@@ -20,15 +20,41 @@ pub fn lease_key(subnet: &str) -> String {
     format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"))
 }
 
+/// How the hosts' links to the underlay behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Underlay {
+    /// Plain veths: a sender's 64 KB GSO packet reaches the receiver whole, which no NIC
+    /// does; what runs on it is an upper bound.
+    Passthrough,
+    /// As a NIC without tunnel offloads: the sender segments every GSO packet in software
+    /// and puts MTU-sized frames on the wire, the receiver merges them again with GRO (veth
+    /// NAPI), and each link has one queue per CPU, as RSS spreads flows on a multi-queue NIC.
+    NicLike,
+}
+
+impl Underlay {
+    pub fn name(self) -> &'static str {
+        match self {
+            Underlay::Passthrough => "veth passthrough",
+            Underlay::NicLike => "NIC-like",
+        }
+    }
+}
+
 pub struct Testbed {
     // Field order is drop order: hosts before the underlay that carries etcd.
     pub hosts: Vec<Netns>,
     pub etcd: Etcd,
     pub underlay: Netns,
+    pub kind: Underlay,
 }
 
 impl Testbed {
     pub fn new(hosts: usize) -> Result<Self> {
+        Self::with_underlay(hosts, Underlay::Passthrough)
+    }
+
+    pub fn with_underlay(hosts: usize, kind: Underlay) -> Result<Self> {
         let underlay = Netns::new("ul")?;
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
         underlay.ip(&["addr", "add", "192.168.64.1/24", "dev", "br0"])?;
@@ -38,6 +64,7 @@ impl Testbed {
             hosts: Vec::new(),
             etcd,
             underlay,
+            kind,
         };
         for _ in 0..hosts {
             bed.add_host()?;
@@ -51,13 +78,52 @@ impl Testbed {
         let host = Netns::new(&format!("h{index}"))?;
         let port = format!("p{index}");
         let addr = format!("{}/24", Self::host_ip(index));
-        link(&host, "eth0", &addr, &self.underlay, &port, "0.0.0.0/32")?;
+        match self.kind {
+            Underlay::Passthrough => {
+                link(&host, "eth0", &addr, &self.underlay, &port, "0.0.0.0/32")?
+            }
+            Underlay::NicLike => nic_like_link(&host, &addr, &self.underlay, &port)?,
+        }
         self.underlay.ip(&["addr", "flush", "dev", &port])?;
         self.underlay.ip(&["link", "set", &port, "master", "br0"])?;
         host.ip(&["route", "add", "default", "via", "192.168.64.1"])?;
         host.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         self.hosts.push(host);
         Ok(index)
+    }
+
+    /// Runs host `index`'s receive processing on `cpu`, as if each host had CPUs of its own:
+    /// on the NIC-like underlay, its eth0's NAPI (GRO and all that follows) in threads pinned
+    /// there, as a NIC interrupts its own host; on the passthrough one, RPS to that CPU.
+    pub fn receive_on(&self, index: usize, cpu: usize) -> Result<()> {
+        let host = &self.hosts[index];
+        match self.kind {
+            Underlay::NicLike => {
+                let before = napi_threads()?;
+                host.exec("sh", &["-c", "echo 1 > /sys/class/net/eth0/threaded"])?;
+                let new: Vec<u32> = napi_threads()?
+                    .into_iter()
+                    .filter(|pid| !before.contains(pid))
+                    .collect();
+                if new.is_empty() {
+                    anyhow::bail!("no NAPI thread appeared for {}'s eth0", host.name);
+                }
+                for pid in new {
+                    crate::netns::run("taskset", &["-pc", &cpu.to_string(), &pid.to_string()])?;
+                }
+            }
+            Underlay::Passthrough => {
+                let mask = format!("{:x}", 1u64 << cpu);
+                host.exec(
+                    "sh",
+                    &[
+                        "-c",
+                        &format!("for q in /sys/class/net/eth0/queues/rx-*; do echo {mask} > $q/rps_cpus; done"),
+                    ],
+                )?;
+            }
+        }
+        Ok(())
     }
 
     pub fn host_ip(index: usize) -> Ipv4Addr {
@@ -129,7 +195,16 @@ impl Testbed {
         config: &str,
         flags: &[&[&str]],
     ) -> Result<(Testbed, Vec<Agent>, Vec<Container>)> {
-        let bed = Testbed::new(flags.len())?;
+        Self::cluster_on(Underlay::Passthrough, config, flags)
+    }
+
+    /// `cluster`, on the given underlay.
+    pub fn cluster_on(
+        kind: Underlay,
+        config: &str,
+        flags: &[&[&str]],
+    ) -> Result<(Testbed, Vec<Agent>, Vec<Container>)> {
+        let bed = Testbed::with_underlay(flags.len(), kind)?;
         bed.put_config(config)?;
         let mut agents = Vec::new();
         let mut containers = Vec::new();
@@ -153,6 +228,53 @@ impl Testbed {
     }
 }
 
+/// `eth0` in `host` (at `addr`) to `port` in `underlay`, NIC-like (see [`Underlay::NicLike`]).
+/// The host's end segments what it sends (no TSO or GSO) and runs GRO on what it receives;
+/// the underlay's end is the switch: it passes frames as they are, and sends nothing that
+/// veth would hand over unsegmented (a veth merges with GRO only what comes from a peer
+/// without TSO).
+fn nic_like_link(host: &Netns, addr: &str, underlay: &Netns, port: &str) -> Result<()> {
+    let queues = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    let q = ["numtxqueues", &queues, "numrxqueues", &queues];
+    host.ip(&[
+        &["link", "add", "eth0"][..],
+        &q,
+        &["type", "veth", "peer", "name", port],
+        &q,
+        &["netns", &underlay.name],
+    ]
+    .concat())?;
+    host.exec(
+        "ethtool",
+        &["-K", "eth0", "tso", "off", "gso", "off", "gro", "on"],
+    )?;
+    underlay.exec(
+        "ethtool",
+        &["-K", port, "tso", "off", "gso", "off", "gro", "off"],
+    )?;
+    host.ip(&["addr", "add", addr, "dev", "eth0"])?;
+    host.ip(&["link", "set", "eth0", "up"])?;
+    underlay.ip(&["link", "set", port, "up"])?;
+    Ok(())
+}
+
+/// The kernel's threaded-NAPI workers (`napi/<dev>-<id>`) by PID.
+fn napi_threads() -> Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("napi/") {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
 /// Waits until every container reaches every other (each pair within `timeout`).
 pub fn all_reach_all(containers: &[Container], timeout: Duration) -> Result<()> {
     for from in containers {
@@ -170,6 +292,16 @@ pub struct Container {
 }
 
 impl Container {
+    /// A UDP socket on `port` in the container; a receive gives up after 2 s, for tests that
+    /// show a packet does not arrive.
+    pub fn udp_listener(&self, port: u16) -> Result<std::net::UdpSocket> {
+        let socket = self
+            .ns
+            .enter(|| std::net::UdpSocket::bind((self.ip, port)))??;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        Ok(socket)
+    }
+
     pub fn ping(&self, to: Ipv4Addr) -> Result<String> {
         self.ns
             .exec("ping", &["-c", "1", "-W", "2", &to.to_string()])

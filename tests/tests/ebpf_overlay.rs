@@ -337,14 +337,7 @@ fn a_strangers_vxlan_packet_reaches_no_container() {
         .unwrap()
         .parse::<flannel_agent::lease::Mac>()
         .unwrap();
-    let listener = containers[1]
-        .ns
-        .enter(|| std::net::UdpSocket::bind((containers[1].ip, 7777)))
-        .unwrap()
-        .unwrap();
-    listener
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    let listener = containers[1].udp_listener(7777).unwrap();
     let inner_ip = flannel_tests::packet::ipv4(
         std::net::Ipv4Addr::new(10, 1, 66, 6),
         containers[1].ip,

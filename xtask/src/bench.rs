@@ -8,33 +8,39 @@ use anyhow::{bail, Context, Result};
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
-    testbed::{lease_key, Container, Testbed},
+    testbed::{lease_key, Container, Testbed, Underlay},
 };
 use serde_json::json;
 
 use crate::{chart, scale, workspace_root};
 
-#[derive(Clone, Copy, PartialEq)]
-enum Row {
+/// A datapath as the bench runs it, for `--row`.
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum Row {
     /// Plain routing between the hosts: the no-overlay limit.
     HostGw,
     /// flannel's vxlan backend: the kernel's vxlan device (`--datapath=classic`).
     KernelVxlan,
+    /// flannel's udp backend: the TUN device and a userspace loop (`--datapath=classic`).
+    TunUdp,
+    /// vxlan on eBPF, the default: TC decap, with the GRO device.
     EbpfVxlan,
     /// `--bpf-decap=xdp`.
     EbpfVxlanXdp,
+    /// udp on eBPF, the default: XDP decap.
     EbpfUdp,
-    /// flannel's udp backend: the TUN device and a userspace loop (`--datapath=classic`).
-    TunUdp,
+    /// `--bpf-decap=tc`.
+    EbpfUdpTc,
 }
 
-const ROWS: [Row; 6] = [
+const ROWS: [Row; 7] = [
     Row::HostGw,
     Row::KernelVxlan,
     Row::TunUdp,
     Row::EbpfVxlan,
     Row::EbpfVxlanXdp,
     Row::EbpfUdp,
+    Row::EbpfUdpTc,
 ];
 
 impl Row {
@@ -42,12 +48,64 @@ impl Row {
         match self {
             Row::HostGw => "host-gw (plain routing)",
             Row::KernelVxlan => "vxlan, kernel device",
-            Row::EbpfVxlan => "vxlan, eBPF (TC decap)",
+            Row::EbpfVxlan => "vxlan, eBPF (default: TC decap + GRO device)",
             Row::EbpfVxlanXdp => "vxlan, eBPF (XDP decap)",
-            Row::EbpfUdp => "udp, eBPF",
+            Row::EbpfUdp => "udp, eBPF (default: XDP decap)",
+            Row::EbpfUdpTc => "udp, eBPF (TC decap)",
             Row::TunUdp => "udp, TUN loop",
         }
     }
+
+    /// The backend type and flanneld's flags for this row.
+    fn setup(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Row::HostGw => ("host-gw", &[]),
+            Row::KernelVxlan => ("vxlan", &["--datapath=classic"]),
+            Row::TunUdp => ("udp", &["--datapath=classic"]),
+            Row::EbpfVxlan => ("vxlan", &[]),
+            Row::EbpfVxlanXdp => ("vxlan", &["--bpf-decap=xdp"]),
+            Row::EbpfUdp => ("udp", &[]),
+            Row::EbpfUdpTc => ("udp", &["--bpf-decap=tc"]),
+        }
+    }
+
+    fn ebpf(self) -> bool {
+        matches!(
+            self,
+            Row::EbpfVxlan | Row::EbpfVxlanXdp | Row::EbpfUdp | Row::EbpfUdpTc
+        )
+    }
+}
+
+/// The underlay to measure on, for `--underlay`.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum UnderlayArg {
+    /// NIC-like: segmentation on send, GRO on receive, one queue per CPU.
+    Nic,
+    /// veth passthrough: 64 KB GSO packets cross whole (an upper bound).
+    Veth,
+}
+
+impl UnderlayArg {
+    fn underlay(self) -> Underlay {
+        match self {
+            UnderlayArg::Nic => Underlay::NicLike,
+            UnderlayArg::Veth => Underlay::Passthrough,
+        }
+    }
+}
+
+/// What `cargo xtask bench` was asked to run.
+pub struct Options {
+    pub quick: bool,
+    pub only: Option<Part>,
+    /// The containers' TCP congestion control; the machine's by default.
+    pub tcp_cc: Option<String>,
+    /// One underlay; by default a full run measures both (NIC-like first), `--quick` the
+    /// NIC-like one.
+    pub underlay: Option<UnderlayArg>,
+    /// Only these rows; all when empty.
+    pub rows: Vec<Row>,
 }
 
 /// One measurement of one row.
@@ -57,8 +115,11 @@ struct Sample {
     tcp_4: f64,
     lat_p50: f64,
     lat_p99: f64,
-    /// CPU busy (all cores, % of one core) per Gbit/s during the 1-stream run.
+    /// CPU busy (% of one core) per Gbit/s during the 1-stream run: all cores, the sending
+    /// host's CPU and the receiving host's.
     cpu_per_gbit: f64,
+    cpu_tx_per_gbit: f64,
+    cpu_rx_per_gbit: f64,
     udp_kpps: f64,
     rss_mib: f64,
     converge_ms: f64,
@@ -67,12 +128,14 @@ struct Sample {
 /// A measure's name and how to read it from a sample.
 pub type Metric<S> = (&'static str, fn(&S) -> f64);
 
-const METRICS: [Metric<Sample>; 8] = [
+const METRICS: [Metric<Sample>; 10] = [
     ("TCP 1 stream Gbit/s", |s| s.tcp_1),
     ("TCP 4 streams Gbit/s", |s| s.tcp_4),
     ("TCP RR p50 us (RTT/2)", |s| s.lat_p50),
     ("TCP RR p99 us (RTT/2)", |s| s.lat_p99),
     ("CPU % per Gbit/s", |s| s.cpu_per_gbit),
+    ("sender CPU % per Gbit/s", |s| s.cpu_tx_per_gbit),
+    ("receiver CPU % per Gbit/s", |s| s.cpu_rx_per_gbit),
     ("UDP 64 B kpps", |s| s.udp_kpps),
     ("agent RSS MiB", |s| s.rss_mib),
     ("lease put to first packet ms", |s| s.converge_ms),
@@ -87,16 +150,37 @@ pub enum Part {
     Scale,
 }
 
-/// `tcp_cc`: the containers' TCP congestion control, by default the machine's.
-pub fn run(quick: bool, only: Option<Part>, tcp_cc: Option<&str>) -> Result<()> {
+/// The samples of every row measured on one underlay.
+struct UnderlayRun {
+    underlay: Underlay,
+    rows: Vec<(Row, Vec<Sample>)>,
+}
+
+pub fn run(options: &Options) -> Result<()> {
     // Measure the code users run: a release build.
     std::env::set_var("FLANNELD_BUILD_RELEASE", "1");
     flannel_tests::agent::flanneld();
-    let cc = congestion_control(tcp_cc)?;
+    let cc = congestion_control(options.tcp_cc.as_deref())?;
+    let quick = options.quick;
     let (rounds, seconds, changes) = if quick { (1, 2, 50) } else { (3, 5, 200) };
-    let runs = |part| only.is_none_or(|only| only == part);
-    let mut datapath: Vec<Vec<Sample>> =
-        vec![Vec::new(); if runs(Part::Datapath) { ROWS.len() } else { 0 }];
+    let runs = |part| options.only.is_none_or(|only| only == part);
+    let underlays = match options.underlay {
+        Some(one) => vec![one.underlay()],
+        None if quick => vec![Underlay::NicLike],
+        None => vec![Underlay::NicLike, Underlay::Passthrough],
+    };
+    let rows: Vec<Row> = ROWS
+        .into_iter()
+        .filter(|row| options.rows.is_empty() || options.rows.contains(row))
+        .collect();
+    let mut datapath: Vec<UnderlayRun> = underlays
+        .iter()
+        .filter(|_| runs(Part::Datapath))
+        .map(|&underlay| UnderlayRun {
+            underlay,
+            rows: rows.iter().map(|&row| (row, Vec::new())).collect(),
+        })
+        .collect();
     let mut scale: Vec<Vec<scale::Sample>> = vec![
         Vec::new();
         if runs(Part::Scale) {
@@ -106,11 +190,14 @@ pub fn run(quick: bool, only: Option<Part>, tcp_cc: Option<&str>) -> Result<()> 
         }
     ];
     for round in 1..=rounds {
-        for (row, samples) in ROWS.iter().zip(&mut datapath) {
-            eprintln!("round {round}/{rounds}: {}", row.name());
-            let sample =
-                measure(*row, seconds, &cc).with_context(|| format!("bench row {}", row.name()))?;
-            samples.push(sample);
+        for run in &mut datapath {
+            for (row, samples) in &mut run.rows {
+                let what = format!("{}, {} underlay", row.name(), run.underlay.name());
+                eprintln!("round {round}/{rounds}: {what}");
+                let sample = measure(*row, run.underlay, seconds, &cc)
+                    .with_context(|| format!("bench row {what}"))?;
+                samples.push(sample);
+            }
         }
         for (leases, samples) in scale::SIZES.iter().zip(&mut scale) {
             eprintln!("round {round}/{rounds}: control plane with {leases} leases");
@@ -158,35 +245,36 @@ fn congestion_control(chosen: Option<&str>) -> Result<String> {
     Ok(chosen.to_owned())
 }
 
-/// Builds a fresh testbed for `row`, checks that it carries traffic, and measures it.
-fn measure(row: Row, seconds: u32, cc: &str) -> Result<Sample> {
-    let (config, flags): (&str, &[&str]) = match row {
-        Row::HostGw => ("host-gw", &[]),
-        Row::KernelVxlan => ("vxlan", &["--datapath=classic"]),
-        Row::TunUdp => ("udp", &["--datapath=classic"]),
-        Row::EbpfVxlan => ("vxlan", &[]),
-        Row::EbpfVxlanXdp => ("vxlan", &["--bpf-decap=xdp"]),
-        Row::EbpfUdp => ("udp", &[]),
-    };
+/// Builds a fresh testbed for `row` on `underlay`, checks that it carries traffic, and
+/// measures it.
+fn measure(row: Row, underlay: Underlay, seconds: u32, cc: &str) -> Result<Sample> {
+    let (config, flags) = row.setup();
     // The agents resync every second so the fast path learns the containers quickly.
     let flags = [&["--iptables-resync=1"], flags].concat();
     let config = format!(r#"{{"Network": "10.1.0.0/16", "Backend": {{"Type": "{config}"}}}}"#);
-    let (bed, mut agents, containers) = Testbed::cluster(&config, &[&flags, &flags])?;
+    let (bed, mut agents, containers) = Testbed::cluster_on(underlay, &config, &[&flags, &flags])?;
     let (client, server) = (&containers[0], &containers[1]);
+    // Each host receives on its measuring program's CPU, as if on a machine of its own.
+    bed.receive_on(0, CLIENT_CPU)?;
+    bed.receive_on(1, server_cpu())?;
     // A row that can't pass traffic fails the bench; it never gets a number.
     wait_for("the row to pass traffic", Duration::from_secs(20), || {
         client.ping(server.ip).is_ok()
     })?;
     // The eBPF rows: measure once the fast path knows the containers.
-    let ebpf = matches!(row, Row::EbpfVxlan | Row::EbpfVxlanXdp | Row::EbpfUdp);
-    for agent in agents.iter().filter(|_| ebpf) {
+    for agent in agents.iter().filter(|_| row.ebpf()) {
         wait_for("the fast path endpoints", Duration::from_secs(20), || {
             agent.log().contains("fast path endpoints updated")
         })?;
     }
     let (busy, started) = (cpu_busy_seconds()?, std::time::Instant::now());
     let tcp_1 = iperf(client, server, 1, seconds, cc)?;
-    let cores_busy = (cpu_busy_seconds()? - busy) / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64();
+    let busy: Vec<f64> = cpu_busy_seconds()?
+        .iter()
+        .zip(&busy)
+        .map(|(after, before)| (after - before) / elapsed * 100.0 / tcp_1)
+        .collect();
     let tcp_4 = iperf(client, server, 4, seconds, cc)?;
     let (lat_p50, lat_p99) = sockperf(client, server, seconds)?;
     let udp_kpps = udp_rate(client, server, seconds)?;
@@ -197,7 +285,9 @@ fn measure(row: Row, seconds: u32, cc: &str) -> Result<Sample> {
         tcp_4,
         lat_p50,
         lat_p99,
-        cpu_per_gbit: cores_busy * 100.0 / tcp_1,
+        cpu_per_gbit: busy.iter().sum(),
+        cpu_tx_per_gbit: busy[CLIENT_CPU],
+        cpu_rx_per_gbit: busy[server_cpu()],
         udp_kpps,
         rss_mib: rss as f64 / agents.len() as f64 / 1024.0,
         converge_ms,
@@ -295,10 +385,9 @@ fn iperf(
 /// One iperf3 run from `client` to a one-off server in `server`, each on its CPU, with the
 /// client's `args`: its JSON report.
 fn iperf3(client: &Container, server: &Container, args: &[&str]) -> Result<serde_json::Value> {
-    let server_cpu = server_cpu();
     server.ns.exec(
         "taskset",
-        &pinned(&server_cpu, "iperf3", &["-s", "-D", "-1"]),
+        &pinned(&server_cpu().to_string(), "iperf3", &["-s", "-D", "-1"]),
     )?;
     let ip = server.ip.to_string();
     let args = [&["-c", &ip, "-J"][..], args].concat();
@@ -306,7 +395,7 @@ fn iperf3(client: &Container, server: &Container, args: &[&str]) -> Result<serde
     wait_for("iperf3 to connect", Duration::from_secs(10), || {
         out = client
             .ns
-            .exec("taskset", &pinned(CLIENT_CPU, "iperf3", &args))
+            .exec("taskset", &pinned(&CLIENT_CPU.to_string(), "iperf3", &args))
             .ok();
         out.is_some()
     })?;
@@ -315,11 +404,10 @@ fn iperf3(client: &Container, server: &Container, args: &[&str]) -> Result<serde
 
 /// The client's CPU. Its server runs on the last CPU, as if on another host: left to the
 /// scheduler, both sometimes share a CPU and a single stream's rate changes by half.
-const CLIENT_CPU: &str = "0";
+const CLIENT_CPU: usize = 0;
 
-fn server_cpu() -> String {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores - 1).to_string()
+fn server_cpu() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
 }
 
 /// `taskset` arguments that run `program args` on `cpu`.
@@ -327,22 +415,29 @@ fn pinned<'a>(cpu: &'a str, program: &'a str, args: &[&'a str]) -> Vec<&'a str> 
     [&["-c", cpu, program][..], args].concat()
 }
 
-/// CPU time spent busy on all cores since boot, from /proc/stat, in seconds.
-fn cpu_busy_seconds() -> Result<f64> {
-    let stat = fs::read_to_string("/proc/stat")?;
-    let fields: Vec<f64> = stat
-        .lines()
-        .next()
-        .context("empty /proc/stat")?
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    // user nice system idle iowait irq softirq steal ...: everything but idle and iowait.
-    let busy: f64 = fields.iter().take(8).sum::<f64>() - fields[3] - fields[4];
+/// CPU time spent busy since boot, per CPU, from /proc/stat, in seconds.
+fn cpu_busy_seconds() -> Result<Vec<f64>> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(busy / ticks)
+    let stat = fs::read_to_string("/proc/stat")?;
+    let per_cpu = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit));
+    let busy: Vec<f64> = per_cpu
+        .map(|line| {
+            let fields: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .map(|f| f.parse().unwrap_or(0.0))
+                .collect();
+            // user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+            (fields.iter().take(8).sum::<f64>() - fields[3] - fields[4]) / ticks
+        })
+        .collect();
+    if busy.len() <= server_cpu() {
+        bail!("/proc/stat lists {} CPUs", busy.len());
+    }
+    Ok(busy)
 }
 
 /// 64-byte UDP datagrams as fast as iperf3 sends them: thousands received per second.
@@ -370,7 +465,7 @@ fn sockperf(client: &Container, server: &Container, seconds: u32) -> Result<(f64
             &server.ns.name,
             "taskset",
             "-c",
-            &server_cpu(),
+            &server_cpu().to_string(),
             "sockperf",
             "server",
             "--tcp",
@@ -391,7 +486,7 @@ fn sockperf(client: &Container, server: &Container, seconds: u32) -> Result<(f64
             .exec(
                 "taskset",
                 &pinned(
-                    CLIENT_CPU,
+                    &CLIENT_CPU.to_string(),
                     "sockperf",
                     &[
                         "ping-pong",
@@ -521,12 +616,12 @@ const CHARTS: [(&str, usize, &str, &str); 3] = [
 struct Report {
     markdown: String,
     json: serde_json::Value,
-    charts: Vec<(&'static str, String)>,
+    charts: Vec<(String, String)>,
 }
 
 /// The report of a run; `datapath` (per row) or `scale` (per size) is empty when not run.
 fn report(
-    datapath: &[Vec<Sample>],
+    datapath: &[UnderlayRun],
     scale: &[Vec<scale::Sample>],
     rounds: u32,
     seconds: u32,
@@ -556,7 +651,11 @@ fn report(
     let mut charts = Vec::new();
     if !datapath.is_empty() {
         json["seconds"] = json!(seconds);
-        json["rows"] = datapath_section(&mut md, datapath, seconds, &mut charts)?;
+        let sections = datapath
+            .iter()
+            .map(|run| datapath_section(&mut md, run, seconds, &mut charts))
+            .collect::<Result<Vec<_>>>()?;
+        json["underlays"] = json!(sections);
     }
     if !scale.is_empty() {
         json["changes"] = json!(changes);
@@ -591,35 +690,59 @@ fn tool_versions() -> Vec<String> {
     .collect()
 }
 
-/// The datapath rows with their ratios and charts; returns the rows as JSON.
+/// What each underlay is, for the report.
+fn underlay_text(underlay: Underlay) -> &'static str {
+    match underlay {
+        Underlay::NicLike => {
+            "What a real NIC does: the sending host segments every GSO packet into MTU-sized \
+             frames (its underlay link has TSO and GSO off, as a NIC without tunnel offload), \
+             and the receiving host merges them again with GRO; each link has one queue per \
+             CPU, as a multi-queue NIC with RSS spreads flows (the 4-stream measure). These are \
+             the numbers users' hosts give."
+        }
+        Underlay::Passthrough => {
+            "A plain veth underlay hands the sender's 64 KB GSO packets to the receiver \
+             whole, which no NIC does: an upper bound, not what users' hosts give."
+        }
+    }
+}
+
+/// One underlay's datapath rows with their ratios and charts; returns them as JSON.
 fn datapath_section(
     md: &mut String,
-    samples: &[Vec<Sample>],
+    run: &UnderlayRun,
     seconds: u32,
-    charts: &mut Vec<(&'static str, String)>,
+    charts: &mut Vec<(String, String)>,
 ) -> Result<serde_json::Value> {
+    let underlay = run.underlay.name();
     writeln!(
         md,
-        "## Datapaths\n\nTwo hosts in network namespaces on a veth underlay (MTU 1500), one \
-         container each, container to container; {seconds} s per measure. The measuring \
-         clients run on CPU 0 and their servers on the last CPU, as on two hosts.\n"
+        "## Datapaths, {underlay} underlay\n\n{} Two hosts in network namespaces (MTU 1500), \
+         one container each, container to container; {seconds} s per measure. The measuring \
+         clients run on CPU 0 and their servers on the last CPU, and each host receives on \
+         its program's CPU (its underlay NAPI, or RPS), as on two machines: the sender's and \
+         the receiver's CPU are measured apart.\n",
+        underlay_text(run.underlay)
     )?;
-    let rows: Vec<(String, &[Sample])> = ROWS
+    let rows: Vec<(String, &[Sample])> = run
+        .rows
         .iter()
-        .zip(samples)
         .map(|(row, s)| (row.name().to_owned(), s.as_slice()))
         .collect();
     let (stats, json_rows) = stats_table(md, &rows, &METRICS)?;
-    // Ratios against flannel's two tunnelling backends, from this same run.
-    for baseline in [Row::KernelVxlan, Row::TunUdp] {
-        let base = &stats[ROWS.iter().position(|r| *r == baseline).unwrap()];
+    // Ratios against plain routing and flannel's two tunnelling backends, from this same run.
+    for baseline in [Row::KernelVxlan, Row::TunUdp, Row::HostGw] {
+        let Some(base) = run.rows.iter().position(|(r, _)| *r == baseline) else {
+            continue;
+        };
+        let base = &stats[base];
         writeln!(
             md,
             "\nRatios to {} (higher is better for throughput and rate; lower for latency, CPU and memory):\n",
             baseline.name()
         )?;
         table_header(md, &METRICS)?;
-        for (row, row_stats) in ROWS.iter().zip(&stats) {
+        for ((row, _), row_stats) in run.rows.iter().zip(&stats) {
             write!(md, "| {} |", row.name())?;
             for (value, base) in row_stats.iter().zip(base) {
                 write!(md, " {:.2}x |", value.median / base.median)?;
@@ -628,21 +751,28 @@ fn datapath_section(
         }
     }
     writeln!(md)?;
+    let prefix = match run.underlay {
+        Underlay::NicLike => "nic",
+        Underlay::Passthrough => "veth",
+    };
     for (file, m, title, unit) in CHARTS {
-        let bars: Vec<chart::Bar> = ROWS
+        let bars: Vec<chart::Bar> = run
+            .rows
             .iter()
             .zip(&stats)
-            .map(|(row, row_stats)| chart::Bar {
+            .map(|((row, _), row_stats)| chart::Bar {
                 label: row.name(),
                 median: row_stats[m].median,
                 min: row_stats[m].min,
                 max: row_stats[m].max,
             })
             .collect();
-        charts.push((file, chart::svg(title, unit, &bars)));
+        let title = format!("{title}, {underlay} underlay");
+        let file = format!("{prefix}-{file}");
+        charts.push((file.clone(), chart::svg(&title, unit, &bars)));
         writeln!(md, "![{title}]({file})")?;
     }
-    Ok(json!(json_rows))
+    Ok(json!({"underlay": underlay, "rows": json_rows}))
 }
 
 /// The control-plane rows, one per lease count; returns them as JSON.

@@ -64,6 +64,13 @@ enum Task {
         /// The containers' TCP congestion control (cubic, bbr, ...); the machine's by default.
         #[arg(long)]
         tcp_cc: Option<String>,
+        /// Measure on this underlay only; a full run measures both (NIC-like first), --quick
+        /// the NIC-like one.
+        #[arg(long, value_enum)]
+        underlay: Option<bench::UnderlayArg>,
+        /// Measure only this datapath row (repeatable); all rows by default.
+        #[arg(long = "row", value_enum)]
+        rows: Vec<bench::Row>,
     },
 }
 
@@ -89,9 +96,17 @@ fn main() -> Result<()> {
             quick,
             only,
             tcp_cc,
+            underlay,
+            rows,
         } => {
             setup::run()?;
-            bench::run(quick, only, tcp_cc.as_deref())
+            bench::run(&bench::Options {
+                quick,
+                only,
+                tcp_cc,
+                underlay,
+                rows,
+            })
         }
     }
 }

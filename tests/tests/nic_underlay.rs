@@ -1,0 +1,215 @@
+//! The eBPF datapath on the NIC-like underlay (the sender segments, the receiver merges with
+//! GRO, as real NICs do): bulk TCP arrives byte for byte in each decap mode and wire format,
+//! also through a container that routes on to another; and the GRO device that lets the NIC
+//! merge our vxlan frames behaves.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use flannel_tests::{
+    agent::Agent,
+    bulk::verified_transfer,
+    netns::Bpffs,
+    require_root,
+    testbed::{self, Container, Testbed, Underlay},
+};
+
+const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+const UDP: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "udp"}}"#;
+const READY: Duration = Duration::from_secs(20);
+const BYTES: usize = 64 << 20;
+
+/// Two hosts on the NIC-like underlay, each agent with `flags`, one container each.
+fn cluster(config: &str, flags: &[&str]) -> (Testbed, Vec<Agent>, Vec<Container>) {
+    require_root();
+    let (bed, agents, containers) =
+        Testbed::cluster_on(Underlay::NicLike, config, &[flags, flags]).unwrap();
+    testbed::all_reach_all(&containers, READY).unwrap();
+    (bed, agents, containers)
+}
+
+fn at(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+/// `router` forwards TCP `port` on its own address to `to`, masquerading, as a proxy or load
+/// balancer container does.
+fn forward_port(router: &Container, port: u16, to: Ipv4Addr) {
+    let port = port.to_string();
+    let dest = format!("{to}:{port}");
+    router
+        .ns
+        .exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    for rule in [
+        &[
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &dest,
+        ][..],
+        &[
+            "POSTROUTING",
+            "-p",
+            "tcp",
+            "-d",
+            &to.to_string(),
+            "-j",
+            "MASQUERADE",
+        ],
+    ] {
+        let args = [&["-t", "nat", "-A"][..], rule].concat();
+        router.ns.exec("iptables", &args).unwrap();
+    }
+}
+
+/// Container A on host 0 and R on host 1 exchange 64 MiB each way; then R forwards to C, a
+/// second container on host 0, and A and C exchange 64 MiB each way through R: what host 1
+/// decapsulated (GRO aggregates included) goes out through the tunnel again.
+fn bulk_transfers_arrive_intact(config: &str, decap: &str) {
+    let (bed, agents, containers) = cluster(config, &[decap, "--healthz-port=8471"]);
+    let (a, r) = (&containers[0], &containers[1]);
+    verified_transfer(&r.ns, at(r.ip, 5001), &a.ns, at(r.ip, 5001), BYTES).unwrap();
+    verified_transfer(&a.ns, at(a.ip, 5002), &r.ns, at(a.ip, 5002), BYTES).unwrap();
+
+    let c = bed.add_docker_container(0, &agents[0], 3).unwrap();
+    forward_port(r, 6001, c.ip);
+    forward_port(r, 6002, a.ip);
+    verified_transfer(&c.ns, at(c.ip, 6001), &a.ns, at(r.ip, 6001), BYTES).unwrap();
+    verified_transfer(&a.ns, at(a.ip, 6002), &c.ns, at(r.ip, 6002), BYTES).unwrap();
+    for host in &bed.hosts {
+        let dropped = metric(host, 8471, r#"flannel_drops_total{reason="encap_failed"}"#);
+        assert_eq!(dropped, 0.0, "packets the programs could not encapsulate");
+    }
+}
+
+#[test]
+fn vxlan_bulk_tcp_is_intact_with_tc_decap() {
+    bulk_transfers_arrive_intact(VXLAN, "--bpf-decap=tc");
+}
+
+#[test]
+fn vxlan_bulk_tcp_is_intact_with_xdp_decap() {
+    bulk_transfers_arrive_intact(VXLAN, "--bpf-decap=xdp");
+}
+
+#[test]
+fn udp_bulk_tcp_is_intact_with_tc_decap() {
+    bulk_transfers_arrive_intact(UDP, "--bpf-decap=tc");
+}
+
+#[test]
+fn udp_bulk_tcp_is_intact_with_xdp_decap() {
+    bulk_transfers_arrive_intact(UDP, "--bpf-decap=xdp");
+}
+
+/// The value of the first sample of `name` (with its labels, if it has them) in `host`'s
+/// `/metrics`.
+fn metric(host: &flannel_tests::netns::Netns, port: u16, name: &str) -> f64 {
+    let text = host
+        .exec("curl", &["-s", &format!("http://127.0.0.1:{port}/metrics")])
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name) && !l[name.len()..].starts_with('_'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[test]
+fn gro_merges_vxlan_frames_before_tc_decap_and_its_device_follows_the_agent() {
+    require_root();
+    let bpffs = Bpffs::mount().unwrap();
+    let pins = format!("--bpf-pin-dir={}", bpffs.path().join("flannel").display());
+    let (bed, mut agents, containers) = cluster(VXLAN, &[&pins, "--healthz-port=8471"]);
+    let host = &bed.hosts[1];
+    let details = host.ip(&["-d", "link", "show", "flannel-gro"]).unwrap();
+    assert!(
+        details.contains("vxlan external") && details.contains("dstport 8472"),
+        "{details}"
+    );
+    assert!(details.contains(",UP"), "{details}");
+    let forwarding = host
+        .exec("sysctl", &["-n", "net.ipv4.conf.flannel-gro.forwarding"])
+        .unwrap();
+    assert_eq!(forwarding.trim(), "0");
+
+    // What TC decapsulates are GRO aggregates, not wire frames.
+    let (a, b) = (&containers[0], &containers[1]);
+    verified_transfer(&b.ns, at(b.ip, 5001), &a.ns, at(b.ip, 5001), BYTES).unwrap();
+    let merged = metric(host, 8471, "flannel_peer_rx_bytes_total")
+        / metric(host, 8471, "flannel_peer_rx_packets_total");
+    assert!(merged > 3000.0, "{merged} bytes per decapsulated packet");
+
+    // A restart keeps the device (no moment without GRO).
+    let index = |h: &flannel_tests::netns::Netns| {
+        h.exec("cat", &["/sys/class/net/flannel-gro/ifindex"])
+            .unwrap()
+    };
+    let before = index(host);
+    agents[1].restart().unwrap();
+    agents[1].wait_ready(READY).unwrap();
+    assert_eq!(index(host), before, "the GRO device was recreated");
+
+    // XDP decap runs before GRO: no device; back to TC: the device again.
+    agents[1].terminate().unwrap();
+    let mut xdp = bed.agent(1, &[&pins, "--bpf-decap=xdp"]).unwrap();
+    xdp.wait_ready(READY).unwrap();
+    assert!(host.ip(&["link", "show", "flannel-gro"]).is_err());
+    xdp.terminate().unwrap();
+
+    agents[0].terminate().unwrap();
+    let mut cleanup = Agent::spawn(&bed.hosts[0], &["--cleanup", &pins]).unwrap();
+    let status = cleanup.wait_exit(READY).unwrap();
+    assert!(status.success(), "{}", cleanup.log());
+    assert!(bed.hosts[0].ip(&["link", "show", "flannel-gro"]).is_err());
+}
+
+/// With our filter gone (removed by hand), a peer's VXLAN packet for a container, which the
+/// GRO device's socket now gets, reaches no container: the device passes nothing on.
+#[test]
+fn the_gro_device_never_takes_a_packet_in() {
+    let (bed, _agents, containers) = cluster(VXLAN, &[]);
+    let host = &bed.hosts[1];
+    host.exec("tc", &["filter", "del", "dev", "eth0", "ingress"])
+        .unwrap();
+    let gro_mac = host
+        .exec("cat", &["/sys/class/net/flannel-gro/address"])
+        .unwrap()
+        .trim()
+        .parse::<flannel_agent::lease::Mac>()
+        .unwrap();
+    let listener = containers[1].udp_listener(7777).unwrap();
+    use flannel_tests::packet;
+    let inner_ip = packet::ipv4(
+        containers[0].ip,
+        containers[1].ip,
+        packet::IPPROTO_UDP,
+        &packet::udp(5555, 7777, b"through the GRO device"),
+    );
+    let inner = packet::ethernet(gro_mac.0, [2, 0, 0, 0, 0, 1], packet::ETH_P_IP, &inner_ip);
+    let payload = packet::vxlan(1, &inner);
+    // From host 0's own address, a current peer.
+    bed.hosts[0]
+        .enter(|| {
+            let socket = std::net::UdpSocket::bind((Testbed::host_ip(0), 0)).unwrap();
+            for _ in 0..3 {
+                socket
+                    .send_to(&payload, (Testbed::host_ip(1), 8472))
+                    .unwrap();
+            }
+        })
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        listener.recv(&mut buf).is_err(),
+        "the packet came in through the GRO device"
+    );
+}
