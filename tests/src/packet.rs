@@ -79,6 +79,13 @@ pub fn udp_frame(
 /// IPv4 UDP frame to `port`; the returned thread yields it (None after 5 s without one).
 /// The socket exists when this returns, so a frame sent afterwards is not missed.
 pub fn capture_udp(port: u16) -> std::thread::JoinHandle<Option<Vec<u8>>> {
+    let frames = capture_udp_frames(port, 1);
+    std::thread::spawn(move || frames.join().ok()?.pop())
+}
+
+/// `capture_udp` for the first `count` frames (fewer if 5 s pass without one). A GSO packet
+/// handed to a device whole is captured whole (up to 64 KiB).
+pub fn capture_udp_frames(port: u16, count: usize) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
     // SAFETY: plain socket calls on a socket this function owns.
     let fd = unsafe {
         libc::socket(
@@ -108,11 +115,12 @@ pub fn capture_udp(port: u16) -> std::thread::JoinHandle<Option<Vec<u8>>> {
     }
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65536];
-        let frame = loop {
+        let mut frames = Vec::new();
+        while frames.len() < count {
             // SAFETY: buf is valid for its length.
             let len = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
             if len < 0 {
-                break None;
+                break;
             }
             let frame = &buf[..len as usize];
             let is_match = frame.len() > 42
@@ -120,12 +128,12 @@ pub fn capture_udp(port: u16) -> std::thread::JoinHandle<Option<Vec<u8>>> {
                 && frame[23] == IPPROTO_UDP
                 && frame[36..38] == port.to_be_bytes();
             if is_match {
-                break Some(frame.to_vec());
+                frames.push(frame.to_vec());
             }
-        };
+        }
         // SAFETY: closing the fd this thread owns.
         unsafe { libc::close(fd) };
-        frame
+        frames
     })
 }
 

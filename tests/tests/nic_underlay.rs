@@ -213,3 +213,37 @@ fn the_gro_device_never_takes_a_packet_in() {
         "the packet came in through the GRO device"
     );
 }
+
+/// What the NIC is handed: where it segments tunnel packets itself (a veth as created, like a
+/// NIC with `tx-udp_tnl-segmentation`), our GSO packets whole; without that (the NIC-like
+/// underlay), frames of at most the MTU, segmented by the kernel. Both with a zero UDP
+/// checksum, legal over IPv4, as flannel's vxlan device sends, and DF set.
+#[test]
+fn the_nic_gets_whole_tunnel_gso_packets_only_if_it_segments_them() {
+    require_root();
+    for (underlay, whole) in [(Underlay::Passthrough, true), (Underlay::NicLike, false)] {
+        let (bed, _agents, containers) = Testbed::cluster_on(underlay, VXLAN, &[&[], &[]]).unwrap();
+        testbed::all_reach_all(&containers, READY).unwrap();
+        let capture = bed.hosts[0]
+            .enter(|| flannel_tests::packet::capture_udp_frames(8472, 400))
+            .unwrap();
+        let (a, b) = (&containers[0], &containers[1]);
+        verified_transfer(&b.ns, at(b.ip, 5001), &a.ns, at(b.ip, 5001), 16 << 20).unwrap();
+        let sent: Vec<Vec<u8>> = capture
+            .join()
+            .unwrap()
+            .into_iter()
+            .filter(|f| f[26..30] == Testbed::host_ip(0).octets())
+            .collect();
+        let largest = sent.iter().map(Vec::len).max().unwrap_or(0);
+        assert_eq!(
+            largest > 1514,
+            whole,
+            "{underlay:?}: largest frame {largest} bytes"
+        );
+        for frame in &sent {
+            assert_eq!(frame[40..42], [0, 0], "{underlay:?}: UDP checksum");
+            assert_eq!(frame[20] & 0x40, 0x40, "{underlay:?}: DF");
+        }
+    }
+}

@@ -697,12 +697,16 @@ fn underlay_text(underlay: Underlay) -> &'static str {
             "What a real NIC does: the sending host segments every GSO packet into MTU-sized \
              frames (its underlay link has TSO and GSO off, as a NIC without tunnel offload), \
              and the receiving host merges them again with GRO; each link has one queue per \
-             CPU, as a multi-queue NIC with RSS spreads flows (the 4-stream measure). These are \
-             the numbers users' hosts give."
+             CPU, as a multi-queue NIC with RSS spreads flows (the 4-stream measure). Each \
+             host's receive processing (its link's NAPI: GRO, decap, the container's stack) \
+             runs on its measuring program's CPU, as on two machines, so the sender's and the \
+             receiver's CPU are measured apart. These are the numbers users' hosts give."
         }
         Underlay::Passthrough => {
             "A plain veth underlay hands the sender's 64 KB GSO packets to the receiver \
-             whole, which no NIC does: an upper bound, not what users' hosts give."
+             whole, which no NIC does: an upper bound, not what users' hosts give. The \
+             receiving host's processing runs on the sender's CPU here (a veth delivers on the \
+             sending CPU), so the sender and receiver CPU columns split the work only roughly."
         }
     }
 }
@@ -719,9 +723,7 @@ fn datapath_section(
         md,
         "## Datapaths, {underlay} underlay\n\n{} Two hosts in network namespaces (MTU 1500), \
          one container each, container to container; {seconds} s per measure. The measuring \
-         clients run on CPU 0 and their servers on the last CPU, and each host receives on \
-         its program's CPU (its underlay NAPI, or RPS), as on two machines: the sender's and \
-         the receiver's CPU are measured apart.\n",
+         clients run on CPU 0 and their servers on the last CPU, as on two hosts.\n",
         underlay_text(run.underlay)
     )?;
     let rows: Vec<(String, &[Sample])> = run
