@@ -39,7 +39,9 @@ use crate::{
 
 const RETRY: Duration = Duration::from_secs(1);
 const RENEW_RETRY: Duration = Duration::from_secs(60);
-const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(30);
+/// At most this long between attempts to reopen the lease watch: it is back within 5 s of
+/// etcd answering again, however long the outage.
+const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(4);
 
 pub async fn run(args: Args) -> Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
@@ -211,6 +213,8 @@ impl Agent {
         } else {
             RETRY
         };
+        // A deadline, not a sleep: the loop's other events must not restart the wait.
+        let mut reconnect_at = Instant::now() + backoff;
         let mut watch = watch;
         // systemd's watchdog: ping at half the period it set.
         let mut watchdog = sd_notify::watchdog_enabled().map(|period| interval(period / 2));
@@ -224,18 +228,20 @@ impl Agent {
                 _ = sleep_until(self.lease_deadline()) => self.maintain_lease().await,
                 _ = resync.tick() => self.resync().await,
                 () = container_change(&mut containers) => self.reconcile_datapath().await,
-                input = next_watch_input(&mut watch, backoff) => match input {
+                input = next_watch_input(&mut watch, reconnect_at) => match input {
                     WatchInput::Reconnect => {
                         watch = self.open_watch().await;
                         backoff = match watch {
                             Some(_) => Duration::ZERO,
                             None => (backoff * 2).clamp(RETRY, MAX_WATCH_BACKOFF),
                         };
+                        reconnect_at = Instant::now() + backoff;
                     }
                     WatchInput::Ended(why) => {
                         warn!("the lease watch stopped ({why}); resuming");
                         self.counts.watch_restarts += 1;
                         watch = None;
+                        reconnect_at = Instant::now() + backoff;
                     }
                     WatchInput::Message(response) => {
                         if response.canceled() || response.compact_revision() > 0 {
@@ -244,6 +250,7 @@ impl Agent {
                                 "the watch fell behind a compaction; re-listing leases"
                             );
                             watch = None;
+                            reconnect_at = Instant::now();
                             if let Err(e) = self.relist().await {
                                 warn!("re-listing leases: {e:#}");
                             }
@@ -537,10 +544,10 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
-async fn next_watch_input(watch: &mut Option<WatchStream>, backoff: Duration) -> WatchInput {
+async fn next_watch_input(watch: &mut Option<WatchStream>, reconnect_at: Instant) -> WatchInput {
     match watch {
         None => {
-            sleep(backoff).await;
+            sleep_until(reconnect_at).await;
             WatchInput::Reconnect
         }
         Some(stream) => match stream.message().await {

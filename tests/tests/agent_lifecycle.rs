@@ -202,6 +202,31 @@ fn keeps_its_lease_and_peers_across_an_etcd_restart() {
     assert!(bed.etcd.get(&lease_key(&subnet)).unwrap().is_some());
 }
 
+/// etcd gone for longer than the watch's retry interval and the resync period: a lease put
+/// after it is back still reaches the agent within 5 s (the loop's resync once kept
+/// restarting the reconnect wait, so the agent never followed leases again).
+#[test]
+fn follows_leases_put_after_a_long_etcd_outage() {
+    require_root();
+    let mut bed = Testbed::new(1).unwrap();
+    bed.put_config(HOST_GW).unwrap();
+    let mut a = bed.agent(0, &["--iptables-resync=1"]).unwrap();
+    a.wait_ready(READY).unwrap();
+    bed.etcd.stop();
+    // The fault under test is the outage's length: backoff grows past the resync period.
+    std::thread::sleep(Duration::from_secs(8));
+    bed.etcd.resume().unwrap();
+    let value = r#"{"PublicIP":"192.168.64.200","PublicIPv6":null,"BackendType":"host-gw"}"#;
+    bed.etcd.put(&lease_key("10.1.200.0/24"), value).unwrap();
+    wait_for("the new peer's route", Duration::from_secs(5), || {
+        bed.hosts[0]
+            .ip(&["route"])
+            .unwrap()
+            .contains("10.1.200.0/24")
+    })
+    .unwrap();
+}
+
 #[test]
 fn a_watch_behind_a_compaction_relists_its_peers() {
     require_root();

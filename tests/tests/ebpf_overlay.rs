@@ -541,6 +541,10 @@ fn metrics_count_what_crosses_the_overlay() {
         before.contains(r#"flannel_datapath_info{datapath="eBPF"} 1"#),
         "{before}"
     );
+    assert!(
+        before.contains(r#"flannel_bpf_decap_info{decap="tc",gro="tunnel frames"} 1"#),
+        "{before}"
+    );
     for _ in 0..5 {
         containers[0].ping(containers[1].ip).unwrap();
     }
@@ -580,6 +584,8 @@ fn status_lists_every_peer_with_its_traffic() {
     assert_eq!(json["lease"]["subnet"], agents[0].subnet().unwrap());
     assert_eq!(json["network"], "10.1.0.0/16");
     assert_eq!(json["datapath"]["kind"], "eBPF");
+    assert_eq!(json["datapath"]["decap"], "tc");
+    assert_eq!(json["datapath"]["gro"], "tunnel frames");
     let attached = json["datapath"]["attached"].to_string();
     assert!(
         attached.contains("tc ingress on eth0") && attached.contains("tc ingress on cni0"),
@@ -599,4 +605,8 @@ fn status_lists_every_peer_with_its_traffic() {
         assert!(text.contains(&agent.subnet().unwrap()), "{text}");
     }
     assert!(text.contains("datapath:  eBPF"), "{text}");
+    assert!(
+        text.contains("decap:     tc, GRO merges tunnel frames first"),
+        "{text}"
+    );
 }

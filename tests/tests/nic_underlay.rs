@@ -247,3 +247,18 @@ fn the_nic_gets_whole_tunnel_gso_packets_only_if_it_segments_them() {
         }
     }
 }
+
+/// Each backend decapsulates where it measured fastest on NIC-like hosts: udp in XDP (nothing
+/// merges its frames before TC), vxlan in TC behind the GRO device.
+#[test]
+fn each_backend_defaults_to_its_fastest_decap() {
+    for (config, xdp, gro_device) in [(UDP, true, false), (VXLAN, false, true)] {
+        let (bed, _agents, _containers) = cluster(config, &[]);
+        for host in &bed.hosts {
+            let eth0 = host.ip(&["link", "show", "eth0"]).unwrap();
+            assert_eq!(eth0.contains("prog/xdp"), xdp, "{config}: {eth0}");
+            let gro = host.ip(&["link", "show", "flannel-gro"]).is_ok();
+            assert_eq!(gro, gro_device, "{config}: the GRO device");
+        }
+    }
+}

@@ -48,10 +48,10 @@ impl Row {
         match self {
             Row::HostGw => "host-gw (plain routing)",
             Row::KernelVxlan => "vxlan, kernel device",
-            Row::EbpfVxlan => "vxlan, eBPF (default: TC decap + GRO device)",
-            Row::EbpfVxlanXdp => "vxlan, eBPF (XDP decap)",
-            Row::EbpfUdp => "udp, eBPF (default: XDP decap)",
-            Row::EbpfUdpTc => "udp, eBPF (TC decap)",
+            Row::EbpfVxlan => "vxlan, eBPF TC (default)",
+            Row::EbpfVxlanXdp => "vxlan, eBPF XDP",
+            Row::EbpfUdp => "udp, eBPF XDP (default)",
+            Row::EbpfUdpTc => "udp, eBPF TC",
             Row::TunUdp => "udp, TUN loop",
         }
     }
