@@ -38,6 +38,7 @@ use crate::{
     endpoints::{self, ContainerEvents},
     gro_device,
     iface::{self, ExtIface},
+    kernel_vxlan,
     lease::{BackendAttrs, Mac},
     overlay_device,
     peers::{Peer, PeerEvent},
@@ -132,6 +133,9 @@ impl EbpfDatapath {
             .map_err(|e| Unsupported(format!("the kernel refused our programs: {e:#}")))?;
         let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
         tokio::spawn(connection);
+        if encap == Encap::Vxlan {
+            kernel_vxlan::remove_classic_device(&netlink, vni).await?;
+        }
         let mtu = nic.overlay_mtu(backend);
         let (overlay_index, vtep_mac) = ensure_overlay_device(&netlink, mtu).await?;
         info!(device = OVERLAY_DEV, mtu, vtep_mac = %vtep_mac, "overlay device");

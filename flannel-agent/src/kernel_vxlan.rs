@@ -175,6 +175,24 @@ impl KernelVxlan {
     }
 }
 
+/// The eBPF datapath takes over from the classic one on this host: a `flannel.<VNI>` left by
+/// it would hold the vxlan port (the GRO device could not come up) and its peer routes would
+/// shadow the overlay's. It goes, with its neighbours, fdb entries and routes.
+pub async fn remove_classic_device(netlink: &Handle, vni: u32) -> Result<()> {
+    let name = format!("flannel.{vni}");
+    let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
+        return Ok(());
+    };
+    netlink
+        .link()
+        .del(index)
+        .execute()
+        .await
+        .with_context(|| format!("deleting the classic datapath's {name}"))?;
+    info!(device = %name, "removed the classic datapath's vxlan device");
+    Ok(())
+}
+
 fn vtep_mac(peer: &Peer) -> Option<Mac> {
     match &peer.attrs.backend {
         BackendAttrs::Vxlan { vtep_mac, .. } => Some(*vtep_mac),

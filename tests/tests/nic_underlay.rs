@@ -262,3 +262,22 @@ fn each_backend_defaults_to_its_fastest_decap() {
         }
     }
 }
+
+/// A host moving from flannel's kernel vxlan (`--datapath=classic`) to ours: the classic
+/// device, which holds the vxlan port, makes way for the GRO device, and traffic flows.
+#[test]
+fn a_host_moves_from_the_classic_vxlan_device_to_ebpf() {
+    let (bed, mut agents, containers) = cluster(VXLAN, &["--datapath=classic"]);
+    let host = &bed.hosts[1];
+    agents[1].terminate().unwrap();
+    assert!(
+        host.ip(&["link", "show", "flannel.1"]).is_ok(),
+        "classic leaves its device"
+    );
+    let mut ebpf = bed.agent(1, &[]).unwrap();
+    ebpf.wait_ready(READY).unwrap();
+    assert!(host.ip(&["link", "show", "flannel.1"]).is_err());
+    let gro = host.ip(&["link", "show", "flannel-gro"]).unwrap();
+    assert!(gro.contains(",UP"), "{gro}");
+    testbed::all_reach_all(&containers, READY).unwrap();
+}
