@@ -48,7 +48,8 @@ pub enum Datapath {
 pub struct Args {
     /// etcd endpoints, comma separated
     #[arg(long, env = "FLANNELD_ETCD_ENDPOINTS", value_delimiter = ',', help_heading = FLANNEL,
-          default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379")]
+          default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379",
+          value_parser = etcd_endpoint)]
     pub etcd_endpoints: Vec<String>,
     /// etcd prefix
     #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = "/coreos.com/network", help_heading = FLANNEL)]
@@ -166,6 +167,37 @@ impl Args {
     }
 }
 
+/// An etcd endpoint as etcd's clients take it, `http://` or `https://` then a host and an
+/// optional port, refused at once otherwise (it would fail every connection, forever). An
+/// empty entry (a trailing comma) is left for the registry to skip.
+fn etcd_endpoint(text: &str) -> Result<String, String> {
+    let url = text.trim();
+    if url.is_empty() {
+        return Ok(String::new());
+    }
+    let want = "want http://host:port or https://host:port";
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("{url:?} is not a URL ({want})"));
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("{url:?}: scheme {scheme:?} ({want})"));
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    // A port follows the last colon, unless that colon is inside an IPv6 [address].
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority, None),
+    };
+    if host.is_empty() || host.contains(['/', '?', '#', '@']) {
+        return Err(format!("{url:?}: no host ({want})"));
+    }
+    if let Some(port) = port {
+        port.parse::<u16>()
+            .map_err(|_| format!("{url:?}: port {port:?} is not a number up to 65535"))?;
+    }
+    Ok(url.to_owned())
+}
+
 /// Turns Go's single-dash long flags (`-etcd-endpoints=...`) into clap's `--etcd-endpoints=...`.
 /// Single letters (`-v`, `-h`) and everything after `--` stay as they are.
 pub fn go_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
@@ -268,11 +300,45 @@ mod tests {
             (&["--public-ip=nope"], "--public-ip"),
             (&["--datapath=tun"], "--datapath"),
             (&["--ip-masq=maybe"], "--ip-masq"),
+            (&["--etcd-endpoints=notaurl"], "--etcd-endpoints"),
+            (
+                &["--etcd-endpoints=ftp://10.0.0.1:2379"],
+                "--etcd-endpoints",
+            ),
+            (
+                &["--etcd-endpoints=http://10.0.0.1:2379,http://:2379"],
+                "--etcd-endpoints",
+            ),
+            (
+                &["--etcd-endpoints=http://10.0.0.1:99999"],
+                "--etcd-endpoints",
+            ),
             (&["--no-such-flag"], "--no-such-flag"),
         ] {
             let message = parse(args).unwrap_err().to_string();
             assert!(message.contains(flag), "{args:?}: {message}");
         }
+    }
+
+    #[test]
+    fn etcd_endpoints_take_urls_as_etcds_clients_do() {
+        let args = parse(&[
+            "--etcd-endpoints=http://10.0.0.1:2379,https://etcd.example.com,http://[::1]:2379/,",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.etcd_endpoints,
+            [
+                "http://10.0.0.1:2379",
+                "https://etcd.example.com",
+                "http://[::1]:2379/",
+                ""
+            ]
+        );
+        let message = parse(&["--etcd-endpoints=notaurl"])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("\"notaurl\" is not a URL"), "{message}");
     }
 
     #[test]
