@@ -1,6 +1,6 @@
 //! `flanneld --cleanup`: removes what flanneld installed on this host: our TC filters, the
-//! overlay devices (`flannel-bpf`, `flannel.<VNI>`, the GRO device `flannel-gro`), our routes (host-gw, overlay, classic
-//! vxlan), our iptables chains and the pinned maps.
+//! overlay devices (`flannel-bpf`, `flannel.<VNI>`, the GRO device `flannel-gro`), our routes
+//! (host-gw, overlay, classic vxlan), our iptables chains and the pinned maps.
 //! The lease stays in etcd until its TTL runs out, as when flannel stops for good.
 
 use std::{fs, path::Path};
@@ -15,7 +15,7 @@ use crate::{
     ebpf_datapath::{FILTER_HANDLE, OVERLAY_DEV, PRIORITIES},
     gro_device::GRO_DEV,
     host_gw::ROUTE_PROTOCOL,
-    iptables,
+    iptables, overlay_device,
 };
 
 pub async fn run(pin_dir: &Path) -> Result<()> {
@@ -43,14 +43,8 @@ pub async fn run(pin_dir: &Path) -> Result<()> {
     // fdb entries go with it).
     for entry in fs::read_dir("/sys/class/net").context("listing interfaces")? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if name == OVERLAY_DEV || name == GRO_DEV || name.starts_with("flannel.") {
-            let index = nix::net::if_::if_nametoindex(name.as_str())?;
-            netlink
-                .link()
-                .del(index)
-                .execute()
-                .await
-                .with_context(|| format!("deleting {name}"))?;
+        let ours = name == OVERLAY_DEV || name == GRO_DEV || name.starts_with("flannel.");
+        if ours && overlay_device::delete_link(&netlink, &name).await? {
             info!(device = %name, "removed the device");
         }
     }

@@ -17,9 +17,8 @@
 
 use anyhow::{Context, Result};
 use rtnetlink::{packet_route::link::InfoVxlan, Handle, LinkUnspec, LinkVxlan};
-use tracing::{info, warn};
 
-use crate::kernel_vxlan::vxlan_info;
+use crate::{kernel_vxlan, overlay_device};
 
 pub const GRO_DEV: &str = "flannel-gro";
 
@@ -31,31 +30,12 @@ pub async fn ensure(netlink: &Handle, port: u16) -> Result<u32> {
         InfoVxlan::Port(port),
         InfoVxlan::Learning(false),
     ];
-    let index = match vxlan_info(netlink, GRO_DEV).await? {
-        Some((index, info)) if wanted.iter().all(|w| info.contains(w)) => index,
-        existing => {
-            if let Some((index, _)) = existing {
-                warn!(
-                    device = GRO_DEV,
-                    "exists with other parameters; recreating it"
-                );
-                remove_index(netlink, index).await?;
-            }
-            let link = LinkVxlan::new(GRO_DEV, 0)
-                .collect_metadata(true)
-                .port(port)
-                .learning(false)
-                .build();
-            netlink
-                .link()
-                .add(link)
-                .execute()
-                .await
-                .with_context(|| format!("creating {GRO_DEV}"))?;
-            info!(device = GRO_DEV, port, "GRO socket for the tunnel port");
-            nix::net::if_::if_nametoindex(GRO_DEV).with_context(|| format!("finding {GRO_DEV}"))?
-        }
-    };
+    let link = LinkVxlan::new(GRO_DEV, 0)
+        .collect_metadata(true)
+        .port(port)
+        .learning(false)
+        .build();
+    let index = kernel_vxlan::ensure_device(netlink, GRO_DEV, &wanted, link).await?;
     let forwarding = format!("/proc/sys/net/ipv4/conf/{GRO_DEV}/forwarding");
     std::fs::write(&forwarding, "0").with_context(|| format!("writing {forwarding}"))?;
     netlink
@@ -70,17 +50,6 @@ pub async fn ensure(netlink: &Handle, port: u16) -> Result<u32> {
 /// Removes the GRO device, if there is one: XDP decap and the udp format have no use for it,
 /// and the classic datapath's `flannel.<VNI>` can't share the port with a metadata device.
 pub async fn remove(netlink: &Handle) -> Result<()> {
-    match nix::net::if_::if_nametoindex(GRO_DEV) {
-        Ok(index) => remove_index(netlink, index).await,
-        Err(_) => Ok(()),
-    }
-}
-
-async fn remove_index(netlink: &Handle, index: u32) -> Result<()> {
-    netlink
-        .link()
-        .del(index)
-        .execute()
-        .await
-        .with_context(|| format!("deleting {GRO_DEV}"))
+    overlay_device::delete_link(netlink, GRO_DEV).await?;
+    Ok(())
 }

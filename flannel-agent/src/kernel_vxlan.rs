@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{
     packet_route::{
-        link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo},
+        link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::NeighbourFlags,
     },
     Handle, LinkVxlan, NeighbourAddRequest, RouteMessageBuilder,
@@ -49,22 +49,13 @@ impl KernelVxlan {
             InfoVxlan::Port(port),
             InfoVxlan::Learning(false),
         ];
-        match vxlan_info(&netlink, &name).await? {
-            // An existing compatible device is kept: a restart keeps its MAC.
-            Some((_, info)) if wanted.iter().all(|w| info.contains(w)) => {}
-            Some((index, _)) => {
-                warn!(device = %name, "exists with other parameters; recreating it");
-                netlink
-                    .link()
-                    .del(index)
-                    .execute()
-                    .await
-                    .context("deleting the old device")?;
-                create(&netlink, &name, vni, port, nic_index, nic.addr).await?;
-            }
-            None => create(&netlink, &name, vni, port, nic_index, nic.addr).await?,
-        }
-        let index = nix::net::if_::if_nametoindex(name.as_str())?;
+        let link = LinkVxlan::new(&name, vni)
+            .dev(nic_index)
+            .local(nic.addr)
+            .port(port)
+            .learning(false)
+            .build();
+        let index = ensure_device(&netlink, &name, &wanted, link).await?;
         overlay_device::set_up(&netlink, index, &name, mtu).await?;
         let path = format!("/sys/class/net/{name}/address");
         let mac = std::fs::read_to_string(&path)
@@ -180,16 +171,9 @@ impl KernelVxlan {
 /// shadow the overlay's. It goes, with its neighbours, fdb entries and routes.
 pub async fn remove_classic_device(netlink: &Handle, vni: u32) -> Result<()> {
     let name = format!("flannel.{vni}");
-    let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
-        return Ok(());
-    };
-    netlink
-        .link()
-        .del(index)
-        .execute()
-        .await
-        .with_context(|| format!("deleting the classic datapath's {name}"))?;
-    info!(device = %name, "removed the classic datapath's vxlan device");
+    if overlay_device::delete_link(netlink, &name).await? {
+        info!(device = %name, "removed the classic datapath's vxlan device");
+    }
     Ok(())
 }
 
@@ -200,30 +184,34 @@ fn vtep_mac(peer: &Peer) -> Option<Mac> {
     }
 }
 
-async fn create(
+/// The vxlan device `name` with the attributes `wanted`: an existing one that has them is
+/// kept (a restart keeps its MAC), another is replaced by `link`. Returns its ifindex.
+pub async fn ensure_device(
     netlink: &Handle,
     name: &str,
-    vni: u32,
-    port: u16,
-    nic: u32,
-    local: Ipv4Addr,
-) -> Result<()> {
-    let link = LinkVxlan::new(name, vni)
-        .dev(nic)
-        .local(local)
-        .port(port)
-        .learning(false)
-        .build();
+    wanted: &[InfoVxlan],
+    link: LinkMessage,
+) -> Result<u32> {
+    match vxlan_info(netlink, name).await? {
+        Some((index, info)) if wanted.iter().all(|w| info.contains(w)) => return Ok(index),
+        Some(_) => {
+            warn!(device = %name, "exists with other parameters; recreating it");
+            overlay_device::delete_link(netlink, name).await?;
+        }
+        None => {}
+    }
     netlink
         .link()
         .add(link)
         .execute()
         .await
-        .with_context(|| format!("creating {name}"))
+        .with_context(|| format!("creating {name}"))?;
+    info!(device = %name, "created");
+    nix::net::if_::if_nametoindex(name).with_context(|| format!("finding {name}"))
 }
 
 /// An existing device's ifindex and vxlan attributes, if there is one called `name`.
-pub async fn vxlan_info(netlink: &Handle, name: &str) -> Result<Option<(u32, Vec<InfoVxlan>)>> {
+async fn vxlan_info(netlink: &Handle, name: &str) -> Result<Option<(u32, Vec<InfoVxlan>)>> {
     let Ok(index) = nix::net::if_::if_nametoindex(name) else {
         return Ok(None);
     };

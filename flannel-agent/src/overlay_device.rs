@@ -10,6 +10,21 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use crate::host_gw::ROUTE_PROTOCOL;
 
+/// Deletes the device `name` if there is one (what goes with it, addresses, routes, neighbours
+/// and fdb entries, goes too); says whether there was.
+pub async fn delete_link(netlink: &Handle, name: &str) -> Result<bool> {
+    let Ok(index) = nix::net::if_::if_nametoindex(name) else {
+        return Ok(false);
+    };
+    netlink
+        .link()
+        .del(index)
+        .execute()
+        .await
+        .with_context(|| format!("deleting {name}"))?;
+    Ok(true)
+}
+
 pub async fn set_up(netlink: &Handle, index: u32, name: &str, mtu: u32) -> Result<()> {
     netlink
         .link()

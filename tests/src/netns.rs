@@ -127,9 +127,27 @@ pub fn link(
     b_if: &str,
     b_addr: &str,
 ) -> Result<()> {
+    link_with(a, a_if, a_addr, b, b_if, b_addr, &[])
+}
+
+/// `link`, with `ip link add` options (`numtxqueues 2`, ...) for both ends.
+pub fn link_with(
+    a: &Netns,
+    a_if: &str,
+    a_addr: &str,
+    b: &Netns,
+    b_if: &str,
+    b_addr: &str,
+    options: &[&str],
+) -> Result<()> {
     a.ip(&[
-        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
-    ])?;
+        &["link", "add", a_if][..],
+        options,
+        &["type", "veth", "peer", "name", b_if],
+        options,
+        &["netns", &b.name],
+    ]
+    .concat())?;
     for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
         ns.ip(&["addr", "add", addr, "dev", ifname])?;
         ns.ip(&["link", "set", ifname, "up"])?;

@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::{
     agent::Agent,
     etcd::{wait_for, Etcd},
-    netns::{link, Netns},
+    netns::{link, link_with, Netns},
 };
 
 pub const PREFIX: &str = "/coreos.com/network";
@@ -228,15 +228,8 @@ fn nic_like_link(host: &Netns, addr: &str, underlay: &Netns, port: &str) -> Resu
     let queues = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .to_string();
-    let q = ["numtxqueues", &queues, "numrxqueues", &queues];
-    host.ip(&[
-        &["link", "add", "eth0"][..],
-        &q,
-        &["type", "veth", "peer", "name", port],
-        &q,
-        &["netns", &underlay.name],
-    ]
-    .concat())?;
+    let options = ["numtxqueues", &queues, "numrxqueues", &queues];
+    link_with(host, "eth0", addr, underlay, port, "0.0.0.0/32", &options)?;
     host.exec(
         "ethtool",
         &["-K", "eth0", "tso", "off", "gso", "off", "gro", "on"],
@@ -245,9 +238,6 @@ fn nic_like_link(host: &Netns, addr: &str, underlay: &Netns, port: &str) -> Resu
         "ethtool",
         &["-K", port, "tso", "off", "gso", "off", "gro", "off"],
     )?;
-    host.ip(&["addr", "add", addr, "dev", "eth0"])?;
-    host.ip(&["link", "set", "eth0", "up"])?;
-    underlay.ip(&["link", "set", port, "up"])?;
     Ok(())
 }
 
