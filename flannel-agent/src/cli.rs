@@ -12,7 +12,11 @@ use std::{
 
 use clap::{builder::BoolishValueParser, Parser, ValueEnum};
 
-use crate::{iface::IfaceOptions, registry::EtcdOptions};
+use crate::{
+    control::registry::EtcdOptions,
+    datapath::{Choice, Decap, Options as DatapathOptions},
+    host::iface::IfaceOptions,
+};
 
 const FLANNEL: &str = "flannel flags";
 const OURS: &str = "flanneld (Rust, eBPF) flags";
@@ -21,25 +25,6 @@ const OURS: &str = "flanneld (Rust, eBPF) flags";
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// Where the eBPF datapath decapsulates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Decap {
-    /// TC ingress on the NIC, after GRO: aggregates stay whole, delivered straight into
-    /// containers.
-    Tc,
-    /// XDP on the NIC: before the stack allocates an skb, and before GRO, which then merges
-    /// the inner packets.
-    Xdp,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Datapath {
-    /// Our TC/XDP programs.
-    Ebpf,
-    /// What Go flanneld does: TUN loop, kernel vxlan device, routes.
-    Classic,
 }
 
 /// flanneld: flannel's agent, with the packet path in eBPF.
@@ -114,13 +99,13 @@ pub struct Args {
 
     /// packet path: our eBPF programs or the classic kernel devices
     #[arg(long, env = "FLANNELD_DATAPATH", value_enum, default_value = "ebpf", help_heading = OURS)]
-    pub datapath: Datapath,
+    pub datapath: Choice,
     /// bpffs directory for this agent's pinned programs and maps (one per network namespace)
     #[arg(long, env = "FLANNELD_BPF_PIN_DIR", default_value = "/sys/fs/bpf/flannel", help_heading = OURS)]
     pub bpf_pin_dir: PathBuf,
     /// subnet lease TTL in seconds (flannel's is fixed at 24 h); renewal comes
     /// --subnet-lease-renew-margin minutes before it runs out
-    #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value_t = crate::acquire::DEFAULT_LEASE_TTL.as_secs(), hide = true,
+    #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value_t = crate::control::acquire::DEFAULT_LEASE_TTL.as_secs(), hide = true,
           value_parser = clap::value_parser!(u64).range(61..), help_heading = OURS)]
     pub subnet_lease_ttl: u64,
     /// where tunnel packets are decapsulated; by default the mode measured fastest for the
@@ -154,6 +139,15 @@ impl Args {
             keyfile: self.etcd_keyfile.clone(),
             username: self.etcd_username.clone(),
             password: self.etcd_password.clone(),
+        }
+    }
+
+    pub fn datapath_options(&self) -> DatapathOptions {
+        DatapathOptions {
+            choice: self.datapath,
+            bpf_object: self.bpf_object.clone(),
+            pin_dir: self.bpf_pin_dir.clone(),
+            decap: self.bpf_decap,
         }
     }
 
@@ -254,7 +248,7 @@ mod tests {
         assert!(args.iptables_forward_rules);
         assert_eq!(args.healthz_ip.to_string(), "0.0.0.0");
         assert_eq!(args.healthz_port, 0);
-        assert_eq!(args.datapath, Datapath::Ebpf);
+        assert_eq!(args.datapath, Choice::Ebpf);
         assert_eq!(args.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/flannel"));
     }
 

@@ -22,19 +22,18 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    acquire::{acquire, renew, OutOfSubnets, OwnLease},
     cli::Args,
-    config::{self, Config},
+    control::{
+        acquire::{acquire, renew, OutOfSubnets, OwnLease},
+        config::{self, Config},
+        lease::LeaseAttrs,
+        peers::{PeerEvent, PeerTable},
+        registry::{LeaseChange, Registry},
+        subnet_env::{self, SubnetEnv},
+    },
     datapath::Datapath,
-    endpoints::ContainerEvents,
-    health, iface,
-    iface::ExtIface,
-    iptables,
-    lease::LeaseAttrs,
-    metrics,
-    peers::{PeerEvent, PeerTable},
-    registry::{LeaseChange, Registry},
-    subnet_env::{self, SubnetEnv},
+    host::{endpoints::ContainerEvents, iface, iface::ExtIface, iptables},
+    ops::{health, metrics},
 };
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -55,7 +54,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut registry = Registry::connect(&args.etcd_options()).await?;
     let config = wait_for_config(&mut registry).await;
     info!(network = %config.network, backend = config.backend.type_name(), "network config");
-    let mut datapath = Datapath::start(&args, &config.backend, &iface).await?;
+    let mut datapath = Datapath::start(&args.datapath_options(), &config.backend, &iface).await?;
     let attrs = LeaseAttrs {
         public_ip: iface.public_ip,
         backend: datapath.lease_backend(),

@@ -1,28 +1,14 @@
 //! flanneld: flannel's agent, with the packet path in eBPF.
+//!
+//! Grouped by concern, each depending only on those listed before it:
+//! - `control`: the cluster's state in etcd: config, leases, the peer table, the files we write.
+//! - `host`: this host's interfaces, firewall and containers.
+//! - `datapath`: what carries packets (eBPF, kernel vxlan, TUN udp, host-gw routes).
+//! - `ops`: what operators see and run: health, metrics, status, cleanup.
 
-pub mod acquire;
-pub mod atomic_write;
-pub mod bpf;
-pub mod cleanup;
 pub mod cli;
-pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
-pub mod docker_opts;
-pub mod ebpf_datapath;
-pub mod endpoints;
-pub mod gro_device;
-pub mod health;
-pub mod host_gw;
-pub mod iface;
-pub mod iptables;
-pub mod kernel_vxlan;
-pub mod lease;
-pub mod metrics;
-pub mod overlay_device;
-pub mod peers;
-pub mod registry;
-pub mod status;
-pub mod subnet_env;
-pub mod tun_udp;
-pub mod udp_packet;
+pub mod host;
+pub mod ops;

@@ -2,10 +2,13 @@ use std::{ffi::OsString, io::IsTerminal, path::Path, process::ExitCode};
 
 use clap::Parser;
 use flannel_agent::{
-    cleanup,
     cli::{go_style, Args, LogFormat},
-    daemon, docker_opts,
-    status::{self, StatusArgs},
+    control::docker_opts,
+    daemon,
+    ops::{
+        cleanup,
+        status::{self, StatusArgs},
+    },
 };
 use tracing_subscriber::EnvFilter;
 

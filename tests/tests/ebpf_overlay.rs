@@ -335,7 +335,7 @@ fn a_strangers_vxlan_packet_reaches_no_container() {
     let vtep = lease_value(&bed, &agents[1].subnet().unwrap())["BackendData"]["VtepMAC"]
         .as_str()
         .unwrap()
-        .parse::<flannel_agent::lease::Mac>()
+        .parse::<flannel_agent::control::lease::Mac>()
         .unwrap();
     let listener = containers[1].udp_listener(7777).unwrap();
     let inner_ip = flannel_tests::packet::ipv4(

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, UdpSocket};
 
 use aya::programs::{TestRun, TestRunOptions, TestRunResult, XdpMode};
-use flannel_agent::bpf::Programs;
+use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
     DatapathConfig, DropReason, Encap, PeerInfo, Tunnel, TunnelEnds, UDP_BACKEND_PORT, VXLAN_PORT,
 };

@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use flannel_agent::{
+use flannel_agent::control::{
     acquire::{acquire, OutOfSubnets, DEFAULT_LEASE_TTL},
     config,
     lease::{BackendAttrs, LeaseAttrs},

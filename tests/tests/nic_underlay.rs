@@ -184,7 +184,7 @@ fn the_gro_device_never_takes_a_packet_in() {
         .exec("cat", &["/sys/class/net/flannel-gro/address"])
         .unwrap()
         .trim()
-        .parse::<flannel_agent::lease::Mac>()
+        .parse::<flannel_agent::control::lease::Mac>()
         .unwrap();
     let listener = containers[1].udp_listener(7777).unwrap();
     use flannel_tests::packet;

@@ -19,7 +19,7 @@ use rtnetlink::{
     Handle, MulticastGroup,
 };
 
-use crate::lease::Mac;
+use crate::control::lease::Mac;
 
 /// IPv4 → (host-side veth ifindex, container MAC) for the containers behind `bridge`.
 pub async fn discover(netlink: &Handle, bridge: u32) -> Result<HashMap<Ipv4Addr, (u32, Mac)>> {

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use crate::{atomic_write::write_atomic, subnet_env::read_vars};
+use crate::control::{atomic_write::write_atomic, subnet_env::read_vars};
 
 /// Generate Docker daemon options based on flannel env file.
 #[derive(Parser, Debug)]

@@ -10,7 +10,7 @@ use etcd_client::{
 use ipnet::Ipv4Net;
 use tracing::warn;
 
-use crate::lease::{parse_subnet_key, subnet_key, subnets_prefix, LeaseAttrs};
+use crate::control::lease::{parse_subnet_key, subnet_key, subnets_prefix, LeaseAttrs};
 
 /// How long one etcd request may take before we call etcd unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

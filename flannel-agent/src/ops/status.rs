@@ -10,15 +10,15 @@ use flannel_common::{map_names, DatapathConfig, DropReason, PeerTraffic};
 use serde_json::json;
 
 use crate::{
-    cli::{Args, Decap},
-    config,
-    ebpf_datapath::{ReceivePath, OVERLAY_DEV},
-    gro_device::GRO_DEV,
-    iface,
-    lease::BackendAttrs,
-    registry::Registry,
-    subnet_env,
-    tun_udp::TUN_DEV,
+    cli::Args,
+    control::{config, lease::BackendAttrs, registry::Registry, subnet_env},
+    datapath::{
+        ebpf::gro_device::GRO_DEV,
+        ebpf::{ReceivePath, OVERLAY_DEV},
+        tun_udp::TUN_DEV,
+        Decap,
+    },
+    host::iface,
 };
 
 /// Show this host's lease, datapath and peers.

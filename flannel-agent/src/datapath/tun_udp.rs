@@ -18,10 +18,12 @@ use rtnetlink::Handle;
 use tracing::{error, info};
 
 use crate::{
-    iface::ExtIface,
-    overlay_device,
-    peers::PeerEvent,
-    udp_packet::{self, Outbound, Routes},
+    control::peers::PeerEvent,
+    datapath::{
+        overlay_device,
+        udp_packet::{self, Outbound, Routes},
+    },
+    host::iface::ExtIface,
 };
 
 pub const TUN_DEV: &str = "flannel0";

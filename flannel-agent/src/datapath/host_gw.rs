@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use rtnetlink::{packet_route::route::RouteProtocol, Handle, RouteMessageBuilder};
 use tracing::info;
 
-use crate::peers::{Peer, PeerEvent};
+use crate::control::peers::{Peer, PeerEvent};
 
 /// The routing protocol number our routes carry, so `--cleanup` finds them and only them.
 pub const ROUTE_PROTOCOL: RouteProtocol = RouteProtocol::Other(0xf1);

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 
-use crate::{lease::LeaseAttrs, registry::StoredLease};
+use crate::control::{lease::LeaseAttrs, registry::StoredLease};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
@@ -101,7 +101,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::lease::BackendAttrs;
+    use crate::control::lease::BackendAttrs;
 
     fn lease(subnet: &str, ip: u8, backend: BackendAttrs) -> StoredLease {
         StoredLease {

@@ -1,22 +1,63 @@
 //! The packet path behind `--datapath` and the config's backend: what our lease advertises,
 //! and what happens when peers come and go.
 
+pub mod ebpf;
+pub mod host_gw;
+pub mod kernel_vxlan;
+pub mod overlay_device;
+pub mod tun_udp;
+pub mod udp_packet;
+
 use anyhow::{bail, Result};
 use ipnet::Ipv4Net;
 use tracing::warn;
 
 use crate::{
-    cli::{Args, Datapath as DatapathKind},
-    config::Backend,
-    ebpf_datapath::{EbpfDatapath, ReceivePath, Unsupported},
-    endpoints::ContainerEvents,
-    host_gw::HostGw,
-    iface::ExtIface,
-    kernel_vxlan::KernelVxlan,
-    lease::BackendAttrs,
-    peers::{Peer, PeerEvent},
-    tun_udp::TunUdp,
+    control::{
+        config::Backend,
+        lease::BackendAttrs,
+        peers::{Peer, PeerEvent},
+    },
+    datapath::{
+        ebpf::{EbpfDatapath, ReceivePath, Unsupported},
+        host_gw::HostGw,
+        kernel_vxlan::KernelVxlan,
+        tun_udp::TunUdp,
+    },
+    host::{endpoints::ContainerEvents, iface::ExtIface},
 };
+
+/// `--datapath`: which packet path carries the backend's packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Choice {
+    /// Our TC/XDP programs.
+    Ebpf,
+    /// What Go flanneld does: TUN loop, kernel vxlan device, routes.
+    Classic,
+}
+
+/// `--bpf-decap`: where the eBPF datapath decapsulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Decap {
+    /// TC ingress on the NIC, after GRO: aggregates stay whole, delivered straight into
+    /// containers.
+    Tc,
+    /// XDP on the NIC: before the stack allocates an skb, and before GRO, which then merges
+    /// the inner packets.
+    Xdp,
+}
+
+/// The command line's say in the datapath.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub choice: Choice,
+    /// `--bpf-object`: programs to load instead of the embedded ones.
+    pub bpf_object: Option<std::path::PathBuf>,
+    /// `--bpf-pin-dir`.
+    pub pin_dir: std::path::PathBuf,
+    /// `--bpf-decap`; None: the backend's default.
+    pub decap: Option<Decap>,
+}
 
 /// Traffic per peer (subnet, public IP) and drops by reason.
 pub type Counters = (
@@ -33,15 +74,15 @@ pub enum Datapath {
 
 impl Datapath {
     /// Sets up the datapath, or says clearly why this combination can't run.
-    pub async fn start(args: &Args, backend: &Backend, iface: &ExtIface) -> Result<Self> {
-        match (backend, args.datapath) {
+    pub async fn start(options: &Options, backend: &Backend, iface: &ExtIface) -> Result<Self> {
+        match (backend, options.choice) {
             // host-gw is plain routing: nothing to encapsulate, the same on both datapaths.
             (Backend::HostGw, _) => {
                 iface.check_public_ip_is_local()?;
                 Ok(Self::HostGw(HostGw::new(&iface.name)?))
             }
-            (Backend::Vxlan { .. } | Backend::Udp { .. }, DatapathKind::Ebpf) => {
-                match EbpfDatapath::start(args, backend, iface).await {
+            (Backend::Vxlan { .. } | Backend::Udp { .. }, Choice::Ebpf) => {
+                match EbpfDatapath::start(options, backend, iface).await {
                     Ok(datapath) => Ok(Self::Ebpf(Box::new(datapath))),
                     Err(e) if e.is::<Unsupported>() => {
                         warn!("eBPF datapath unavailable ({e:#}); falling back to the classic datapath");
@@ -50,7 +91,7 @@ impl Datapath {
                     Err(e) => Err(e),
                 }
             }
-            (Backend::Vxlan { .. } | Backend::Udp { .. }, DatapathKind::Classic) => {
+            (Backend::Vxlan { .. } | Backend::Udp { .. }, Choice::Classic) => {
                 Self::classic(backend, iface).await
             }
         }

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::ifaddrs::getifaddrs;
 use regex::Regex;
 
-use crate::config::Backend;
+use crate::control::config::Backend;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtIface {

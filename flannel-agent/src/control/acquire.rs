@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use rand::seq::IndexedRandom;
 use tracing::info;
 
-use crate::{
+use crate::control::{
     config::Config,
     lease::LeaseAttrs,
     registry::{Registry, Snapshot},

@@ -18,11 +18,12 @@ use rtnetlink::{
 use tracing::{info, warn};
 
 use crate::{
-    host_gw::ROUTE_PROTOCOL,
-    iface::ExtIface,
-    lease::{BackendAttrs, Mac},
-    overlay_device,
-    peers::{Peer, PeerEvent},
+    control::{
+        lease::{BackendAttrs, Mac},
+        peers::{Peer, PeerEvent},
+    },
+    datapath::{host_gw::ROUTE_PROTOCOL, overlay_device},
+    host::iface::ExtIface,
 };
 
 pub struct KernelVxlan {
@@ -38,7 +39,7 @@ impl KernelVxlan {
         let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
         tokio::spawn(connection);
         // The eBPF datapath's GRO device, in metadata mode, would keep ours off the port.
-        crate::gro_device::remove(&netlink).await?;
+        crate::datapath::ebpf::gro_device::remove(&netlink).await?;
         let name = format!("flannel.{vni}");
         let nic_index = nix::net::if_::if_nametoindex(nic.name.as_str())
             .with_context(|| format!("looking up {}", nic.name))?;

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 use flannel_common::{DropReason, PeerTraffic};
 use ipnet::Ipv4Net;
 
-use crate::ebpf_datapath::ReceivePath;
+use crate::datapath::ebpf::ReceivePath;
 
 /// What the agent knows at one moment.
 #[derive(Default)]

@@ -12,10 +12,13 @@ use rtnetlink::RouteMessageBuilder;
 use tracing::info;
 
 use crate::{
-    ebpf_datapath::{FILTER_HANDLE, OVERLAY_DEV, PRIORITIES},
-    gro_device::GRO_DEV,
-    host_gw::ROUTE_PROTOCOL,
-    iptables, overlay_device,
+    datapath::{
+        ebpf::gro_device::GRO_DEV,
+        ebpf::{FILTER_HANDLE, OVERLAY_DEV, PRIORITIES},
+        host_gw::ROUTE_PROTOCOL,
+        overlay_device,
+    },
+    host::iptables,
 };
 
 pub async fn run(pin_dir: &Path) -> Result<()> {

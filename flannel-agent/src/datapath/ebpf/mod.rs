@@ -11,6 +11,9 @@
 //! attaches at the free one, then removes the old one, so a restart drops nothing, and the
 //! filters (with the maps they hold) stay when the agent exits.
 
+pub mod gro_device;
+pub mod programs;
+
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
@@ -32,17 +35,18 @@ use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 use tracing::{info, warn};
 
 use crate::{
-    bpf::Programs,
-    cli::{Args, Decap},
-    config::Backend,
-    endpoints::{self, ContainerEvents},
-    gro_device,
-    iface::{self, ExtIface},
-    kernel_vxlan,
-    lease::{BackendAttrs, Mac},
-    overlay_device,
-    peers::{Peer, PeerEvent},
+    control::{
+        config::Backend,
+        lease::{BackendAttrs, Mac},
+        peers::{Peer, PeerEvent},
+    },
+    datapath::{kernel_vxlan, overlay_device, Decap, Options},
+    host::{
+        endpoints::{self, ContainerEvents},
+        iface::{self, ExtIface},
+    },
 };
+use programs::Programs;
 
 /// The overlay device, a veth whose peer never sees a packet: `tc_encap` redirects them all.
 pub const OVERLAY_DEV: &str = "flannel-bpf";
@@ -114,7 +118,7 @@ pub struct EbpfDatapath {
 }
 
 impl EbpfDatapath {
-    pub async fn start(args: &Args, backend: &Backend, nic: &ExtIface) -> Result<Self> {
+    pub async fn start(options: &Options, backend: &Backend, nic: &ExtIface) -> Result<Self> {
         let kernel = KernelVersion::current().context("reading the kernel version")?;
         if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
             return Err(Unsupported(format!(
@@ -129,7 +133,7 @@ impl EbpfDatapath {
             Backend::Udp { port } => (Encap::Udp, 0, *port),
             Backend::HostGw => bail!("host-gw has nothing to encapsulate"),
         };
-        let programs = Programs::load(args.bpf_object.as_deref())
+        let programs = Programs::load(options.bpf_object.as_deref())
             .map_err(|e| Unsupported(format!("the kernel refused our programs: {e:#}")))?;
         let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
         tokio::spawn(connection);
@@ -152,8 +156,8 @@ impl EbpfDatapath {
             installed: HashMap::new(),
             bridge: None,
             ports: HashSet::new(),
-            pin_dir: args.bpf_pin_dir.clone(),
-            decap: args.bpf_decap.unwrap_or(match encap {
+            pin_dir: options.pin_dir.clone(),
+            decap: options.decap.unwrap_or(match encap {
                 // Measured fastest on NIC-like hosts (docs/benchmarks.md): GRO merges vxlan
                 // frames for TC decap (the GRO device), but nothing merges the udp format
                 // unless XDP strips it first.

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fs, io, net::Ipv4Addr, path::Path};
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 
-use crate::atomic_write::write_atomic;
+use crate::control::atomic_write::write_atomic;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubnetEnv {

@@ -18,7 +18,7 @@
 use anyhow::{Context, Result};
 use rtnetlink::{packet_route::link::InfoVxlan, Handle, LinkUnspec, LinkVxlan};
 
-use crate::{kernel_vxlan, overlay_device};
+use crate::datapath::{kernel_vxlan, overlay_device};
 
 pub const GRO_DEV: &str = "flannel-gro";
 

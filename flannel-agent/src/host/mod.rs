@@ -1,0 +1,5 @@
+//! This host: the interface we tunnel over, the firewall, the local containers.
+
+pub mod endpoints;
+pub mod iface;
+pub mod iptables;
