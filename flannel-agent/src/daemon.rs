@@ -27,8 +27,9 @@ use crate::{
         acquire::{acquire, renew, OutOfSubnets, OwnLease},
         config::{self, Config},
         lease::LeaseAttrs,
-        peers::{PeerEvent, PeerTable},
-        registry::{LeaseChange, Registry},
+        lease_state::LeaseState,
+        peers::PeerTable,
+        registry::{LeaseChange, Registry, StoredLease},
         subnet_env::{self, SubnetEnv},
     },
     datapath::Datapath,
@@ -37,6 +38,8 @@ use crate::{
 };
 
 const RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between attempts to write what the datapath refused.
+const MAX_SYNC_BACKOFF: Duration = Duration::from_secs(16);
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// At most this long between attempts to reopen the lease watch: it is back within 5 s of
 /// etcd answering again, however long the outage.
@@ -79,11 +82,12 @@ pub async fn run(args: Args) -> Result<()> {
         config,
         iface,
         lease,
-        lease_lost: false,
+        lease_state: LeaseState::Held,
         retry_at: None,
         revision: 0,
         datapath,
         counts: Counts::default(),
+        sync_retry: None,
         last_status: String::new(),
     };
     agent.publish_subnet()?;
@@ -94,7 +98,7 @@ pub async fn run(args: Args) -> Result<()> {
     }
     agent.datapath.attach()?;
     // What each resync does, once now: the fast path learns the containers already there.
-    agent.reconcile_datapath().await;
+    agent.resync_datapath().await;
     let containers = match agent.datapath.container_events() {
         Some(Err(e)) => {
             warn!("containers are followed at each resync only: {e:#}");
@@ -142,8 +146,8 @@ struct Agent {
     config: Config,
     iface: ExtIface,
     lease: OwnLease,
-    /// Our key vanished or was taken: re-acquire at `retry_at`.
-    lease_lost: bool,
+    /// What our lease needs: renewal, writing back, or acquiring again.
+    lease_state: LeaseState,
     /// When the last lease operation failed, when to try again.
     retry_at: Option<Instant>,
     /// The etcd revision the peer table reflects.
@@ -151,6 +155,8 @@ struct Agent {
     peers: PeerTable,
     datapath: Datapath,
     counts: Counts,
+    /// When to retry the datapath writes that failed, and the wait before that.
+    sync_retry: Option<(Instant, Duration)>,
     /// The last STATUS= sent to systemd.
     last_status: String,
 }
@@ -185,6 +191,8 @@ struct Counts {
     renewals: u64,
     watch_restarts: u64,
     etcd_errors: u64,
+    datapath_errors: u64,
+    overwrites: u64,
 }
 
 enum WatchInput {
@@ -226,7 +234,9 @@ impl Agent {
                 }
                 _ = sleep_until(self.lease_deadline()) => self.maintain_lease().await,
                 _ = resync.tick() => self.resync().await,
-                () = container_change(&mut containers) => self.reconcile_datapath().await,
+                () = container_change(&mut containers) => self.follow_containers().await,
+                // A failure may come from drift (a device removed, a full map): read back first.
+                _ = at(self.sync_retry.map(|(when, _)| when)) => self.resync_datapath().await,
                 input = next_watch_input(&mut watch, reconnect_at) => match input {
                     WatchInput::Reconnect => {
                         watch = self.open_watch().await;
@@ -293,6 +303,8 @@ impl Agent {
             renewals: self.counts.renewals,
             watch_restarts: self.counts.watch_restarts,
             etcd_errors: self.counts.etcd_errors,
+            datapath_errors: self.counts.datapath_errors,
+            lease_overwrites: self.counts.overwrites,
             traffic,
             drops,
         })
@@ -312,7 +324,7 @@ impl Agent {
         if let Some(at) = self.retry_at {
             return at;
         }
-        if self.lease_lost {
+        if self.lease_state != LeaseState::Held {
             return Instant::now();
         }
         let margin = Duration::from_secs(u64::from(self.args.subnet_lease_renew_margin) * 60);
@@ -325,23 +337,66 @@ impl Agent {
         }
     }
 
-    /// Renews the lease when due, or re-acquires it when lost; failures retry later.
+    /// Renews the lease when due, writes it back when overwritten, acquires one again when
+    /// lost; failures retry later.
     async fn maintain_lease(&mut self) {
         self.retry_at = None;
-        if self.lease_lost {
-            let (attrs, subnet, ttl) = (&self.lease.attrs, Some(self.lease.subnet), self.lease.ttl);
-            match acquire(&mut self.registry, &self.config, attrs, subnet, ttl).await {
-                Ok(lease) => {
-                    self.lease_lost = false;
-                    self.adopt(lease).await;
-                }
-                Err(e) => {
-                    error!("re-acquiring a lease: {e:#}; retrying");
-                    self.retry_at = Some(Instant::now() + RETRY);
+        match self.lease_state.clone() {
+            LeaseState::Held => self.renew().await,
+            LeaseState::Overwritten(held) => self.reclaim(&held).await,
+            LeaseState::Lost => {
+                let (attrs, subnet, ttl) =
+                    (&self.lease.attrs, Some(self.lease.subnet), self.lease.ttl);
+                match acquire(&mut self.registry, &self.config, attrs, subnet, ttl).await {
+                    Ok(lease) => {
+                        self.lease_state = LeaseState::Held;
+                        self.adopt(lease).await;
+                    }
+                    Err(e) => {
+                        error!("re-acquiring a lease: {e:#}; retrying");
+                        self.retry_at = Some(Instant::now() + RETRY);
+                    }
                 }
             }
-            return;
         }
+    }
+
+    /// Another writer's value is in our key: ours goes back at once, and the subnet stays
+    /// ours, unless our etcd lease is gone and the writer's lives.
+    async fn reclaim(&mut self, held: &StoredLease) {
+        let (attrs, ours, ttl) = (&self.lease.attrs, self.lease.lease_id, self.lease.ttl);
+        match self.registry.reclaim(held, attrs, ours, ttl).await {
+            Ok(Some(lease_id)) => {
+                error!(
+                    subnet = %self.lease.subnet,
+                    by = %held.attrs.public_ip,
+                    "another writer put its value in our lease; wrote ours back"
+                );
+                self.counts.overwrites += 1;
+                if lease_id != ours {
+                    self.lease.lease_id = lease_id;
+                    self.lease.expires = Some(std::time::Instant::now() + ttl);
+                }
+                self.lease_state = LeaseState::Held;
+            }
+            Ok(None) => {
+                error!(
+                    subnet = %self.lease.subnet,
+                    by = %held.attrs.public_ip,
+                    "our etcd lease expired and a live lease of another host took our subnet: \
+                     moving to another subnet; restart Docker so that its --bip follows subnet.env"
+                );
+                self.lease_state = LeaseState::Lost;
+            }
+            Err(e) => {
+                warn!("writing our lease back: {e:#}; retrying");
+                self.counts.etcd_errors += 1;
+                self.retry_at = Some(Instant::now() + RETRY);
+            }
+        }
+    }
+
+    async fn renew(&mut self) {
         match renew(&mut self.registry, &self.lease).await {
             Ok(Some(lease)) => {
                 info!(subnet = %lease.subnet, "lease renewed");
@@ -350,7 +405,7 @@ impl Agent {
             }
             Ok(None) => {
                 warn!(subnet = %self.lease.subnet, "our lease is gone; re-acquiring");
-                self.lease_lost = true;
+                self.lease_state = LeaseState::Lost;
             }
             Err(e) => {
                 warn!("renewing the lease: {e:#}; retrying in a minute");
@@ -382,9 +437,8 @@ impl Agent {
                 error!("datapath: {e:#}");
             }
             self.ensure_rules();
-            for event in self.peers.set_own(self.lease.subnet) {
-                self.apply(&event).await;
-            }
+            self.peers.set_own(self.lease.subnet);
+            self.sync_datapath().await;
         }
     }
 
@@ -396,29 +450,21 @@ impl Agent {
             .map(|kv| kv.mod_revision())
             .max();
         self.revision = self.revision.max(last.unwrap_or_default());
+        let mut changed = false;
         for change in self.registry.changes(response) {
+            let state = std::mem::replace(&mut self.lease_state, LeaseState::Held);
+            self.lease_state = state.on_change(&self.lease, &change);
             match change {
                 LeaseChange::Deleted(subnet) if subnet == self.lease.subnet => {
                     warn!(%subnet, "our lease was deleted or expired; re-acquiring");
-                    self.lease_lost = true;
                 }
-                LeaseChange::Put(lease) if lease.subnet == self.lease.subnet => {
-                    if lease.attrs.public_ip != self.lease.attrs.public_ip {
-                        warn!(subnet = %lease.subnet, by = %lease.attrs.public_ip, "our subnet was taken; re-acquiring");
-                        self.lease_lost = true;
-                    }
-                }
-                LeaseChange::Put(lease) => {
-                    if let Some(event) = self.peers.put(&lease) {
-                        self.apply(&event).await;
-                    }
-                }
-                LeaseChange::Deleted(subnet) => {
-                    if let Some(event) = self.peers.remove(&subnet) {
-                        self.apply(&event).await;
-                    }
-                }
+                LeaseChange::Put(lease) if lease.subnet == self.lease.subnet => {}
+                LeaseChange::Put(lease) => changed |= self.peers.put(&lease),
+                LeaseChange::Deleted(subnet) => changed |= self.peers.remove(&subnet),
             }
+        }
+        if changed {
+            self.sync_datapath().await;
         }
     }
 
@@ -426,22 +472,47 @@ impl Agent {
     async fn relist(&mut self) -> Result<()> {
         let snapshot = self.registry.snapshot().await?;
         self.revision = snapshot.revision;
-        let own_held = snapshot.leases.iter().any(|l| {
-            l.subnet == self.lease.subnet && l.attrs.public_ip == self.lease.attrs.public_ip
-        });
-        if !own_held {
+        let state = std::mem::replace(&mut self.lease_state, LeaseState::Held);
+        self.lease_state = state.on_listing(&self.lease, &snapshot.leases);
+        if self.lease_state == LeaseState::Lost {
             warn!(subnet = %self.lease.subnet, "our lease is not in etcd; re-acquiring");
-            self.lease_lost = true;
         }
-        for event in self.peers.resync(&snapshot.leases) {
-            self.apply(&event).await;
+        if self.peers.resync(&snapshot.leases) {
+            self.sync_datapath().await;
         }
         Ok(())
     }
 
-    async fn apply(&mut self, event: &PeerEvent) {
-        if let Err(e) = self.datapath.apply(event).await {
-            error!("datapath: {e:#}");
+    /// Brings the datapath to the peer table; what fails is retried, backing off, until it
+    /// holds.
+    async fn sync_datapath(&mut self) {
+        match self.datapath.sync(self.peers.desired()).await {
+            Ok(()) => self.sync_retry = None,
+            Err(e) => {
+                let backoff = self
+                    .sync_retry
+                    .map_or(RETRY, |(_, last)| (last * 2).min(MAX_SYNC_BACKOFF));
+                error!("datapath: {e:#}; retrying in {backoff:?}");
+                self.counts.datapath_errors += 1;
+                self.sync_retry = Some((Instant::now() + backoff, backoff));
+            }
+        }
+    }
+
+    /// Reads the datapath back from the kernel, then syncs: whatever was lost or added
+    /// behind our back is fixed.
+    async fn resync_datapath(&mut self) {
+        if let Err(e) = self.datapath.audit().await {
+            error!("datapath: reading the kernel back: {e:#}");
+            self.counts.datapath_errors += 1;
+        }
+        self.sync_datapath().await;
+    }
+
+    /// The fast path follows a container that came or went.
+    async fn follow_containers(&mut self) {
+        if let Err(e) = self.datapath.follow_containers().await {
+            error!("datapath: following containers: {e:#}");
         }
     }
 
@@ -488,14 +559,7 @@ impl Agent {
             self.last_status = status;
         }
         self.ensure_rules();
-        self.reconcile_datapath().await;
-    }
-
-    /// Brings the datapath in line with the peers and the host (routes, containers).
-    async fn reconcile_datapath(&mut self) {
-        if let Err(e) = self.datapath.reconcile(self.peers.peers()).await {
-            error!("datapath: {e:#}");
-        }
+        self.resync_datapath().await;
     }
 }
 
@@ -529,6 +593,14 @@ fn notify(states: &[sd_notify::NotifyState]) {
 async fn container_change(events: &mut Option<ContainerEvents>) {
     match events {
         Some(events) => events.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A deadline that may not be set (then: never).
+async fn at(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

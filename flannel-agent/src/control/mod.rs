@@ -6,6 +6,7 @@ pub mod atomic_write;
 pub mod config;
 pub mod docker_opts;
 pub mod lease;
+pub mod lease_state;
 pub mod peers;
 pub mod registry;
 pub mod subnet_env;

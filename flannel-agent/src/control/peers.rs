@@ -13,13 +13,6 @@ pub struct Peer {
     pub attrs: LeaseAttrs,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PeerEvent {
-    /// A new peer, or a changed one: it replaces whatever its subnet had.
-    Added(Peer),
-    Removed(Peer),
-}
-
 pub struct PeerTable {
     own: Ipv4Net,
     backend_type: String,
@@ -35,11 +28,9 @@ impl PeerTable {
         }
     }
 
-    pub fn peers(&self) -> impl Iterator<Item = Peer> + '_ {
-        self.peers.iter().map(|(subnet, attrs)| Peer {
-            subnet: *subnet,
-            attrs: attrs.clone(),
-        })
+    /// Every peer's subnet with its lease: what the datapath must hold.
+    pub fn desired(&self) -> &BTreeMap<Ipv4Net, LeaseAttrs> {
+        &self.peers
     }
 
     pub fn len(&self) -> usize {
@@ -51,48 +42,40 @@ impl PeerTable {
     }
 
     /// Our subnet changed (re-acquired elsewhere): it stops being ignored, the new one starts.
-    pub fn set_own(&mut self, own: Ipv4Net) -> Vec<PeerEvent> {
+    /// True when the table changed.
+    pub fn set_own(&mut self, own: Ipv4Net) -> bool {
         self.own = own;
-        self.remove(&own).into_iter().collect()
+        self.remove(&own)
     }
 
-    pub fn put(&mut self, lease: &StoredLease) -> Option<PeerEvent> {
+    /// Takes a lease in; true when the table changed.
+    pub fn put(&mut self, lease: &StoredLease) -> bool {
         if lease.subnet == self.own || lease.attrs.backend.type_name() != self.backend_type {
             // Not a peer of ours; if it was one (its backend changed), it is gone.
             return self.remove(&lease.subnet);
         }
-        if self.peers.get(&lease.subnet) == Some(&lease.attrs) {
-            return None;
-        }
-        self.peers.insert(lease.subnet, lease.attrs.clone());
-        Some(PeerEvent::Added(Peer {
-            subnet: lease.subnet,
-            attrs: lease.attrs.clone(),
-        }))
+        self.peers
+            .insert(lease.subnet, lease.attrs.clone())
+            .as_ref()
+            != Some(&lease.attrs)
     }
 
-    pub fn remove(&mut self, subnet: &Ipv4Net) -> Option<PeerEvent> {
-        self.peers.remove(subnet).map(|attrs| {
-            PeerEvent::Removed(Peer {
-                subnet: *subnet,
-                attrs,
-            })
-        })
+    /// True when the table changed.
+    pub fn remove(&mut self, subnet: &Ipv4Net) -> bool {
+        self.peers.remove(subnet).is_some()
     }
 
-    /// Replaces the table with a full listing (start-up, or after a watch compaction) and
-    /// returns the difference as events.
-    pub fn resync(&mut self, leases: &[StoredLease]) -> Vec<PeerEvent> {
+    /// Replaces the table with a full listing (start-up, or after a watch compaction); true
+    /// when the table changed.
+    pub fn resync(&mut self, leases: &[StoredLease]) -> bool {
         let listed: BTreeSet<Ipv4Net> = leases.iter().map(|l| l.subnet).collect();
-        let gone: Vec<Ipv4Net> = self
-            .peers
-            .keys()
-            .filter(|s| !listed.contains(s))
-            .copied()
-            .collect();
-        let mut events: Vec<PeerEvent> = gone.iter().filter_map(|s| self.remove(s)).collect();
-        events.extend(leases.iter().filter_map(|lease| self.put(lease)));
-        events
+        let before = self.peers.len();
+        self.peers.retain(|subnet, _| listed.contains(subnet));
+        let mut changed = self.peers.len() != before;
+        for lease in leases {
+            changed |= self.put(lease);
+        }
+        changed
     }
 }
 
@@ -117,47 +100,48 @@ mod tests {
     #[test]
     fn ignores_our_subnet_and_other_backends() {
         let mut table = PeerTable::new("10.1.1.0/24".parse().unwrap(), "host-gw");
-        assert_eq!(
-            table.put(&lease("10.1.1.0/24", 2, BackendAttrs::HostGw)),
-            None
-        );
-        assert_eq!(table.put(&lease("10.1.2.0/24", 3, BackendAttrs::Udp)), None);
-        assert!(matches!(
-            table.put(&lease("10.1.3.0/24", 4, BackendAttrs::HostGw)),
-            Some(PeerEvent::Added(_))
-        ));
-        assert_eq!(
-            table.put(&lease("10.1.3.0/24", 4, BackendAttrs::HostGw)),
-            None,
+        assert!(!table.put(&lease("10.1.1.0/24", 2, BackendAttrs::HostGw)));
+        assert!(!table.put(&lease("10.1.2.0/24", 3, BackendAttrs::Udp)));
+        assert!(table.put(&lease("10.1.3.0/24", 4, BackendAttrs::HostGw)));
+        assert!(
+            !table.put(&lease("10.1.3.0/24", 4, BackendAttrs::HostGw)),
             "no change"
         );
-        assert!(matches!(
-            table.put(&lease("10.1.3.0/24", 5, BackendAttrs::HostGw)),
-            Some(PeerEvent::Added(p)) if p.attrs.public_ip == Ipv4Addr::new(192, 168, 64, 5)
-        ));
-        assert!(matches!(
-            table.put(&lease("10.1.3.0/24", 5, BackendAttrs::Udp)),
-            Some(PeerEvent::Removed(_))
-        ));
+        assert!(table.put(&lease("10.1.3.0/24", 5, BackendAttrs::HostGw)));
+        let subnet: Ipv4Net = "10.1.3.0/24".parse().unwrap();
+        assert_eq!(
+            table.desired()[&subnet].public_ip,
+            Ipv4Addr::new(192, 168, 64, 5)
+        );
+        assert!(table.put(&lease("10.1.3.0/24", 5, BackendAttrs::Udp)));
         assert!(table.is_empty());
     }
 
     #[test]
-    fn resync_reports_the_difference() {
+    fn resync_keeps_exactly_the_listing() {
         let mut table = PeerTable::new("10.1.1.0/24".parse().unwrap(), "udp");
-        table.resync(&[
+        assert!(table.resync(&[
             lease("10.1.2.0/24", 2, BackendAttrs::Udp),
             lease("10.1.3.0/24", 3, BackendAttrs::Udp),
-        ]);
-        let events = table.resync(&[
+        ]));
+        assert!(table.resync(&[
             lease("10.1.3.0/24", 3, BackendAttrs::Udp),
             lease("10.1.4.0/24", 4, BackendAttrs::Udp),
-        ]);
-        assert_eq!(events.len(), 2);
-        assert!(
-            matches!(&events[0], PeerEvent::Removed(p) if p.subnet.to_string() == "10.1.2.0/24")
-        );
-        assert!(matches!(&events[1], PeerEvent::Added(p) if p.subnet.to_string() == "10.1.4.0/24"));
-        assert_eq!(table.len(), 2);
+        ]));
+        let subnets: Vec<String> = table.desired().keys().map(|s| s.to_string()).collect();
+        assert_eq!(subnets, ["10.1.3.0/24", "10.1.4.0/24"]);
+        assert!(!table.resync(&[
+            lease("10.1.4.0/24", 4, BackendAttrs::Udp),
+            lease("10.1.3.0/24", 3, BackendAttrs::Udp),
+        ]));
+    }
+
+    #[test]
+    fn our_new_subnet_stops_being_a_peer() {
+        let mut table = PeerTable::new("10.1.1.0/24".parse().unwrap(), "udp");
+        table.put(&lease("10.1.2.0/24", 2, BackendAttrs::Udp));
+        assert!(table.set_own("10.1.2.0/24".parse().unwrap()));
+        assert!(table.is_empty());
+        assert!(table.put(&lease("10.1.1.0/24", 1, BackendAttrs::Udp)));
     }
 }

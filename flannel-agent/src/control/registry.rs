@@ -239,6 +239,44 @@ impl Registry {
         }
     }
 
+    /// Writes our value back over a key another writer changed, under our etcd lease while
+    /// it lives (0: a reservation, written back without one). None when our etcd lease is
+    /// gone and the writer's is alive: the subnet is theirs now.
+    pub async fn reclaim(
+        &mut self,
+        held: &StoredLease,
+        attrs: &LeaseAttrs,
+        ours: i64,
+        ttl: Duration,
+    ) -> Result<Option<i64>> {
+        let ours_alive = ours == 0 || self.lease_alive(ours).await?;
+        if !ours_alive && held.lease_id != 0 && self.lease_alive(held.lease_id).await? {
+            return Ok(None);
+        }
+        let lease_id = if ours_alive {
+            ours
+        } else {
+            self.grant(ttl).await?
+        };
+        let key = subnet_key(&self.prefix, &held.subnet);
+        let options = (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
+        let json = attrs.to_json();
+        self.call("writing our lease back", |mut c| async move {
+            c.put(key, json, options).await
+        })
+        .await?;
+        Ok(Some(lease_id))
+    }
+
+    async fn lease_alive(&mut self, lease_id: i64) -> Result<bool> {
+        let response = self
+            .call("reading an etcd lease", |mut c| async move {
+                c.lease_time_to_live(lease_id, None).await
+            })
+            .await?;
+        Ok(response.ttl() > 0)
+    }
+
     /// Watches `subnets/` from `revision` (inclusive).
     pub async fn watch(&mut self, revision: i64) -> Result<WatchStream> {
         let prefix = subnets_prefix(&self.prefix);

@@ -3,7 +3,10 @@
 //! MTU = interface - 50) holding `<subnet>.0/32`, and per peer a permanent neighbour, an fdb
 //! entry and an onlink route, all through rtnetlink.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
@@ -11,19 +14,23 @@ use ipnet::Ipv4Net;
 use rtnetlink::{
     packet_route::{
         link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
-        neighbour::NeighbourFlags,
+        neighbour::{NeighbourFlags, NeighbourState},
+        AddressFamily,
     },
-    Handle, LinkVxlan, NeighbourAddRequest, RouteMessageBuilder,
+    Handle, LinkUnspec, LinkVxlan, NeighbourAddRequest, RouteMessageBuilder,
 };
 use tracing::{info, warn};
 
 use crate::{
     control::{
         lease::{BackendAttrs, Mac},
-        peers::{Peer, PeerEvent},
+        peers::Peer,
     },
-    datapath::{host_gw::ROUTE_PROTOCOL, overlay_device},
-    host::iface::ExtIface,
+    datapath::{overlay_device, Installed},
+    host::{
+        iface::ExtIface,
+        netlink::{self, ROUTE_PROTOCOL},
+    },
 };
 
 pub struct KernelVxlan {
@@ -32,45 +39,71 @@ pub struct KernelVxlan {
     index: u32,
     mac: Mac,
     vni: u32,
+    port: u16,
+    nic: ExtIface,
+    mtu: u32,
+    subnet: Option<Ipv4Net>,
 }
 
 impl KernelVxlan {
     pub async fn start(vni: u32, port: u16, nic: &ExtIface, mtu: u32) -> Result<Self> {
-        let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-        tokio::spawn(connection);
+        let netlink = netlink::connect()?;
         // The eBPF datapath's GRO device, in metadata mode, would keep ours off the port.
         crate::datapath::ebpf::gro_device::remove(&netlink).await?;
-        let name = format!("flannel.{vni}");
-        let nic_index = nix::net::if_::if_nametoindex(nic.name.as_str())
-            .with_context(|| format!("looking up {}", nic.name))?;
-        let wanted = [
-            InfoVxlan::Id(vni),
-            InfoVxlan::Link(nic_index),
-            InfoVxlan::Local(nic.addr),
-            InfoVxlan::Port(port),
-            InfoVxlan::Learning(false),
-        ];
-        let link = LinkVxlan::new(&name, vni)
-            .dev(nic_index)
-            .local(nic.addr)
-            .port(port)
-            .learning(false)
-            .build();
-        let index = ensure_device(&netlink, &name, &wanted, link).await?;
-        overlay_device::set_up(&netlink, index, &name, mtu).await?;
-        let path = format!("/sys/class/net/{name}/address");
-        let mac = std::fs::read_to_string(&path)
+        let mut vxlan = Self {
+            netlink,
+            name: format!("flannel.{vni}"),
+            index: 0,
+            mac: Mac::default(),
+            vni,
+            port,
+            nic: nic.clone(),
+            mtu,
+            subnet: None,
+        };
+        vxlan.ensure_device().await?;
+        let path = format!("/sys/class/net/{}/address", vxlan.name);
+        vxlan.mac = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {path}"))?
             .trim()
             .parse()?;
-        info!(device = %name, vtep_mac = %mac, mtu, "kernel vxlan device");
-        Ok(Self {
-            netlink,
-            name,
-            index,
-            mac,
-            vni,
-        })
+        info!(device = %vxlan.name, vtep_mac = %vxlan.mac, mtu, "kernel vxlan device");
+        Ok(vxlan)
+    }
+
+    /// `flannel.<VNI>` with flannel's parameters, up; a device recreated after it went
+    /// missing gets back the MAC our lease advertises.
+    async fn ensure_device(&mut self) -> Result<()> {
+        let nic_index = nix::net::if_::if_nametoindex(self.nic.name.as_str())
+            .with_context(|| format!("looking up {}", self.nic.name))?;
+        let wanted = [
+            InfoVxlan::Id(self.vni),
+            InfoVxlan::Link(nic_index),
+            InfoVxlan::Local(self.nic.addr),
+            InfoVxlan::Port(self.port),
+            InfoVxlan::Learning(false),
+        ];
+        let link = LinkVxlan::new(&self.name, self.vni)
+            .dev(nic_index)
+            .local(self.nic.addr)
+            .port(self.port)
+            .learning(false)
+            .build();
+        self.index = ensure_device(&self.netlink, &self.name, &wanted, link).await?;
+        let mut settings = LinkUnspec::new_with_index(self.index);
+        if self.mac != Mac::default() {
+            settings = settings.address(self.mac.0.to_vec());
+        }
+        self.netlink
+            .link()
+            .set(settings.mtu(self.mtu).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("setting {} up", self.name))?;
+        if let Some(subnet) = self.subnet {
+            self.activate(subnet).await?;
+        }
+        Ok(())
     }
 
     pub fn lease_backend(&self) -> BackendAttrs {
@@ -82,22 +115,24 @@ impl KernelVxlan {
 
     /// The device holds `<subnet>.0/32`, as flannel's.
     pub async fn activate(&mut self, subnet: Ipv4Net) -> Result<()> {
-        overlay_device::hold_subnet_address(&self.netlink, self.index, &self.name, subnet).await
-    }
-
-    pub async fn apply(&mut self, event: &PeerEvent) -> Result<()> {
-        match event {
-            PeerEvent::Added(peer) => self.install(peer).await,
-            PeerEvent::Removed(peer) => self.uninstall(peer).await,
-        }
+        overlay_device::hold_subnet_address(&self.netlink, self.index, &self.name, subnet).await?;
+        self.subnet = Some(subnet);
+        Ok(())
     }
 
     /// `ip neigh replace <subnet>.0 lladdr <mac> nud permanent`, `bridge fdb replace <mac> dst
-    /// <public ip> self permanent`, `ip route replace <subnet> via <subnet>.0 onlink`.
-    pub async fn install(&self, peer: &Peer) -> Result<()> {
+    /// <public ip> self permanent`, `ip route replace <subnet> via <subnet>.0 onlink`; what
+    /// `old` had and `peer` no longer has goes.
+    pub async fn put(&self, old: Option<&Peer>, peer: &Peer) -> Result<()> {
         let Some(mac) = vtep_mac(peer) else {
             return Ok(());
         };
+        if let Some(old) = old {
+            let old_fdb = vtep_mac(old).map(|m| (m, old.attrs.public_ip));
+            if old_fdb.is_some() && old_fdb != Some((mac, peer.attrs.public_ip)) {
+                self.remove_fdb(old).await?;
+            }
+        }
         let gateway = peer.subnet.network();
         self.neighbour(gateway, mac)
             .replace()
@@ -120,25 +155,107 @@ impl KernelVxlan {
         Ok(())
     }
 
-    async fn uninstall(&self, peer: &Peer) -> Result<()> {
+    pub async fn remove(&self, peer: &Peer) -> Result<()> {
         let Some(mac) = vtep_mac(peer) else {
             return Ok(());
         };
-        // Whatever is already gone is fine: we only want it gone.
-        let _ = self.netlink.route().del(self.route(peer)).execute().await;
-        for mut entry in [
-            self.neighbour(peer.subnet.network(), mac),
-            self.fdb(mac, peer.attrs.public_ip),
-        ] {
-            let _ = self
-                .netlink
-                .neighbours()
-                .del(entry.message_mut().clone())
-                .execute()
-                .await;
-        }
+        netlink::delete_route(&self.netlink, self.route(peer))
+            .await
+            .with_context(|| format!("route to {}", peer.subnet))?;
+        let mut neighbour = self.neighbour(peer.subnet.network(), mac);
+        netlink::delete_neighbour(&self.netlink, neighbour.message_mut().clone())
+            .await
+            .with_context(|| format!("neighbour {}", peer.subnet.network()))?;
+        self.remove_fdb(peer).await?;
         info!(subnet = %peer.subnet, "peer left the kernel vxlan device");
         Ok(())
+    }
+
+    async fn remove_fdb(&self, peer: &Peer) -> Result<()> {
+        let Some(mac) = vtep_mac(peer) else {
+            return Ok(());
+        };
+        let mut entry = self.fdb(mac, peer.attrs.public_ip);
+        netlink::delete_neighbour(&self.netlink, entry.message_mut().clone())
+            .await
+            .with_context(|| format!("fdb entry {mac} dst {}", peer.attrs.public_ip))
+    }
+
+    /// Reads the device, its routes, neighbours and fdb entries back: a device that went
+    /// missing is recreated (every peer must then be rewritten), entries no installed peer
+    /// explains are deleted. Returns the installed peers whose entries are missing or wrong.
+    pub async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
+        if nix::net::if_::if_nametoindex(self.name.as_str()).ok() != Some(self.index) {
+            warn!(device = %self.name, "the vxlan device is gone; recreating it");
+            self.ensure_device().await?;
+            return Ok(installed.keys().copied().collect());
+        }
+        if let Some(subnet) = self.subnet {
+            self.activate(subnet).await?;
+        }
+        let wanted: Vec<Peer> = installed
+            .iter()
+            .filter(|(_, attrs)| matches!(attrs.backend, BackendAttrs::Vxlan { .. }))
+            .map(|(subnet, attrs)| Peer {
+                subnet: *subnet,
+                attrs: attrs.clone(),
+            })
+            .collect();
+        let mut routes = BTreeSet::new();
+        for route in netlink::our_routes(&self.netlink).await? {
+            if route.oif != Some(self.index) {
+                continue;
+            }
+            let subnet = route.destination;
+            if installed.contains_key(&subnet) && route.gateway == Some(subnet.network()) {
+                routes.insert(subnet);
+            } else {
+                warn!(destination = %subnet, device = %self.name, "removing a stale route");
+                netlink::delete_route(&self.netlink, route.message).await?;
+            }
+        }
+        let mut neighbours = BTreeSet::new();
+        for entry in netlink::neighbours(&self.netlink, AddressFamily::Inet).await? {
+            if entry.header.ifindex != self.index || entry.header.state != NeighbourState::Permanent
+            {
+                continue;
+            }
+            let found = (netlink::ipv4(&entry), netlink::link_layer(&entry));
+            match wanted
+                .iter()
+                .find(|p| found == (Some(p.subnet.network()), vtep_mac(p)))
+            {
+                Some(peer) => {
+                    neighbours.insert(peer.subnet);
+                }
+                None => {
+                    warn!(neighbour = ?found.0, device = %self.name, "removing a stale neighbour");
+                    netlink::delete_neighbour(&self.netlink, entry).await?;
+                }
+            }
+        }
+        let mut fdb = BTreeSet::new();
+        for entry in netlink::neighbours(&self.netlink, AddressFamily::Bridge).await? {
+            if entry.header.ifindex != self.index {
+                continue;
+            }
+            let found = (netlink::link_layer(&entry), netlink::ipv4(&entry));
+            let explained: Vec<Ipv4Net> = wanted
+                .iter()
+                .filter(|p| found == (vtep_mac(p), Some(p.attrs.public_ip)))
+                .map(|p| p.subnet)
+                .collect();
+            if explained.is_empty() {
+                warn!(mac = ?found.0, dst = ?found.1, device = %self.name, "removing a stale fdb entry");
+                netlink::delete_neighbour(&self.netlink, entry).await?;
+            }
+            fdb.extend(explained);
+        }
+        Ok(wanted
+            .iter()
+            .map(|p| p.subnet)
+            .filter(|s| !(routes.contains(s) && neighbours.contains(s) && fdb.contains(s)))
+            .collect())
     }
 
     fn neighbour(&self, gateway: Ipv4Addr, mac: Mac) -> NeighbourAddRequest {

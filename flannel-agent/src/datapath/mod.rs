@@ -8,15 +8,17 @@ pub mod overlay_device;
 pub mod tun_udp;
 pub mod udp_packet;
 
-use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Result};
 use ipnet::Ipv4Net;
 use tracing::warn;
 
 use crate::{
     control::{
         config::Backend,
-        lease::BackendAttrs,
-        peers::{Peer, PeerEvent},
+        lease::{BackendAttrs, LeaseAttrs},
+        peers::Peer,
     },
     datapath::{
         ebpf::{EbpfDatapath, ReceivePath, Unsupported},
@@ -65,7 +67,20 @@ pub type Counters = (
     Vec<(flannel_common::DropReason, u64)>,
 );
 
-pub enum Datapath {
+/// The peers the kernel holds, as far as we know: an entry is added only once its writes
+/// succeeded, and `audit` takes out those the kernel no longer has.
+pub type Installed = BTreeMap<Ipv4Net, LeaseAttrs>;
+
+/// A packet path, reconciled: `sync` brings the kernel from what it holds to the peer table,
+/// `audit` reads the kernel back so that what was removed or changed behind our back is
+/// fixed by the next `sync`. Both are idempotent; a failed write stays out of `installed`
+/// and is retried by the next `sync`.
+pub struct Datapath {
+    kind: Kind,
+    installed: Installed,
+}
+
+enum Kind {
     HostGw(HostGw),
     Ebpf(Box<EbpfDatapath>),
     KernelVxlan(KernelVxlan),
@@ -75,28 +90,167 @@ pub enum Datapath {
 impl Datapath {
     /// Sets up the datapath, or says clearly why this combination can't run.
     pub async fn start(options: &Options, backend: &Backend, iface: &ExtIface) -> Result<Self> {
-        match (backend, options.choice) {
+        let kind = match (backend, options.choice) {
             // host-gw is plain routing: nothing to encapsulate, the same on both datapaths.
             (Backend::HostGw, _) => {
                 iface.check_public_ip_is_local()?;
-                Ok(Self::HostGw(HostGw::new(&iface.name)?))
+                Kind::HostGw(HostGw::new(&iface.name)?)
             }
             (Backend::Vxlan { .. } | Backend::Udp { .. }, Choice::Ebpf) => {
                 match EbpfDatapath::start(options, backend, iface).await {
-                    Ok(datapath) => Ok(Self::Ebpf(Box::new(datapath))),
+                    Ok(datapath) => Kind::Ebpf(Box::new(datapath)),
                     Err(e) if e.is::<Unsupported>() => {
                         warn!("eBPF datapath unavailable ({e:#}); falling back to the classic datapath");
-                        Self::classic(backend, iface).await
+                        Kind::classic(backend, iface).await?
                     }
-                    Err(e) => Err(e),
+                    Err(e) => return Err(e),
                 }
             }
             (Backend::Vxlan { .. } | Backend::Udp { .. }, Choice::Classic) => {
-                Self::classic(backend, iface).await
+                Kind::classic(backend, iface).await?
             }
+        };
+        Ok(Self {
+            kind,
+            installed: Installed::new(),
+        })
+    }
+
+    /// The eBPF datapath's counters (the others keep none).
+    pub fn counters(&mut self) -> Result<Counters> {
+        match &mut self.kind {
+            Kind::Ebpf(ebpf) => ebpf.counters(&self.installed),
+            _ => Ok(Counters::default()),
         }
     }
 
+    /// For status lines.
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::HostGw(_) => "host-gw routes",
+            Kind::Ebpf(_) => "eBPF",
+            Kind::KernelVxlan(_) => "kernel vxlan device",
+            Kind::TunUdp(_) => "TUN udp loop",
+        }
+    }
+
+    /// eBPF: where tunnel packets are decapsulated, and what GRO merges before that.
+    pub fn receive_path(&self) -> Option<ReceivePath> {
+        match &self.kind {
+            Kind::Ebpf(ebpf) => Some(ebpf.receive_path()),
+            _ => None,
+        }
+    }
+
+    /// What our lease says about our end of the backend.
+    pub fn lease_backend(&self) -> BackendAttrs {
+        match &self.kind {
+            Kind::HostGw(_) => BackendAttrs::HostGw,
+            Kind::Ebpf(ebpf) => ebpf.lease_backend(),
+            Kind::KernelVxlan(vxlan) => vxlan.lease_backend(),
+            Kind::TunUdp(_) => BackendAttrs::Udp,
+        }
+    }
+
+    /// Our subnet is known (at start, or after it changed).
+    pub async fn activate(&mut self, network: Ipv4Net, subnet: Ipv4Net, mtu: u32) -> Result<()> {
+        match &mut self.kind {
+            Kind::HostGw(_) => Ok(()),
+            Kind::Ebpf(ebpf) => ebpf.activate(network, subnet, mtu).await,
+            Kind::KernelVxlan(vxlan) => vxlan.activate(subnet).await,
+            Kind::TunUdp(tun) => tun.activate(network, subnet).await,
+        }
+    }
+
+    /// The peers are in place: start carrying traffic.
+    pub fn attach(&mut self) -> Result<()> {
+        match &mut self.kind {
+            Kind::HostGw(_) | Kind::KernelVxlan(_) | Kind::TunUdp(_) => Ok(()),
+            Kind::Ebpf(ebpf) => ebpf.attach(),
+        }
+    }
+
+    /// Brings the kernel to hold exactly `desired`: peers that left are removed, new and
+    /// changed ones written. Each change that fails is left for the next call; the error
+    /// says how many failed and why the first did.
+    pub async fn sync(&mut self, desired: &Installed) -> Result<()> {
+        let peer = |(subnet, attrs): (&Ipv4Net, &LeaseAttrs)| Peer {
+            subnet: *subnet,
+            attrs: attrs.clone(),
+        };
+        let gone: Vec<Peer> = (self.installed.iter())
+            .filter(|(subnet, _)| !desired.contains_key(subnet))
+            .map(peer)
+            .collect();
+        let wanted: Vec<(Option<Peer>, Peer)> = (desired.iter())
+            .filter(|(subnet, attrs)| self.installed.get(subnet) != Some(attrs))
+            .map(|entry| (self.installed.get_key_value(entry.0).map(peer), peer(entry)))
+            .collect();
+        let mut failures = Vec::new();
+        for old in gone {
+            match self.kind.remove(&old, &self.installed).await {
+                Ok(()) => {
+                    self.installed.remove(&old.subnet);
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        for (old, new) in wanted {
+            match self.kind.put(old.as_ref(), &new, &self.installed).await {
+                Ok(()) => {
+                    self.installed.insert(new.subnet, new.attrs);
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        match failures.len() {
+            0 => Ok(()),
+            1 => Err(failures.remove(0)),
+            n => Err(anyhow!(
+                "{n} peer changes failed; the first: {:#}",
+                failures[0]
+            )),
+        }
+    }
+
+    /// Reads the kernel back: what it lacks or holds wrong is taken out of `installed` (the
+    /// next `sync` writes it again), what it holds and no peer explains is deleted, devices
+    /// and filters removed by hand come back, and the eBPF fast path picks up containers.
+    pub async fn audit(&mut self) -> Result<()> {
+        let drifted = match &mut self.kind {
+            Kind::HostGw(routes) => routes.audit(&self.installed).await?,
+            Kind::Ebpf(ebpf) => {
+                ebpf.follow_containers().await?;
+                ebpf.audit(&self.installed).await?
+            }
+            Kind::KernelVxlan(vxlan) => vxlan.audit(&self.installed).await?,
+            Kind::TunUdp(tun) => tun.audit(&self.installed).await?,
+        };
+        for subnet in drifted {
+            warn!(%subnet, "the kernel lost this peer's entries; rewriting them");
+            self.installed.remove(&subnet);
+        }
+        Ok(())
+    }
+
+    /// Container changes to follow between resyncs: the eBPF fast path's; None for the others.
+    pub fn container_events(&self) -> Option<Result<ContainerEvents>> {
+        match &self.kind {
+            Kind::Ebpf(ebpf) => Some(ebpf.container_events()),
+            _ => None,
+        }
+    }
+
+    /// The eBPF fast path follows a container change.
+    pub async fn follow_containers(&mut self) -> Result<()> {
+        match &mut self.kind {
+            Kind::Ebpf(ebpf) => ebpf.follow_containers().await,
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Kind {
     /// What Go flanneld does: the kernel's vxlan device, or the TUN loop for udp.
     async fn classic(backend: &Backend, iface: &ExtIface) -> Result<Self> {
         let mtu = iface.overlay_mtu(backend);
@@ -109,96 +263,26 @@ impl Datapath {
         }
     }
 
-    /// The eBPF datapath's counters (the others keep none).
-    pub fn counters(&mut self) -> Result<Counters> {
+    /// Writes `peer`, which replaces `old` (the same subnet's previous lease) if any.
+    async fn put(&mut self, old: Option<&Peer>, peer: &Peer, installed: &Installed) -> Result<()> {
         match self {
-            Self::Ebpf(ebpf) => ebpf.counters(),
-            _ => Ok(Counters::default()),
-        }
-    }
-
-    /// For status lines.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::HostGw(_) => "host-gw routes",
-            Self::Ebpf(_) => "eBPF",
-            Self::KernelVxlan(_) => "kernel vxlan device",
-            Self::TunUdp(_) => "TUN udp loop",
-        }
-    }
-
-    /// eBPF: where tunnel packets are decapsulated, and what GRO merges before that.
-    pub fn receive_path(&self) -> Option<ReceivePath> {
-        match self {
-            Self::Ebpf(ebpf) => Some(ebpf.receive_path()),
-            _ => None,
-        }
-    }
-
-    /// What our lease says about our end of the backend.
-    pub fn lease_backend(&self) -> BackendAttrs {
-        match self {
-            Self::HostGw(_) => BackendAttrs::HostGw,
-            Self::Ebpf(ebpf) => ebpf.lease_backend(),
-            Self::KernelVxlan(vxlan) => vxlan.lease_backend(),
-            Self::TunUdp(_) => BackendAttrs::Udp,
-        }
-    }
-
-    /// Our subnet is known (at start, or after it changed).
-    pub async fn activate(&mut self, network: Ipv4Net, subnet: Ipv4Net, mtu: u32) -> Result<()> {
-        match self {
-            Self::HostGw(_) => Ok(()),
-            Self::Ebpf(ebpf) => ebpf.activate(network, subnet, mtu).await,
-            Self::KernelVxlan(vxlan) => vxlan.activate(subnet).await,
-            Self::TunUdp(tun) => tun.activate(network, subnet).await,
-        }
-    }
-
-    /// The peers are in place: start carrying traffic.
-    pub fn attach(&mut self) -> Result<()> {
-        match self {
-            Self::HostGw(_) | Self::KernelVxlan(_) | Self::TunUdp(_) => Ok(()),
-            Self::Ebpf(ebpf) => ebpf.attach(),
-        }
-    }
-
-    pub async fn apply(&mut self, event: &PeerEvent) -> Result<()> {
-        match self {
-            Self::HostGw(routes) => routes.apply(event).await,
-            Self::Ebpf(ebpf) => ebpf.apply(event).await,
-            Self::KernelVxlan(vxlan) => vxlan.apply(event).await,
+            Self::HostGw(routes) => routes.put(peer).await,
+            Self::Ebpf(ebpf) => ebpf.put(old, peer, installed),
+            Self::KernelVxlan(vxlan) => vxlan.put(old, peer).await,
             Self::TunUdp(tun) => {
-                tun.apply(event);
+                tun.put(peer);
                 Ok(())
             }
         }
     }
 
-    /// Container changes to follow between resyncs: the eBPF fast path's; None for the others.
-    pub fn container_events(&self) -> Option<Result<ContainerEvents>> {
+    async fn remove(&mut self, peer: &Peer, installed: &Installed) -> Result<()> {
         match self {
-            Self::Ebpf(ebpf) => Some(ebpf.container_events()),
-            _ => None,
-        }
-    }
-
-    /// Restores state that someone removed behind our back (routes deleted by hand), and
-    /// picks up devices that appeared (a container bridge).
-    pub async fn reconcile(&mut self, peers: impl Iterator<Item = Peer>) -> Result<()> {
-        match self {
-            Self::HostGw(routes) => {
-                for peer in peers {
-                    routes.replace(&peer).await?;
-                }
-                Ok(())
-            }
-            Self::Ebpf(ebpf) => ebpf.reconcile().await,
-            Self::TunUdp(_) => Ok(()),
-            Self::KernelVxlan(vxlan) => {
-                for peer in peers {
-                    vxlan.install(&peer).await?;
-                }
+            Self::HostGw(routes) => routes.remove(peer).await,
+            Self::Ebpf(ebpf) => ebpf.remove(peer, installed),
+            Self::KernelVxlan(vxlan) => vxlan.remove(peer).await,
+            Self::TunUdp(tun) => {
+                tun.remove(peer);
                 Ok(())
             }
         }

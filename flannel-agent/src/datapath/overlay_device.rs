@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
-use crate::datapath::host_gw::ROUTE_PROTOCOL;
+use crate::host::netlink::ROUTE_PROTOCOL;
 
 /// Deletes the device `name` if there is one (what goes with it, addresses, routes, neighbours
 /// and fdb entries, goes too); says whether there was.

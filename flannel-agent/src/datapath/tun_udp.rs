@@ -4,6 +4,7 @@
 //! `udp_packet`. The TUN device is opened with a plain `TUNSETIFF` ioctl.
 
 use std::{
+    collections::BTreeSet,
     fs::{File, OpenOptions},
     io::{Read, Write},
     net::{IpAddr, UdpSocket},
@@ -18,12 +19,13 @@ use rtnetlink::Handle;
 use tracing::{error, info};
 
 use crate::{
-    control::peers::PeerEvent,
+    control::peers::Peer,
     datapath::{
         overlay_device,
         udp_packet::{self, Outbound, Routes},
+        Installed,
     },
-    host::iface::ExtIface,
+    host::{iface::ExtIface, netlink},
 };
 
 pub const TUN_DEV: &str = "flannel0";
@@ -38,14 +40,14 @@ struct State {
 pub struct TunUdp {
     netlink: Handle,
     index: u32,
+    subnet: Option<Ipv4Net>,
     state: Arc<RwLock<State>>,
 }
 
 impl TunUdp {
     pub async fn start(port: u16, nic: &ExtIface, mtu: u32) -> Result<Self> {
         let tun = Arc::new(open_tun(TUN_DEV)?);
-        let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-        tokio::spawn(connection);
+        let netlink = netlink::connect()?;
         let index = nix::net::if_::if_nametoindex(TUN_DEV)?;
         overlay_device::set_up(&netlink, index, TUN_DEV, mtu).await?;
         let socket = Arc::new(
@@ -65,6 +67,7 @@ impl TunUdp {
         Ok(Self {
             netlink,
             index,
+            subnet: None,
             state,
         })
     }
@@ -72,17 +75,36 @@ impl TunUdp {
     /// `flannel0` holds `<subnet>.0/32`; the whole network is routed to it.
     pub async fn activate(&mut self, network: Ipv4Net, subnet: Ipv4Net) -> Result<()> {
         overlay_device::take_network(&self.netlink, self.index, TUN_DEV, network, subnet).await?;
+        self.subnet = Some(subnet);
         let mut state = self.state.write().expect("state lock");
         state.network = Some(network);
         Ok(())
     }
 
-    pub fn apply(&mut self, event: &PeerEvent) {
+    pub fn put(&mut self, peer: &Peer) {
         let mut state = self.state.write().expect("state lock");
-        match event {
-            PeerEvent::Added(peer) => state.routes.insert(peer.subnet, peer.attrs.public_ip),
-            PeerEvent::Removed(peer) => state.routes.remove(&peer.subnet),
+        state.routes.insert(peer.subnet, peer.attrs.public_ip);
+    }
+
+    pub fn remove(&mut self, peer: &Peer) {
+        let mut state = self.state.write().expect("state lock");
+        state.routes.remove(&peer.subnet);
+    }
+
+    /// The loop's table lives in this process, so only the device, its address and the
+    /// network's route can be lost: they are restored; returns the installed peers the table
+    /// lacks or holds otherwise.
+    pub async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
+        let network = self.state.read().expect("state lock").network;
+        if let (Some(network), Some(subnet)) = (network, self.subnet) {
+            self.activate(network, subnet).await?;
         }
+        let state = self.state.read().expect("state lock");
+        Ok(installed
+            .iter()
+            .filter(|(subnet, attrs)| state.routes.get(subnet) != Some(attrs.public_ip))
+            .map(|(subnet, _)| *subnet)
+            .collect())
     }
 }
 

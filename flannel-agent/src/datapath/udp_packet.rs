@@ -34,6 +34,12 @@ impl Routes {
         }
     }
 
+    /// The public IP `subnet` goes to, if it is in the table.
+    pub fn get(&self, subnet: &Ipv4Net) -> Option<Ipv4Addr> {
+        let table = self.by_len.get(&std::cmp::Reverse(subnet.prefix_len()))?;
+        table.get(&u32::from(subnet.network())).copied()
+    }
+
     /// The public IP that carries `dst`, by longest prefix.
     pub fn lookup(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
         self.by_len.iter().find_map(|(len, table)| {

@@ -12,23 +12,22 @@ use rtnetlink::{
     packet_core::{NetlinkMessage, NetlinkPayload},
     packet_route::{
         link::{LinkAttribute, LinkMessage},
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+        neighbour::{NeighbourAttribute, NeighbourState},
         AddressFamily, RouteNetlinkMessage,
     },
     sys::SocketAddr,
     Handle, MulticastGroup,
 };
 
-use crate::control::lease::Mac;
+use crate::{
+    control::lease::Mac,
+    host::netlink::{ipv4, link_layer, neighbours},
+};
 
 /// IPv4 → (host-side veth ifindex, container MAC) for the containers behind `bridge`.
 pub async fn discover(netlink: &Handle, bridge: u32) -> Result<HashMap<Ipv4Addr, (u32, Mac)>> {
-    let neighbours = dump(netlink, AddressFamily::Inet)
-        .await
-        .context("listing neighbours")?;
-    let fdb = dump(netlink, AddressFamily::Bridge)
-        .await
-        .context("listing the bridge's FDB")?;
+    let fdb = neighbours(netlink, AddressFamily::Bridge).await?;
+    let neighbours = neighbours(netlink, AddressFamily::Inet).await?;
     let port_of: HashMap<Mac, u32> = fdb
         .iter()
         .filter(|entry| {
@@ -49,10 +48,7 @@ pub async fn discover(netlink: &Handle, bridge: u32) -> Result<HashMap<Ipv4Addr,
             )
         })
         .filter_map(|n| {
-            let ip = n.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                _ => None,
-            })?;
+            let ip = ipv4(n)?;
             let mac = link_layer(n)?;
             Some((ip, (*port_of.get(&mac)?, mac)))
         })
@@ -79,25 +75,6 @@ pub async fn bridge_ports(netlink: &Handle, bridge: u32) -> Result<Vec<(u32, Str
             Some((link.header.index, name))
         })
         .collect())
-}
-
-async fn dump(netlink: &Handle, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
-    Ok(netlink
-        .neighbours()
-        .get()
-        .set_address_family(family)
-        .execute()
-        .try_collect()
-        .await?)
-}
-
-fn link_layer(message: &NeighbourMessage) -> Option<Mac> {
-    message.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(bytes) => {
-            Some(Mac(bytes.as_slice().try_into().ok()?))
-        }
-        _ => None,
-    })
 }
 
 /// How long a burst of events (a container's creation is several) may take to settle.

@@ -3,3 +3,4 @@
 pub mod endpoints;
 pub mod iface;
 pub mod iptables;
+pub mod netlink;

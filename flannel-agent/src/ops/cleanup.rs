@@ -7,18 +7,14 @@ use std::{fs, path::Path};
 
 use anyhow::{Context, Result};
 use aya::programs::{links::Link, tc::SchedClassifierLink, TcAttachType};
-use futures::TryStreamExt;
-use rtnetlink::RouteMessageBuilder;
 use tracing::info;
 
 use crate::{
     datapath::{
-        ebpf::gro_device::GRO_DEV,
-        ebpf::{FILTER_HANDLE, OVERLAY_DEV, PRIORITIES},
-        host_gw::ROUTE_PROTOCOL,
+        ebpf::{gro_device::GRO_DEV, FILTER_HANDLE, OVERLAY_DEV, PRIORITIES},
         overlay_device,
     },
-    host::iptables,
+    host::{iptables, netlink},
 };
 
 pub async fn run(pin_dir: &Path) -> Result<()> {
@@ -40,8 +36,7 @@ pub async fn run(pin_dir: &Path) -> Result<()> {
     }
     info!(filters, "removed our TC filters");
 
-    let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    tokio::spawn(connection);
+    let netlink = netlink::connect()?;
     // The eBPF overlay device, and the classic datapath's `flannel.<VNI>` (its neighbours and
     // fdb entries go with it).
     for entry in fs::read_dir("/sys/class/net").context("listing interfaces")? {
@@ -51,25 +46,10 @@ pub async fn run(pin_dir: &Path) -> Result<()> {
             info!(device = %name, "removed the device");
         }
     }
-    let routes: Vec<_> = netlink
-        .route()
-        .get(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .context("listing routes")?;
-    let ours: Vec<_> = routes
-        .into_iter()
-        .filter(|r| r.header.protocol == ROUTE_PROTOCOL)
-        .collect();
+    let ours = netlink::our_routes(&netlink).await?;
     let count = ours.len();
     for route in ours {
-        netlink
-            .route()
-            .del(route)
-            .execute()
-            .await
-            .context("deleting a route")?;
+        netlink::delete_route(&netlink, route.message).await?;
     }
     info!(routes = count, "removed our routes");
 

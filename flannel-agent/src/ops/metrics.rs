@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub renewals: u64,
     pub watch_restarts: u64,
     pub etcd_errors: u64,
+    pub datapath_errors: u64,
+    pub lease_overwrites: u64,
     /// Per peer (subnet, public IP), where the datapath counts (eBPF).
     pub traffic: Vec<(Ipv4Net, Ipv4Addr, PeerTraffic)>,
     pub drops: Vec<(DropReason, u64)>,
@@ -100,6 +102,18 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "Failed etcd operations.",
         &[(String::new(), s.etcd_errors)],
+    );
+    family(
+        "flannel_datapath_errors_total",
+        "counter",
+        "Failed attempts to bring the kernel to the peer table (each is retried).",
+        &[(String::new(), s.datapath_errors)],
+    );
+    family(
+        "flannel_lease_overwrites_total",
+        "counter",
+        "Times another writer put its value in our lease key and we wrote ours back.",
+        &[(String::new(), s.lease_overwrites)],
     );
     family(
         "flannel_datapath_info",

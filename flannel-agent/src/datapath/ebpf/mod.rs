@@ -15,7 +15,7 @@ pub mod gro_device;
 pub mod programs;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashSet},
     net::Ipv4Addr,
 };
 
@@ -37,13 +37,14 @@ use tracing::{info, warn};
 use crate::{
     control::{
         config::Backend,
-        lease::{BackendAttrs, Mac},
-        peers::{Peer, PeerEvent},
+        lease::{BackendAttrs, LeaseAttrs, Mac},
+        peers::Peer,
     },
-    datapath::{kernel_vxlan, overlay_device, Decap, Options},
+    datapath::{kernel_vxlan, overlay_device, Decap, Installed, Options},
     host::{
         endpoints::{self, ContainerEvents},
         iface::{self, ExtIface},
+        netlink,
     },
 };
 use programs::Programs;
@@ -52,7 +53,8 @@ use programs::Programs;
 pub const OVERLAY_DEV: &str = "flannel-bpf";
 const OVERLAY_PEER: &str = "flannel-bpf-p";
 /// Our TC filters' handle, and the two priorities a restart alternates between.
-pub const FILTER_HANDLE: TcHandle = TcHandle::new(0, 0xf1a);
+pub const FILTER_HANDLE: TcHandle = TcHandle::new(0, FILTER_MINOR);
+pub const FILTER_MINOR: u16 = 0xf1a;
 pub const PRIORITIES: [u16; 2] = [0xf1a0, 0xf1a1];
 /// `BPF_F_ADJ_ROOM_ENCAP_L2_ETH`, needed for VXLAN GSO, came with Linux 5.13.
 const MIN_KERNEL: (u8, u8) = (5, 13);
@@ -106,9 +108,8 @@ pub struct EbpfDatapath {
     netlink: Handle,
     overlay_index: u32,
     vtep_mac: Mac,
-    subnet: Option<Ipv4Net>,
-    /// Peer subnets in the maps, with the public IP each goes to.
-    installed: HashMap<Ipv4Net, Ipv4Addr>,
+    /// The network, our subnet and the overlay MTU, once activated.
+    active: Option<(Ipv4Net, Ipv4Net, u32)>,
     /// The bridge the fast path is attached to, with its ifindex.
     bridge: Option<(String, u32)>,
     /// The bridge's ports (containers' host-side veths) with `tc_encap` at their ingress.
@@ -135,13 +136,12 @@ impl EbpfDatapath {
         };
         let programs = Programs::load(options.bpf_object.as_deref())
             .map_err(|e| Unsupported(format!("the kernel refused our programs: {e:#}")))?;
-        let (connection, netlink, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-        tokio::spawn(connection);
+        let netlink = netlink::connect()?;
         if encap == Encap::Vxlan {
             kernel_vxlan::remove_classic_device(&netlink, vni).await?;
         }
         let mtu = nic.overlay_mtu(backend);
-        let (overlay_index, vtep_mac) = ensure_overlay_device(&netlink, mtu).await?;
+        let (overlay_index, vtep_mac) = ensure_overlay_device(&netlink, mtu, None).await?;
         info!(device = OVERLAY_DEV, mtu, vtep_mac = %vtep_mac, "overlay device");
         Ok(Self {
             programs,
@@ -152,8 +152,7 @@ impl EbpfDatapath {
             netlink,
             overlay_index,
             vtep_mac,
-            subnet: None,
-            installed: HashMap::new(),
+            active: None,
             bridge: None,
             ports: HashSet::new(),
             pin_dir: options.pin_dir.clone(),
@@ -207,7 +206,7 @@ impl EbpfDatapath {
             gro_ifindex,
             ..Default::default()
         })?;
-        self.subnet = Some(subnet);
+        self.active = Some((network, subnet, mtu));
         Ok(())
     }
 
@@ -241,7 +240,9 @@ impl EbpfDatapath {
     /// The fast path: attach `tc_encap` to the container bridge once it exists (Docker may
     /// start after us, and may recreate it).
     fn attach_bridge(&mut self) {
-        let Some(subnet) = self.subnet else { return };
+        let Some((_, subnet, _)) = self.active else {
+            return;
+        };
         let found = iface::addresses().ok().and_then(|all| {
             all.into_iter()
                 .find(|(name, addr)| name != OVERLAY_DEV && subnet.contains(addr))
@@ -263,73 +264,148 @@ impl EbpfDatapath {
         }
     }
 
-    pub async fn apply(&mut self, event: &PeerEvent) -> Result<()> {
-        match event {
-            PeerEvent::Added(peer) => self.install(peer),
-            PeerEvent::Removed(peer) => self.uninstall(&peer.subnet),
-        }
-    }
-
-    fn install(&mut self, peer: &Peer) -> Result<()> {
-        let vtep_mac = match &peer.attrs.backend {
-            BackendAttrs::Vxlan { vtep_mac, .. } => *vtep_mac,
-            _ => Mac::default(),
-        };
+    /// Routes `peer`'s subnet through its tunnel and lets its public IP send to us; an IP
+    /// `old` had and no other peer uses stops being a peer.
+    pub fn put(&mut self, old: Option<&Peer>, peer: &Peer, installed: &Installed) -> Result<()> {
         let ip = peer.attrs.public_ip;
-        if let Some(old_ip) = self.installed.insert(peer.subnet, ip) {
-            if old_ip != ip {
-                self.forget_ip_unless_used(old_ip)?;
-            }
-        }
-        let ip_be = u32::from(ip).to_be();
-        let info = PeerInfo {
-            subnet_be: u32::from(peer.subnet.network()).to_be(),
-            prefix_len: peer.subnet.prefix_len(),
-            vtep_mac: vtep_mac.0,
-            ..Default::default()
-        };
-        self.programs.insert_peer(ip, info)?;
+        let owner = (peer.subnet, vtep_mac(&peer.attrs));
+        let owner = owner_of(ip, installed, Some(peer), None).unwrap_or(owner);
+        self.programs.insert_peer(ip, peer_info(owner))?;
         self.programs.track_traffic(ip)?;
-        let tunnel = Tunnel::new(&TunnelEnds {
-            encap: self.encap,
-            local_ip_be: u32::from(self.nic.public_ip).to_be(),
-            remote_ip_be: ip_be,
-            port_be: self.port.to_be(),
-            vni: self.vni,
-            local_mac: self.vtep_mac.0,
-            remote_mac: vtep_mac.0,
-        });
-        self.programs.insert_route(peer.subnet, tunnel)?;
+        self.programs
+            .insert_route(peer.subnet, self.tunnel(&peer.attrs))?;
+        if let Some(old) = old.filter(|old| old.attrs.public_ip != ip) {
+            self.release(old, installed)?;
+        }
         info!(subnet = %peer.subnet, public_ip = %ip, "peer in the datapath");
         Ok(())
     }
 
-    fn uninstall(&mut self, subnet: &Ipv4Net) -> Result<()> {
-        let Some(ip) = self.installed.remove(subnet) else {
-            return Ok(());
-        };
-        self.programs.remove_route(*subnet)?;
-        self.forget_ip_unless_used(ip)?;
-        info!(%subnet, public_ip = %ip, "peer left the datapath");
+    pub fn remove(&mut self, peer: &Peer, installed: &Installed) -> Result<()> {
+        self.programs.remove_route(peer.subnet)?;
+        self.release(peer, installed)?;
+        info!(subnet = %peer.subnet, public_ip = %peer.attrs.public_ip, "peer left the datapath");
         Ok(())
     }
 
-    /// A public IP no subnet uses any more may no longer send us tunnel packets.
-    fn forget_ip_unless_used(&mut self, ip: Ipv4Addr) -> Result<()> {
-        if self.installed.values().all(|used| *used != ip) {
-            self.programs.remove_peer(ip)?;
-            self.programs.untrack_traffic(ip)?;
+    /// `peer`'s subnet no longer goes to its public IP: the IP stays a peer (named by its
+    /// smallest remaining subnet) while another subnet uses it, else it goes.
+    fn release(&mut self, peer: &Peer, installed: &Installed) -> Result<()> {
+        let ip = peer.attrs.public_ip;
+        match owner_of(ip, installed, None, Some(peer.subnet)) {
+            Some(owner) => self.programs.insert_peer(ip, peer_info(owner)),
+            None => {
+                self.programs.remove_peer(ip)?;
+                self.programs.untrack_traffic(ip)
+            }
+        }
+    }
+
+    fn tunnel(&self, attrs: &LeaseAttrs) -> Tunnel {
+        Tunnel::new(&TunnelEnds {
+            encap: self.encap,
+            local_ip_be: u32::from(self.nic.public_ip).to_be(),
+            remote_ip_be: u32::from(attrs.public_ip).to_be(),
+            port_be: self.port.to_be(),
+            vni: self.vni,
+            local_mac: self.vtep_mac.0,
+            remote_mac: vtep_mac(attrs).0,
+        })
+    }
+
+    /// Reads the maps, the devices and the filters back: what went missing is restored (the
+    /// overlay device, a filter, the network route, the GRO device), map entries no installed
+    /// peer explains are deleted. Returns the installed peers whose entries are missing or
+    /// wrong.
+    pub async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
+        self.restore_host().await?;
+        let mut drifted: BTreeSet<Ipv4Net> = installed.keys().copied().collect();
+        for (subnet, tunnel) in self.programs.routes()? {
+            match installed.get(&subnet) {
+                Some(attrs) if self.tunnel(attrs) == tunnel => {
+                    drifted.remove(&subnet);
+                }
+                Some(_) => {}
+                None => {
+                    warn!(%subnet, "removing a stale entry from the routes map");
+                    self.programs.remove_route(subnet)?;
+                }
+            }
+        }
+        let peers = self.programs.peers()?;
+        let tracked = self.programs.tracked()?;
+        for (subnet, attrs) in installed {
+            let ip = attrs.public_ip;
+            let wanted = owner_of(ip, installed, None, None).map(peer_info);
+            if wanted.is_none_or(|info| !peers.contains(&(ip, info))) || !tracked.contains(&ip) {
+                drifted.insert(*subnet);
+            }
+        }
+        for (ip, _) in peers {
+            if !installed.values().any(|attrs| attrs.public_ip == ip) {
+                warn!(public_ip = %ip, "removing a stale entry from the peers map");
+                self.programs.remove_peer(ip)?;
+            }
+        }
+        for ip in tracked {
+            if !installed.values().any(|attrs| attrs.public_ip == ip) {
+                self.programs.untrack_traffic(ip)?;
+            }
+        }
+        Ok(drifted)
+    }
+
+    /// The overlay device (with our VTEP MAC), its address and route, the config and the
+    /// filters on the NIC and the overlay device, as `start`, `activate` and `attach` left
+    /// them, whatever was removed since.
+    async fn restore_host(&mut self) -> Result<()> {
+        let Some((network, subnet, mtu)) = self.active else {
+            return Ok(());
+        };
+        if nix::net::if_::if_nametoindex(OVERLAY_DEV).ok() != Some(self.overlay_index) {
+            warn!(
+                device = OVERLAY_DEV,
+                "the overlay device is gone; recreating it"
+            );
+            (self.overlay_index, _) =
+                ensure_overlay_device(&self.netlink, mtu, Some(self.vtep_mac)).await?;
+        }
+        self.activate(network, subnet, mtu).await?;
+        let nic = nix::net::if_::if_nametoindex(self.nic.name.as_str())
+            .with_context(|| format!("looking up {}", self.nic.name))?;
+        let minor = FILTER_MINOR;
+        if netlink::filter_priorities(&self.netlink, nic, false, minor)
+            .await?
+            .is_empty()
+        {
+            warn!(nic = %self.nic.name, "our TC filter is gone from the NIC; attaching it again");
+            attach_replacing(
+                self.programs.tc_ingress(),
+                &self.nic.name,
+                TcAttachType::Ingress,
+            )?;
+        }
+        if netlink::filter_priorities(&self.netlink, self.overlay_index, true, minor)
+            .await?
+            .is_empty()
+        {
+            warn!(
+                device = OVERLAY_DEV,
+                "our TC filter is gone from the overlay device; attaching it again"
+            );
+            attach_replacing(self.programs.tc_encap(), OVERLAY_DEV, TcAttachType::Egress)?;
         }
         Ok(())
     }
 
-    /// Traffic per installed peer and drops by reason, summed over CPUs.
-    pub fn counters(&mut self) -> Result<crate::datapath::Counters> {
-        let installed: Vec<(Ipv4Net, Ipv4Addr)> =
-            self.installed.iter().map(|(s, ip)| (*s, *ip)).collect();
+    /// Traffic with each installed peer, and drops by reason, summed over CPUs.
+    pub fn counters(&mut self, installed: &Installed) -> Result<crate::datapath::Counters> {
         let traffic = installed
-            .into_iter()
-            .map(|(subnet, ip)| Ok((subnet, ip, self.programs.traffic(ip)?)))
+            .iter()
+            .map(|(subnet, attrs)| {
+                let ip = attrs.public_ip;
+                Ok((*subnet, ip, self.programs.traffic(ip)?))
+            })
             .collect::<Result<_>>()?;
         Ok((traffic, self.programs.drops()?))
     }
@@ -341,7 +417,8 @@ impl EbpfDatapath {
         ContainerEvents::subscribe(nic)
     }
 
-    pub async fn reconcile(&mut self) -> Result<()> {
+    /// The fast path follows the containers: the bridge, its ports, the endpoints map.
+    pub async fn follow_containers(&mut self) -> Result<()> {
         self.attach_bridge();
         self.attach_ports().await?;
         self.sync_endpoints().await
@@ -417,7 +494,7 @@ impl EbpfDatapath {
 
 /// The overlay veth pair, created if missing (a restart reuses it and keeps its MAC); up,
 /// without ARP, at `mtu`. Returns its ifindex and MAC.
-async fn ensure_overlay_device(netlink: &Handle, mtu: u32) -> Result<(u32, Mac)> {
+async fn ensure_overlay_device(netlink: &Handle, mtu: u32, mac: Option<Mac>) -> Result<(u32, Mac)> {
     if nix::net::if_::if_nametoindex(OVERLAY_DEV).is_err() {
         netlink
             .link()
@@ -429,14 +506,14 @@ async fn ensure_overlay_device(netlink: &Handle, mtu: u32) -> Result<(u32, Mac)>
     for name in [OVERLAY_DEV, OVERLAY_PEER] {
         let index =
             nix::net::if_::if_nametoindex(name).with_context(|| format!("finding {name}"))?;
-        let settings = LinkUnspec::new_with_index(index)
-            .up()
-            .arp(false)
-            .mtu(mtu)
-            .build();
+        let mut settings = LinkUnspec::new_with_index(index).up().arp(false).mtu(mtu);
+        // Recreated, it keeps the VTEP MAC our lease advertises.
+        if let (OVERLAY_DEV, Some(mac)) = (name, mac) {
+            settings = settings.address(mac.0.to_vec());
+        }
         netlink
             .link()
-            .set(settings)
+            .set(settings.build())
             .execute()
             .await
             .with_context(|| format!("setting {name} up"))?;
@@ -511,4 +588,38 @@ fn attach_replacing(program: &mut SchedClassifier, iface: &str, kind: TcAttachTy
     }
     Err(anyhow!(last_error.expect("two attempts")))
         .with_context(|| format!("attaching {kind:?} filter on {iface}"))
+}
+
+/// The subnet that names `ip` in the peers map, with its VTEP MAC: the smallest installed
+/// one using it, `adding` counted in (over what its subnet held) and `leaving` left out.
+fn owner_of(
+    ip: Ipv4Addr,
+    installed: &Installed,
+    adding: Option<&Peer>,
+    leaving: Option<Ipv4Net>,
+) -> Option<(Ipv4Net, Mac)> {
+    let replaced = adding.map(|peer| peer.subnet).or(leaving);
+    installed
+        .iter()
+        .filter(|(subnet, attrs)| attrs.public_ip == ip && Some(**subnet) != replaced)
+        .map(|(subnet, attrs)| (*subnet, vtep_mac(attrs)))
+        .chain(adding.map(|peer| (peer.subnet, vtep_mac(&peer.attrs))))
+        .min_by_key(|(subnet, _)| *subnet)
+}
+
+fn peer_info((subnet, vtep_mac): (Ipv4Net, Mac)) -> PeerInfo {
+    PeerInfo {
+        subnet_be: u32::from(subnet.network()).to_be(),
+        prefix_len: subnet.prefix_len(),
+        vtep_mac: vtep_mac.0,
+        ..Default::default()
+    }
+}
+
+/// A vxlan peer's VTEP MAC; zero for udp.
+fn vtep_mac(attrs: &LeaseAttrs) -> Mac {
+    match &attrs.backend {
+        BackendAttrs::Vxlan { vtep_mac, .. } => *vtep_mac,
+        _ => Mac::default(),
+    }
 }

@@ -4,7 +4,7 @@ use std::{fs, net::Ipv4Addr, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::{SchedClassifier, Xdp},
     Ebpf,
 };
@@ -95,7 +95,7 @@ impl Programs {
 
     pub fn remove_peer(&mut self, public_ip: Ipv4Addr) -> Result<()> {
         let mut map: HashMap<&mut MapData, u32, PeerInfo> = self.map(map_names::PEERS)?;
-        map.remove(&u32::from(public_ip).to_be())
+        absent_ok(map.remove(&u32::from(public_ip).to_be()))
             .with_context(|| format!("removing peer {public_ip} from the peer map"))
     }
 
@@ -108,8 +108,45 @@ impl Programs {
 
     pub fn remove_route(&mut self, subnet: Ipv4Net) -> Result<()> {
         let mut map: LpmTrie<&mut MapData, u32, Tunnel> = self.map(map_names::ROUTES)?;
-        map.remove(&route_key(subnet))
+        absent_ok(map.remove(&route_key(subnet)))
             .with_context(|| format!("removing the route to {subnet}"))
+    }
+
+    /// The peers map: public IP → what we know of the peer.
+    pub fn peers(&mut self) -> Result<Vec<(Ipv4Addr, PeerInfo)>> {
+        let map: HashMap<&mut MapData, u32, PeerInfo> = self.map(map_names::PEERS)?;
+        map.iter()
+            .map(|entry| {
+                let (ip_be, peer) = entry.context("reading the peer map")?;
+                Ok((Ipv4Addr::from(u32::from_be(ip_be)), peer))
+            })
+            .collect()
+    }
+
+    /// The routes map: peer subnet → the tunnel to it.
+    pub fn routes(&mut self) -> Result<Vec<(Ipv4Net, Tunnel)>> {
+        let map: LpmTrie<&mut MapData, u32, Tunnel> = self.map(map_names::ROUTES)?;
+        map.iter()
+            .map(|entry| {
+                let (key, tunnel) = entry.context("reading the routes map")?;
+                let network = Ipv4Addr::from(u32::from_be(key.data()));
+                let subnet = Ipv4Net::new(network, key.prefix_len() as u8)
+                    .context("a routes map key with a bad prefix length")?;
+                Ok((subnet, tunnel))
+            })
+            .collect()
+    }
+
+    /// The public IPs whose traffic is counted.
+    pub fn tracked(&mut self) -> Result<Vec<Ipv4Addr>> {
+        let map: PerCpuHashMap<&mut MapData, u32, PeerTraffic> = self.map(map_names::TRAFFIC)?;
+        map.keys()
+            .map(|key| {
+                Ok(Ipv4Addr::from(u32::from_be(
+                    key.context("reading the traffic map")?,
+                )))
+            })
+            .collect()
     }
 
     /// The local containers the fast path delivers to, by IPv4.
@@ -131,7 +168,7 @@ impl Programs {
 
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
         let mut map: HashMap<&mut MapData, u32, Endpoint> = self.map(map_names::ENDPOINTS)?;
-        map.remove(&u32::from(ip).to_be())
+        absent_ok(map.remove(&u32::from(ip).to_be()))
             .with_context(|| format!("removing endpoint {ip}"))
     }
 
@@ -154,7 +191,7 @@ impl Programs {
     pub fn untrack_traffic(&mut self, public_ip: Ipv4Addr) -> Result<()> {
         let mut map: PerCpuHashMap<&mut MapData, u32, PeerTraffic> =
             self.map(map_names::TRAFFIC)?;
-        map.remove(&u32::from(public_ip).to_be())
+        absent_ok(map.remove(&u32::from(public_ip).to_be()))
             .with_context(|| format!("removing traffic counters for {public_ip}"))
     }
 
@@ -216,6 +253,14 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
         bail!("--bpf-pin-dir {} is not on a bpf filesystem", dir.display());
     }
     Ok(())
+}
+
+/// A removal finds the entry already gone: what we wanted.
+fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        result => result,
+    }
 }
 
 fn route_key(subnet: Ipv4Net) -> Key<u32> {

@@ -1,0 +1,147 @@
+//! rtnetlink, as every part of the agent uses it: a connection, the protocol tag on our
+//! routes, and dumps of routes and neighbours read back for reconciling.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::{
+    packet_route::{
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
+        AddressFamily,
+    },
+    Handle, RouteMessageBuilder,
+};
+
+use crate::control::lease::Mac;
+
+/// The routing protocol number our routes carry, so reconciling and `--cleanup` find them
+/// and only them.
+pub const ROUTE_PROTOCOL: RouteProtocol = RouteProtocol::Other(0xf1);
+
+/// A handle on a new rtnetlink connection, served by a task of its own.
+pub fn connect() -> Result<Handle> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+/// One of our IPv4 routes as the kernel holds it.
+pub struct OurRoute {
+    pub destination: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub message: RouteMessage,
+}
+
+/// Our IPv4 routes (those with our protocol tag) in the main table.
+pub async fn our_routes(netlink: &Handle) -> Result<Vec<OurRoute>> {
+    let routes: Vec<RouteMessage> = netlink
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .context("listing routes")?;
+    Ok(routes
+        .into_iter()
+        .filter(|r| r.header.protocol == ROUTE_PROTOCOL)
+        .filter_map(|message| {
+            let (mut destination, mut gateway, mut oif) = (None, None, None);
+            for attribute in &message.attributes {
+                match attribute {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = Some(*ip),
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+                    RouteAttribute::Oif(index) => oif = Some(*index),
+                    _ => {}
+                }
+            }
+            let prefix_len = message.header.destination_prefix_length;
+            let destination =
+                Ipv4Net::new(destination.unwrap_or(Ipv4Addr::UNSPECIFIED), prefix_len).ok()?;
+            Some(OurRoute {
+                destination,
+                gateway,
+                oif,
+                message,
+            })
+        })
+        .collect())
+}
+
+/// Deletes a route; one that is already gone is fine.
+pub async fn delete_route(netlink: &Handle, route: RouteMessage) -> Result<()> {
+    match netlink.route().del(route).execute().await {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+        result => result.context("deleting a route"),
+    }
+}
+
+/// Every neighbour of `family`: IPv4 neighbours (`Inet`) or forwarding entries (`Bridge`).
+pub async fn neighbours(netlink: &Handle, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
+    netlink
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute()
+        .try_collect()
+        .await
+        .with_context(|| format!("listing {family:?} neighbours"))
+}
+
+/// A neighbour's link-layer address.
+pub fn link_layer(message: &NeighbourMessage) -> Option<Mac> {
+    message.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(bytes) => {
+            Some(Mac(bytes.as_slice().try_into().ok()?))
+        }
+        _ => None,
+    })
+}
+
+/// A neighbour's IPv4 address: the neighbour's own, or an fdb entry's remote.
+pub fn ipv4(message: &NeighbourMessage) -> Option<Ipv4Addr> {
+    message.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })
+}
+
+/// Deletes a neighbour or fdb entry; one that is already gone is fine.
+pub async fn delete_neighbour(netlink: &Handle, message: NeighbourMessage) -> Result<()> {
+    match netlink.neighbours().del(message).execute().await {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => Ok(()),
+        result => result.context("deleting a neighbour"),
+    }
+}
+
+/// The priorities of the TC filters with handle `0:<minor>` at an interface's clsact
+/// ingress (or egress), as the kernel holds them.
+pub async fn filter_priorities(
+    netlink: &Handle,
+    ifindex: u32,
+    egress: bool,
+    minor: u16,
+) -> Result<Vec<u16>> {
+    let index = i32::try_from(ifindex).context("an ifindex out of range")?;
+    let request = netlink.traffic_filter(index).get();
+    let request = if egress {
+        request.egress()
+    } else {
+        request.ingress()
+    };
+    let filters: Vec<_> = request
+        .execute()
+        .try_collect()
+        .await
+        .with_context(|| format!("listing the TC filters of ifindex {ifindex}"))?;
+    let mut priorities: Vec<u16> = filters
+        .iter()
+        .filter(|f| f.header.handle.major == 0 && f.header.handle.minor == minor)
+        .map(|f| (f.header.info >> 16) as u16)
+        .collect();
+    priorities.dedup();
+    Ok(priorities)
+}
