@@ -29,7 +29,12 @@ pub enum LogFormat {
 
 /// flanneld: flannel's agent, with the packet path in eBPF.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "flanneld", version, max_term_width = 100)]
+#[command(
+    name = "flanneld",
+    version,
+    max_term_width = 100,
+    args_override_self = true
+)]
 pub struct Args {
     /// etcd endpoints, comma separated
     #[arg(long, env = "FLANNELD_ETCD_ENDPOINTS", value_delimiter = ',', help_heading = FLANNEL,

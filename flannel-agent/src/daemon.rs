@@ -52,12 +52,16 @@ pub async fn run(args: Args) -> Result<()> {
         let addr = SocketAddr::new(args.healthz_ip, args.healthz_port);
         health::serve(addr, ready.clone(), metrics_requests).await?;
     }
+    // What the command line got wrong is said now, before anything is leased or created.
+    subnet_env::check_writable(&args.subnet_file)?;
+    let datapath_options = args.datapath_options();
+    datapath_options.check()?;
     let iface = iface::choose(&args.iface_options())?;
     info!(iface = %iface.name, public_ip = %iface.public_ip, mtu = iface.mtu, "using interface");
     let mut registry = Registry::connect(&args.etcd_options()).await?;
     let config = wait_for_config(&mut registry).await;
     info!(network = %config.network, backend = config.backend.type_name(), "network config");
-    let mut datapath = Datapath::start(&args.datapath_options(), &config.backend, &iface).await?;
+    let mut datapath = Datapath::start(&datapath_options, &config.backend, &iface).await?;
     let attrs = LeaseAttrs {
         public_ip: iface.public_ip,
         backend: datapath.lease_backend(),
@@ -419,15 +423,18 @@ impl Agent {
     async fn adopt(&mut self, lease: OwnLease) {
         let moved = lease.subnet != self.lease.subnet;
         if moved {
-            warn!(old = %self.lease.subnet, new = %lease.subnet, "our subnet changed");
+            error!(
+                old = %self.lease.subnet,
+                new = %lease.subnet,
+                "our subnet changed: containers on the old one are cut off; restart Docker so \
+                 that its --bip follows subnet.env"
+            );
         } else {
             info!(subnet = %lease.subnet, "lease re-acquired, same subnet");
         }
         self.lease = lease;
         if moved {
-            if let Err(e) = self.publish_subnet() {
-                error!("{e:#}");
-            }
+            self.ensure_subnet_env();
             let mtu = self.iface.overlay_mtu(&self.config.backend);
             if let Err(e) = self
                 .datapath
@@ -516,16 +523,32 @@ impl Agent {
         }
     }
 
-    fn publish_subnet(&self) -> Result<()> {
+    /// subnet.env as our lease says it; None when the file already says so.
+    fn subnet_env_to_write(&self) -> Option<SubnetEnv> {
         let env = SubnetEnv {
             network: self.config.network,
             subnet: self.lease.subnet,
             mtu: self.iface.overlay_mtu(&self.config.backend),
             ip_masq: self.args.ip_masq,
         };
-        env.write(&self.args.subnet_file)?;
-        info!(path = %self.args.subnet_file.display(), subnet = %self.lease.subnet, "wrote subnet.env");
+        let on_disk = std::fs::read_to_string(&self.args.subnet_file).ok();
+        (on_disk.as_deref() != Some(env.render().as_str())).then_some(env)
+    }
+
+    fn publish_subnet(&self) -> Result<()> {
+        if let Some(env) = self.subnet_env_to_write() {
+            env.write(&self.args.subnet_file)?;
+            info!(path = %self.args.subnet_file.display(), subnet = %self.lease.subnet, "wrote subnet.env");
+        }
         Ok(())
+    }
+
+    /// Rewrites subnet.env until it matches our lease (a failed write, a file changed or
+    /// removed by hand); called at every resync.
+    fn ensure_subnet_env(&self) {
+        if let Err(e) = self.publish_subnet() {
+            error!("{e:#}; retrying at the next resync");
+        }
     }
 
     fn rules(&self) -> Vec<iptables::Rule> {
@@ -558,6 +581,7 @@ impl Agent {
             notify(&[sd_notify::NotifyState::Status(&status)]);
             self.last_status = status;
         }
+        self.ensure_subnet_env();
         self.ensure_rules();
         self.resync_datapath().await;
     }

@@ -283,6 +283,29 @@ impl Container {
         Ok(socket)
     }
 
+    /// Pings `to` every 10 ms, `count` times, while `during` runs (it starts once traffic
+    /// has flowed for half a second); returns how many of them got no reply.
+    pub fn pings_lost_while(&self, to: Ipv4Addr, count: u32, during: impl FnOnce()) -> Result<u32> {
+        let (target, count_arg) = (to.to_string(), count.to_string());
+        let report = std::thread::scope(|scope| {
+            let pinger = scope.spawn(|| {
+                self.ns.exec(
+                    "ping",
+                    &["-q", "-i", "0.01", "-c", &count_arg, "-W", "1", &target],
+                )
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            during();
+            pinger.join().expect("the pinging thread")
+        })?;
+        // "300 packets transmitted, 298 received, ..."
+        let received = report
+            .split(", ")
+            .find_map(|part| part.strip_suffix(" received")?.parse::<u32>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no ping summary in {report:?}"))?;
+        Ok(count - received)
+    }
+
     pub fn ping(&self, to: Ipv4Addr) -> Result<String> {
         self.ns
             .exec("ping", &["-c", "1", "-W", "2", &to.to_string()])

@@ -7,7 +7,7 @@ use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
     require_root,
-    testbed::{self, lease_key, Container, Testbed},
+    testbed::{self, lease_key, Container, Testbed, PREFIX},
 };
 
 const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
@@ -92,7 +92,7 @@ fn a_restart_keeps_the_devices_mac() {
 }
 
 #[test]
-fn the_ebpf_datapath_falls_back_to_the_kernel_vxlan_device() {
+fn a_bad_bpf_object_or_subnet_file_is_refused_before_anything_is_leased() {
     require_root();
     let bed = Testbed::new(1).unwrap();
     bed.put_config(VXLAN).unwrap();
@@ -100,21 +100,37 @@ fn the_ebpf_datapath_falls_back_to_the_kernel_vxlan_device() {
     let garbage = dir.path().join("not-bpf.o");
     std::fs::write(&garbage, b"not an ELF object").unwrap();
     let object = format!("--bpf-object={}", garbage.display());
-    let mut agent = bed.agent(0, &[&object]).unwrap();
-    agent.wait_ready(READY).unwrap();
+    let cases: [(&[&str], String); 3] = [
+        (
+            &[&object],
+            format!("--bpf-object {}: not an eBPF object", garbage.display()),
+        ),
+        (
+            &["--bpf-object=/nonexistent/flannel.bpf.o"],
+            "--bpf-object /nonexistent/flannel.bpf.o".into(),
+        ),
+        (
+            &["--subnet-file=/proc/flannel/subnet.env"],
+            "--subnet-file /proc/flannel/subnet.env: can't write in /proc/flannel".into(),
+        ),
+    ];
+    for (flags, message) in cases {
+        let mut agent = bed.agent(0, flags).unwrap();
+        let status = agent.wait_exit(READY).unwrap();
+        assert!(!status.success(), "{flags:?} refused");
+        assert!(agent.log().contains(&message), "{}", agent.log());
+    }
+    let host = &bed.hosts[0];
     assert!(
-        agent.log().contains("falling back to the classic datapath"),
-        "{}",
-        agent.log()
+        bed.etcd
+            .keys(&format!("{PREFIX}/subnets/"))
+            .unwrap()
+            .is_empty(),
+        "no lease"
     );
-    let mac = bed.hosts[0]
-        .exec("cat", &["/sys/class/net/flannel.1/address"])
-        .unwrap();
-    let key = lease_key(&agent.subnet().unwrap());
-    assert!(
-        bed.etcd.get(&key).unwrap().unwrap().contains(mac.trim()),
-        "the lease carries flannel.1's MAC"
-    );
+    for device in ["flannel.1", "flannel-bpf", "flannel-gro"] {
+        assert!(host.ip(&["link", "show", device]).is_err(), "no {device}");
+    }
 }
 
 #[test]

@@ -33,6 +33,26 @@ impl SubnetEnv {
     }
 }
 
+/// Refuses a subnet file we could not write, before anything is leased or created: its
+/// directory is created if missing (as flannel does with /run/flannel) and must take a file.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let probe = dir.join(format!(".flanneld-probe-{}", std::process::id()));
+    fs::create_dir_all(dir)
+        .and_then(|()| fs::File::create(&probe))
+        .and_then(|_| fs::remove_file(&probe))
+        .with_context(|| {
+            format!(
+                "--subnet-file {}: can't write in {}",
+                path.display(),
+                dir.display()
+            )
+        })
+}
+
 /// `KEY=VALUE` lines of an env file (subnet.env, or what mk-docker-opts reads).
 pub fn read_vars(path: &Path) -> io::Result<BTreeMap<String, String>> {
     let text = fs::read_to_string(path)?;

@@ -61,6 +61,17 @@ pub struct Options {
     pub decap: Option<Decap>,
 }
 
+impl Options {
+    /// Refuses a `--bpf-object` that is not a readable eBPF ELF object, before anything is
+    /// leased or created.
+    pub fn check(&self) -> Result<()> {
+        match (&self.bpf_object, self.choice) {
+            (Some(path), Choice::Ebpf) => ebpf::programs::check_object(path),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Traffic per peer (subnet, public IP) and drops by reason.
 pub type Counters = (
     Vec<(Ipv4Net, std::net::Ipv4Addr, flannel_common::PeerTraffic)>,

@@ -134,8 +134,19 @@ impl EbpfDatapath {
             Backend::Udp { port } => (Encap::Udp, 0, *port),
             Backend::HostGw => bail!("host-gw has nothing to encapsulate"),
         };
-        let programs = Programs::load(options.bpf_object.as_deref())
-            .map_err(|e| Unsupported(format!("the kernel refused our programs: {e:#}")))?;
+        let programs = match (
+            Programs::load(options.bpf_object.as_deref()),
+            &options.bpf_object,
+        ) {
+            (Ok(programs), _) => programs,
+            // The object the user asked for must load: falling back would hide the mistake.
+            (Err(e), Some(path)) => {
+                return Err(e.context(format!("--bpf-object {}", path.display())))
+            }
+            (Err(e), None) => {
+                return Err(Unsupported(format!("the kernel refused our programs: {e:#}")).into())
+            }
+        };
         let netlink = netlink::connect()?;
         if encap == Encap::Vxlan {
             kernel_vxlan::remove_classic_device(&netlink, vni).await?;

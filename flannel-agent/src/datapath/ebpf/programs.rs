@@ -232,6 +232,21 @@ impl Programs {
     }
 }
 
+/// Checks that `path` is an ELF object for BPF (`e_machine` EM_BPF, 247), as `--bpf-object`
+/// must be; the kernel's verifier judges the rest when it loads.
+pub fn check_object(path: &Path) -> Result<()> {
+    const EM_BPF: u16 = 247;
+    let bytes = fs::read(path).with_context(|| format!("--bpf-object {}", path.display()))?;
+    let machine = bytes.get(18..20).map(|m| u16::from_le_bytes([m[0], m[1]]));
+    if !bytes.starts_with(b"\x7fELF") || machine != Some(EM_BPF) {
+        bail!(
+            "--bpf-object {}: not an eBPF object (build one with cargo xtask build-ebpf)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Makes `dir` a directory on a bpf filesystem, mounting bpffs at /sys/fs/bpf when `dir` is
 /// below it and nothing is mounted there (`ip netns exec` gives a fresh /sys).
 fn ensure_bpffs(dir: &Path) -> Result<()> {
