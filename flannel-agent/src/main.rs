@@ -30,7 +30,13 @@ fn main() -> ExitCode {
         let args = StatusArgs::try_parse_from(go_style(argv.into_iter().skip(1)))
             .unwrap_or_else(|e| e.exit());
         return match runtime().block_on(status::run(&args)) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(true) => ExitCode::SUCCESS,
+            // The report is printed, but etcd's part of it is missing.
+            Ok(false) => ExitCode::from(2),
+            Err(e) if args.json => {
+                println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+                ExitCode::FAILURE
+            }
             Err(e) => {
                 eprintln!("flanneld status: {e:#}");
                 ExitCode::FAILURE

@@ -566,7 +566,7 @@ fn status_lists_every_peer_with_its_traffic() {
         .collect();
     let flags: Vec<[&str; 1]> = pins.iter().map(|pin| [pin.as_str()]).collect();
     let flags: Vec<&[&str]> = flags.iter().map(|f| &f[..]).collect();
-    let (bed, agents, containers) = Testbed::cluster(VXLAN, &flags).unwrap();
+    let (mut bed, agents, containers) = Testbed::cluster(VXLAN, &flags).unwrap();
     all_reach_all(&containers);
 
     let flanneld = flannel_tests::agent::flanneld()
@@ -608,5 +608,40 @@ fn status_lists_every_peer_with_its_traffic() {
     assert!(
         text.contains("decap:     tc, GRO merges tunnel frames first"),
         "{text}"
+    );
+
+    // etcd down: what the host holds, from the pins and the kernel, and an exit code that
+    // says etcd's part is missing.
+    bed.etcd.stop();
+    let output = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &bed.hosts[0].name,
+            &flanneld,
+            "status",
+            "--json",
+        ])
+        .args([&endpoints, &subnet_file, &pins[0]])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["etcd"]["reachable"], false, "{json}");
+    assert_eq!(json["network"], "10.1.0.0/16");
+    let listed: Vec<&str> = json["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["subnet"].as_str().unwrap())
+        .collect();
+    for agent in &agents[1..] {
+        assert!(listed.contains(&agent.subnet().unwrap().as_str()), "{json}");
+    }
+    assert!(
+        json["datapath"]["attached"]
+            .to_string()
+            .contains("tc ingress on eth0"),
+        "{json}"
     );
 }

@@ -8,6 +8,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{
     packet_route::{
+        link::{LinkAttribute, LinkXdp},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
         AddressFamily,
@@ -144,4 +145,28 @@ pub async fn filter_priorities(
         .collect();
     priorities.dedup();
     Ok(priorities)
+}
+
+/// The id of the XDP program attached to interface `ifindex`, if any.
+pub async fn xdp_program(netlink: &Handle, ifindex: u32) -> Result<Option<u32>> {
+    let links: Vec<_> = netlink
+        .link()
+        .get()
+        .match_index(ifindex)
+        .execute()
+        .try_collect()
+        .await
+        .with_context(|| format!("reading ifindex {ifindex}"))?;
+    Ok(links
+        .iter()
+        .flat_map(|link| &link.attributes)
+        .filter_map(|attribute| match attribute {
+            LinkAttribute::Xdp(xdp) => Some(xdp),
+            _ => None,
+        })
+        .flatten()
+        .find_map(|xdp| match xdp {
+            LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+            _ => None,
+        }))
 }

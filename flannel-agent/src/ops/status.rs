@@ -4,21 +4,25 @@
 use std::{collections::HashMap, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap};
 use clap::Parser;
-use flannel_common::{map_names, DatapathConfig, DropReason, PeerTraffic};
+use flannel_common::{map_names, DatapathConfig, DropReason, Encap, PeerTraffic, Tunnel};
 use serde_json::json;
 
 use crate::{
     cli::Args,
-    control::{config, lease::BackendAttrs, registry::Registry, subnet_env},
+    control::{
+        config::{self, Config},
+        lease::{BackendAttrs, Mac},
+        registry::{EtcdOptions, Registry, Snapshot},
+        subnet_env,
+    },
     datapath::{
-        ebpf::gro_device::GRO_DEV,
-        ebpf::{ReceivePath, OVERLAY_DEV},
+        ebpf::{gro_device::GRO_DEV, programs, ReceivePath, FILTER_MINOR, OVERLAY_DEV},
         tun_udp::TUN_DEV,
         Decap,
     },
-    host::iface,
+    host::{iface, netlink},
 };
 
 /// Show this host's lease, datapath and peers.
@@ -37,47 +41,86 @@ struct Pinned {
     config: DatapathConfig,
     traffic: HashMap<Ipv4Addr, PeerTraffic>,
     drops: Vec<(DropReason, u64)>,
+    routes: Vec<(ipnet::Ipv4Net, Tunnel)>,
 }
 
-pub async fn run(args: &StatusArgs) -> Result<()> {
+/// Prints the report; false when etcd could not be read (the report then shows what this
+/// host holds: its subnet.env, the pinned maps and what the kernel has attached).
+pub async fn run(args: &StatusArgs) -> Result<bool> {
     let common = &args.common;
-    let mut registry = Registry::connect(&common.etcd_options()).await?;
-    let config_json = registry
-        .config()
-        .await?
-        .with_context(|| format!("no network config at {}", registry.config_key()))?;
-    let config = config::parse(&config_json)?;
-    let snapshot = registry.snapshot().await?;
-    let own = subnet_env::previous_subnet(&common.subnet_file)?;
-    let own_lease = own.and_then(|subnet| snapshot.leases.iter().find(|l| l.subnet == subnet));
+    let etcd = read_etcd(&common.etcd_options()).await;
+    let own = subnet_env::previous_subnet(&common.subnet_file)
+        .ok()
+        .flatten();
     let pinned = read_pins(&common.bpf_pin_dir).ok();
-
-    let datapath = describe_datapath(pinned.as_ref(), own, &common.bpf_pin_dir);
-    let peers: Vec<serde_json::Value> = snapshot
-        .leases
-        .iter()
-        .filter(|l| {
-            Some(l.subnet) != own && l.attrs.backend.type_name() == config.backend.type_name()
-        })
-        .map(|l| {
-            let vtep_mac = match &l.attrs.backend {
-                BackendAttrs::Vxlan { vtep_mac, .. } => Some(vtep_mac.to_string()),
-                _ => None,
-            };
-            let traffic = pinned
-                .as_ref()
-                .and_then(|p| p.traffic.get(&l.attrs.public_ip));
-            json!({
-                "subnet": l.subnet.to_string(),
-                "public_ip": l.attrs.public_ip.to_string(),
-                "vtep_mac": vtep_mac,
-                "tx_packets": traffic.map(|t| t.tx_packets),
-                "tx_bytes": traffic.map(|t| t.tx_bytes),
-                "rx_packets": traffic.map(|t| t.rx_packets),
-                "rx_bytes": traffic.map(|t| t.rx_bytes),
-            })
-        })
-        .collect();
+    let datapath = describe_datapath(pinned.as_ref(), own, &common.bpf_pin_dir).await?;
+    let traffic = |ip: &Ipv4Addr| pinned.as_ref().and_then(|p| p.traffic.get(ip)).copied();
+    let (etcd_json, lease, network, backend, peers) = match &etcd {
+        Ok((config, snapshot)) => {
+            let own_lease = own.and_then(|s| snapshot.leases.iter().find(|l| l.subnet == s));
+            let peers: Vec<serde_json::Value> = snapshot
+                .leases
+                .iter()
+                .filter(|l| {
+                    Some(l.subnet) != own
+                        && l.attrs.backend.type_name() == config.backend.type_name()
+                })
+                .map(|l| {
+                    let vtep_mac = match &l.attrs.backend {
+                        BackendAttrs::Vxlan { vtep_mac, .. } => Some(*vtep_mac),
+                        _ => None,
+                    };
+                    peer_json(
+                        l.subnet,
+                        l.attrs.public_ip,
+                        vtep_mac,
+                        traffic(&l.attrs.public_ip),
+                    )
+                })
+                .collect();
+            let lease = own_lease.map(|l| {
+                json!({
+                    "subnet": l.subnet.to_string(),
+                    "public_ip": l.attrs.public_ip.to_string(),
+                    "backend": l.attrs.backend.type_name(),
+                    "reservation": l.lease_id == 0,
+                })
+            });
+            (
+                json!({"reachable": true}),
+                lease,
+                json!(config.network.to_string()),
+                json!(config.backend.type_name()),
+                peers,
+            )
+        }
+        Err(e) => {
+            // What this host holds: subnet.env's network, the peers in the pinned maps.
+            let network = subnet_env::read_vars(&common.subnet_file)
+                .ok()
+                .and_then(|vars| vars.get("FLANNEL_NETWORK").cloned());
+            let peers: Vec<serde_json::Value> = pinned
+                .iter()
+                .flat_map(|p| &p.routes)
+                .map(|(subnet, tunnel)| {
+                    let ip = Ipv4Addr::from(u32::from_be(tunnel.remote_ip_be));
+                    let vxlan = pinned
+                        .as_ref()
+                        .is_some_and(|p| p.config.encap == Encap::Vxlan as u16);
+                    let mac =
+                        vxlan.then(|| Mac(tunnel.header[36..42].try_into().expect("six bytes")));
+                    peer_json(*subnet, ip, mac, traffic(&ip))
+                })
+                .collect();
+            (
+                json!({"reachable": false, "error": format!("{e:#}")}),
+                None,
+                json!(network),
+                serde_json::Value::Null,
+                peers,
+            )
+        }
+    };
     let drops: serde_json::Map<String, serde_json::Value> = pinned
         .as_ref()
         .map(|p| {
@@ -88,14 +131,10 @@ pub async fn run(args: &StatusArgs) -> Result<()> {
         })
         .unwrap_or_default();
     let report = json!({
-        "lease": own_lease.map(|l| json!({
-            "subnet": l.subnet.to_string(),
-            "public_ip": l.attrs.public_ip.to_string(),
-            "backend": l.attrs.backend.type_name(),
-            "reservation": l.lease_id == 0,
-        })),
-        "network": config.network.to_string(),
-        "backend": config.backend.type_name(),
+        "etcd": etcd_json,
+        "lease": lease,
+        "network": network,
+        "backend": backend,
         "datapath": datapath,
         "drops": drops,
         "peers": peers,
@@ -105,45 +144,98 @@ pub async fn run(args: &StatusArgs) -> Result<()> {
     } else {
         print_text(&report);
     }
-    Ok(())
+    Ok(etcd.is_ok())
 }
 
-fn describe_datapath(
+/// The network config and every lease.
+async fn read_etcd(options: &EtcdOptions) -> Result<(Config, Snapshot)> {
+    let mut registry = Registry::connect(options).await?;
+    let config_json = registry
+        .config()
+        .await?
+        .with_context(|| format!("no network config at {}", registry.config_key()))?;
+    let config = config::parse(&config_json)?;
+    Ok((config, registry.snapshot().await?))
+}
+
+fn peer_json(
+    subnet: ipnet::Ipv4Net,
+    public_ip: Ipv4Addr,
+    vtep_mac: Option<Mac>,
+    traffic: Option<PeerTraffic>,
+) -> serde_json::Value {
+    json!({
+        "subnet": subnet.to_string(),
+        "public_ip": public_ip.to_string(),
+        "vtep_mac": vtep_mac.map(|m| m.to_string()),
+        "tx_packets": traffic.map(|t| t.tx_packets),
+        "tx_bytes": traffic.map(|t| t.tx_bytes),
+        "rx_packets": traffic.map(|t| t.rx_packets),
+        "rx_bytes": traffic.map(|t| t.rx_bytes),
+    })
+}
+
+/// The datapath and where the kernel has its programs attached.
+async fn describe_datapath(
     pinned: Option<&Pinned>,
     own: Option<ipnet::Ipv4Net>,
     pin_dir: &Path,
-) -> serde_json::Value {
+) -> Result<serde_json::Value> {
     let exists = |name: &str| Path::new("/sys/class/net").join(name).exists();
     if let Some(pinned) = pinned {
-        let nic = nix::net::if_::if_indextoname(pinned.config.nic_ifindex)
+        let netlink = netlink::connect()?;
+        let nic_index = pinned.config.nic_ifindex;
+        let nic = nix::net::if_::if_indextoname(nic_index)
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| format!("ifindex {}", pinned.config.nic_ifindex));
-        let mut attached = vec![
-            format!("tc ingress on {nic}"),
-            format!("tc egress on {OVERLAY_DEV}"),
-        ];
-        let decap = if pin_dir.join("xdp_ingress_link").exists() {
-            attached.push(format!("xdp on {nic}"));
-            Decap::Xdp
-        } else {
-            Decap::Tc
-        };
-        let receive = ReceivePath::new(decap, exists(GRO_DEV));
+            .unwrap_or_else(|_| format!("ifindex {nic_index}"));
         let bridge = own.and_then(|subnet| {
             iface::addresses()
                 .ok()?
                 .into_iter()
                 .find(|(name, addr)| name != OVERLAY_DEV && subnet.contains(addr))
         });
+        let mut points = vec![
+            (nic.clone(), false, format!("tc ingress on {nic}")),
+            (
+                OVERLAY_DEV.into(),
+                true,
+                format!("tc egress on {OVERLAY_DEV}"),
+            ),
+        ];
         if let Some((bridge, _)) = bridge {
-            attached.push(format!("tc ingress on {bridge} (fast path)"));
+            points.push((
+                bridge.clone(),
+                false,
+                format!("tc ingress on {bridge} (fast path)"),
+            ));
         }
-        return json!({
+        let mut attached = Vec::new();
+        for (name, egress, label) in points {
+            let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
+                continue;
+            };
+            if !netlink::filter_priorities(&netlink, index, egress, FILTER_MINOR)
+                .await?
+                .is_empty()
+            {
+                attached.push(label);
+            }
+        }
+        let xdp = netlink::xdp_program(&netlink, nic_index).await?.is_some()
+            && pin_dir.join("xdp_ingress_link").exists();
+        let decap = if xdp {
+            attached.push(format!("xdp on {nic}"));
+            Decap::Xdp
+        } else {
+            Decap::Tc
+        };
+        let receive = ReceivePath::new(decap, exists(GRO_DEV));
+        return Ok(json!({
             "kind": "eBPF",
             "attached": attached,
             "decap": receive.decap,
             "gro": receive.gro,
-        });
+        }));
     }
     let kind = if exists(TUN_DEV) {
         "TUN udp loop (flannel0)"
@@ -158,7 +250,7 @@ fn describe_datapath(
     } else {
         "routes (host-gw), or not running"
     };
-    json!({"kind": kind, "attached": []})
+    Ok(json!({"kind": kind, "attached": []}))
 }
 
 fn read_pins(dir: &Path) -> Result<Pinned> {
@@ -185,10 +277,12 @@ fn read_pins(dir: &Path) -> Result<Pinned> {
         .iter()
         .map(|&r| Ok((r, drops_map.get(&(r as u32), 0)?.iter().sum())))
         .collect::<Result<_>>()?;
+    let routes: LpmTrie<MapData, u32, Tunnel> = open(map_names::ROUTES)?.try_into()?;
     Ok(Pinned {
         config,
         traffic,
         drops,
+        routes: programs::routes(&routes)?,
     })
 }
 
@@ -198,6 +292,12 @@ fn print_text(report: &serde_json::Value) {
             .map(str::to_owned)
             .unwrap_or_else(|| v.to_string())
     };
+    if report["etcd"]["reachable"] == false {
+        println!(
+            "etcd:      unreachable ({}); what this host holds:",
+            text(&report["etcd"]["error"])
+        );
+    }
     match report["lease"].as_object() {
         Some(lease) => println!(
             "lease:     {} (public IP {}, {}{})",

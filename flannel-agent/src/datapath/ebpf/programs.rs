@@ -126,15 +126,7 @@ impl Programs {
     /// The routes map: peer subnet → the tunnel to it.
     pub fn routes(&mut self) -> Result<Vec<(Ipv4Net, Tunnel)>> {
         let map: LpmTrie<&mut MapData, u32, Tunnel> = self.map(map_names::ROUTES)?;
-        map.iter()
-            .map(|entry| {
-                let (key, tunnel) = entry.context("reading the routes map")?;
-                let network = Ipv4Addr::from(u32::from_be(key.data()));
-                let subnet = Ipv4Net::new(network, key.prefix_len() as u8)
-                    .context("a routes map key with a bad prefix length")?;
-                Ok((subnet, tunnel))
-            })
-            .collect()
+        routes(&map)
     }
 
     /// The public IPs whose traffic is counted.
@@ -268,6 +260,21 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
         bail!("--bpf-pin-dir {} is not on a bpf filesystem", dir.display());
     }
     Ok(())
+}
+
+/// Every entry of a routes map (the agent's, or a pinned one): peer subnet → tunnel.
+pub fn routes<T: std::borrow::Borrow<MapData>>(
+    map: &LpmTrie<T, u32, Tunnel>,
+) -> Result<Vec<(Ipv4Net, Tunnel)>> {
+    map.iter()
+        .map(|entry| {
+            let (key, tunnel) = entry.context("reading the routes map")?;
+            let network = Ipv4Addr::from(u32::from_be(key.data()));
+            let subnet = Ipv4Net::new(network, key.prefix_len() as u8)
+                .context("a routes map key with a bad prefix length")?;
+            Ok((subnet, tunnel))
+        })
+        .collect()
 }
 
 /// A removal finds the entry already gone: what we wanted.
