@@ -101,8 +101,9 @@ pub async fn run(args: Args) -> Result<()> {
         sleep(RETRY).await;
     }
     agent.datapath.attach()?;
-    // What each resync does, once now: the fast path learns the containers already there.
-    agent.resync_datapath().await;
+    // The fast path learns the containers already there. (Reading the rest back waits for
+    // the first resync: the maps were just filled, and a start stays quick at any scale.)
+    agent.follow_containers().await;
     let containers = match agent.datapath.container_events() {
         Some(Err(e)) => {
             warn!("containers are followed at each resync only: {e:#}");
@@ -445,6 +446,7 @@ impl Agent {
             }
             self.ensure_rules();
             self.peers.set_own(self.lease.subnet);
+            self.datapath.mark_all(self.peers.desired());
             self.sync_datapath().await;
         }
     }
@@ -466,8 +468,18 @@ impl Agent {
                     warn!(%subnet, "our lease was deleted or expired; re-acquiring");
                 }
                 LeaseChange::Put(lease) if lease.subnet == self.lease.subnet => {}
-                LeaseChange::Put(lease) => changed |= self.peers.put(&lease),
-                LeaseChange::Deleted(subnet) => changed |= self.peers.remove(&subnet),
+                LeaseChange::Put(lease) => {
+                    if self.peers.put(&lease) {
+                        self.datapath.mark([lease.subnet]);
+                        changed = true;
+                    }
+                }
+                LeaseChange::Deleted(subnet) => {
+                    if self.peers.remove(&subnet) {
+                        self.datapath.mark([subnet]);
+                        changed = true;
+                    }
+                }
             }
         }
         if changed {
@@ -485,6 +497,7 @@ impl Agent {
             warn!(subnet = %self.lease.subnet, "our lease is not in etcd; re-acquiring");
         }
         if self.peers.resync(&snapshot.leases) {
+            self.datapath.mark_all(self.peers.desired());
             self.sync_datapath().await;
         }
         Ok(())

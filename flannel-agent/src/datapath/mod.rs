@@ -8,7 +8,7 @@ pub mod overlay_device;
 pub mod tun_udp;
 pub mod udp_packet;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail, Result};
 use ipnet::Ipv4Net;
@@ -82,13 +82,15 @@ pub type Counters = (
 /// succeeded, and `audit` takes out those the kernel no longer has.
 pub type Installed = BTreeMap<Ipv4Net, LeaseAttrs>;
 
-/// A packet path, reconciled: `sync` brings the kernel from what it holds to the peer table,
-/// `audit` reads the kernel back so that what was removed or changed behind our back is
-/// fixed by the next `sync`. Both are idempotent; a failed write stays out of `installed`
-/// and is retried by the next `sync`.
+/// A packet path, reconciled: `sync` brings the kernel from what it holds to the peer table
+/// for the subnets marked as changed, `audit` reads the kernel back so that what was removed
+/// or changed behind our back is fixed by the next `sync`. Both are idempotent; a failed
+/// write stays out of `installed`, stays marked, and is retried by the next `sync`.
 pub struct Datapath {
     kind: Kind,
     installed: Installed,
+    /// Subnets whose lease changed, or whose write failed, since the last `sync`.
+    pending: BTreeSet<Ipv4Net>,
 }
 
 enum Kind {
@@ -124,6 +126,7 @@ impl Datapath {
         Ok(Self {
             kind,
             installed: Installed::new(),
+            pending: BTreeSet::new(),
         })
     }
 
@@ -181,37 +184,51 @@ impl Datapath {
         }
     }
 
-    /// Brings the kernel to hold exactly `desired`: peers that left are removed, new and
-    /// changed ones written. Each change that fails is left for the next call; the error
-    /// says how many failed and why the first did.
+    /// These subnets' leases changed: the next `sync` looks at them.
+    pub fn mark(&mut self, subnets: impl IntoIterator<Item = Ipv4Net>) {
+        self.pending.extend(subnets);
+    }
+
+    /// The whole peer table may have changed (a full listing): the next `sync` looks at every
+    /// subnet, in the table or installed.
+    pub fn mark_all(&mut self, desired: &Installed) {
+        self.pending
+            .extend(desired.keys().chain(self.installed.keys()));
+    }
+
+    /// Brings the kernel to `desired` for the marked subnets: a peer that left is removed, a
+    /// new or changed one written. What fails stays marked for the next call; the error says
+    /// how many failed and why the first did. Only marked subnets are looked at, so a lease
+    /// change costs the same with 10 peers or 10,000.
     pub async fn sync(&mut self, desired: &Installed) -> Result<()> {
-        let peer = |(subnet, attrs): (&Ipv4Net, &LeaseAttrs)| Peer {
-            subnet: *subnet,
-            attrs: attrs.clone(),
-        };
-        let gone: Vec<Peer> = (self.installed.iter())
-            .filter(|(subnet, _)| !desired.contains_key(subnet))
-            .map(peer)
-            .collect();
-        let wanted: Vec<(Option<Peer>, Peer)> = (desired.iter())
-            .filter(|(subnet, attrs)| self.installed.get(subnet) != Some(attrs))
-            .map(|entry| (self.installed.get_key_value(entry.0).map(peer), peer(entry)))
-            .collect();
         let mut failures = Vec::new();
-        for old in gone {
-            match self.kind.remove(&old, &self.installed).await {
-                Ok(()) => {
-                    self.installed.remove(&old.subnet);
+        for subnet in std::mem::take(&mut self.pending) {
+            let old = self.installed.get(&subnet).map(|attrs| Peer {
+                subnet,
+                attrs: attrs.clone(),
+            });
+            let result = match (old, desired.get(&subnet)) {
+                (old, Some(attrs)) if old.as_ref().map(|p| &p.attrs) != Some(attrs) => {
+                    let new = Peer {
+                        subnet,
+                        attrs: attrs.clone(),
+                    };
+                    let done = self.kind.put(old.as_ref(), &new, &self.installed).await;
+                    done.map(|()| {
+                        self.installed.insert(subnet, new.attrs);
+                    })
                 }
-                Err(e) => failures.push(e),
-            }
-        }
-        for (old, new) in wanted {
-            match self.kind.put(old.as_ref(), &new, &self.installed).await {
-                Ok(()) => {
-                    self.installed.insert(new.subnet, new.attrs);
+                (Some(old), None) => {
+                    let done = self.kind.remove(&old, &self.installed).await;
+                    done.map(|()| {
+                        self.installed.remove(&subnet);
+                    })
                 }
-                Err(e) => failures.push(e),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                failures.push(e);
+                self.pending.insert(subnet);
             }
         }
         match failures.len() {
@@ -240,6 +257,7 @@ impl Datapath {
         for subnet in drifted {
             warn!(%subnet, "the kernel lost this peer's entries; rewriting them");
             self.installed.remove(&subnet);
+            self.pending.insert(subnet);
         }
         Ok(())
     }
