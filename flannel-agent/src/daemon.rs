@@ -92,10 +92,11 @@ pub async fn run(args: Args) -> Result<()> {
         datapath,
         counts: Counts::default(),
         sync_retry: None,
+        etcd_down: false,
         last_status: String::new(),
     };
     agent.publish_subnet()?;
-    agent.ensure_rules();
+    agent.ensure_rules().await;
     while let Err(e) = agent.relist().await {
         warn!("listing peers: {e:#}; retrying");
         sleep(RETRY).await;
@@ -160,6 +161,8 @@ struct Agent {
     peers: PeerTable,
     datapath: Datapath,
     counts: Counts,
+    /// The lease watch can't be reopened: etcd is unreachable.
+    etcd_down: bool,
     /// When to retry the datapath writes that failed, and the wait before that.
     sync_retry: Option<(Instant, Duration)>,
     /// The last STATUS= sent to systemd.
@@ -195,6 +198,8 @@ type MetricsInbox = tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Str
 struct Counts {
     renewals: u64,
     watch_restarts: u64,
+    /// Times the lease watch could not be reopened after it had run.
+    etcd_outages: u64,
     etcd_errors: u64,
     datapath_errors: u64,
     overwrites: u64,
@@ -286,11 +291,16 @@ impl Agent {
         match self.registry.watch(self.revision + 1).await {
             Ok(stream) => {
                 info!(revision = self.revision + 1, "watching leases");
+                self.etcd_down = false;
                 Some(stream)
             }
             Err(e) => {
                 warn!("starting the lease watch: {e:#}; retrying");
                 self.counts.etcd_errors += 1;
+                if !self.etcd_down {
+                    self.etcd_down = true;
+                    self.counts.etcd_outages += 1;
+                }
                 None
             }
         }
@@ -307,6 +317,7 @@ impl Agent {
             peers: self.peers.len(),
             renewals: self.counts.renewals,
             watch_restarts: self.counts.watch_restarts,
+            etcd_outages: self.counts.etcd_outages,
             etcd_errors: self.counts.etcd_errors,
             datapath_errors: self.counts.datapath_errors,
             lease_overwrites: self.counts.overwrites,
@@ -444,7 +455,7 @@ impl Agent {
             {
                 error!("datapath: {e:#}");
             }
-            self.ensure_rules();
+            self.ensure_rules().await;
             self.peers.set_own(self.lease.subnet);
             self.datapath.mark_all(self.peers.desired());
             self.sync_datapath().await;
@@ -576,12 +587,12 @@ impl Agent {
         rules
     }
 
-    fn ensure_rules(&self) {
+    async fn ensure_rules(&self) {
         let rules = self.rules();
         if rules.is_empty() {
             return;
         }
-        match iptables::ensure(&rules) {
+        match iptables::ensure(&rules).await {
             Ok(true) => info!("iptables rules (re)written"),
             Ok(false) => {}
             Err(e) => error!("iptables: {e:#}"),
@@ -595,7 +606,7 @@ impl Agent {
             self.last_status = status;
         }
         self.ensure_subnet_env();
-        self.ensure_rules();
+        self.ensure_rules().await;
         self.resync_datapath().await;
     }
 }

@@ -8,6 +8,7 @@ pub mod bulk;
 pub mod etcd;
 pub mod netns;
 pub mod packet;
+pub mod pins;
 pub mod testbed;
 
 /// Fails the calling test with a clear message when not root: these tests never pass silently.

@@ -496,11 +496,20 @@ fn healthz_and_readyz() {
             )
             .unwrap_or_default()
     };
+    let metrics = || {
+        bed.hosts[0]
+            .exec("curl", &["-sf", "http://127.0.0.1:8471/metrics"])
+            .unwrap_or_default()
+    };
     wait_for("/healthz", READY, || get("/healthz") == "200").unwrap();
     assert_eq!(get("/readyz"), "503", "no config, no lease: not ready");
+    assert!(metrics().contains("\nflannel_ready 0\n"), "{}", metrics());
     bed.put_config(HOST_GW).unwrap();
     a.wait_ready(READY).unwrap();
     assert_eq!(get("/readyz"), "200");
+    let text = metrics();
+    assert!(text.contains("\nflannel_ready 1\n"), "{text}");
+    assert!(text.contains("flannel_datapath_errors_total 0"), "{text}");
 }
 
 #[test]

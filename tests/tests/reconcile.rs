@@ -2,14 +2,14 @@
 //! by hand come back, stale ones go, devices and filters deleted under the agent are
 //! recreated, and a write the kernel refuses is retried until it holds.
 
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+use std::{net::Ipv4Addr, time::Duration};
 
-use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData};
-use flannel_common::{map_names, Encap, PeerInfo, Tunnel, TunnelEnds};
+use aya::maps::lpm_trie::Key;
+use flannel_common::{Encap, PeerInfo, Tunnel, TunnelEnds};
 use flannel_tests::{
     etcd::wait_for,
     netns::Bpffs,
-    require_root,
+    pins, require_root,
     testbed::{lease_key, Testbed},
 };
 
@@ -19,24 +19,6 @@ const HOST_GW: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw
 const READY: Duration = Duration::from_secs(20);
 /// Long enough that only the retry of a failed write, not the periodic resync, can converge.
 const NO_RESYNC: &str = "--iptables-resync=600";
-
-fn routes_map(pins: &Path) -> LpmTrie<MapData, u32, Tunnel> {
-    let data = MapData::from_pin(pins.join(map_names::ROUTES)).unwrap();
-    LpmTrie::try_from(Map::LpmTrie(data)).unwrap()
-}
-
-fn peers_map(pins: &Path) -> HashMap<MapData, u32, PeerInfo> {
-    let data = MapData::from_pin(pins.join(map_names::PEERS)).unwrap();
-    HashMap::try_from(Map::HashMap(data)).unwrap()
-}
-
-fn route_key(subnet: &str) -> Key<u32> {
-    let net: ipnet::Ipv4Net = subnet.parse().unwrap();
-    Key::new(
-        u32::from(net.prefix_len()),
-        u32::from(net.network()).to_be(),
-    )
-}
 
 fn vxlan_lease(ip: Ipv4Addr, mac: &str) -> String {
     format!(
@@ -61,26 +43,40 @@ fn ebpf_maps_devices_and_filters_changed_by_hand_converge() {
     .unwrap();
     let host = &bed.hosts[0];
     let peer = agents[1].subnet().unwrap();
-    let has_route = |subnet: &str| routes_map(&pins).get(&route_key(subnet), 0).is_ok();
+    let has_route = |subnet: &str| pins::has_route(&pins, subnet);
     wait_for("the peer's route", READY, || has_route(&peer)).unwrap();
 
     // A route deleted from the map comes back; one no lease explains goes.
-    let tunnel = routes_map(&pins).get(&route_key(&peer), 0).unwrap();
-    routes_map(&pins).remove(&route_key(&peer)).unwrap();
-    routes_map(&pins)
-        .insert(&route_key("10.1.250.0/24"), tunnel, 0)
+    let tunnel = pins::routes(&pins)
+        .unwrap()
+        .get(&pins::route_key(&peer), 0)
+        .unwrap();
+    pins::routes(&pins)
+        .unwrap()
+        .remove(&pins::route_key(&peer))
+        .unwrap();
+    pins::routes(&pins)
+        .unwrap()
+        .insert(&pins::route_key("10.1.250.0/24"), tunnel, 0)
         .unwrap();
     let stranger = u32::from(Ipv4Addr::new(192, 168, 64, 99)).to_be();
-    peers_map(&pins)
+    pins::peers(&pins)
+        .unwrap()
         .insert(stranger, PeerInfo::default(), 0)
         .unwrap();
     wait_for("the map to converge", READY, || {
         has_route(&peer)
             && !has_route("10.1.250.0/24")
-            && peers_map(&pins).get(&stranger, 0).is_err()
+            && pins::peers(&pins).unwrap().get(&stranger, 0).is_err()
     })
     .unwrap();
-    assert_eq!(routes_map(&pins).get(&route_key(&peer), 0).unwrap(), tunnel);
+    assert_eq!(
+        pins::routes(&pins)
+            .unwrap()
+            .get(&pins::route_key(&peer), 0)
+            .unwrap(),
+        tunnel
+    );
 
     // The overlay device deleted: it comes back with the VTEP MAC our lease advertises, and
     // the host reaches the other host's container through it again.
@@ -130,7 +126,7 @@ fn ebpf_retries_a_route_the_full_map_refused() {
         remote_mac: [0; 6],
     });
     let mut junk = 0u32;
-    let mut routes = routes_map(&pins);
+    let mut routes = pins::routes(&pins).unwrap();
     while routes
         .insert(&Key::new(32, (0xac10_0000 + junk).to_be()), tunnel, 0)
         .is_ok()
@@ -146,13 +142,15 @@ fn ebpf_retries_a_route_the_full_map_refused() {
     .unwrap();
     // The retry reads the map back, removes what no lease explains, and writes the route.
     wait_for("the route", READY, || {
-        routes_map(&pins)
-            .get(&route_key("10.1.200.0/24"), 0)
+        pins::routes(&pins)
+            .unwrap()
+            .get(&pins::route_key("10.1.200.0/24"), 0)
             .is_ok()
     })
     .unwrap();
     assert!(
-        routes_map(&pins)
+        pins::routes(&pins)
+            .unwrap()
             .get(&Key::new(32, 0xac10_0000u32.to_be()), 0)
             .is_err(),
         "stale entries removed"

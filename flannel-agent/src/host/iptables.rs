@@ -1,7 +1,7 @@
 //! `--ip-masq` and `--iptables-forward-rules`: flannel's chains and rules, exactly as flannel
 //! writes them, through the `iptables` command (no library speaks nftables' iptables-compat).
 
-use std::process::Command;
+use tokio::process::Command;
 
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
@@ -68,16 +68,16 @@ pub fn forward_rules(n: &Ipv4Net) -> Vec<Rule> {
 }
 
 /// Removes our jumps and chains (`flanneld --cleanup`); what is already gone is fine.
-pub fn remove_all() -> Result<()> {
+pub async fn remove_all() -> Result<()> {
     for chain in [MASQ, FORWARD] {
         let (table, _, own, _) = chain;
         let jump = jump(&chain);
         let mut delete = vec!["-D", jump.chain];
         delete.extend(jump.spec.iter().map(String::as_str));
-        while iptables(table, &delete).is_ok() {}
-        if iptables(table, &["-S", own]).is_ok() {
-            iptables(table, &["-F", own])?;
-            iptables(table, &["-X", own])?;
+        while iptables(table, &delete).await.is_ok() {}
+        if iptables(table, &["-S", own]).await.is_ok() {
+            iptables(table, &["-F", own]).await?;
+            iptables(table, &["-X", own]).await?;
         }
     }
     Ok(())
@@ -88,7 +88,7 @@ pub fn remove_all() -> Result<()> {
 /// Our own chains are rewritten whole when any rule is missing or out of place, so a changed
 /// subnet or a rule deleted by hand comes back in flannel's order; jumps from built-in chains
 /// are added when missing.
-pub fn ensure(rules: &[Rule]) -> Result<bool> {
+pub async fn ensure(rules: &[Rule]) -> Result<bool> {
     let mut changed = false;
     let mut own_chains: Vec<(&str, &str)> = Vec::new();
     for rule in rules.iter().filter(|r| r.chain.starts_with("FLANNEL-")) {
@@ -98,7 +98,7 @@ pub fn ensure(rules: &[Rule]) -> Result<bool> {
     }
     for &(table, chain) in &own_chains {
         let mine: Vec<&Rule> = rules.iter().filter(|r| r.chain == chain).collect();
-        let listed = iptables(table, &["-S", chain]).ok();
+        let listed = iptables(table, &["-S", chain]).await.ok();
         let wanted: Vec<String> = mine.iter().map(|r| listing(r)).collect();
         let present: Vec<String> = listed
             .as_deref()
@@ -112,20 +112,20 @@ pub fn ensure(rules: &[Rule]) -> Result<bool> {
         }
         changed = true;
         if listed.is_none() {
-            iptables(table, &["-N", chain])?;
+            iptables(table, &["-N", chain]).await?;
         } else {
-            iptables(table, &["-F", chain])?;
+            iptables(table, &["-F", chain]).await?;
         }
         for rule in mine {
-            append(rule)?;
+            append(rule).await?;
         }
     }
     for rule in rules.iter().filter(|r| !r.chain.starts_with("FLANNEL-")) {
         let mut check = vec!["-C", rule.chain];
         check.extend(rule.spec.iter().map(String::as_str));
-        if iptables(rule.table, &check).is_err() {
+        if iptables(rule.table, &check).await.is_err() {
             changed = true;
-            append(rule)?;
+            append(rule).await?;
         }
     }
     Ok(changed)
@@ -147,17 +147,18 @@ fn listing(rule: &Rule) -> String {
     format!("-A {} {}", rule.chain, spec.join(" "))
 }
 
-fn append(rule: &Rule) -> Result<()> {
+async fn append(rule: &Rule) -> Result<()> {
     let mut args = vec!["-A", rule.chain];
     args.extend(rule.spec.iter().map(String::as_str));
-    iptables(rule.table, &args).map(drop)
+    iptables(rule.table, &args).await.map(drop)
 }
 
-fn iptables(table: &str, args: &[&str]) -> Result<String> {
+async fn iptables(table: &str, args: &[&str]) -> Result<String> {
     let output = Command::new("iptables")
         .args(["-w", "5", "-t", table])
         .args(args)
         .output()
+        .await
         .context("running iptables")?;
     if !output.status.success() {
         bail!(

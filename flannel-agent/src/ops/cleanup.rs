@@ -53,7 +53,7 @@ pub async fn run(pin_dir: &Path) -> Result<()> {
     }
     info!(routes = count, "removed our routes");
 
-    iptables::remove_all()?;
+    iptables::remove_all().await?;
     info!("removed our iptables chains");
     if pin_dir.exists() {
         fs::remove_dir_all(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;

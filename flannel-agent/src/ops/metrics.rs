@@ -17,6 +17,7 @@ pub struct Snapshot {
     pub peers: usize,
     pub renewals: u64,
     pub watch_restarts: u64,
+    pub etcd_outages: u64,
     pub etcd_errors: u64,
     pub datapath_errors: u64,
     pub lease_overwrites: u64,
@@ -25,8 +26,16 @@ pub struct Snapshot {
     pub drops: Vec<(DropReason, u64)>,
 }
 
+/// The `flannel_ready` gauge, alone: what /metrics says before the agent holds a lease.
+pub fn starting() -> String {
+    format!("{READY_HELP}flannel_ready 0\n")
+}
+
+const READY_HELP: &str = "# HELP flannel_ready 1 once the lease is held and subnet.env written.\n\
+                          # TYPE flannel_ready gauge\n";
+
 pub fn render(s: &Snapshot) -> String {
-    let mut out = String::new();
+    let mut out = format!("{READY_HELP}flannel_ready 1\n");
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, value) in samples {
@@ -96,6 +105,12 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "Restarts of the etcd lease watch.",
         &[(String::new(), s.watch_restarts)],
+    );
+    family(
+        "flannel_etcd_outages_total",
+        "counter",
+        "Times etcd became unreachable (the lease watch could not be reopened).",
+        &[(String::new(), s.etcd_outages)],
     );
     family(
         "flannel_etcd_errors_total",
