@@ -27,15 +27,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// flanneld: flannel's agent, with the packet path in eBPF.
-#[derive(Parser, Debug, Clone)]
-#[command(
-    name = "flanneld",
-    version,
-    max_term_width = 100,
-    args_override_self = true
-)]
-pub struct Args {
+/// How to reach etcd: flannel's flags, shared by the agent and `flanneld status`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EtcdArgs {
     /// etcd endpoints, comma separated
     #[arg(long, env = "FLANNELD_ETCD_ENDPOINTS", value_delimiter = ',', help_heading = FLANNEL,
           default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379",
@@ -59,6 +53,33 @@ pub struct Args {
     /// password for BasicAuth to etcd
     #[arg(long, env = "FLANNELD_ETCD_PASSWORD", help_heading = FLANNEL)]
     pub etcd_password: Option<String>,
+}
+
+impl EtcdArgs {
+    pub fn options(&self) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            cafile: self.etcd_cafile.clone(),
+            certfile: self.etcd_certfile.clone(),
+            keyfile: self.etcd_keyfile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+        }
+    }
+}
+
+/// flanneld: flannel's agent, with the packet path in eBPF.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "flanneld",
+    version,
+    max_term_width = 100,
+    args_override_self = true
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// interface to use (IP or name) for inter-host communication; repeatable
     #[arg(long, env = "FLANNELD_IFACE", help_heading = FLANNEL)]
     pub iface: Vec<String>,
@@ -136,15 +157,7 @@ impl Args {
     }
 
     pub fn etcd_options(&self) -> EtcdOptions {
-        EtcdOptions {
-            endpoints: self.etcd_endpoints.clone(),
-            prefix: self.etcd_prefix.clone(),
-            cafile: self.etcd_cafile.clone(),
-            certfile: self.etcd_certfile.clone(),
-            keyfile: self.etcd_keyfile.clone(),
-            username: self.etcd_username.clone(),
-            password: self.etcd_password.clone(),
-        }
+        self.etcd.options()
     }
 
     pub fn datapath_options(&self) -> DatapathOptions {
@@ -242,10 +255,10 @@ mod tests {
     fn flannels_defaults() {
         let args = parse(&[]).unwrap();
         assert_eq!(
-            args.etcd_endpoints,
+            args.etcd.etcd_endpoints,
             ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
         );
-        assert_eq!(args.etcd_prefix, "/coreos.com/network");
+        assert_eq!(args.etcd.etcd_prefix, "/coreos.com/network");
         assert_eq!(args.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(args.subnet_lease_renew_margin, 60);
         assert!(!args.ip_masq);
@@ -273,10 +286,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            args.etcd_endpoints,
+            args.etcd.etcd_endpoints,
             ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
         );
-        assert_eq!(args.etcd_prefix, "/my/net");
+        assert_eq!(args.etcd.etcd_prefix, "/my/net");
         assert_eq!(args.iface, ["eth1", "10.0.0.5"]);
         assert!(args.ip_masq);
         assert!(!args.iptables_forward_rules);
@@ -326,7 +339,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            args.etcd_endpoints,
+            args.etcd.etcd_endpoints,
             [
                 "http://10.0.0.1:2379",
                 "https://etcd.example.com",

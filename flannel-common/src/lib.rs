@@ -259,6 +259,9 @@ const _: () = {
 pub const MAX_PEERS: u32 = 16_384;
 
 #[cfg(feature = "user")]
+pub mod pins;
+
+#[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are #[repr(C)] with only integer fields and explicit padding.
     unsafe impl aya::Pod for super::DatapathConfig {}

@@ -12,10 +12,14 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Map, MapData,
+    MapData,
 };
 use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
-use flannel_common::{map_names, Tunnel};
+use flannel_common::{
+    map_names,
+    pins::{self, Pins},
+    Tunnel,
+};
 use flannel_tests::{
     netns::Bpffs,
     testbed::{lease_key, Testbed},
@@ -136,17 +140,14 @@ fn measure_in(bed: &Testbed, pins: &Path, leases: usize, changes: usize) -> Resu
 }
 
 fn routes(pins: &Path) -> Result<LpmTrie<MapData, u32, Tunnel>> {
-    let path = pins.join(map_names::ROUTES);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(Map::from_map_data(data)?.try_into()?)
+    Pins::new(pins)
+        .routes()
+        .with_context(|| format!("opening the routes map under {}", pins.display()))
 }
 
 /// The routes map's key for `subnet`.
 fn route_key(subnet: Ipv4Net) -> Key<u32> {
-    Key::new(
-        u32::from(subnet.prefix_len()),
-        u32::from(subnet.network()).to_be(),
-    )
+    pins::route_key(u32::from(subnet.network()), subnet.prefix_len())
 }
 
 /// Waits until the agent's pinned routes hold the first `leases` peers' subnets; returns the

@@ -1,16 +1,19 @@
 //! `flanneld status [--json]`: our lease, the network, the datapath and where it is attached,
 //! and the peers with their traffic, read from etcd and from the pinned maps.
 
-use std::{collections::HashMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap};
 use clap::Parser;
-use flannel_common::{map_names, DatapathConfig, DropReason, Encap, PeerTraffic, Tunnel};
+use flannel_common::{pins::Pins, DatapathConfig, DropReason, Encap, PeerTraffic, Tunnel};
 use serde_json::json;
 
 use crate::{
-    cli::Args,
+    cli::EtcdArgs,
     control::{
         config::{self, Config},
         lease::{BackendAttrs, Mac},
@@ -30,7 +33,21 @@ use crate::{
 #[command(name = "flanneld status")]
 pub struct StatusArgs {
     #[command(flatten)]
-    pub common: Args,
+    pub etcd: EtcdArgs,
+    /// the agent's subnet file
+    #[arg(
+        long,
+        env = "FLANNELD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    pub subnet_file: PathBuf,
+    /// the agent's bpffs directory
+    #[arg(
+        long,
+        env = "FLANNELD_BPF_PIN_DIR",
+        default_value = "/sys/fs/bpf/flannel"
+    )]
+    pub bpf_pin_dir: PathBuf,
     /// print JSON, for scripts
     #[arg(long)]
     pub json: bool,
@@ -47,13 +64,12 @@ struct Pinned {
 /// Prints the report; false when etcd could not be read (the report then shows what this
 /// host holds: its subnet.env, the pinned maps and what the kernel has attached).
 pub async fn run(args: &StatusArgs) -> Result<bool> {
-    let common = &args.common;
-    let etcd = read_etcd(&common.etcd_options()).await;
-    let own = subnet_env::previous_subnet(&common.subnet_file)
+    let etcd = read_etcd(&args.etcd.options()).await;
+    let own = subnet_env::previous_subnet(&args.subnet_file)
         .ok()
         .flatten();
-    let pinned = read_pins(&common.bpf_pin_dir).ok();
-    let datapath = describe_datapath(pinned.as_ref(), own, &common.bpf_pin_dir).await?;
+    let pinned = read_pins(&args.bpf_pin_dir).ok();
+    let datapath = describe_datapath(pinned.as_ref(), own, &args.bpf_pin_dir).await?;
     let traffic = |ip: &Ipv4Addr| pinned.as_ref().and_then(|p| p.traffic.get(ip)).copied();
     let (etcd_json, lease, network, backend, peers) = match &etcd {
         Ok((config, snapshot)) => {
@@ -96,7 +112,7 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
         }
         Err(e) => {
             // What this host holds: subnet.env's network, the peers in the pinned maps.
-            let network = subnet_env::read_vars(&common.subnet_file)
+            let network = subnet_env::read_vars(&args.subnet_file)
                 .ok()
                 .and_then(|vars| vars.get("FLANNEL_NETWORK").cloned());
             let peers: Vec<serde_json::Value> = pinned
@@ -254,35 +270,26 @@ async fn describe_datapath(
 }
 
 fn read_pins(dir: &Path) -> Result<Pinned> {
-    let open = |name: &str| -> Result<Map> {
-        let path = dir.join(name);
-        let data =
-            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        Ok(Map::from_map_data(data)?)
-    };
-    let config: Array<MapData, DatapathConfig> = open(map_names::CONFIG)?.try_into()?;
-    let config = config.get(&0, 0)?;
-    let traffic_map: PerCpuHashMap<MapData, u32, PeerTraffic> =
-        open(map_names::TRAFFIC)?.try_into()?;
+    let pins = Pins::new(dir);
+    let config = pins.config()?.get(&0, 0)?;
     let mut traffic = HashMap::new();
-    for entry in traffic_map.iter() {
+    for entry in pins.traffic()?.iter() {
         let (ip_be, per_cpu) = entry?;
         let sum = per_cpu
             .iter()
             .fold(PeerTraffic::default(), |sum, cpu| sum.plus(*cpu));
         traffic.insert(Ipv4Addr::from(u32::from_be(ip_be)), sum);
     }
-    let drops_map: PerCpuArray<MapData, u64> = open(map_names::DROPS)?.try_into()?;
+    let drops_map = pins.drops()?;
     let drops = DropReason::ALL
         .iter()
         .map(|&r| Ok((r, drops_map.get(&(r as u32), 0)?.iter().sum())))
         .collect::<Result<_>>()?;
-    let routes: LpmTrie<MapData, u32, Tunnel> = open(map_names::ROUTES)?.try_into()?;
     Ok(Pinned {
         config,
         traffic,
         drops,
-        routes: programs::routes(&routes)?,
+        routes: programs::routes(&pins.routes()?)?,
     })
 }
 

@@ -286,10 +286,7 @@ fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
 }
 
 fn route_key(subnet: Ipv4Net) -> Key<u32> {
-    Key::new(
-        u32::from(subnet.prefix_len()),
-        u32::from(subnet.network()).to_be(),
-    )
+    flannel_common::pins::route_key(u32::from(subnet.network()), subnet.prefix_len())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>

@@ -1,0 +1,59 @@
+//! The agent's maps as pinned under its `--bpf-pin-dir`, typed: one reader for `flanneld
+//! status`, the bench and the tests.
+
+extern crate std;
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{
+    lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+};
+
+use crate::{map_names, DatapathConfig, PeerInfo, PeerTraffic, Tunnel};
+
+/// A pin directory.
+pub struct Pins {
+    dir: PathBuf,
+}
+
+impl Pins {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn open(&self, name: &str) -> Result<Map, MapError> {
+        Map::from_map_data(MapData::from_pin(self.dir.join(name))?)
+    }
+
+    pub fn config(&self) -> Result<Array<MapData, DatapathConfig>, MapError> {
+        self.open(map_names::CONFIG)?.try_into()
+    }
+
+    /// Peer subnet (see [`route_key`]) → tunnel.
+    pub fn routes(&self) -> Result<LpmTrie<MapData, u32, Tunnel>, MapError> {
+        self.open(map_names::ROUTES)?.try_into()
+    }
+
+    /// Peer public IPv4, network byte order → peer.
+    pub fn peers(&self) -> Result<HashMap<MapData, u32, PeerInfo>, MapError> {
+        self.open(map_names::PEERS)?.try_into()
+    }
+
+    /// Peer public IPv4, network byte order → traffic per CPU.
+    pub fn traffic(&self) -> Result<PerCpuHashMap<MapData, u32, PeerTraffic>, MapError> {
+        self.open(map_names::TRAFFIC)?.try_into()
+    }
+
+    /// Drop reason → count per CPU.
+    pub fn drops(&self) -> Result<PerCpuArray<MapData, u64>, MapError> {
+        self.open(map_names::DROPS)?.try_into()
+    }
+}
+
+/// The routes map's key for a subnet: its network address (host byte order, as
+/// `u32::from(Ipv4Addr)` gives it) and prefix length.
+pub fn route_key(network: u32, prefix_len: u8) -> Key<u32> {
+    Key::new(u32::from(prefix_len), network.to_be())
+}
