@@ -295,6 +295,27 @@ pub async fn remove_classic_device(netlink: &Handle, vni: u32) -> Result<()> {
     Ok(())
 }
 
+/// The classic vxlan devices (`flannel.<VNI>`) on this host.
+pub fn devices() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("flannel."))
+        .collect()
+}
+
+/// `--cleanup`: the classic vxlan devices, with their neighbours, fdb entries and routes.
+pub async fn cleanup(netlink: &Handle) -> Result<()> {
+    for name in devices() {
+        if overlay_device::delete_link(netlink, &name).await? {
+            info!(device = %name, "removed the device");
+        }
+    }
+    Ok(())
+}
+
 fn vtep_mac(peer: &Peer) -> Option<Mac> {
     match &peer.attrs.backend {
         BackendAttrs::Vxlan { vtep_mac, .. } => Some(*vtep_mac),

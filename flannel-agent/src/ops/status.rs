@@ -22,6 +22,7 @@ use crate::{
     },
     datapath::{
         ebpf::{gro_device::GRO_DEV, programs, ReceivePath, FILTER_MINOR, OVERLAY_DEV},
+        kernel_vxlan,
         tun_udp::TUN_DEV,
         Decap,
     },
@@ -255,13 +256,7 @@ async fn describe_datapath(
     }
     let kind = if exists(TUN_DEV) {
         "TUN udp loop (flannel0)"
-    } else if std::fs::read_dir("/sys/class/net")
-        .map(|dir| {
-            dir.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("flannel."))
-        })
-        .unwrap_or(false)
-    {
+    } else if !kernel_vxlan::devices().is_empty() {
         "kernel vxlan device"
     } else {
         "routes (host-gw), or not running"

@@ -53,9 +53,9 @@ use programs::Programs;
 pub const OVERLAY_DEV: &str = "flannel-bpf";
 const OVERLAY_PEER: &str = "flannel-bpf-p";
 /// Our TC filters' handle, and the two priorities a restart alternates between.
-pub const FILTER_HANDLE: TcHandle = TcHandle::new(0, FILTER_MINOR);
+const FILTER_HANDLE: TcHandle = TcHandle::new(0, FILTER_MINOR);
 pub const FILTER_MINOR: u16 = 0xf1a;
-pub const PRIORITIES: [u16; 2] = [0xf1a0, 0xf1a1];
+const PRIORITIES: [u16; 2] = [0xf1a0, 0xf1a1];
 /// `BPF_F_ADJ_ROOM_ENCAP_L2_ETH`, needed for VXLAN GSO, came with Linux 5.13.
 const MIN_KERNEL: (u8, u8) = (5, 13);
 
@@ -536,6 +536,39 @@ async fn ensure_overlay_device(netlink: &Handle, mtu: u32, mac: Option<Mac>) -> 
         .trim()
         .parse()?;
     Ok((index, mac))
+}
+
+/// `--cleanup`: our TC filters on every interface, the overlay and GRO devices, and the pin
+/// directory (maps and the XDP link, which goes with its pin).
+pub async fn cleanup(netlink: &Handle, pin_dir: &std::path::Path) -> Result<()> {
+    let mut filters = 0;
+    for entry in std::fs::read_dir("/sys/class/net").context("listing interfaces")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        for kind in [TcAttachType::Ingress, TcAttachType::Egress] {
+            for priority in PRIORITIES {
+                let Ok(link) =
+                    SchedClassifierLink::attached(&name, kind, priority, FILTER_HANDLE, None)
+                else {
+                    continue;
+                };
+                if link.detach().is_ok() {
+                    filters += 1;
+                }
+            }
+        }
+    }
+    info!(filters, "removed our TC filters");
+    for name in [OVERLAY_DEV, gro_device::GRO_DEV] {
+        if overlay_device::delete_link(netlink, name).await? {
+            info!(device = %name, "removed the device");
+        }
+    }
+    if pin_dir.exists() {
+        std::fs::remove_dir_all(pin_dir)
+            .with_context(|| format!("removing {}", pin_dir.display()))?;
+        info!(dir = %pin_dir.display(), "removed the pinned maps");
+    }
+    Ok(())
 }
 
 /// Where the XDP program's bpf_link is pinned: a restart replaces the program in it.
