@@ -32,7 +32,7 @@ use crate::{
         registry::{LeaseChange, Registry, StoredLease},
         subnet_env::{self, SubnetEnv},
     },
-    datapath::Datapath,
+    datapath::{ebpf::Maps, Datapath},
     host::{endpoints::ContainerEvents, iface, iface::ExtIface, iptables},
     ops::{health, metrics},
 };
@@ -79,6 +79,7 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let mtu = iface.overlay_mtu(&config.backend);
     datapath.activate(config.network, lease.subnet, mtu).await?;
+    let (maps_done, maps_read) = tokio::sync::mpsc::channel(1);
     let mut agent = Agent {
         peers: PeerTable::new(lease.subnet, config.backend.type_name()),
         args,
@@ -92,6 +93,8 @@ pub async fn run(args: Args) -> Result<()> {
         datapath,
         counts: Counts::default(),
         sync_retry: None,
+        maps_read: maps_done,
+        reading_maps: false,
         etcd_down: false,
         last_status: String::new(),
     };
@@ -124,7 +127,7 @@ pub async fn run(args: Args) -> Result<()> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&agent.last_status),
     ]);
-    agent.run(metrics, watch, stop, containers).await
+    agent.run(metrics, watch, stop, containers, maps_read).await
 }
 
 /// Waits until `<prefix>/config` exists and parses, saying every second what is wrong.
@@ -161,6 +164,9 @@ struct Agent {
     peers: PeerTable,
     datapath: Datapath,
     counts: Counts,
+    /// Where a read-back of the eBPF maps reports, and whether one is under way.
+    maps_read: tokio::sync::mpsc::Sender<Result<Maps>>,
+    reading_maps: bool,
     /// The lease watch can't be reopened: etcd is unreachable.
     etcd_down: bool,
     /// When to retry the datapath writes that failed, and the wait before that.
@@ -191,6 +197,8 @@ impl Stop {
     }
 }
 
+type MapsInbox = tokio::sync::mpsc::Receiver<Result<Maps>>;
+
 type MetricsInbox = tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<String>>;
 
 /// Events counted for /metrics.
@@ -219,6 +227,7 @@ impl Agent {
         watch: Option<WatchStream>,
         mut stop: Stop,
         mut containers: Option<ContainerEvents>,
+        mut maps_read: MapsInbox,
     ) -> Result<()> {
         // Start-up has just done what a resync does: the first one is a period away.
         let period = Duration::from_secs(self.args.iptables_resync);
@@ -245,6 +254,7 @@ impl Agent {
                 _ = sleep_until(self.lease_deadline()) => self.maintain_lease().await,
                 _ = resync.tick() => self.resync().await,
                 () = container_change(&mut containers) => self.follow_containers().await,
+                Some(maps) = maps_read.recv() => self.maps_read(maps).await,
                 // A failure may come from drift (a device removed, a full map): read back first.
                 _ = at(self.sync_retry.map(|(when, _)| when)) => self.resync_datapath().await,
                 input = next_watch_input(&mut watch, reconnect_at) => match input {
@@ -532,8 +542,34 @@ impl Agent {
 
     /// Reads the datapath back from the kernel, then syncs: whatever was lost or added
     /// behind our back is fixed.
+    ///
+    /// The eBPF maps are read on a blocking thread, so lease changes meanwhile wait for
+    /// nothing; their comparison follows in `maps_read`.
     async fn resync_datapath(&mut self) {
-        if let Err(e) = self.datapath.audit().await {
+        if let (Some(read), false) = (self.datapath.map_reader(), self.reading_maps) {
+            self.reading_maps = true;
+            let done = self.maps_read.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = done.blocking_send(read());
+            });
+        }
+        self.audit_datapath(None).await;
+    }
+
+    /// The eBPF maps as read back: compared with what is installed, fixed, synced.
+    async fn maps_read(&mut self, maps: Result<Maps>) {
+        self.reading_maps = false;
+        match maps {
+            Ok(maps) => self.audit_datapath(Some(maps)).await,
+            Err(e) => {
+                error!("datapath: reading the maps back: {e:#}");
+                self.counts.datapath_errors += 1;
+            }
+        }
+    }
+
+    async fn audit_datapath(&mut self, maps: Option<Maps>) {
+        if let Err(e) = self.datapath.audit(maps).await {
             error!("datapath: reading the kernel back: {e:#}");
             self.counts.datapath_errors += 1;
         }

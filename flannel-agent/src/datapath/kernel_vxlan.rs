@@ -4,7 +4,7 @@
 //! entry and an onlink route, all through rtnetlink.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr},
 };
 
@@ -214,6 +214,15 @@ impl KernelVxlan {
                 netlink::delete_route(&self.netlink, route.message).await?;
             }
         }
+        // What each neighbour and fdb entry should be, by its key.
+        let mut by_gateway: HashMap<Ipv4Addr, (Ipv4Net, Mac)> = HashMap::new();
+        let mut by_fdb: HashMap<(Mac, Ipv4Addr), Vec<Ipv4Net>> = HashMap::new();
+        for peer in &wanted {
+            let mac = vtep_mac(peer).expect("vxlan peers only");
+            by_gateway.insert(peer.subnet.network(), (peer.subnet, mac));
+            let key = (mac, peer.attrs.public_ip);
+            by_fdb.entry(key).or_default().push(peer.subnet);
+        }
         let mut neighbours = BTreeSet::new();
         for entry in netlink::neighbours(&self.netlink, AddressFamily::Inet).await? {
             if entry.header.ifindex != self.index || entry.header.state != NeighbourState::Permanent
@@ -221,35 +230,29 @@ impl KernelVxlan {
                 continue;
             }
             let found = (netlink::ipv4(&entry), netlink::link_layer(&entry));
-            match wanted
-                .iter()
-                .find(|p| found == (Some(p.subnet.network()), vtep_mac(p)))
-            {
-                Some(peer) => {
-                    neighbours.insert(peer.subnet);
+            match found.0.and_then(|ip| by_gateway.get(&ip)) {
+                Some(&(subnet, mac)) if found.1 == Some(mac) => {
+                    neighbours.insert(subnet);
                 }
-                None => {
+                _ => {
                     warn!(neighbour = ?found.0, device = %self.name, "removing a stale neighbour");
                     netlink::delete_neighbour(&self.netlink, entry).await?;
                 }
             }
         }
-        let mut fdb = BTreeSet::new();
+        let mut fdb: BTreeSet<Ipv4Net> = BTreeSet::new();
         for entry in netlink::neighbours(&self.netlink, AddressFamily::Bridge).await? {
             if entry.header.ifindex != self.index {
                 continue;
             }
             let found = (netlink::link_layer(&entry), netlink::ipv4(&entry));
-            let explained: Vec<Ipv4Net> = wanted
-                .iter()
-                .filter(|p| found == (vtep_mac(p), Some(p.attrs.public_ip)))
-                .map(|p| p.subnet)
-                .collect();
-            if explained.is_empty() {
-                warn!(mac = ?found.0, dst = ?found.1, device = %self.name, "removing a stale fdb entry");
-                netlink::delete_neighbour(&self.netlink, entry).await?;
+            match found.0.zip(found.1).and_then(|key| by_fdb.get(&key)) {
+                Some(subnets) => fdb.extend(subnets),
+                None => {
+                    warn!(mac = ?found.0, dst = ?found.1, device = %self.name, "removing a stale fdb entry");
+                    netlink::delete_neighbour(&self.netlink, entry).await?;
+                }
             }
-            fdb.extend(explained);
         }
         Ok(wanted
             .iter()

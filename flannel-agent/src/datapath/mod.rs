@@ -21,7 +21,7 @@ use crate::{
         peers::Peer,
     },
     datapath::{
-        ebpf::{EbpfDatapath, ReceivePath, Unsupported},
+        ebpf::{EbpfDatapath, Maps, ReceivePath, Unsupported},
         host_gw::HostGw,
         kernel_vxlan::KernelVxlan,
         tun_udp::TunUdp,
@@ -241,16 +241,23 @@ impl Datapath {
         }
     }
 
+    /// The eBPF datapath's maps are read back on a blocking thread: this reader, to run there
+    /// and hand its result to `audit`. None for the other datapaths.
+    pub fn map_reader(&self) -> Option<impl FnOnce() -> Result<Maps> + Send + 'static> {
+        match &self.kind {
+            Kind::Ebpf(ebpf) => Some(ebpf.map_reader()),
+            _ => None,
+        }
+    }
+
     /// Reads the kernel back: what it lacks or holds wrong is taken out of `installed` (the
     /// next `sync` writes it again), what it holds and no peer explains is deleted, devices
     /// and filters removed by hand come back, and the eBPF fast path picks up containers.
-    pub async fn audit(&mut self) -> Result<()> {
+    /// The eBPF maps are compared only when `maps` (from `map_reader`) is given.
+    pub async fn audit(&mut self, maps: Option<Maps>) -> Result<()> {
         let drifted = match &mut self.kind {
             Kind::HostGw(routes) => routes.audit(&self.installed).await?,
-            Kind::Ebpf(ebpf) => {
-                ebpf.follow_containers().await?;
-                ebpf.audit(&self.installed).await?
-            }
+            Kind::Ebpf(ebpf) => ebpf.audit(&self.installed, maps).await?,
             Kind::KernelVxlan(vxlan) => vxlan.audit(&self.installed).await?,
             Kind::TunUdp(tun) => tun.audit(&self.installed).await?,
         };

@@ -15,7 +15,7 @@ pub mod gro_device;
 pub mod programs;
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
@@ -29,7 +29,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use flannel_common::{DatapathConfig, Encap, Endpoint, PeerInfo, Tunnel, TunnelEnds};
+use flannel_common::{pins::Pins, DatapathConfig, Encap, Endpoint, PeerInfo, Tunnel, TunnelEnds};
 use ipnet::Ipv4Net;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 use tracing::{info, warn};
@@ -70,6 +70,13 @@ impl std::fmt::Display for Unsupported {
 }
 
 impl std::error::Error for Unsupported {}
+
+/// The maps as read back from their pins.
+pub struct Maps {
+    routes: Vec<(Ipv4Net, Tunnel)>,
+    peers: HashMap<Ipv4Addr, PeerInfo>,
+    tracked: HashSet<Ipv4Addr>,
+}
 
 /// Where tunnel packets are decapsulated, and what GRO merges before that: XDP strips the
 /// tunnel before GRO, which then merges the inner packets; TC decapsulates after GRO, which
@@ -324,14 +331,44 @@ impl EbpfDatapath {
         })
     }
 
-    /// Reads the maps, the devices and the filters back: what went missing is restored (the
-    /// overlay device, a filter, the network route, the GRO device), map entries no installed
-    /// peer explains are deleted. Returns the installed peers whose entries are missing or
-    /// wrong.
-    pub async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
+    /// Reads the maps back off the loop's thread (at 5,000 peers that is tens of thousands
+    /// of syscalls): a reader of the pinned maps, to run on a blocking thread.
+    pub fn map_reader(&self) -> impl FnOnce() -> Result<Maps> + Send + 'static {
+        let pins = Pins::new(&self.pin_dir);
+        move || {
+            let (peers, traffic) = (pins.peers()?, pins.traffic()?);
+            let peers = peers.iter().map(|entry| {
+                let (ip_be, peer) = entry?;
+                Ok((Ipv4Addr::from(u32::from_be(ip_be)), peer))
+            });
+            let tracked = traffic
+                .keys()
+                .map(|key| Ok(Ipv4Addr::from(u32::from_be(key?))));
+            Ok(Maps {
+                peers: peers.collect::<Result<_>>()?,
+                tracked: tracked.collect::<Result<_>>()?,
+                routes: programs::routes(&pins.routes()?)?,
+            })
+        }
+    }
+
+    /// Restores what went missing on the host (the overlay device, a filter, the network
+    /// route, the GRO device) and, given the maps as read back, deletes the entries no
+    /// installed peer explains. Returns the installed peers whose entries are missing or
+    /// wrong. The maps may have been read a moment ago: what changed since is rewritten or
+    /// deleted again, which is harmless.
+    pub async fn audit(
+        &mut self,
+        installed: &Installed,
+        maps: Option<Maps>,
+    ) -> Result<BTreeSet<Ipv4Net>> {
+        self.follow_containers().await?;
         self.restore_host().await?;
+        let Some(maps) = maps else {
+            return Ok(BTreeSet::new());
+        };
         let mut drifted: BTreeSet<Ipv4Net> = installed.keys().copied().collect();
-        for (subnet, tunnel) in self.programs.routes()? {
+        for (subnet, tunnel) in maps.routes {
             match installed.get(&subnet) {
                 Some(attrs) if self.tunnel(attrs) == tunnel => {
                     drifted.remove(&subnet);
@@ -343,25 +380,27 @@ impl EbpfDatapath {
                 }
             }
         }
-        let peers = self.programs.peers()?;
-        let tracked = self.programs.tracked()?;
+        // Each public IP's peers-map entry, as `put` and `release` write it: named by the
+        // smallest installed subnet using it (the map iterates in subnet order).
+        let mut wanted: HashMap<Ipv4Addr, PeerInfo> = HashMap::new();
+        for (subnet, attrs) in installed {
+            let owner = (*subnet, vtep_mac(attrs));
+            wanted
+                .entry(attrs.public_ip)
+                .or_insert_with(|| peer_info(owner));
+        }
         for (subnet, attrs) in installed {
             let ip = attrs.public_ip;
-            let wanted = owner_of(ip, installed, None, None).map(peer_info);
-            if wanted.is_none_or(|info| !peers.contains(&(ip, info))) || !tracked.contains(&ip) {
+            if maps.peers.get(&ip) != wanted.get(&ip) || !maps.tracked.contains(&ip) {
                 drifted.insert(*subnet);
             }
         }
-        for (ip, _) in peers {
-            if !installed.values().any(|attrs| attrs.public_ip == ip) {
-                warn!(public_ip = %ip, "removing a stale entry from the peers map");
-                self.programs.remove_peer(ip)?;
-            }
+        for ip in maps.peers.keys().filter(|ip| !wanted.contains_key(ip)) {
+            warn!(public_ip = %ip, "removing a stale entry from the peers map");
+            self.programs.remove_peer(*ip)?;
         }
-        for ip in tracked {
-            if !installed.values().any(|attrs| attrs.public_ip == ip) {
-                self.programs.untrack_traffic(ip)?;
-            }
+        for ip in maps.tracked.iter().filter(|ip| !wanted.contains_key(ip)) {
+            self.programs.untrack_traffic(*ip)?;
         }
         Ok(drifted)
     }

@@ -112,35 +112,6 @@ impl Programs {
             .with_context(|| format!("removing the route to {subnet}"))
     }
 
-    /// The peers map: public IP → what we know of the peer.
-    pub fn peers(&mut self) -> Result<Vec<(Ipv4Addr, PeerInfo)>> {
-        let map: HashMap<&mut MapData, u32, PeerInfo> = self.map(map_names::PEERS)?;
-        map.iter()
-            .map(|entry| {
-                let (ip_be, peer) = entry.context("reading the peer map")?;
-                Ok((Ipv4Addr::from(u32::from_be(ip_be)), peer))
-            })
-            .collect()
-    }
-
-    /// The routes map: peer subnet → the tunnel to it.
-    pub fn routes(&mut self) -> Result<Vec<(Ipv4Net, Tunnel)>> {
-        let map: LpmTrie<&mut MapData, u32, Tunnel> = self.map(map_names::ROUTES)?;
-        routes(&map)
-    }
-
-    /// The public IPs whose traffic is counted.
-    pub fn tracked(&mut self) -> Result<Vec<Ipv4Addr>> {
-        let map: PerCpuHashMap<&mut MapData, u32, PeerTraffic> = self.map(map_names::TRAFFIC)?;
-        map.keys()
-            .map(|key| {
-                Ok(Ipv4Addr::from(u32::from_be(
-                    key.context("reading the traffic map")?,
-                )))
-            })
-            .collect()
-    }
-
     /// The local containers the fast path delivers to, by IPv4.
     pub fn endpoints(&mut self) -> Result<Vec<(Ipv4Addr, Endpoint)>> {
         let map: HashMap<&mut MapData, u32, Endpoint> = self.map(map_names::ENDPOINTS)?;
