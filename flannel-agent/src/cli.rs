@@ -145,6 +145,12 @@ pub struct Args {
     /// iptables chains, pinned maps) and exit
     #[arg(long, help_heading = OURS)]
     pub cleanup: bool,
+    /// drop a peer's tunnel packet whose inner source lies in the network but outside the
+    /// peer's subnet (a peer may forward outside clients' packets, not speak for other hosts)
+    #[arg(long, env = "FLANNELD_BPF_CHECK_INNER_SOURCE", num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), help_heading = OURS)]
+    pub bpf_check_inner_source: bool,
     /// load the eBPF programs from this object instead of the embedded one
     #[arg(long, env = "FLANNELD_BPF_OBJECT", help_heading = OURS)]
     pub bpf_object: Option<PathBuf>,
@@ -166,6 +172,7 @@ impl Args {
             bpf_object: self.bpf_object.clone(),
             pin_dir: self.bpf_pin_dir.clone(),
             decap: self.bpf_decap,
+            check_inner_source: self.bpf_check_inner_source,
         }
     }
 

@@ -28,7 +28,7 @@ use crate::{
         config::{self, Config},
         lease::LeaseAttrs,
         lease_state::LeaseState,
-        peers::PeerTable,
+        peers::{PeerTable, Rules},
         registry::{LeaseChange, Registry, StoredLease},
         subnet_env::{self, SubnetEnv},
     },
@@ -81,7 +81,14 @@ pub async fn run(args: Args) -> Result<()> {
     datapath.activate(config.network, lease.subnet, mtu).await?;
     let (maps_done, maps_read) = tokio::sync::mpsc::channel(1);
     let mut agent = Agent {
-        peers: PeerTable::new(lease.subnet, config.backend.type_name()),
+        peers: PeerTable::new(Rules {
+            network: config.network,
+            subnet_len: config.subnet_len,
+            own_subnet: Some(lease.subnet),
+            own_ip: Some(iface.public_ip),
+            backend_type: config.backend.type_name().to_owned(),
+            prefix: args.etcd.etcd_prefix.clone(),
+        }),
         args,
         registry,
         config,
@@ -325,6 +332,7 @@ impl Agent {
             datapath: self.datapath.name(),
             receive: self.datapath.receive_path(),
             peers: self.peers.len(),
+            rejections: self.peers.rejections().clone(),
             renewals: self.counts.renewals,
             watch_restarts: self.counts.watch_restarts,
             etcd_outages: self.counts.etcd_outages,
@@ -466,8 +474,8 @@ impl Agent {
                 error!("datapath: {e:#}");
             }
             self.ensure_rules().await;
-            self.peers.set_own(self.lease.subnet);
-            self.datapath.mark_all(self.peers.desired());
+            let moved = self.peers.set_own(self.lease.subnet);
+            self.datapath.mark(moved);
             self.sync_datapath().await;
         }
     }
@@ -490,16 +498,14 @@ impl Agent {
                 }
                 LeaseChange::Put(lease) if lease.subnet == self.lease.subnet => {}
                 LeaseChange::Put(lease) => {
-                    if self.peers.put(&lease) {
-                        self.datapath.mark([lease.subnet]);
-                        changed = true;
-                    }
+                    let moved = self.peers.put(&lease);
+                    changed |= !moved.is_empty();
+                    self.datapath.mark(moved);
                 }
                 LeaseChange::Deleted(subnet) => {
-                    if self.peers.remove(&subnet) {
-                        self.datapath.mark([subnet]);
-                        changed = true;
-                    }
+                    let moved = self.peers.remove(&subnet);
+                    changed |= !moved.is_empty();
+                    self.datapath.mark(moved);
                 }
             }
         }
@@ -517,8 +523,9 @@ impl Agent {
         if self.lease_state == LeaseState::Lost {
             warn!(subnet = %self.lease.subnet, "our lease is not in etcd; re-acquiring");
         }
-        if self.peers.resync(&snapshot.leases) {
-            self.datapath.mark_all(self.peers.desired());
+        let moved = self.peers.resync(&snapshot.leases);
+        if !moved.is_empty() {
+            self.datapath.mark(moved);
             self.sync_datapath().await;
         }
         Ok(())

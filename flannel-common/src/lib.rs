@@ -13,9 +13,9 @@ pub const UDP_BACKEND_PORT: u16 = 8285;
 
 /// Map names, versioned so that a layout change never reuses an old pinned map.
 pub mod map_names {
-    pub const CONFIG: &str = "FLANNEL_CONFIG_V2";
+    pub const CONFIG: &str = "FLANNEL_CONFIG_V3";
     pub const PEERS: &str = "FLANNEL_PEERS_V1";
-    pub const DROPS: &str = "FLANNEL_DROPS_V1";
+    pub const DROPS: &str = "FLANNEL_DROPS_V2";
     pub const ROUTES: &str = "FLANNEL_ROUTES_V2";
     pub const TRAFFIC: &str = "FLANNEL_TRAFFIC_V1";
     pub const ENDPOINTS: &str = "FLANNEL_ENDPOINTS_V1";
@@ -57,6 +57,28 @@ pub struct DatapathConfig {
     /// vxlan: the kernel vxlan device in metadata mode (the GRO device) that encapsulates
     /// what `bpf_skb_adjust_room` refuses to; zero when there is none.
     pub gro_ifindex: u32,
+    /// The flannel network and our subnet, network byte order, with their masks (zero: not
+    /// set). `tc_encap` never tunnels a destination in our subnet or outside the network,
+    /// whatever the routes map holds; decap judges inner sources against the network.
+    pub network_be: u32,
+    pub network_mask_be: u32,
+    pub subnet_be: u32,
+    pub subnet_mask_be: u32,
+    /// [`CHECK_INNER_SOURCE`].
+    pub flags: u32,
+}
+
+/// [`DatapathConfig::flags`]: a peer's packet whose inner source lies in the network must
+/// come from the peer's own subnet.
+pub const CHECK_INNER_SOURCE: u32 = 1;
+
+/// The network-byte-order mask of a prefix length.
+pub const fn mask_be(prefix_len: u8) -> u32 {
+    match prefix_len {
+        0 => 0,
+        len if len >= 32 => u32::MAX,
+        len => (u32::MAX << (32 - len as u32)).to_be(),
+    }
 }
 
 /// Tunnel wire formats (flannel's backend types).
@@ -216,10 +238,12 @@ pub enum DropReason {
     DecapFailed = 5,
     /// udp backend: the inner TTL ran out.
     TtlExpired = 6,
+    /// A peer's packet whose inner source lies in the network but outside the peer's subnet.
+    WrongInnerSource = 7,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         Self::UnknownPeer,
         Self::WrongVni,
         Self::Truncated,
@@ -227,6 +251,7 @@ impl DropReason {
         Self::EncapFailed,
         Self::DecapFailed,
         Self::TtlExpired,
+        Self::WrongInnerSource,
     ];
     /// Number of entries in the `DROPS` array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -240,6 +265,7 @@ impl DropReason {
             Self::EncapFailed => "encap_failed",
             Self::DecapFailed => "decap_failed",
             Self::TtlExpired => "ttl_expired",
+            Self::WrongInnerSource => "wrong_inner_source",
         }
     }
 }
@@ -248,7 +274,7 @@ impl DropReason {
 // hidden padding, and no size change without a new map name.
 const _: () = {
     use core::mem::size_of;
-    assert!(size_of::<DatapathConfig>() == 32);
+    assert!(size_of::<DatapathConfig>() == 52);
     assert!(size_of::<Tunnel>() == 60);
     assert!(size_of::<Endpoint>() == 16);
     assert!(size_of::<PeerTraffic>() == 32);

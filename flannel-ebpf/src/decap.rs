@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::{bpf_csum_level, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
-use flannel_common::{DatapathConfig, DropReason, Encap};
+use flannel_common::{mask_be, DatapathConfig, DropReason, Encap, PeerInfo, CHECK_INNER_SOURCE};
 
 use crate::{
     parse::{Context, EthHdr, Ipv4Hdr, Packet, ETH_HLEN},
@@ -57,14 +57,18 @@ impl Strip for XdpContext {
 }
 
 /// Strips the outer headers (`outer_ip_len` bytes of outer IPv4 header, then UDP, and for
-/// vxlan the VXLAN and inner Ethernet headers).
+/// vxlan the VXLAN and inner Ethernet headers) of a packet from `peer`.
 #[inline(always)]
 pub fn decapsulate(
     ctx: &impl Strip,
     cfg: &DatapathConfig,
     outer_ip_len: usize,
+    peer: &PeerInfo,
 ) -> Result<(), DropReason> {
     let len = outer_len(ctx.packet(), cfg, outer_ip_len)?;
+    if cfg.flags & CHECK_INNER_SOURCE != 0 {
+        check_source(ctx.packet(), cfg, ETH_HLEN + len, peer)?;
+    }
     ctx.strip(len)?;
     if cfg.encap == Encap::Udp as u16 {
         // flannel's udp backend decrements the TTL on receive too.
@@ -73,6 +77,26 @@ pub fn decapsulate(
             .header_mut::<Ipv4Hdr>(ETH_HLEN)
             .ok_or(DropReason::Truncated)?;
         ttl::decrement(ip)?;
+    }
+    Ok(())
+}
+
+/// A peer speaks for its own subnet only: an inner source inside the network must lie in it.
+/// Sources outside the network (a peer forwarding an outside client's packet) pass.
+#[inline(always)]
+fn check_source(
+    pkt: Packet,
+    cfg: &DatapathConfig,
+    inner_ip: usize,
+    peer: &PeerInfo,
+) -> Result<(), DropReason> {
+    let src = pkt
+        .header::<Ipv4Hdr>(inner_ip)
+        .ok_or(DropReason::Truncated)?
+        .saddr_be();
+    let in_network = cfg.network_mask_be != 0 && src & cfg.network_mask_be == cfg.network_be;
+    if in_network && src & mask_be(peer.prefix_len) != peer.subnet_be {
+        return Err(DropReason::WrongInnerSource);
     }
     Ok(())
 }

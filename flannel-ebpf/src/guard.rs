@@ -3,7 +3,7 @@
 //! Anything that is not a tunnel packet for us passes untouched; a packet that claims our
 //! tunnel port but fails a check is dropped with a reason; a genuine one is handed to decap.
 
-use flannel_common::{DatapathConfig, DropReason, Encap};
+use flannel_common::{DatapathConfig, DropReason, Encap, PeerInfo};
 
 use crate::{
     maps,
@@ -16,6 +16,7 @@ pub enum Verdict {
     /// A tunnel packet from a current peer: `outer_ip_len` bytes of outer IPv4 header.
     Tunnel {
         peer_be: u32,
+        peer: PeerInfo,
         outer_ip_len: usize,
     },
 }
@@ -52,9 +53,9 @@ pub fn check(pkt: Packet, cfg: &DatapathConfig) -> Verdict {
         return Verdict::Pass;
     }
     // From here on the packet claims to be one of our tunnel packets.
-    if !maps::is_peer(ip.saddr_be()) {
+    let Some(peer) = maps::peer(ip.saddr_be()) else {
         return Verdict::Drop(DropReason::UnknownPeer);
-    }
+    };
     if cfg.encap == Encap::Vxlan as u16 {
         let Some(vxlan) = pkt.header::<VxlanHdr>(ETH_HLEN + ip_len + 8) else {
             return Verdict::Drop(DropReason::Truncated);
@@ -65,6 +66,7 @@ pub fn check(pkt: Packet, cfg: &DatapathConfig) -> Verdict {
     }
     Verdict::Tunnel {
         peer_be: ip.saddr_be(),
+        peer,
         outer_ip_len: ip_len,
     }
 }

@@ -38,10 +38,11 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
         Verdict::Drop(reason) => dropped(reason),
         Verdict::Tunnel {
             peer_be,
+            peer,
             outer_ip_len,
         } => {
             let bytes = (pkt.end - pkt.start) as u32;
-            match decap::decapsulate(&ctx, cfg, outer_ip_len) {
+            match decap::decapsulate(&ctx, cfg, outer_ip_len, &peer) {
                 Ok(()) => {
                     maps::count_rx(peer_be, bytes);
                     xdp_action::XDP_PASS
@@ -62,16 +63,17 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
     if !linear(&ctx, guard::HEADER_LEN) {
         return TC_ACT_OK;
     }
-    let (peer_be, outer_ip_len) = match guard::check(ctx.packet(), cfg) {
+    let (peer_be, peer, outer_ip_len) = match guard::check(ctx.packet(), cfg) {
         Verdict::Pass => return TC_ACT_OK,
         Verdict::Drop(reason) => return drop(reason),
         Verdict::Tunnel {
             peer_be,
+            peer,
             outer_ip_len,
-        } => (peer_be, outer_ip_len),
+        } => (peer_be, peer, outer_ip_len),
     };
     let bytes = ctx.len();
-    if let Err(reason) = decap::decapsulate(&ctx, cfg, outer_ip_len) {
+    if let Err(reason) = decap::decapsulate(&ctx, cfg, outer_ip_len, &peer) {
         return drop(reason);
     }
     maps::count_rx(peer_be, bytes);
@@ -120,7 +122,15 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
     let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_HLEN) else {
         return TC_ACT_OK;
     };
-    let Some(tunnel) = maps::tunnel_to(ip.daddr_be()) else {
+    // Local traffic is never ours to tunnel, whatever the routes map says: our own subnet,
+    // and anything outside the network.
+    let dst = ip.daddr_be();
+    let ours = cfg.subnet_mask_be != 0 && dst & cfg.subnet_mask_be == cfg.subnet_be;
+    let outside = cfg.network_mask_be != 0 && dst & cfg.network_mask_be != cfg.network_be;
+    if ours || outside {
+        return TC_ACT_OK;
+    }
+    let Some(tunnel) = maps::tunnel_to(dst) else {
         return TC_ACT_OK;
     };
     // Too big to tunnel whole: the stack fragments it or answers "fragmentation needed".

@@ -8,7 +8,7 @@ use flannel_common::{
     DatapathConfig, DropReason, Endpoint, PeerInfo, PeerTraffic, Tunnel, MAX_PEERS,
 };
 
-#[map(name = "FLANNEL_CONFIG_V2")]
+#[map(name = "FLANNEL_CONFIG_V3")]
 pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 
 /// Current leases, keyed by the peer's public IPv4 (network byte order).
@@ -31,7 +31,7 @@ pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_END
 const MAX_ENDPOINTS: u32 = 4096;
 
 /// Dropped packets, indexed by `DropReason`.
-#[map(name = "FLANNEL_DROPS_V1")]
+#[map(name = "FLANNEL_DROPS_V2")]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
 
 #[inline(always)]
@@ -40,8 +40,9 @@ pub fn config() -> Option<&'static DatapathConfig> {
 }
 
 #[inline(always)]
-pub fn is_peer(public_ip_be: u32) -> bool {
-    PEERS.get_ptr(public_ip_be).is_some()
+pub fn peer(public_ip_be: u32) -> Option<PeerInfo> {
+    // SAFETY: copied out at once; the agent replaces entries whole.
+    unsafe { PEERS.get(public_ip_be).copied() }
 }
 
 #[inline(always)]

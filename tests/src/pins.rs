@@ -23,7 +23,23 @@ pub fn route_key(subnet: &str) -> Key<u32> {
     flannel_common::pins::route_key(u32::from(net.network()), net.prefix_len())
 }
 
-/// True when the routes map under `pins` holds `subnet`.
+/// The subnets in the routes map under `pins`, exactly as keyed ("10.1.5.0/24"); empty if
+/// it can't be read.
+pub fn route_subnets(pins: &Path) -> Vec<String> {
+    let Ok(map) = routes(pins) else {
+        return Vec::new();
+    };
+    map.keys()
+        .filter_map(Result::ok)
+        .map(|key| {
+            let network = std::net::Ipv4Addr::from(u32::from_be(key.data()));
+            format!("{network}/{}", key.prefix_len())
+        })
+        .collect()
+}
+
+/// True when the routes map under `pins` holds exactly `subnet` (a lookup would match a
+/// wider entry too).
 pub fn has_route(pins: &Path, subnet: &str) -> bool {
-    routes(pins).is_ok_and(|map| map.get(&route_key(subnet), 0).is_ok())
+    route_subnets(pins).iter().any(|s| s == subnet)
 }

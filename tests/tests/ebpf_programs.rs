@@ -7,7 +7,8 @@ use std::net::{Ipv4Addr, UdpSocket};
 use aya::programs::{TestRun, TestRunOptions, TestRunResult, XdpMode};
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
-    DatapathConfig, DropReason, Encap, PeerInfo, Tunnel, TunnelEnds, UDP_BACKEND_PORT, VXLAN_PORT,
+    mask_be, DatapathConfig, DropReason, Encap, PeerInfo, Tunnel, TunnelEnds, CHECK_INNER_SOURCE,
+    UDP_BACKEND_PORT, VXLAN_PORT,
 };
 use flannel_tests::{
     netns::{kernel_vxlan, kernel_vxlan_peer, link, Netns},
@@ -512,4 +513,87 @@ fn xdp_decapsulates_both_formats_like_tc() {
         [&frame[..14], &with_ttl(&inner, 63)[..]].concat(),
         "TTL 64 - 1, checksum updated"
     );
+}
+
+/// `config` for a host on 10.1.83.0/24 of 10.1.0.0/16, with the inner-source check as asked.
+fn config_in_network(encap: Encap, check_inner_source: bool) -> DatapathConfig {
+    DatapathConfig {
+        network_be: u32::from(Ipv4Addr::new(10, 1, 0, 0)).to_be(),
+        network_mask_be: mask_be(16),
+        subnet_be: u32::from(Ipv4Addr::new(10, 1, 83, 0)).to_be(),
+        subnet_mask_be: mask_be(24),
+        flags: if check_inner_source {
+            CHECK_INNER_SOURCE
+        } else {
+            0
+        },
+        ..config(encap)
+    }
+}
+
+/// A VXLAN frame from PEER whose inner packet comes from `src`.
+fn vxlan_with_inner_source(src: Ipv4Addr) -> Vec<u8> {
+    let ip = packet::ipv4(src, Ipv4Addr::new(10, 1, 83, 2), IPPROTO_TCP, &[7; 20]);
+    let inner = packet::ethernet(OUR_VTEP, PEER_VTEP, packet::ETH_P_IP, &ip);
+    udp_frame(PEER, LOCAL, 40000, VXLAN_PORT, &vxlan(VNI, &inner))
+}
+
+#[test]
+fn a_peer_speaks_only_for_its_own_subnet_and_outside_clients() {
+    let mut programs = guard(Encap::Vxlan);
+    programs
+        .set_config(config_in_network(Encap::Vxlan, true))
+        .unwrap();
+    let third_host = vxlan_with_inner_source(Ipv4Addr::new(10, 1, 99, 2));
+    assert_eq!(
+        verdicts(&mut programs, &third_host),
+        (XDP_DROP, TC_ACT_SHOT)
+    );
+    assert_eq!(drops(&mut programs, DropReason::WrongInnerSource), 2);
+    for src in [Ipv4Addr::new(10, 1, 74, 2), Ipv4Addr::new(8, 8, 8, 8)] {
+        let frame = vxlan_with_inner_source(src);
+        assert_eq!(
+            verdicts(&mut programs, &frame),
+            (XDP_PASS, TC_ACT_OK),
+            "from {src}"
+        );
+    }
+    // Turned off (--bpf-check-inner-source=false), the peer's word is taken.
+    programs
+        .set_config(config_in_network(Encap::Vxlan, false))
+        .unwrap();
+    assert_eq!(verdicts(&mut programs, &third_host), (XDP_PASS, TC_ACT_OK));
+}
+
+#[test]
+fn local_traffic_is_never_tunnelled_whatever_the_routes_map_holds() {
+    let mut programs = guard(Encap::Vxlan);
+    programs
+        .set_config(config_in_network(Encap::Vxlan, true))
+        .unwrap();
+    // Bogus entries, as a hostile lease once put there: the whole network, everything.
+    let bogus = Tunnel::new(&TunnelEnds {
+        encap: Encap::Vxlan,
+        local_ip_be: u32::from(LOCAL).to_be(),
+        remote_ip_be: u32::from(STRANGER).to_be(),
+        port_be: VXLAN_PORT.to_be(),
+        vni: VNI,
+        local_mac: OUR_VTEP,
+        remote_mac: PEER_VTEP,
+    });
+    for subnet in ["10.1.0.0/16", "0.0.0.0/0"] {
+        programs
+            .insert_route(subnet.parse().unwrap(), bogus)
+            .unwrap();
+    }
+    for dst in [Ipv4Addr::new(10, 1, 83, 5), Ipv4Addr::new(8, 8, 8, 8)] {
+        let frame = container_frame(dst, 100);
+        assert_eq!(
+            run(programs.tc_encap(), &frame),
+            (TC_ACT_OK, frame.clone()),
+            "to {dst}: left to the stack, untouched"
+        );
+    }
+    let to_peer = container_frame(Ipv4Addr::new(10, 1, 74, 2), 100);
+    assert_eq!(run(programs.tc_encap(), &to_peer).0, TC_ACT_REDIRECT);
 }

@@ -75,6 +75,7 @@ mod tests {
             subnet: subnet.parse().unwrap(),
             attrs: attrs(ip),
             lease_id: 9,
+            created: 3,
         }
     }
 

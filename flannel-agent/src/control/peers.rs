@@ -1,11 +1,25 @@
-//! The peer table: the other hosts' leases of our backend type, fed by the etcd watch, and
-//! the add / remove events the datapaths consume.
+//! The peer table: the other hosts' leases, fed by the etcd watch, each checked against the
+//! same rules before any datapath sees it (and by `status`, which lists what was rejected).
+//!
+//! A lease is rejected when it is unsafe on its own (a subnet outside the network, wider than
+//! a lease, over ours; a public IP that is ours, in the network, or not a unicast host
+//! address; a broadcast, multicast or zero VTEP MAC; a VNI over 24 bits), or when it
+//! collides with an older lease that is not (an overlapping subnet, or the same public IP).
+//! "Older" is etcd's create revision, then the subnet: the same on every host, so all hosts
+//! keep the same one of two colliding leases.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use ipnet::Ipv4Net;
+use tracing::warn;
 
-use crate::control::{lease::LeaseAttrs, registry::StoredLease};
+use crate::control::{
+    lease::{subnet_key, BackendAttrs, LeaseAttrs},
+    registry::StoredLease,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
@@ -13,24 +27,63 @@ pub struct Peer {
     pub attrs: LeaseAttrs,
 }
 
+/// What a lease is checked against.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    /// Ours; None for `status` on a host without a subnet file.
+    pub own_subnet: Option<Ipv4Net>,
+    pub own_ip: Option<Ipv4Addr>,
+    pub backend_type: String,
+    /// The etcd prefix, to name the keys of rejected leases.
+    pub prefix: String,
+}
+
+/// Why a lease was rejected: a short reason (a metrics label) and what exactly is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
 pub struct PeerTable {
-    own: Ipv4Net,
-    backend_type: String,
+    rules: Rules,
+    /// Every lease but ours, as etcd holds it.
+    leases: BTreeMap<Ipv4Net, StoredLease>,
+    by_ip: BTreeMap<Ipv4Addr, BTreeSet<Ipv4Net>>,
+    /// The accepted leases of our backend type: what the datapath must hold.
     peers: BTreeMap<Ipv4Net, LeaseAttrs>,
+    rejected: BTreeMap<Ipv4Net, Rejection>,
+    /// How many times a lease was rejected, by reason.
+    rejections: BTreeMap<&'static str, u64>,
 }
 
 impl PeerTable {
-    pub fn new(own: Ipv4Net, backend_type: &str) -> Self {
+    pub fn new(rules: Rules) -> Self {
         Self {
-            own,
-            backend_type: backend_type.to_owned(),
+            rules,
+            leases: BTreeMap::new(),
+            by_ip: BTreeMap::new(),
             peers: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            rejections: BTreeMap::new(),
         }
     }
 
     /// Every peer's subnet with its lease: what the datapath must hold.
     pub fn desired(&self) -> &BTreeMap<Ipv4Net, LeaseAttrs> {
         &self.peers
+    }
+
+    /// The rejected leases, with why.
+    pub fn rejected(&self) -> &BTreeMap<Ipv4Net, Rejection> {
+        &self.rejected
+    }
+
+    /// Rejections so far, by reason.
+    pub fn rejections(&self) -> &BTreeMap<&'static str, u64> {
+        &self.rejections
     }
 
     pub fn len(&self) -> usize {
@@ -41,107 +94,396 @@ impl PeerTable {
         self.peers.is_empty()
     }
 
-    /// Our subnet changed (re-acquired elsewhere): it stops being ignored, the new one starts.
-    /// True when the table changed.
-    pub fn set_own(&mut self, own: Ipv4Net) -> bool {
-        self.own = own;
-        self.remove(&own)
+    /// Our subnet changed (re-acquired elsewhere): every lease is judged again. Returns the
+    /// subnets whose peer changed.
+    pub fn set_own(&mut self, own: Ipv4Net) -> Vec<Ipv4Net> {
+        self.rules.own_subnet = Some(own);
+        self.leases.remove(&own);
+        self.judge_all()
     }
 
-    /// Takes a lease in; true when the table changed.
-    pub fn put(&mut self, lease: &StoredLease) -> bool {
-        if lease.subnet == self.own || lease.attrs.backend.type_name() != self.backend_type {
-            // Not a peer of ours; if it was one (its backend changed), it is gone.
-            return self.remove(&lease.subnet);
+    /// Takes a lease in; returns the subnets whose peer changed (it, and leases it collides
+    /// with).
+    pub fn put(&mut self, lease: &StoredLease) -> Vec<Ipv4Net> {
+        if Some(lease.subnet) == self.rules.own_subnet {
+            return Vec::new();
         }
-        self.peers
-            .insert(lease.subnet, lease.attrs.clone())
-            .as_ref()
-            != Some(&lease.attrs)
+        let mut affected = self.remove_lease(&lease.subnet);
+        self.by_ip
+            .entry(lease.attrs.public_ip)
+            .or_default()
+            .insert(lease.subnet);
+        self.leases.insert(lease.subnet, lease.clone());
+        affected.extend(self.colliding(lease));
+        affected.insert(lease.subnet);
+        self.judge(affected)
     }
 
-    /// True when the table changed.
-    pub fn remove(&mut self, subnet: &Ipv4Net) -> bool {
-        self.peers.remove(subnet).is_some()
+    /// A lease is gone; returns the subnets whose peer changed.
+    pub fn remove(&mut self, subnet: &Ipv4Net) -> Vec<Ipv4Net> {
+        let affected = self.remove_lease(subnet);
+        self.judge(affected)
     }
 
-    /// Replaces the table with a full listing (start-up, or after a watch compaction); true
-    /// when the table changed.
-    pub fn resync(&mut self, leases: &[StoredLease]) -> bool {
-        let listed: BTreeSet<Ipv4Net> = leases.iter().map(|l| l.subnet).collect();
-        let before = self.peers.len();
-        self.peers.retain(|subnet, _| listed.contains(subnet));
-        let mut changed = self.peers.len() != before;
-        for lease in leases {
-            changed |= self.put(lease);
+    /// Replaces the table with a full listing (start-up, or after a watch compaction);
+    /// returns the subnets whose peer changed.
+    pub fn resync(&mut self, leases: &[StoredLease]) -> Vec<Ipv4Net> {
+        self.leases = leases
+            .iter()
+            .filter(|l| Some(l.subnet) != self.rules.own_subnet)
+            .map(|l| (l.subnet, l.clone()))
+            .collect();
+        self.by_ip.clear();
+        for lease in self.leases.values() {
+            let subnets = self.by_ip.entry(lease.attrs.public_ip).or_default();
+            subnets.insert(lease.subnet);
+        }
+        self.judge_all()
+    }
+
+    /// Takes `subnet`'s lease out of the indexes; returns it and the leases it collided with.
+    fn remove_lease(&mut self, subnet: &Ipv4Net) -> BTreeSet<Ipv4Net> {
+        let Some(old) = self.leases.remove(subnet) else {
+            return BTreeSet::from([*subnet]);
+        };
+        if let Some(subnets) = self.by_ip.get_mut(&old.attrs.public_ip) {
+            subnets.remove(subnet);
+            if subnets.is_empty() {
+                self.by_ip.remove(&old.attrs.public_ip);
+            }
+        }
+        let mut affected = self.colliding(&old);
+        affected.insert(*subnet);
+        affected
+    }
+
+    fn judge_all(&mut self) -> Vec<Ipv4Net> {
+        let every: BTreeSet<Ipv4Net> = (self.leases.keys())
+            .chain(self.peers.keys())
+            .chain(self.rejected.keys())
+            .copied()
+            .collect();
+        self.judge(every)
+    }
+
+    /// Decides again for each of `subnets`: a peer, rejected, or neither (another backend
+    /// type, or gone). Returns those whose peer changed.
+    fn judge(&mut self, subnets: BTreeSet<Ipv4Net>) -> Vec<Ipv4Net> {
+        let mut changed = Vec::new();
+        for subnet in subnets {
+            let verdict = self.leases.get(&subnet).map(|lease| {
+                let rejection = self.fault(lease).or_else(|| self.collision(lease));
+                (lease.attrs.clone(), rejection)
+            });
+            let peer = match verdict {
+                Some((attrs, None)) => {
+                    self.rejected.remove(&subnet);
+                    (attrs.backend.type_name() == self.rules.backend_type).then_some(attrs)
+                }
+                Some((_, Some(rejection))) => {
+                    self.reject(subnet, rejection);
+                    None
+                }
+                None => {
+                    self.rejected.remove(&subnet);
+                    None
+                }
+            };
+            if self.peers.get(&subnet) != peer.as_ref() {
+                match peer {
+                    Some(attrs) => self.peers.insert(subnet, attrs),
+                    None => self.peers.remove(&subnet),
+                };
+                changed.push(subnet);
+            }
         }
         changed
     }
+
+    fn reject(&mut self, subnet: Ipv4Net, rejection: Rejection) {
+        if self.rejected.get(&subnet) == Some(&rejection) {
+            return;
+        }
+        let key = subnet_key(&self.rules.prefix, &subnet);
+        warn!(%key, reason = rejection.reason, "skipping a lease: {}", rejection.detail);
+        *self.rejections.entry(rejection.reason).or_default() += 1;
+        self.rejected.insert(subnet, rejection);
+    }
+
+    /// What is wrong with a lease on its own, if anything.
+    fn fault(&self, lease: &StoredLease) -> Option<Rejection> {
+        let rules = &self.rules;
+        let (subnet, ip) = (lease.subnet, lease.attrs.public_ip);
+        let reject = |reason, detail: String| Some(Rejection { reason, detail });
+        if !rules.network.contains(&subnet) {
+            return reject(
+                "outside_network",
+                format!("{subnet} lies outside the network {}", rules.network),
+            );
+        }
+        if subnet.prefix_len() < rules.subnet_len {
+            return reject(
+                "wider_than_subnet_len",
+                format!("{subnet} is wider than a /{} lease", rules.subnet_len),
+            );
+        }
+        if let Some(own) = rules.own_subnet.filter(|own| overlap(&subnet, own)) {
+            return reject(
+                "overlaps_our_subnet",
+                format!("{subnet} overlaps our subnet {own}"),
+            );
+        }
+        if Some(ip) == rules.own_ip {
+            return reject("our_public_ip", format!("its PublicIP {ip} is ours"));
+        }
+        if ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || ip.is_broadcast()
+            || rules.network.contains(&ip)
+        {
+            return reject(
+                "bad_public_ip",
+                format!("its PublicIP {ip} is not a unicast host address outside the network"),
+            );
+        }
+        if let BackendAttrs::Vxlan { vni, vtep_mac } = &lease.attrs.backend {
+            if vtep_mac.0 == [0; 6] || vtep_mac.0[0] & 1 == 1 {
+                return reject(
+                    "bad_vtep_mac",
+                    format!("its VtepMAC {vtep_mac} is not a unicast address"),
+                );
+            }
+            if *vni >= 1 << 24 {
+                return reject("bad_vni", format!("its VNI {vni} does not fit 24 bits"));
+            }
+        }
+        None
+    }
+
+    /// The older, sound lease this one collides with, if any.
+    fn collision(&self, lease: &StoredLease) -> Option<Rejection> {
+        let age = |l: &StoredLease| (l.created, l.subnet);
+        self.colliding(lease)
+            .into_iter()
+            .filter_map(|subnet| self.leases.get(&subnet))
+            .filter(|other| age(other) < age(lease) && self.fault(other).is_none())
+            .min_by_key(|other| age(other))
+            .map(|older| {
+                if older.attrs.public_ip == lease.attrs.public_ip {
+                    Rejection {
+                        reason: "public_ip_taken",
+                        detail: format!(
+                            "its PublicIP {} is the older lease {}'s",
+                            older.attrs.public_ip, older.subnet
+                        ),
+                    }
+                } else {
+                    Rejection {
+                        reason: "overlaps_older_lease",
+                        detail: format!("it overlaps the older lease {}", older.subnet),
+                    }
+                }
+            })
+    }
+
+    /// The other leases whose subnet overlaps `lease`'s or that share its public IP.
+    fn colliding(&self, lease: &StoredLease) -> BTreeSet<Ipv4Net> {
+        let subnet = lease.subnet;
+        let first = Ipv4Net::new(subnet.network(), 0).expect("prefix 0");
+        let last = Ipv4Net::new(subnet.broadcast(), 32).expect("prefix 32");
+        // Subnets are aligned prefixes: overlapping ones lie inside `subnet` or contain it.
+        let inside = self.leases.range(first..=last).map(|(s, _)| *s);
+        let containing = (0..subnet.prefix_len())
+            .filter_map(|len| Ipv4Net::new(subnet.network(), len).ok())
+            .map(|net| net.trunc())
+            .filter(|net| self.leases.contains_key(net));
+        let same_ip = self
+            .by_ip
+            .get(&lease.attrs.public_ip)
+            .into_iter()
+            .flatten()
+            .copied();
+        inside
+            .chain(containing)
+            .chain(same_ip)
+            .filter(|s| *s != subnet)
+            .collect()
+    }
+}
+
+fn overlap(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
-    use crate::control::lease::BackendAttrs;
+    use crate::control::lease::Mac;
 
-    fn lease(subnet: &str, ip: u8, backend: BackendAttrs) -> StoredLease {
-        StoredLease {
-            subnet: subnet.parse().unwrap(),
-            attrs: LeaseAttrs {
-                public_ip: Ipv4Addr::new(192, 168, 64, ip),
-                backend,
-            },
-            lease_id: 1,
+    fn rules() -> Rules {
+        Rules {
+            network: "10.1.0.0/16".parse().unwrap(),
+            subnet_len: 24,
+            own_subnet: Some("10.1.1.0/24".parse().unwrap()),
+            own_ip: Some(Ipv4Addr::new(192, 168, 64, 1)),
+            backend_type: "vxlan".into(),
+            prefix: "/coreos.com/network".into(),
         }
     }
 
+    fn vxlan(subnet: &str, ip: [u8; 4], mac: [u8; 6], created: i64) -> StoredLease {
+        StoredLease {
+            subnet: subnet.parse().unwrap(),
+            attrs: LeaseAttrs {
+                public_ip: Ipv4Addr::from(ip),
+                backend: BackendAttrs::Vxlan {
+                    vni: 1,
+                    vtep_mac: Mac(mac),
+                },
+            },
+            lease_id: 1,
+            created,
+        }
+    }
+
+    fn good(subnet: &str, host: u8, created: i64) -> StoredLease {
+        vxlan(subnet, [192, 168, 64, host], [2, 0, 0, 0, 0, host], created)
+    }
+
+    fn reason(table: &PeerTable, subnet: &str) -> Option<&'static str> {
+        table
+            .rejected()
+            .get(&subnet.parse().unwrap())
+            .map(|r| r.reason)
+    }
+
     #[test]
-    fn ignores_our_subnet_and_other_backends() {
-        let mut table = PeerTable::new("10.1.1.0/24".parse().unwrap(), "host-gw");
-        assert!(!table.put(&lease("10.1.1.0/24", 2, BackendAttrs::HostGw)));
-        assert!(!table.put(&lease("10.1.2.0/24", 3, BackendAttrs::Udp)));
-        assert!(table.put(&lease("10.1.3.0/24", 4, BackendAttrs::HostGw)));
+    fn a_sound_lease_is_a_peer_and_its_change_is_reported() {
+        let mut table = PeerTable::new(rules());
+        let changed = table.put(&good("10.1.2.0/24", 2, 5));
+        assert_eq!(changed, ["10.1.2.0/24".parse::<Ipv4Net>().unwrap()]);
         assert!(
-            !table.put(&lease("10.1.3.0/24", 4, BackendAttrs::HostGw)),
+            table.put(&good("10.1.2.0/24", 2, 5)).is_empty(),
             "no change"
         );
-        assert!(table.put(&lease("10.1.3.0/24", 5, BackendAttrs::HostGw)));
-        let subnet: Ipv4Net = "10.1.3.0/24".parse().unwrap();
-        assert_eq!(
-            table.desired()[&subnet].public_ip,
-            Ipv4Addr::new(192, 168, 64, 5)
-        );
-        assert!(table.put(&lease("10.1.3.0/24", 5, BackendAttrs::Udp)));
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.remove(&"10.1.2.0/24".parse().unwrap()).len(), 1);
         assert!(table.is_empty());
     }
 
     #[test]
-    fn resync_keeps_exactly_the_listing() {
-        let mut table = PeerTable::new("10.1.1.0/24".parse().unwrap(), "udp");
-        assert!(table.resync(&[
-            lease("10.1.2.0/24", 2, BackendAttrs::Udp),
-            lease("10.1.3.0/24", 3, BackendAttrs::Udp),
-        ]));
-        assert!(table.resync(&[
-            lease("10.1.3.0/24", 3, BackendAttrs::Udp),
-            lease("10.1.4.0/24", 4, BackendAttrs::Udp),
-        ]));
+    fn unsafe_leases_are_rejected_with_their_rule_and_counted() {
+        let mut table = PeerTable::new(rules());
+        let cases = [
+            (good("10.1.0.0/16", 2, 1), "wider_than_subnet_len"),
+            (good("0.0.0.0/0", 3, 1), "outside_network"),
+            (good("10.2.0.0/24", 4, 1), "outside_network"),
+            (good("192.168.64.0/24", 5, 1), "outside_network"),
+            (good("10.1.1.128/25", 6, 1), "overlaps_our_subnet"),
+            (
+                vxlan("10.1.3.0/24", [192, 168, 64, 1], [2, 0, 0, 0, 0, 7], 1),
+                "our_public_ip",
+            ),
+            (
+                vxlan("10.1.4.0/24", [0, 0, 0, 0], [2, 0, 0, 0, 0, 8], 1),
+                "bad_public_ip",
+            ),
+            (
+                vxlan("10.1.5.0/24", [127, 0, 0, 1], [2, 0, 0, 0, 0, 9], 1),
+                "bad_public_ip",
+            ),
+            (
+                vxlan("10.1.6.0/24", [224, 0, 0, 1], [2, 0, 0, 0, 0, 10], 1),
+                "bad_public_ip",
+            ),
+            (
+                vxlan("10.1.7.0/24", [255; 4], [2, 0, 0, 0, 0, 11], 1),
+                "bad_public_ip",
+            ),
+            (
+                vxlan("10.1.8.0/24", [10, 1, 9, 1], [2, 0, 0, 0, 0, 12], 1),
+                "bad_public_ip",
+            ),
+            (
+                vxlan("10.1.9.0/24", [192, 168, 64, 13], [0xff; 6], 1),
+                "bad_vtep_mac",
+            ),
+            (
+                vxlan("10.1.10.0/24", [192, 168, 64, 14], [1, 0, 0x5e, 0, 0, 1], 1),
+                "bad_vtep_mac",
+            ),
+            (
+                vxlan("10.1.11.0/24", [192, 168, 64, 15], [0; 6], 1),
+                "bad_vtep_mac",
+            ),
+        ];
+        for (lease, rule) in &cases {
+            assert!(table.put(lease).is_empty(), "{lease:?} is no peer");
+            assert_eq!(reason(&table, &lease.subnet.to_string()), Some(*rule));
+        }
+        assert!(table.is_empty());
+        assert_eq!(table.rejections()["bad_public_ip"], 5);
+    }
+
+    #[test]
+    fn of_two_colliding_leases_the_older_wins_and_the_newer_follows_when_it_goes() {
+        // Older than the /24 inside it: it wins, whatever the order they arrive in.
+        let wide = good("10.1.2.0/23", 3, 4);
+        let mut rules = rules();
+        rules.subnet_len = 23;
+        let mut table_b = PeerTable::new(rules.clone());
+        table_b.put(&wide);
+        table_b.put(&good("10.1.2.0/24", 2, 7));
+        let mut table_a = PeerTable::new(rules);
+        table_a.put(&good("10.1.2.0/24", 2, 7));
+        let changed = table_a.put(&wide);
+        assert_eq!(changed.len(), 2, "the /24 leaves, the /23 comes");
+        for table in [&table_a, &table_b] {
+            assert_eq!(reason(table, "10.1.2.0/24"), Some("overlaps_older_lease"));
+            assert_eq!(table.len(), 1);
+        }
+        // The winner gone, the other lease is a peer.
+        let changed = table_a.remove(&"10.1.2.0/23".parse().unwrap());
+        assert_eq!(changed.len(), 2);
+        assert_eq!(reason(&table_a, "10.1.2.0/24"), None);
+        assert!(table_a
+            .desired()
+            .contains_key(&"10.1.2.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_public_ip_belongs_to_its_oldest_lease() {
+        let mut table = PeerTable::new(rules());
+        table.put(&good("10.1.3.0/24", 2, 9));
+        table.put(&good("10.1.2.0/24", 2, 8));
+        assert_eq!(reason(&table, "10.1.3.0/24"), Some("public_ip_taken"));
         let subnets: Vec<String> = table.desired().keys().map(|s| s.to_string()).collect();
-        assert_eq!(subnets, ["10.1.3.0/24", "10.1.4.0/24"]);
-        assert!(!table.resync(&[
-            lease("10.1.4.0/24", 4, BackendAttrs::Udp),
-            lease("10.1.3.0/24", 3, BackendAttrs::Udp),
-        ]));
+        assert_eq!(subnets, ["10.1.2.0/24"]);
     }
 
     #[test]
-    fn our_new_subnet_stops_being_a_peer() {
-        let mut table = PeerTable::new("10.1.1.0/24".parse().unwrap(), "udp");
-        table.put(&lease("10.1.2.0/24", 2, BackendAttrs::Udp));
-        assert!(table.set_own("10.1.2.0/24".parse().unwrap()));
+    fn a_rejected_lease_does_not_shut_out_a_newer_sound_one() {
+        // An older lease with a broadcast MAC loses its claim on the subnet.
+        let mut rules = rules();
+        rules.subnet_len = 23;
+        let mut table = PeerTable::new(rules);
+        table.put(&vxlan("10.1.2.0/23", [192, 168, 64, 3], [0xff; 6], 1));
+        table.put(&good("10.1.2.0/24", 2, 5));
+        assert_eq!(reason(&table, "10.1.2.0/23"), Some("bad_vtep_mac"));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn other_backends_are_not_peers_and_our_new_subnet_leaves_the_table() {
+        let mut table = PeerTable::new(rules());
+        let mut udp = good("10.1.2.0/24", 2, 1);
+        udp.attrs.backend = BackendAttrs::Udp;
+        assert!(table.put(&udp).is_empty());
         assert!(table.is_empty());
-        assert!(table.put(&lease("10.1.1.0/24", 1, BackendAttrs::Udp)));
+        table.put(&good("10.1.3.0/24", 3, 1));
+        let changed = table.set_own("10.1.3.0/24".parse().unwrap());
+        assert_eq!(changed.len(), 1);
+        assert!(table.is_empty());
     }
 }

@@ -32,6 +32,8 @@ pub struct StoredLease {
     pub subnet: Ipv4Net,
     pub attrs: LeaseAttrs,
     pub lease_id: i64,
+    /// etcd's create revision of the key: which of two colliding leases is older.
+    pub created: i64,
 }
 
 /// All leases at one etcd revision.
@@ -338,6 +340,7 @@ impl Registry {
                 subnet,
                 attrs,
                 lease_id: kv.lease(),
+                created: kv.create_revision(),
             }),
             Err(e) => {
                 warn!(key = %key, error = %e, "skipping a lease whose value does not parse");

@@ -59,6 +59,8 @@ pub struct Options {
     pub pin_dir: std::path::PathBuf,
     /// `--bpf-decap`; None: the backend's default.
     pub decap: Option<Decap>,
+    /// `--bpf-check-inner-source`.
+    pub check_inner_source: bool,
 }
 
 impl Options {
@@ -187,13 +189,6 @@ impl Datapath {
     /// These subnets' leases changed: the next `sync` looks at them.
     pub fn mark(&mut self, subnets: impl IntoIterator<Item = Ipv4Net>) {
         self.pending.extend(subnets);
-    }
-
-    /// The whole peer table may have changed (a full listing): the next `sync` looks at every
-    /// subnet, in the table or installed.
-    pub fn mark_all(&mut self, desired: &Installed) {
-        self.pending
-            .extend(desired.keys().chain(self.installed.keys()));
     }
 
     /// Brings the kernel to `desired` for the marked subnets: a peer that left is removed, a

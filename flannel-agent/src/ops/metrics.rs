@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub renewals: u64,
     pub watch_restarts: u64,
     pub etcd_outages: u64,
+    /// Leases rejected so far, by reason.
+    pub rejections: std::collections::BTreeMap<&'static str, u64>,
     pub etcd_errors: u64,
     pub datapath_errors: u64,
     pub lease_overwrites: u64,
@@ -105,6 +107,17 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "Restarts of the etcd lease watch.",
         &[(String::new(), s.watch_restarts)],
+    );
+    let rejected: Vec<(String, u64)> = s
+        .rejections
+        .iter()
+        .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), *n))
+        .collect();
+    family(
+        "flannel_leases_rejected_total",
+        "counter",
+        "Leases skipped because they break a rule (the log names each key and rule).",
+        &rejected,
     );
     family(
         "flannel_etcd_outages_total",

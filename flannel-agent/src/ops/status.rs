@@ -16,7 +16,8 @@ use crate::{
     cli::EtcdArgs,
     control::{
         config::{self, Config},
-        lease::{BackendAttrs, Mac},
+        lease::{subnet_key, BackendAttrs, Mac},
+        peers::{PeerTable, Rules},
         registry::{EtcdOptions, Registry, Snapshot},
         subnet_env,
     },
@@ -72,27 +73,41 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
     let pinned = read_pins(&args.bpf_pin_dir).ok();
     let datapath = describe_datapath(pinned.as_ref(), own, &args.bpf_pin_dir).await?;
     let traffic = |ip: &Ipv4Addr| pinned.as_ref().and_then(|p| p.traffic.get(ip)).copied();
+    let mut rejected: Vec<serde_json::Value> = Vec::new();
     let (etcd_json, lease, network, backend, peers) = match &etcd {
         Ok((config, snapshot)) => {
             let own_lease = own.and_then(|s| snapshot.leases.iter().find(|l| l.subnet == s));
-            let peers: Vec<serde_json::Value> = snapshot
-                .leases
+            // The agent's rules decide who is a peer, here as in the agent.
+            let mut table = PeerTable::new(Rules {
+                network: config.network,
+                subnet_len: config.subnet_len,
+                own_subnet: own,
+                own_ip: own_lease.map(|l| l.attrs.public_ip),
+                backend_type: config.backend.type_name().to_owned(),
+                prefix: args.etcd.etcd_prefix.clone(),
+            });
+            table.resync(&snapshot.leases);
+            let peers: Vec<serde_json::Value> = table
+                .desired()
                 .iter()
-                .filter(|l| {
-                    Some(l.subnet) != own
-                        && l.attrs.backend.type_name() == config.backend.type_name()
-                })
-                .map(|l| {
-                    let vtep_mac = match &l.attrs.backend {
+                .map(|(subnet, attrs)| {
+                    let vtep_mac = match &attrs.backend {
                         BackendAttrs::Vxlan { vtep_mac, .. } => Some(*vtep_mac),
                         _ => None,
                     };
-                    peer_json(
-                        l.subnet,
-                        l.attrs.public_ip,
-                        vtep_mac,
-                        traffic(&l.attrs.public_ip),
-                    )
+                    let ip = attrs.public_ip;
+                    peer_json(*subnet, ip, vtep_mac, traffic(&ip))
+                })
+                .collect();
+            rejected = table
+                .rejected()
+                .iter()
+                .map(|(subnet, rejection)| {
+                    json!({
+                        "key": subnet_key(&args.etcd.etcd_prefix, subnet),
+                        "reason": rejection.reason,
+                        "detail": rejection.detail,
+                    })
                 })
                 .collect();
             let lease = own_lease.map(|l| {
@@ -155,6 +170,7 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
         "datapath": datapath,
         "drops": drops,
         "peers": peers,
+        "rejected": rejected,
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -358,6 +374,18 @@ fn print_text(report: &serde_json::Value) {
             count("tx_bytes"),
             count("rx_packets"),
             count("rx_bytes")
+        );
+    }
+    let rejected = report["rejected"].as_array().into_iter().flatten();
+    for (i, lease) in rejected.enumerate() {
+        if i == 0 {
+            println!("\nrejected leases (not in the datapath):");
+        }
+        println!(
+            "{}: {} ({})",
+            text(&lease["key"]),
+            text(&lease["detail"]),
+            text(&lease["reason"])
         );
     }
 }

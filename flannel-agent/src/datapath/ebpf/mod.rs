@@ -29,7 +29,10 @@ use aya::{
     },
     util::KernelVersion,
 };
-use flannel_common::{pins::Pins, DatapathConfig, Encap, Endpoint, PeerInfo, Tunnel, TunnelEnds};
+use flannel_common::{
+    mask_be, pins::Pins, DatapathConfig, Encap, Endpoint, PeerInfo, Tunnel, TunnelEnds,
+    CHECK_INNER_SOURCE,
+};
 use ipnet::Ipv4Net;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 use tracing::{info, warn};
@@ -123,6 +126,7 @@ pub struct EbpfDatapath {
     ports: HashSet<u32>,
     pin_dir: std::path::PathBuf,
     decap: Decap,
+    check_inner_source: bool,
 }
 
 impl EbpfDatapath {
@@ -174,6 +178,7 @@ impl EbpfDatapath {
             bridge: None,
             ports: HashSet::new(),
             pin_dir: options.pin_dir.clone(),
+            check_inner_source: options.check_inner_source,
             decap: options.decap.unwrap_or(match encap {
                 // Measured fastest on NIC-like hosts (docs/benchmarks.md): GRO merges vxlan
                 // frames for TC decap (the GRO device), but nothing merges the udp format
@@ -222,6 +227,15 @@ impl EbpfDatapath {
             vtep_mac: self.vtep_mac.0,
             inner_mtu: mtu,
             gro_ifindex,
+            network_be: u32::from(network.network()).to_be(),
+            network_mask_be: mask_be(network.prefix_len()),
+            subnet_be: u32::from(subnet.network()).to_be(),
+            subnet_mask_be: mask_be(subnet.prefix_len()),
+            flags: if self.check_inner_source {
+                CHECK_INNER_SOURCE
+            } else {
+                0
+            },
             ..Default::default()
         })?;
         self.active = Some((network, subnet, mtu));

@@ -1,0 +1,123 @@
+//! What the programs refuse whatever the maps or the peers say: a bogus route never
+//! shadows local traffic, and a peer never speaks for a third host's subnet.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use flannel_common::{Encap, Tunnel, TunnelEnds};
+use flannel_tests::{
+    etcd::wait_for,
+    netns::{run, Bpffs},
+    packet, pins, require_root,
+    testbed::{lease_key, Testbed},
+};
+
+const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+const READY: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_bogus_route_in_the_map_never_shadows_local_traffic() {
+    require_root();
+    let bpffs = Bpffs::mount().unwrap();
+    let pins_a = bpffs.path().join("a");
+    let flag_a = format!("--bpf-pin-dir={}", pins_a.display());
+    let flag_b = format!("--bpf-pin-dir={}", bpffs.path().join("b").display());
+    // No resync for a while: the bogus entries stay until the test is done.
+    let quiet = "--iptables-resync=600";
+    let (bed, agents, containers) =
+        Testbed::cluster(VXLAN, &[&[&flag_a, quiet, "--ip-masq"], &[&flag_b, quiet]]).unwrap();
+    let neighbour = bed.add_docker_container(0, &agents[0], 3).unwrap();
+    let stranger = u32::from(Ipv4Addr::new(192, 168, 64, 99)).to_be();
+    let bogus = Tunnel::new(&TunnelEnds {
+        encap: Encap::Vxlan,
+        local_ip_be: u32::from(Testbed::host_ip(0)).to_be(),
+        remote_ip_be: stranger,
+        port_be: 8472u16.to_be(),
+        vni: 1,
+        local_mac: [2, 0, 0, 0, 0, 1],
+        remote_mac: [2, 0, 0, 0, 0, 2],
+    });
+    let mut routes = pins::routes(&pins_a).unwrap();
+    for subnet in ["10.1.0.0/16", "0.0.0.0/0"] {
+        routes.insert(&pins::route_key(subnet), bogus, 0).unwrap();
+    }
+    // Containers on one host, the host and its container, a container and the underlay
+    // (masqueraded).
+    neighbour.ping(containers[0].ip).unwrap();
+    containers[0].ping(neighbour.ip).unwrap();
+    bed.hosts[0]
+        .exec("ping", &["-c1", "-W2", &containers[0].ip.to_string()])
+        .unwrap();
+    containers[0].ping(Ipv4Addr::new(192, 168, 64, 1)).unwrap();
+    // The peer's own, more specific route still carries its traffic.
+    containers[0].ping(containers[1].ip).unwrap();
+}
+
+#[test]
+fn a_peer_cannot_speak_for_a_third_hosts_subnet() {
+    require_root();
+    let metrics_flags: &[&str] = &["--healthz-port=8475", "--healthz-ip=127.0.0.1"];
+    let (bed, agents, containers) = Testbed::cluster(VXLAN, &[&[], metrics_flags]).unwrap();
+    wait_for("reachability", READY, || {
+        containers[0].ping(containers[1].ip).is_ok()
+    })
+    .unwrap();
+    let lease: serde_json::Value = serde_json::from_str(
+        &bed.etcd
+            .get(&lease_key(&agents[1].subnet().unwrap()))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let vtep = lease["BackendData"]["VtepMAC"]
+        .as_str()
+        .unwrap()
+        .parse::<flannel_agent::control::lease::Mac>()
+        .unwrap();
+    let listener = containers[1].udp_listener(7777).unwrap();
+    // Host 0, a current peer, sends host 1's container a VXLAN packet from `src`.
+    let send_from = |src: Ipv4Addr| {
+        let ip = packet::ipv4(
+            src,
+            containers[1].ip,
+            packet::IPPROTO_UDP,
+            &packet::udp(5555, 7777, b"hello"),
+        );
+        let inner = packet::ethernet(vtep.0, [2, 0, 0, 0, 0, 0x10], packet::ETH_P_IP, &ip);
+        let payload = packet::vxlan(1, &inner);
+        let to = format!("{}:8472", Testbed::host_ip(1));
+        bed.hosts[0]
+            .enter(|| {
+                let socket = std::net::UdpSocket::bind((Testbed::host_ip(0), 0)).unwrap();
+                socket.send_to(&payload, to).unwrap();
+            })
+            .unwrap();
+    };
+    let mut buf = [0u8; 64];
+    send_from(Ipv4Addr::new(10, 1, 250, 5));
+    assert!(
+        listener.recv(&mut buf).is_err(),
+        "a packet from a third host's subnet reached the container"
+    );
+    let metrics = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &bed.hosts[1].name,
+            "curl",
+            "-sf",
+            "http://127.0.0.1:8475/metrics",
+        ],
+    )
+    .unwrap();
+    assert!(
+        metrics.contains("flannel_drops_total{reason=\"wrong_inner_source\"} 1"),
+        "{metrics}"
+    );
+    // An outside client's packet, forwarded by the peer, is delivered.
+    send_from(Ipv4Addr::new(8, 8, 8, 8));
+    let len = listener
+        .recv(&mut buf)
+        .expect("the outside client's packet");
+    assert_eq!(&buf[..len], b"hello");
+}
