@@ -107,6 +107,13 @@ impl Bpffs {
     pub fn path(&self) -> &std::path::Path {
         self.0.path()
     }
+
+    /// A pin directory `name` here, with the agent flag that names it.
+    pub fn pin_dir(&self, name: &str) -> (std::path::PathBuf, String) {
+        let dir = self.path().join(name);
+        let flag = format!("--bpf-pin-dir={}", dir.display());
+        (dir, flag)
+    }
 }
 
 impl Drop for Bpffs {

@@ -16,9 +16,7 @@ const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"
 fn etcd_outages_of_2_s_30_s_and_two_in_a_row_lose_no_ping_and_no_lease() {
     require_root();
     let bpffs = Bpffs::mount().unwrap();
-    let (pins_a, pins_b) = (bpffs.path().join("a"), bpffs.path().join("b"));
-    let flag_a = format!("--bpf-pin-dir={}", pins_a.display());
-    let flag_b = format!("--bpf-pin-dir={}", pins_b.display());
+    let ((pins_a, flag_a), (pins_b, flag_b)) = (bpffs.pin_dir("a"), bpffs.pin_dir("b"));
     let metrics_flags = ["--healthz-port=8473", "--healthz-ip=127.0.0.1"];
     let (mut bed, _agents, containers) = Testbed::cluster(
         VXLAN,

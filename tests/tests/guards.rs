@@ -18,9 +18,7 @@ const READY: Duration = Duration::from_secs(20);
 fn a_bogus_route_in_the_map_never_shadows_local_traffic() {
     require_root();
     let bpffs = Bpffs::mount().unwrap();
-    let pins_a = bpffs.path().join("a");
-    let flag_a = format!("--bpf-pin-dir={}", pins_a.display());
-    let flag_b = format!("--bpf-pin-dir={}", bpffs.path().join("b").display());
+    let ((pins_a, flag_a), (_, flag_b)) = (bpffs.pin_dir("a"), bpffs.pin_dir("b"));
     // No resync for a while: the bogus entries stay until the test is done.
     let quiet = "--iptables-resync=600";
     let (bed, agents, containers) =

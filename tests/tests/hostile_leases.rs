@@ -29,9 +29,7 @@ fn narrower(subnet: &str, len: u8) -> String {
 fn hostile_leases_are_rejected_counted_and_never_in_a_map() {
     require_root();
     let bpffs = Bpffs::mount().unwrap();
-    let (pins_a, pins_b) = (bpffs.path().join("a"), bpffs.path().join("b"));
-    let flag_a = format!("--bpf-pin-dir={}", pins_a.display());
-    let flag_b = format!("--bpf-pin-dir={}", pins_b.display());
+    let ((pins_a, flag_a), (pins_b, flag_b)) = (bpffs.pin_dir("a"), bpffs.pin_dir("b"));
     let (bed, agents, containers) = Testbed::cluster(
         VXLAN,
         &[

@@ -30,9 +30,7 @@ fn vxlan_lease(ip: Ipv4Addr, mac: &str) -> String {
 fn ebpf_maps_devices_and_filters_changed_by_hand_converge() {
     require_root();
     let bpffs = Bpffs::mount().unwrap();
-    let pins = bpffs.path().join("a");
-    let pin_flag = format!("--bpf-pin-dir={}", pins.display());
-    let other_pins = format!("--bpf-pin-dir={}", bpffs.path().join("b").display());
+    let ((pins, pin_flag), (_, other_pins)) = (bpffs.pin_dir("a"), bpffs.pin_dir("b"));
     let (bed, agents, containers) = Testbed::cluster(
         VXLAN,
         &[
@@ -109,8 +107,7 @@ fn ebpf_maps_devices_and_filters_changed_by_hand_converge() {
 fn ebpf_retries_a_route_the_full_map_refused() {
     require_root();
     let bpffs = Bpffs::mount().unwrap();
-    let pins = bpffs.path().join("a");
-    let pin_flag = format!("--bpf-pin-dir={}", pins.display());
+    let (pins, pin_flag) = bpffs.pin_dir("a");
     let bed = Testbed::new(1).unwrap();
     bed.put_config(VXLAN).unwrap();
     let mut agent = bed.agent(0, &[&pin_flag, NO_RESYNC]).unwrap();
