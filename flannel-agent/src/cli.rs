@@ -151,6 +151,14 @@ pub struct Args {
           default_value = "true", default_missing_value = "true",
           value_parser = BoolishValueParser::new(), help_heading = OURS)]
     pub bpf_check_inner_source: bool,
+    /// the fast path: container traffic is encapsulated before the bridge and decapsulated
+    /// packets go straight into their container, so the host's FORWARD chain (Docker's
+    /// DOCKER-USER, network policies) never sees overlay traffic; false: it crosses FORWARD as
+    /// with flannel, and those rules apply
+    #[arg(long, env = "FLANNELD_BPF_FAST_PATH", num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), help_heading = OURS)]
+    pub bpf_fast_path: bool,
     /// load the eBPF programs from this object instead of the embedded one
     #[arg(long, env = "FLANNELD_BPF_OBJECT", help_heading = OURS)]
     pub bpf_object: Option<PathBuf>,
@@ -173,6 +181,7 @@ impl Args {
             pin_dir: self.bpf_pin_dir.clone(),
             decap: self.bpf_decap,
             check_inner_source: self.bpf_check_inner_source,
+            fast_path: self.bpf_fast_path,
         }
     }
 

@@ -102,11 +102,13 @@ pub async fn run(args: Args) -> Result<()> {
         sync_retry: None,
         maps_read: maps_done,
         reading_maps: false,
+        bypassed_rules: Vec::new(),
         etcd_down: false,
         last_status: String::new(),
     };
     agent.publish_subnet()?;
     agent.ensure_rules().await;
+    agent.warn_of_bypassed_rules().await;
     while let Err(e) = agent.relist().await {
         warn!("listing peers: {e:#}; retrying");
         sleep(RETRY).await;
@@ -171,6 +173,8 @@ struct Agent {
     peers: PeerTable,
     datapath: Datapath,
     counts: Counts,
+    /// The FORWARD rules last warned about.
+    bypassed_rules: Vec<String>,
     /// Where a read-back of the eBPF maps reports, and whether one is under way.
     maps_read: tokio::sync::mpsc::Sender<Result<Maps>>,
     reading_maps: bool,
@@ -630,6 +634,29 @@ impl Agent {
         rules
     }
 
+    /// Warns, when they change, about FORWARD rules that the fast path makes blind to
+    /// overlay traffic.
+    async fn warn_of_bypassed_rules(&mut self) {
+        if !self.datapath.bypasses_forward() {
+            return;
+        }
+        let rules = match iptables::forward_rules_bypassed().await {
+            Ok(rules) => rules,
+            Err(e) => {
+                warn!("listing FORWARD rules: {e:#}");
+                return;
+            }
+        };
+        if rules != self.bypassed_rules && !rules.is_empty() {
+            warn!(
+                "overlay traffic on the eBPF fast path never crosses these FORWARD rules; \
+                 run with --bpf-fast-path=false for them to apply: {}",
+                rules.join("; ")
+            );
+        }
+        self.bypassed_rules = rules;
+    }
+
     async fn ensure_rules(&self) {
         let rules = self.rules();
         if rules.is_empty() {
@@ -650,6 +677,7 @@ impl Agent {
         }
         self.ensure_subnet_env();
         self.ensure_rules().await;
+        self.warn_of_bypassed_rules().await;
         self.resync_datapath().await;
     }
 }

@@ -64,13 +64,18 @@ pub struct DatapathConfig {
     pub network_mask_be: u32,
     pub subnet_be: u32,
     pub subnet_mask_be: u32,
-    /// [`CHECK_INNER_SOURCE`].
+    /// [`CHECK_INNER_SOURCE`], [`THROUGH_NETFILTER`].
     pub flags: u32,
 }
 
 /// [`DatapathConfig::flags`]: a peer's packet whose inner source lies in the network must
 /// come from the peer's own subnet.
 pub const CHECK_INNER_SOURCE: u32 = 1;
+
+/// [`DatapathConfig::flags`]: decapsulated packets go up the host's stack (routing, netfilter's
+/// FORWARD chain, the bridge) instead of straight into their container, and container traffic
+/// is encapsulated only after routing: the firewall applies, as with flannel.
+pub const THROUGH_NETFILTER: u32 = 2;
 
 /// The network-byte-order mask of a prefix length.
 pub const fn mask_be(prefix_len: u8) -> u32 {

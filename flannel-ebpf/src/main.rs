@@ -16,7 +16,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use flannel_common::DropReason;
+use flannel_common::{DropReason, THROUGH_NETFILTER};
 
 use guard::Verdict;
 use parse::{Context, EthHdr, Ipv4Hdr, ETH_HLEN};
@@ -77,6 +77,9 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
         return drop(reason);
     }
     maps::count_rx(peer_be, bytes);
+    if cfg.flags & THROUGH_NETFILTER != 0 {
+        return TC_ACT_OK;
+    }
     deliver(&ctx)
 }
 

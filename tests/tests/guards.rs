@@ -119,3 +119,65 @@ fn a_peer_cannot_speak_for_a_third_hosts_subnet() {
         .expect("the outside client's packet");
     assert_eq!(&buf[..len], b"hello");
 }
+
+/// The FORWARD rule's packet count, from `iptables -L FORWARD -v -x -n` (it is inserted
+/// first).
+fn first_forward_rule_packets(host: &flannel_tests::netns::Netns) -> u64 {
+    let listing = host
+        .exec(
+            "iptables",
+            &["-L", "FORWARD", "-v", "-x", "-n", "--line-numbers"],
+        )
+        .unwrap();
+    listing
+        .lines()
+        .find(|line| line.starts_with("1 "))
+        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn forward_rules_apply_without_the_fast_path_and_are_named_with_it() {
+    require_root();
+    let firewall: &[&str] = &["--bpf-fast-path=false", "--iptables-resync=1"];
+    let (bed, mut agents, containers) = Testbed::cluster(VXLAN, &[firewall, firewall]).unwrap();
+    wait_for("reachability", READY, || {
+        containers[0].ping(containers[1].ip).is_ok()
+    })
+    .unwrap();
+    let target = format!("{}/32", containers[1].ip);
+    let host = &bed.hosts[1];
+    host.exec("iptables", &["-I", "FORWARD", "-d", &target, "-j", "DROP"])
+        .unwrap();
+    let out = containers[0]
+        .ns
+        .exec(
+            "ping",
+            &[
+                "-c",
+                "5",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                &containers[1].ip.to_string(),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(out.contains("5 packets transmitted, 0 received"), "{out}");
+    assert!(
+        first_forward_rule_packets(host) >= 5,
+        "the rule saw the pings"
+    );
+
+    // With the fast path, the rule would see nothing: the agent says so, naming it.
+    agents[1].terminate().unwrap();
+    let mut fast = bed.agent(1, &["--iptables-resync=1"]).unwrap();
+    fast.wait_ready(READY).unwrap();
+    wait_for("the warning", READY, || {
+        fast.log()
+            .contains(&format!("-A FORWARD -d {target} -j DROP"))
+    })
+    .unwrap();
+}

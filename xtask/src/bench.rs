@@ -27,18 +27,21 @@ pub enum Row {
     EbpfVxlan,
     /// `--bpf-decap=xdp`.
     EbpfVxlanXdp,
+    /// `--bpf-fast-path=false`: through the host's FORWARD chain, as flannel's traffic goes.
+    EbpfVxlanForward,
     /// udp on eBPF, the default: XDP decap.
     EbpfUdp,
     /// `--bpf-decap=tc`.
     EbpfUdpTc,
 }
 
-const ROWS: [Row; 7] = [
+const ROWS: [Row; 8] = [
     Row::HostGw,
     Row::KernelVxlan,
     Row::TunUdp,
     Row::EbpfVxlan,
     Row::EbpfVxlanXdp,
+    Row::EbpfVxlanForward,
     Row::EbpfUdp,
     Row::EbpfUdpTc,
 ];
@@ -50,6 +53,7 @@ impl Row {
             Row::KernelVxlan => "vxlan, kernel device",
             Row::EbpfVxlan => "vxlan, eBPF TC (default)",
             Row::EbpfVxlanXdp => "vxlan, eBPF XDP",
+            Row::EbpfVxlanForward => "vxlan, eBPF TC, through FORWARD",
             Row::EbpfUdp => "udp, eBPF XDP (default)",
             Row::EbpfUdpTc => "udp, eBPF TC",
             Row::TunUdp => "udp, TUN loop",
@@ -64,6 +68,7 @@ impl Row {
             Row::TunUdp => ("udp", &["--datapath=classic"]),
             Row::EbpfVxlan => ("vxlan", &[]),
             Row::EbpfVxlanXdp => ("vxlan", &["--bpf-decap=xdp"]),
+            Row::EbpfVxlanForward => ("vxlan", &["--bpf-fast-path=false"]),
             Row::EbpfUdp => ("udp", &[]),
             Row::EbpfUdpTc => ("udp", &["--bpf-decap=tc"]),
         }
@@ -72,7 +77,11 @@ impl Row {
     fn ebpf(self) -> bool {
         matches!(
             self,
-            Row::EbpfVxlan | Row::EbpfVxlanXdp | Row::EbpfUdp | Row::EbpfUdpTc
+            Row::EbpfVxlan
+                | Row::EbpfVxlanXdp
+                | Row::EbpfVxlanForward
+                | Row::EbpfUdp
+                | Row::EbpfUdpTc
         )
     }
 }

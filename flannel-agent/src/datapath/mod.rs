@@ -61,6 +61,8 @@ pub struct Options {
     pub decap: Option<Decap>,
     /// `--bpf-check-inner-source`.
     pub check_inner_source: bool,
+    /// `--bpf-fast-path`.
+    pub fast_path: bool,
 }
 
 impl Options {
@@ -267,9 +269,14 @@ impl Datapath {
     /// Container changes to follow between resyncs: the eBPF fast path's; None for the others.
     pub fn container_events(&self) -> Option<Result<ContainerEvents>> {
         match &self.kind {
-            Kind::Ebpf(ebpf) => Some(ebpf.container_events()),
+            Kind::Ebpf(ebpf) if ebpf.fast_path() => Some(ebpf.container_events()),
             _ => None,
         }
+    }
+
+    /// True when overlay traffic bypasses the host's FORWARD chain (the eBPF fast path).
+    pub fn bypasses_forward(&self) -> bool {
+        matches!(&self.kind, Kind::Ebpf(ebpf) if ebpf.fast_path())
     }
 
     /// The eBPF fast path follows a container change.

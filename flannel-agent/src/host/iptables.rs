@@ -67,6 +67,35 @@ pub fn forward_rules(n: &Ipv4Net) -> Vec<Rule> {
     ]
 }
 
+/// The rules in FORWARD and DOCKER-USER that overlay traffic on the eBPF fast path never
+/// meets: all but ours and Docker's defaults (jumps to its chains, ACCEPTs for its bridges,
+/// DOCKER-USER's final RETURN), as `iptables -S` prints them.
+pub async fn forward_rules_bypassed() -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for chain in ["FORWARD", "DOCKER-USER"] {
+        // DOCKER-USER exists only with Docker.
+        let Ok(listing) = iptables("filter", &["-S", chain]).await else {
+            continue;
+        };
+        found.extend(
+            listing
+                .lines()
+                .filter(|line| line.starts_with("-A ") && !ours_or_dockers(line))
+                .map(str::to_owned),
+        );
+    }
+    Ok(found)
+}
+
+fn ours_or_dockers(rule: &str) -> bool {
+    let target = rule.rsplit_once(" -j ").map_or("", |(_, target)| target);
+    let docker_bridge = rule.contains("docker0") || rule.contains(" br-");
+    target.starts_with("FLANNEL-")
+        || target.starts_with("DOCKER")
+        || (docker_bridge && target == "ACCEPT")
+        || rule == "-A DOCKER-USER -j RETURN"
+}
+
 /// Removes our jumps and chains (`flanneld --cleanup`); what is already gone is fine.
 pub async fn remove_all() -> Result<()> {
     for chain in [MASQ, FORWARD] {
@@ -173,6 +202,29 @@ async fn iptables(table: &str, args: &[&str]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dockers_defaults_and_ours_are_not_bypassed_rules_but_others_are() {
+        for rule in [
+            "-A FORWARD -j DOCKER-USER",
+            "-A FORWARD -j DOCKER-ISOLATION-STAGE-1",
+            "-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-A FORWARD -o docker0 -j DOCKER",
+            "-A FORWARD -i docker0 ! -o docker0 -j ACCEPT",
+            "-A FORWARD -i docker0 -o docker0 -j ACCEPT",
+            "-A DOCKER-USER -j RETURN",
+            "-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD",
+        ] {
+            assert!(ours_or_dockers(rule), "{rule}");
+        }
+        for rule in [
+            "-A FORWARD -d 10.1.5.2/32 -j DROP",
+            "-A DOCKER-USER -s 10.1.0.0/16 -j REJECT --reject-with icmp-port-unreachable",
+            "-A FORWARD -i docker0 -o docker0 -j DROP",
+        ] {
+            assert!(!ours_or_dockers(rule), "{rule}");
+        }
+    }
 
     #[test]
     fn rule_text_is_flannels() {

@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use flannel_common::{pins::Pins, DatapathConfig, DropReason, Encap, PeerTraffic, Tunnel};
+use flannel_common::{
+    pins::Pins, DatapathConfig, DropReason, Encap, PeerTraffic, Tunnel, THROUGH_NETFILTER,
+};
 use serde_json::json;
 
 use crate::{
@@ -268,6 +270,7 @@ async fn describe_datapath(
             "attached": attached,
             "decap": receive.decap,
             "gro": receive.gro,
+            "fast_path": pinned.config.flags & THROUGH_NETFILTER == 0,
         }));
     }
     let kind = if exists(TUN_DEV) {
@@ -349,6 +352,11 @@ fn print_text(report: &serde_json::Value) {
             "decap:     {decap}, GRO merges {} first",
             text(&report["datapath"]["gro"])
         );
+    }
+    match report["datapath"]["fast_path"].as_bool() {
+        Some(true) => println!("fast path: on (overlay traffic bypasses the FORWARD chain)"),
+        Some(false) => println!("fast path: off (overlay traffic crosses the FORWARD chain)"),
+        None => {}
     }
     if let Some(drops) = report["drops"].as_object().filter(|d| !d.is_empty()) {
         let drops: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();

@@ -31,7 +31,7 @@ use aya::{
 };
 use flannel_common::{
     mask_be, pins::Pins, DatapathConfig, Encap, Endpoint, PeerInfo, Tunnel, TunnelEnds,
-    CHECK_INNER_SOURCE,
+    CHECK_INNER_SOURCE, THROUGH_NETFILTER,
 };
 use ipnet::Ipv4Net;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth};
@@ -127,6 +127,7 @@ pub struct EbpfDatapath {
     pin_dir: std::path::PathBuf,
     decap: Decap,
     check_inner_source: bool,
+    fast_path: bool,
 }
 
 impl EbpfDatapath {
@@ -179,6 +180,7 @@ impl EbpfDatapath {
             ports: HashSet::new(),
             pin_dir: options.pin_dir.clone(),
             check_inner_source: options.check_inner_source,
+            fast_path: options.fast_path,
             decap: options.decap.unwrap_or(match encap {
                 // Measured fastest on NIC-like hosts (docs/benchmarks.md): GRO merges vxlan
                 // frames for TC decap (the GRO device), but nothing merges the udp format
@@ -231,10 +233,11 @@ impl EbpfDatapath {
             network_mask_be: mask_be(network.prefix_len()),
             subnet_be: u32::from(subnet.network()).to_be(),
             subnet_mask_be: mask_be(subnet.prefix_len()),
-            flags: if self.check_inner_source {
-                CHECK_INNER_SOURCE
-            } else {
-                0
+            flags: match (self.check_inner_source, self.fast_path) {
+                (true, true) => CHECK_INNER_SOURCE,
+                (true, false) => CHECK_INNER_SOURCE | THROUGH_NETFILTER,
+                (false, true) => 0,
+                (false, false) => THROUGH_NETFILTER,
             },
             ..Default::default()
         })?;
@@ -255,7 +258,11 @@ impl EbpfDatapath {
             Decap::Tc => detach_xdp(&xdp_pin)?,
         }
         info!(nic = %nic, overlay = OVERLAY_DEV, decap = ?self.decap, "eBPF programs attached");
-        self.attach_bridge();
+        if self.fast_path {
+            self.attach_bridge();
+        } else {
+            self.detach_fast_path();
+        }
         Ok(())
     }
 
@@ -269,19 +276,26 @@ impl EbpfDatapath {
         ReceivePath::new(self.decap, self.wants_gro_device())
     }
 
+    pub fn fast_path(&self) -> bool {
+        self.fast_path
+    }
+
+    /// The container bridge: the interface holding an address of our subnet, and its ifindex.
+    fn find_bridge(&self) -> Option<(String, u32)> {
+        let (_, subnet, _) = self.active?;
+        let name = iface::addresses()
+            .ok()?
+            .into_iter()
+            .find(|(name, addr)| name != OVERLAY_DEV && subnet.contains(addr))
+            .map(|(name, _)| name)?;
+        let index = nix::net::if_::if_nametoindex(name.as_str()).ok()?;
+        Some((name, index))
+    }
+
     /// The fast path: attach `tc_encap` to the container bridge once it exists (Docker may
     /// start after us, and may recreate it).
     fn attach_bridge(&mut self) {
-        let Some((_, subnet, _)) = self.active else {
-            return;
-        };
-        let found = iface::addresses().ok().and_then(|all| {
-            all.into_iter()
-                .find(|(name, addr)| name != OVERLAY_DEV && subnet.contains(addr))
-                .map(|(name, _)| name)
-        });
-        let Some(name) = found else { return };
-        let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
+        let Some((name, index)) = self.find_bridge() else {
             return;
         };
         if self.bridge.as_ref() == Some(&(name.clone(), index)) {
@@ -481,8 +495,39 @@ impl EbpfDatapath {
         ContainerEvents::subscribe(nic)
     }
 
+    /// `--bpf-fast-path=false` after a run with it: our filters leave the bridge and its
+    /// ports, so container traffic is routed (through FORWARD) before it is encapsulated.
+    fn detach_fast_path(&self) {
+        let Some((bridge, _)) = self.find_bridge() else {
+            return;
+        };
+        let ports = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned());
+        for name in std::iter::once(bridge.clone()).chain(ports) {
+            for priority in PRIORITIES {
+                if let Ok(link) = SchedClassifierLink::attached(
+                    &name,
+                    TcAttachType::Ingress,
+                    priority,
+                    FILTER_HANDLE,
+                    None,
+                ) {
+                    // Nothing there is fine too.
+                    let _ = link.detach();
+                }
+            }
+        }
+        info!(bridge = %bridge, "fast path off: container traffic crosses FORWARD");
+    }
+
     /// The fast path follows the containers: the bridge, its ports, the endpoints map.
     pub async fn follow_containers(&mut self) -> Result<()> {
+        if !self.fast_path {
+            return Ok(());
+        }
         self.attach_bridge();
         self.attach_ports().await?;
         self.sync_endpoints().await
