@@ -74,6 +74,11 @@ impl Row {
         }
     }
 
+    /// Container traffic takes the eBPF fast path (not the stack's FORWARD path).
+    fn fast_path(self) -> bool {
+        self.ebpf() && self != Row::EbpfVxlanForward
+    }
+
     fn ebpf(self) -> bool {
         matches!(
             self,
@@ -270,8 +275,8 @@ fn measure(row: Row, underlay: Underlay, seconds: u32, cc: &str) -> Result<Sampl
     wait_for("the row to pass traffic", Duration::from_secs(20), || {
         client.ping(server.ip).is_ok()
     })?;
-    // The eBPF rows: measure once the fast path knows the containers.
-    for agent in agents.iter().filter(|_| row.ebpf()) {
+    // The fast path rows: measure once it knows the containers.
+    for agent in agents.iter().filter(|_| row.fast_path()) {
         wait_for("the fast path endpoints", Duration::from_secs(20), || {
             agent.log().contains("fast path endpoints updated")
         })?;
