@@ -33,7 +33,13 @@ use crate::{
         subnet_env::{self, SubnetEnv},
     },
     datapath::{ebpf::Maps, Datapath},
-    host::{endpoints::ContainerEvents, iface, iface::ExtIface, iptables},
+    host::{
+        endpoints::ContainerEvents,
+        firewall::{Firewall, Wanted},
+        iface,
+        iface::ExtIface,
+        iptables,
+    },
     ops::{health, metrics},
 };
 
@@ -80,7 +86,9 @@ pub async fn run(args: Args) -> Result<()> {
     let mtu = iface.overlay_mtu(&config.backend);
     datapath.activate(config.network, lease.subnet, mtu).await?;
     let (maps_done, maps_read) = tokio::sync::mpsc::channel(1);
+    let firewall = Firewall::start(firewall(&args, &config, lease.subnet, &datapath)).await;
     let mut agent = Agent {
+        firewall,
         peers: PeerTable::new(Rules {
             network: config.network,
             subnet_len: config.subnet_len,
@@ -102,13 +110,10 @@ pub async fn run(args: Args) -> Result<()> {
         sync_retry: None,
         maps_read: maps_done,
         reading_maps: false,
-        bypassed_rules: Vec::new(),
         etcd_down: false,
         last_status: String::new(),
     };
     agent.publish_subnet()?;
-    agent.ensure_rules().await;
-    agent.warn_of_bypassed_rules().await;
     while let Err(e) = agent.relist().await {
         warn!("listing peers: {e:#}; retrying");
         sleep(RETRY).await;
@@ -173,8 +178,8 @@ struct Agent {
     peers: PeerTable,
     datapath: Datapath,
     counts: Counts,
-    /// The FORWARD rules last warned about.
-    bypassed_rules: Vec<String>,
+    /// Our iptables rules, kept by a task of their own.
+    firewall: Firewall,
     /// Where a read-back of the eBPF maps reports, and whether one is under way.
     maps_read: tokio::sync::mpsc::Sender<Result<Maps>>,
     reading_maps: bool,
@@ -477,7 +482,7 @@ impl Agent {
             {
                 error!("datapath: {e:#}");
             }
-            self.ensure_rules().await;
+            self.firewall.keep(self.firewall());
             let moved = self.peers.set_own(self.lease.subnet);
             self.datapath.mark(moved);
             self.sync_datapath().await;
@@ -622,51 +627,8 @@ impl Agent {
         }
     }
 
-    fn rules(&self) -> Vec<iptables::Rule> {
-        let network: Ipv4Net = self.config.network;
-        let mut rules = Vec::new();
-        if self.args.ip_masq {
-            rules.extend(iptables::masq_rules(&network, &self.lease.subnet));
-        }
-        if self.args.iptables_forward_rules {
-            rules.extend(iptables::forward_rules(&network));
-        }
-        rules
-    }
-
-    /// Warns, when they change, about FORWARD rules that the fast path makes blind to
-    /// overlay traffic.
-    async fn warn_of_bypassed_rules(&mut self) {
-        if !self.datapath.bypasses_forward() {
-            return;
-        }
-        let rules = match iptables::forward_rules_bypassed().await {
-            Ok(rules) => rules,
-            Err(e) => {
-                warn!("listing FORWARD rules: {e:#}");
-                return;
-            }
-        };
-        if rules != self.bypassed_rules && !rules.is_empty() {
-            warn!(
-                "overlay traffic on the eBPF fast path never crosses these FORWARD rules; \
-                 run with --bpf-fast-path=false for them to apply: {}",
-                rules.join("; ")
-            );
-        }
-        self.bypassed_rules = rules;
-    }
-
-    async fn ensure_rules(&self) {
-        let rules = self.rules();
-        if rules.is_empty() {
-            return;
-        }
-        match iptables::ensure(&rules).await {
-            Ok(true) => info!("iptables rules (re)written"),
-            Ok(false) => {}
-            Err(e) => error!("iptables: {e:#}"),
-        }
+    fn firewall(&self) -> Wanted {
+        firewall(&self.args, &self.config, self.lease.subnet, &self.datapath)
     }
 
     async fn resync(&mut self) {
@@ -676,9 +638,24 @@ impl Agent {
             self.last_status = status;
         }
         self.ensure_subnet_env();
-        self.ensure_rules().await;
-        self.warn_of_bypassed_rules().await;
+        self.firewall.keep(self.firewall());
         self.resync_datapath().await;
+    }
+}
+
+/// What the firewall should hold: flannel's rules as the flags ask, and (on the eBPF fast path)
+/// the FORWARD rules it bypasses named.
+fn firewall(args: &Args, config: &Config, subnet: Ipv4Net, datapath: &Datapath) -> Wanted {
+    let mut rules = Vec::new();
+    if args.ip_masq {
+        rules.extend(iptables::masq_rules(&config.network, &subnet));
+    }
+    if args.iptables_forward_rules {
+        rules.extend(iptables::forward_rules(&config.network));
+    }
+    Wanted {
+        rules,
+        fast_path: datapath.bypasses_forward(),
     }
 }
 
