@@ -2,7 +2,7 @@
 //! and the peers with their traffic, read from etcd and from the pinned maps.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -12,7 +12,7 @@ use clap::Parser;
 use flannel_common::{
     pins::Pins, DatapathConfig, DropReason, Encap, PeerTraffic, Tunnel, THROUGH_NETFILTER,
 };
-use serde_json::json;
+use serde::Serialize;
 
 use crate::{
     cli::EtcdArgs,
@@ -65,6 +65,83 @@ struct Pinned {
     routes: Vec<(ipnet::Ipv4Net, Tunnel)>,
 }
 
+/// The report, printed as a table or as JSON from this one value.
+#[derive(Serialize)]
+struct Report {
+    etcd: EtcdState,
+    lease: Option<LeaseReport>,
+    network: Option<String>,
+    backend: Option<String>,
+    datapath: DatapathReport,
+    drops: BTreeMap<&'static str, u64>,
+    peers: Vec<PeerReport>,
+    rejected: Vec<RejectedReport>,
+}
+
+#[derive(Serialize)]
+struct EtcdState {
+    reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LeaseReport {
+    subnet: String,
+    public_ip: String,
+    backend: String,
+    reservation: bool,
+}
+
+#[derive(Serialize)]
+struct DatapathReport {
+    kind: &'static str,
+    attached: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decap: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gro: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fast_path: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct PeerReport {
+    subnet: String,
+    public_ip: String,
+    vtep_mac: Option<String>,
+    tx_packets: Option<u64>,
+    tx_bytes: Option<u64>,
+    rx_packets: Option<u64>,
+    rx_bytes: Option<u64>,
+}
+
+impl PeerReport {
+    fn new(
+        subnet: ipnet::Ipv4Net,
+        public_ip: Ipv4Addr,
+        vtep_mac: Option<Mac>,
+        traffic: Option<PeerTraffic>,
+    ) -> Self {
+        Self {
+            subnet: subnet.to_string(),
+            public_ip: public_ip.to_string(),
+            vtep_mac: vtep_mac.map(|m| m.to_string()),
+            tx_packets: traffic.map(|t| t.tx_packets),
+            tx_bytes: traffic.map(|t| t.tx_bytes),
+            rx_packets: traffic.map(|t| t.rx_packets),
+            rx_bytes: traffic.map(|t| t.rx_bytes),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RejectedReport {
+    key: String,
+    reason: &'static str,
+    detail: String,
+}
+
 /// Prints the report; false when etcd could not be read (the report then shows what this
 /// host holds: its subnet.env, the pinned maps and what the kernel has attached).
 pub async fn run(args: &StatusArgs) -> Result<bool> {
@@ -75,8 +152,24 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
     let pinned = read_pins(&args.bpf_pin_dir).ok();
     let datapath = describe_datapath(pinned.as_ref(), own, &args.bpf_pin_dir).await?;
     let traffic = |ip: &Ipv4Addr| pinned.as_ref().and_then(|p| p.traffic.get(ip)).copied();
-    let mut rejected: Vec<serde_json::Value> = Vec::new();
-    let (etcd_json, lease, network, backend, peers) = match &etcd {
+    let mut report = Report {
+        etcd: EtcdState {
+            reachable: etcd.is_ok(),
+            error: etcd.as_ref().err().map(|e| format!("{e:#}")),
+        },
+        lease: None,
+        network: None,
+        backend: None,
+        datapath,
+        drops: pinned
+            .iter()
+            .flat_map(|p| &p.drops)
+            .map(|(reason, n)| (reason.name(), *n))
+            .collect(),
+        peers: Vec::new(),
+        rejected: Vec::new(),
+    };
+    match &etcd {
         Ok((config, snapshot)) => {
             let own_lease = own.and_then(|s| snapshot.leases.iter().find(|l| l.subnet == s));
             // The agent's rules decide who is a peer, here as in the agent.
@@ -89,91 +182,50 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
                 prefix: args.etcd.etcd_prefix.clone(),
             });
             table.resync(&snapshot.leases);
-            let peers: Vec<serde_json::Value> = table
-                .desired()
-                .iter()
+            report.peers = (table.desired().iter())
                 .map(|(subnet, attrs)| {
                     let vtep_mac = match &attrs.backend {
                         BackendAttrs::Vxlan { vtep_mac, .. } => Some(*vtep_mac),
                         _ => None,
                     };
                     let ip = attrs.public_ip;
-                    peer_json(*subnet, ip, vtep_mac, traffic(&ip))
+                    PeerReport::new(*subnet, ip, vtep_mac, traffic(&ip))
                 })
                 .collect();
-            rejected = table
-                .rejected()
-                .iter()
-                .map(|(subnet, rejection)| {
-                    json!({
-                        "key": subnet_key(&args.etcd.etcd_prefix, subnet),
-                        "reason": rejection.reason,
-                        "detail": rejection.detail,
-                    })
+            report.rejected = (table.rejected().iter())
+                .map(|(subnet, rejection)| RejectedReport {
+                    key: subnet_key(&args.etcd.etcd_prefix, subnet),
+                    reason: rejection.reason,
+                    detail: rejection.detail.clone(),
                 })
                 .collect();
-            let lease = own_lease.map(|l| {
-                json!({
-                    "subnet": l.subnet.to_string(),
-                    "public_ip": l.attrs.public_ip.to_string(),
-                    "backend": l.attrs.backend.type_name(),
-                    "reservation": l.lease_id == 0,
-                })
+            report.lease = own_lease.map(|l| LeaseReport {
+                subnet: l.subnet.to_string(),
+                public_ip: l.attrs.public_ip.to_string(),
+                backend: l.attrs.backend.type_name().to_owned(),
+                reservation: l.lease_id == 0,
             });
-            (
-                json!({"reachable": true}),
-                lease,
-                json!(config.network.to_string()),
-                json!(config.backend.type_name()),
-                peers,
-            )
+            report.network = Some(config.network.to_string());
+            report.backend = Some(config.backend.type_name().to_owned());
         }
-        Err(e) => {
+        Err(_) => {
             // What this host holds: subnet.env's network, the peers in the pinned maps.
-            let network = subnet_env::read_vars(&args.subnet_file)
+            report.network = subnet_env::read_vars(&args.subnet_file)
                 .ok()
                 .and_then(|vars| vars.get("FLANNEL_NETWORK").cloned());
-            let peers: Vec<serde_json::Value> = pinned
-                .iter()
-                .flat_map(|p| &p.routes)
+            let vxlan = pinned
+                .as_ref()
+                .is_some_and(|p| p.config.encap == Encap::Vxlan as u16);
+            report.peers = (pinned.iter().flat_map(|p| &p.routes))
                 .map(|(subnet, tunnel)| {
                     let ip = Ipv4Addr::from(u32::from_be(tunnel.remote_ip_be));
-                    let vxlan = pinned
-                        .as_ref()
-                        .is_some_and(|p| p.config.encap == Encap::Vxlan as u16);
                     let mac =
                         vxlan.then(|| Mac(tunnel.header[36..42].try_into().expect("six bytes")));
-                    peer_json(*subnet, ip, mac, traffic(&ip))
+                    PeerReport::new(*subnet, ip, mac, traffic(&ip))
                 })
                 .collect();
-            (
-                json!({"reachable": false, "error": format!("{e:#}")}),
-                None,
-                json!(network),
-                serde_json::Value::Null,
-                peers,
-            )
         }
-    };
-    let drops: serde_json::Map<String, serde_json::Value> = pinned
-        .as_ref()
-        .map(|p| {
-            p.drops
-                .iter()
-                .map(|(r, n)| (r.name().to_owned(), json!(n)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let report = json!({
-        "etcd": etcd_json,
-        "lease": lease,
-        "network": network,
-        "backend": backend,
-        "datapath": datapath,
-        "drops": drops,
-        "peers": peers,
-        "rejected": rejected,
-    });
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -193,29 +245,12 @@ async fn read_etcd(options: &EtcdOptions) -> Result<(Config, Snapshot)> {
     Ok((config, registry.snapshot().await?))
 }
 
-fn peer_json(
-    subnet: ipnet::Ipv4Net,
-    public_ip: Ipv4Addr,
-    vtep_mac: Option<Mac>,
-    traffic: Option<PeerTraffic>,
-) -> serde_json::Value {
-    json!({
-        "subnet": subnet.to_string(),
-        "public_ip": public_ip.to_string(),
-        "vtep_mac": vtep_mac.map(|m| m.to_string()),
-        "tx_packets": traffic.map(|t| t.tx_packets),
-        "tx_bytes": traffic.map(|t| t.tx_bytes),
-        "rx_packets": traffic.map(|t| t.rx_packets),
-        "rx_bytes": traffic.map(|t| t.rx_bytes),
-    })
-}
-
 /// The datapath and where the kernel has its programs attached.
 async fn describe_datapath(
     pinned: Option<&Pinned>,
     own: Option<ipnet::Ipv4Net>,
     pin_dir: &Path,
-) -> Result<serde_json::Value> {
+) -> Result<DatapathReport> {
     let exists = |name: &str| Path::new("/sys/class/net").join(name).exists();
     if let Some(pinned) = pinned {
         let netlink = netlink::connect()?;
@@ -265,13 +300,13 @@ async fn describe_datapath(
             Decap::Tc
         };
         let receive = ReceivePath::new(decap, exists(GRO_DEV));
-        return Ok(json!({
-            "kind": "eBPF",
-            "attached": attached,
-            "decap": receive.decap,
-            "gro": receive.gro,
-            "fast_path": pinned.config.flags & THROUGH_NETFILTER == 0,
-        }));
+        return Ok(DatapathReport {
+            kind: "eBPF",
+            attached,
+            decap: Some(receive.decap),
+            gro: Some(receive.gro),
+            fast_path: Some(pinned.config.flags & THROUGH_NETFILTER == 0),
+        });
     }
     let kind = if exists(TUN_DEV) {
         "TUN udp loop (flannel0)"
@@ -280,7 +315,13 @@ async fn describe_datapath(
     } else {
         "routes (host-gw), or not running"
     };
-    Ok(json!({"kind": kind, "attached": []}))
+    Ok(DatapathReport {
+        kind,
+        attached: Vec::new(),
+        decap: None,
+        gro: None,
+        fast_path: None,
+    })
 }
 
 fn read_pins(dir: &Path) -> Result<Pinned> {
@@ -307,25 +348,17 @@ fn read_pins(dir: &Path) -> Result<Pinned> {
     })
 }
 
-fn print_text(report: &serde_json::Value) {
-    let text = |v: &serde_json::Value| {
-        v.as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| v.to_string())
-    };
-    if report["etcd"]["reachable"] == false {
-        println!(
-            "etcd:      unreachable ({}); what this host holds:",
-            text(&report["etcd"]["error"])
-        );
+fn print_text(report: &Report) {
+    if let Some(error) = &report.etcd.error {
+        println!("etcd:      unreachable ({error}); what this host holds:");
     }
-    match report["lease"].as_object() {
+    match &report.lease {
         Some(lease) => println!(
             "lease:     {} (public IP {}, {}{})",
-            text(&lease["subnet"]),
-            text(&lease["public_ip"]),
-            text(&lease["backend"]),
-            if lease["reservation"] == true {
+            lease.subnet,
+            lease.public_ip,
+            lease.backend,
+            if lease.reservation {
                 ", reservation"
             } else {
                 ""
@@ -333,67 +366,53 @@ fn print_text(report: &serde_json::Value) {
         ),
         None => println!("lease:     none found for this host's subnet file"),
     }
+    let unknown = || "unknown".to_owned();
     println!(
         "network:   {}, backend {}",
-        text(&report["network"]),
-        text(&report["backend"])
+        report.network.clone().unwrap_or_else(unknown),
+        report.backend.clone().unwrap_or_else(unknown)
     );
-    let attached: Vec<String> = report["datapath"]["attached"]
-        .as_array()
-        .map(|a| a.iter().map(text).collect())
-        .unwrap_or_default();
+    let datapath = &report.datapath;
     println!(
         "datapath:  {} {}",
-        text(&report["datapath"]["kind"]),
-        attached.join(", ")
+        datapath.kind,
+        datapath.attached.join(", ")
     );
-    if let Some(decap) = report["datapath"]["decap"].as_str() {
-        println!(
-            "decap:     {decap}, GRO merges {} first",
-            text(&report["datapath"]["gro"])
-        );
+    if let (Some(decap), Some(gro)) = (datapath.decap, datapath.gro) {
+        println!("decap:     {decap}, GRO merges {gro} first");
     }
-    match report["datapath"]["fast_path"].as_bool() {
+    match datapath.fast_path {
         Some(true) => println!("fast path: on (overlay traffic bypasses the FORWARD chain)"),
         Some(false) => println!("fast path: off (overlay traffic crosses the FORWARD chain)"),
         None => {}
     }
-    if let Some(drops) = report["drops"].as_object().filter(|d| !d.is_empty()) {
-        let drops: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    if !report.drops.is_empty() {
+        let drops: Vec<String> = (report.drops.iter())
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
         println!("drops:     {}", drops.join(", "));
     }
     println!(
         "\n{:<18} {:<16} {:<18} {:>10} {:>12} {:>10} {:>12}",
         "SUBNET", "PUBLIC IP", "VTEP MAC", "TX PKTS", "TX BYTES", "RX PKTS", "RX BYTES"
     );
-    for peer in report["peers"].as_array().into_iter().flatten() {
-        let count = |k: &str| {
-            peer[k]
-                .as_u64()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "-".into())
-        };
+    let count = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    for peer in &report.peers {
         println!(
             "{:<18} {:<16} {:<18} {:>10} {:>12} {:>10} {:>12}",
-            text(&peer["subnet"]),
-            text(&peer["public_ip"]),
-            peer["vtep_mac"].as_str().unwrap_or("-"),
-            count("tx_packets"),
-            count("tx_bytes"),
-            count("rx_packets"),
-            count("rx_bytes")
+            peer.subnet,
+            peer.public_ip,
+            peer.vtep_mac.as_deref().unwrap_or("-"),
+            count(peer.tx_packets),
+            count(peer.tx_bytes),
+            count(peer.rx_packets),
+            count(peer.rx_bytes)
         );
     }
-    let rejected = report["rejected"].as_array().into_iter().flatten();
-    for (i, lease) in rejected.enumerate() {
+    for (i, lease) in report.rejected.iter().enumerate() {
         if i == 0 {
             println!("\nrejected leases (not in the datapath):");
         }
-        println!(
-            "{}: {} ({})",
-            text(&lease["key"]),
-            text(&lease["detail"]),
-            text(&lease["reason"])
-        );
+        println!("{}: {} ({})", lease.key, lease.detail, lease.reason);
     }
 }
