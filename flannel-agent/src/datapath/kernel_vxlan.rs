@@ -9,7 +9,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{
     packet_route::{
@@ -357,16 +356,9 @@ async fn vxlan_info(netlink: &Handle, name: &str) -> Result<Option<(u32, Vec<Inf
     let Ok(index) = nix::net::if_::if_nametoindex(name) else {
         return Ok(None);
     };
-    let links: Vec<_> = netlink
-        .link()
-        .get()
-        .match_index(index)
-        .execute()
-        .try_collect()
-        .await?;
-    let info = links
+    let info = netlink::link_attributes(netlink, index)
+        .await?
         .iter()
-        .flat_map(|link| &link.attributes)
         .filter_map(|attr| match attr {
             LinkAttribute::LinkInfo(infos) => Some(infos),
             _ => None,

@@ -147,8 +147,8 @@ pub async fn filter_priorities(
     Ok(priorities)
 }
 
-/// The id of the XDP program attached to interface `ifindex`, if any.
-pub async fn xdp_program(netlink: &Handle, ifindex: u32) -> Result<Option<u32>> {
+/// The attributes of interface `ifindex`, as the kernel reports them.
+pub async fn link_attributes(netlink: &Handle, ifindex: u32) -> Result<Vec<LinkAttribute>> {
     let links: Vec<_> = netlink
         .link()
         .get()
@@ -157,9 +157,14 @@ pub async fn xdp_program(netlink: &Handle, ifindex: u32) -> Result<Option<u32>> 
         .try_collect()
         .await
         .with_context(|| format!("reading ifindex {ifindex}"))?;
-    Ok(links
+    Ok(links.into_iter().flat_map(|link| link.attributes).collect())
+}
+
+/// The id of the XDP program attached to interface `ifindex`, if any.
+pub async fn xdp_program(netlink: &Handle, ifindex: u32) -> Result<Option<u32>> {
+    Ok(link_attributes(netlink, ifindex)
+        .await?
         .iter()
-        .flat_map(|link| &link.attributes)
         .filter_map(|attribute| match attribute {
             LinkAttribute::Xdp(xdp) => Some(xdp),
             _ => None,

@@ -24,12 +24,12 @@ use crate::{
         subnet_env,
     },
     datapath::{
-        ebpf::{gro_device::GRO_DEV, programs, ReceivePath, FILTER_MINOR, OVERLAY_DEV},
+        ebpf::{self, gro_device::GRO_DEV, programs, ReceivePath, FILTER_MINOR, OVERLAY_DEV},
         kernel_vxlan,
         tun_udp::TUN_DEV,
         Decap,
     },
-    host::{iface, netlink},
+    host::netlink,
 };
 
 /// Show this host's lease, datapath and peers.
@@ -258,12 +258,7 @@ async fn describe_datapath(
         let nic = nix::net::if_::if_indextoname(nic_index)
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|_| format!("ifindex {nic_index}"));
-        let bridge = own.and_then(|subnet| {
-            iface::addresses()
-                .ok()?
-                .into_iter()
-                .find(|(name, addr)| name != OVERLAY_DEV && subnet.contains(addr))
-        });
+        let bridge = own.and_then(ebpf::bridge_of);
         let mut points = vec![
             (nic.clone(), false, format!("tc ingress on {nic}")),
             (

@@ -283,13 +283,7 @@ impl EbpfDatapath {
     /// The container bridge: the interface holding an address of our subnet, and its ifindex.
     fn find_bridge(&self) -> Option<(String, u32)> {
         let (_, subnet, _) = self.active?;
-        let name = iface::addresses()
-            .ok()?
-            .into_iter()
-            .find(|(name, addr)| name != OVERLAY_DEV && subnet.contains(addr))
-            .map(|(name, _)| name)?;
-        let index = nix::net::if_::if_nametoindex(name.as_str()).ok()?;
-        Some((name, index))
+        bridge_of(subnet)
     }
 
     /// The fast path: attach `tc_encap` to the container bridge once it exists (Docker may
@@ -508,16 +502,7 @@ impl EbpfDatapath {
             .map(|entry| entry.file_name().to_string_lossy().into_owned());
         for name in std::iter::once(bridge.clone()).chain(ports) {
             for priority in PRIORITIES {
-                if let Ok(link) = SchedClassifierLink::attached(
-                    &name,
-                    TcAttachType::Ingress,
-                    priority,
-                    FILTER_HANDLE,
-                    None,
-                ) {
-                    // Nothing there is fine too.
-                    let _ = link.detach();
-                }
+                detach(&name, TcAttachType::Ingress, priority);
             }
         }
         info!(bridge = %bridge, "fast path off: container traffic crosses FORWARD");
@@ -644,12 +629,7 @@ pub async fn cleanup(netlink: &Handle, pin_dir: &std::path::Path) -> Result<()> 
         let name = entry?.file_name().to_string_lossy().into_owned();
         for kind in [TcAttachType::Ingress, TcAttachType::Egress] {
             for priority in PRIORITIES {
-                let Ok(link) =
-                    SchedClassifierLink::attached(&name, kind, priority, FILTER_HANDLE, None)
-                else {
-                    continue;
-                };
-                if link.detach().is_ok() {
+                if detach(&name, kind, priority) {
                     filters += 1;
                 }
             }
@@ -699,6 +679,24 @@ fn detach_xdp(pin: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes our filter at `priority` of `iface`'s `kind` hook; true if there was one.
+fn detach(iface: &str, kind: TcAttachType, priority: u16) -> bool {
+    SchedClassifierLink::attached(iface, kind, priority, FILTER_HANDLE, None)
+        .is_ok_and(|link| link.detach().is_ok())
+}
+
+/// The container bridge of `subnet`: the interface (other than the overlay device) holding an
+/// address in it, with its ifindex.
+pub fn bridge_of(subnet: Ipv4Net) -> Option<(String, u32)> {
+    let name = iface::addresses()
+        .ok()?
+        .into_iter()
+        .find(|(name, addr)| name != OVERLAY_DEV && subnet.contains(addr))
+        .map(|(name, _)| name)?;
+    let index = nix::net::if_::if_nametoindex(name.as_str()).ok()?;
+    Some((name, index))
+}
+
 /// Attaches `program` at a free one of our two priorities, then removes the filter at the
 /// other one (a previous agent's), so there is no moment without a filter. The filter stays
 /// when we exit.
@@ -716,13 +714,8 @@ fn attach_replacing(program: &mut SchedClassifier, iface: &str, kind: TcAttachTy
             Ok(id) => {
                 let link = program.take_link(id)?;
                 std::mem::forget(link);
-                let old = PRIORITIES[1 - index];
-                if let Ok(previous) =
-                    SchedClassifierLink::attached(iface, kind, old, FILTER_HANDLE, None)
-                {
-                    // Nothing there is fine too.
-                    let _ = previous.detach();
-                }
+                // A previous agent's filter at the other priority goes (if there is one).
+                detach(iface, kind, PRIORITIES[1 - index]);
                 return Ok(());
             }
             Err(e) => last_error = Some(e),
