@@ -258,12 +258,13 @@ impl Agent {
         // A deadline, not a sleep: the loop's other events must not restart the wait.
         let mut reconnect_at = Instant::now() + backoff;
         let mut watch = watch;
-        // systemd's watchdog: ping at half the period it set.
-        let mut watchdog = sd_notify::watchdog_enabled().map(|period| interval(period / 2));
+        let mut probes = sd_notify::watchdog_enabled().map(spawn_watchdog);
         loop {
             tokio::select! {
                 () = stop.recv() => break,
-                _ = tick(&mut watchdog) => notify(&[sd_notify::NotifyState::Watchdog]),
+                reply = probe(&mut probes) => {
+                    let _ = reply.send(());
+                }
                 Some(reply) = metrics.recv() => {
                     let _ = reply.send(self.metrics_text());
                 }
@@ -701,12 +702,43 @@ async fn at(deadline: Option<Instant>) {
     }
 }
 
-/// The next tick of an interval that may not exist (then: never).
-async fn tick(interval: &mut Option<tokio::time::Interval>) {
-    match interval {
-        Some(interval) => {
-            interval.tick().await;
+type Probe = tokio::sync::oneshot::Sender<()>;
+
+/// systemd's watchdog (WatchdogSec=): a task pings at half the period, each time after the
+/// agent's loop has answered a probe. A loop stuck in a call stops the pings, and systemd
+/// restarts the agent; the datapath forwards meanwhile. Returns the loop's end of the probes.
+fn spawn_watchdog(period: Duration) -> tokio::sync::mpsc::Receiver<Probe> {
+    let (probes, inbox) = tokio::sync::mpsc::channel::<Probe>(1);
+    tokio::spawn(async move {
+        let mut pace = interval(period / 2);
+        loop {
+            pace.tick().await;
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            // Fails once the loop has ended.
+            if probes.send(reply).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(period / 2, answer).await {
+                Ok(Ok(())) => notify(&[sd_notify::NotifyState::Watchdog]),
+                Ok(Err(_)) => return,
+                Err(_) => error!(
+                    "the agent's loop has not answered for {:?}; withholding the watchdog \
+                     ping, so systemd restarts the agent",
+                    period / 2
+                ),
+            }
         }
+    });
+    inbox
+}
+
+/// The watchdog's next probe, if there is a watchdog (else: never).
+async fn probe(probes: &mut Option<tokio::sync::mpsc::Receiver<Probe>>) -> Probe {
+    match probes {
+        Some(inbox) => match inbox.recv().await {
+            Some(probe) => probe,
+            None => std::future::pending().await,
+        },
         None => std::future::pending().await,
     }
 }

@@ -10,7 +10,15 @@ use flannel_agent::{
         status::{self, StatusArgs},
     },
 };
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::{
+    fmt::{
+        format::{self, Writer},
+        FmtContext, FormatEvent, FormatFields,
+    },
+    registry::LookupSpan,
+    EnvFilter,
+};
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
@@ -93,7 +101,47 @@ fn init_logging(verbosity: u8, format: LogFormat) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
+        // Under systemd, each line goes to the journal at its level: journald reads a
+        // "<priority>" prefix, and stamps the time itself.
+        LogFormat::Text if stderr_is_journal() => logs
+            .event_format(SyslogPriority(format::format().without_time()))
+            .init(),
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+}
+
+/// A log line format, prefixed with the syslog priority of the event's level.
+struct SyslogPriority<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for SyslogPriority<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            Level::DEBUG | Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// Whether stderr is the journal's stream: systemd says which in JOURNAL_STREAM ("dev:inode").
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    nix::sys::stat::fstat(std::io::stderr())
+        .is_ok_and(|stat| stream.to_string_lossy() == format!("{}:{}", stat.st_dev, stat.st_ino))
 }

@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod systemd;
 pub mod testbed;
 
 /// Fails the calling test with a clear message when not root: these tests never pass silently.

@@ -45,13 +45,13 @@ enum Task {
     Demo,
     /// Build a release flanneld and install it with its unit files under a prefix.
     Install {
-        #[arg(long, default_value = "/usr/local")]
-        prefix: PathBuf,
+        #[command(flatten)]
+        target: install::Target,
     },
     /// Remove what `install` put under the prefix (an edited configuration stays).
     Uninstall {
-        #[arg(long, default_value = "/usr/local")]
-        prefix: PathBuf,
+        #[command(flatten)]
+        target: install::Target,
     },
     /// Set up, then measure every datapath side by side (target/bench/report.md).
     Bench {
@@ -90,8 +90,8 @@ fn main() -> Result<()> {
             setup::run()?;
             demo::run()
         }
-        Task::Install { prefix } => install::install(&prefix),
-        Task::Uninstall { prefix } => install::uninstall(&prefix),
+        Task::Install { target } => install::install(&target),
+        Task::Uninstall { target } => install::uninstall(&target),
         Task::Bench {
             quick,
             only,

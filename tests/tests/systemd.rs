@@ -1,0 +1,217 @@
+//! flanneld as users run it: `cargo xtask install`, then a real systemd starts, watches,
+//! restarts and stops it (see `flannel_tests::systemd`). Host 0 runs it under systemd; host 1
+//! runs a plain agent; containers behind both ping each other every 10 ms through each fault.
+
+use std::time::Duration;
+
+use flannel_tests::{
+    agent::Agent,
+    etcd::wait_for,
+    require_root,
+    systemd::Systemd,
+    testbed::{all_reach_all, lease_key, Container, Testbed},
+};
+
+const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+const UNIT: &str = "flanneld.service";
+const START: Duration = Duration::from_secs(30);
+
+/// The settings an operator would put in /etc/sysconfig/flanneld, as a drop-in; and a
+/// watchdog short enough to test.
+fn settings(etcd: &str) -> String {
+    format!(
+        "[Service]\n\
+         Environment=FLANNEL_ETCD_ENDPOINTS={etcd} \"FLANNEL_OPTIONS=-iface=eth0 -ip-masq\"\n\
+         WatchdogSec=3s\n"
+    )
+}
+
+/// A stand-in for dockerd, started as docker.service with our drop-in: it records the
+/// options it was given.
+const FAKE_DOCKER: &str = "[Service]\nExecStart=\n\
+    ExecStart=/bin/sh -c 'echo \"$DOCKER_NETWORK_OPTIONS\" > /run/docker-options; exec sleep infinity'\n";
+
+/// `KEY=value` of a file's lines.
+fn value_of(text: &str, key: &str) -> String {
+    let prefix = format!("{key}=");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// Host 0's subnet, from the subnet.env the unit's agent wrote.
+fn subnet(systemd: &Systemd) -> String {
+    let env = systemd.read("/run/flannel/subnet.env").unwrap();
+    let net: ipnet::Ipv4Net = value_of(&env, "FLANNEL_SUBNET").parse().unwrap();
+    net.trunc().to_string()
+}
+
+/// Restarts flanneld through `fault` and waits until systemd has it running again;
+/// returns how many of the 10 ms pings across were lost meanwhile.
+fn pings_lost_through(
+    systemd: &Systemd,
+    from: &Container,
+    to: &Container,
+    count: u32,
+    fault: &[&str],
+) -> u32 {
+    let before = systemd.property(UNIT, "MainPID").unwrap();
+    from.pings_lost_while(to.ip, count, || {
+        systemd.systemctl(fault).unwrap();
+        wait_for("systemd to restart flanneld", START, || {
+            systemd
+                .property(UNIT, "MainPID")
+                .is_ok_and(|pid| pid != before && pid != "0")
+        })
+        .unwrap();
+        systemd.wait_state(UNIT, "active", START).unwrap();
+    })
+    .unwrap()
+}
+
+#[test]
+fn installed_unit_under_systemd_starts_restarts_and_stops_without_dropping_traffic() {
+    require_root();
+    let mut bed = Testbed::new(2).unwrap();
+    bed.put_config(VXLAN).unwrap();
+    let systemd = Systemd::boot(&bed.hosts[0]).unwrap();
+    systemd
+        .write(
+            "/run/systemd/system/flanneld.service.d/test.conf",
+            &settings(&bed.etcd.endpoint()),
+        )
+        .unwrap();
+    systemd
+        .write(
+            "/run/systemd/system/docker.service",
+            "[Service]\nExecStart=/bin/true\n",
+        )
+        .unwrap();
+    systemd
+        .write(
+            "/run/systemd/system/docker.service.d/zz-fake.conf",
+            FAKE_DOCKER,
+        )
+        .unwrap();
+    systemd.systemctl(&["daemon-reload"]).unwrap();
+
+    // With etcd down the agent has no lease: the start waits, `activating`, until READY=1.
+    bed.etcd.stop();
+    systemd.systemctl(&["start", "--no-block", UNIT]).unwrap();
+    wait_for("the agent to find etcd unreachable", START, || {
+        systemd
+            .journal(UNIT)
+            .is_ok_and(|log| log.contains("etcd is not reachable"))
+    })
+    .unwrap();
+    assert_eq!(systemd.property(UNIT, "ActiveState").unwrap(), "activating");
+    bed.etcd.resume().unwrap();
+    systemd.wait_state(UNIT, "active", START).unwrap();
+    let status = systemd.property(UNIT, "StatusText").unwrap();
+    let subnet_before = subnet(&systemd);
+    assert!(
+        status.starts_with(&format!("subnet {subnet_before}, ")),
+        "{status}"
+    );
+    assert!(systemd
+        .systemctl(&["status", UNIT, "--no-pager"])
+        .unwrap()
+        .contains(&format!("Status: \"{status}\"")));
+
+    // The journal has the agent's lines at their levels.
+    let journal = systemd.journal_json(UNIT).unwrap();
+    let priority_of = |text: &str| {
+        journal
+            .iter()
+            .find(|entry| entry["MESSAGE"].as_str().is_some_and(|m| m.contains(text)))
+            .map(|entry| entry["PRIORITY"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(priority_of("etcd is not reachable").as_deref(), Some("4"));
+    assert_eq!(priority_of(" ready ").as_deref(), Some("6"));
+
+    // ExecStartPost wrote Docker's options, -ip-masq's rules hold under the sandbox, and
+    // docker.service starts after flanneld with those options.
+    let options = value_of(
+        &systemd.read("/run/flannel/docker").unwrap(),
+        "DOCKER_NETWORK_OPTIONS",
+    );
+    let gateway = format!(
+        "--bip={}",
+        value_of(
+            &systemd.read("/run/flannel/subnet.env").unwrap(),
+            "FLANNEL_SUBNET"
+        )
+    );
+    assert!(options.contains(&gateway), "{options}");
+    let nat = bed.hosts[0].exec("iptables", &["-t", "nat", "-S"]).unwrap();
+    assert!(nat.contains("-j FLANNEL-POSTRTG"), "{nat}");
+    assert!(systemd
+        .property("docker.service", "After")
+        .unwrap()
+        .contains(UNIT));
+    systemd.systemctl(&["start", "docker.service"]).unwrap();
+    wait_for("docker to record its options", START, || {
+        systemd.read("/run/docker-options").is_ok()
+    })
+    .unwrap();
+    assert_eq!(
+        systemd.read("/run/docker-options").unwrap().trim(),
+        options.trim()
+    );
+
+    // Traffic across, from a container on the systemd host to one on a plain agent's host.
+    let mut peer: Agent = bed.agent(1, &[]).unwrap();
+    peer.wait_ready(START).unwrap();
+    let mtu = value_of(
+        &systemd.read("/run/flannel/subnet.env").unwrap(),
+        "FLANNEL_MTU",
+    );
+    let here = bed.add_container(0, &subnet_before, 2).unwrap();
+    here.ns.ip(&["link", "set", "eth0", "mtu", &mtu]).unwrap();
+    let there = bed.add_docker_container(1, &peer, 2).unwrap();
+    let both = [here, there];
+    all_reach_all(&both, START).unwrap();
+    let [here, there] = &both;
+
+    // SIGKILL: systemd restarts it, and the kernel's datapath forwards meanwhile.
+    let lost = pings_lost_through(&systemd, here, there, 800, &["kill", "-s", "SIGKILL", UNIT]);
+    assert_eq!(lost, 0, "pings lost across a SIGKILL and restart");
+    assert_eq!(subnet(&systemd), subnet_before);
+
+    // A hung agent: no watchdog pings, so systemd aborts and restarts it.
+    let restarts = systemd.property(UNIT, "NRestarts").unwrap();
+    let lost = pings_lost_through(
+        &systemd,
+        here,
+        there,
+        1200,
+        &["kill", "-s", "SIGSTOP", UNIT],
+    );
+    assert_eq!(lost, 0, "pings lost across a hang, watchdog and restart");
+    assert_ne!(systemd.property(UNIT, "NRestarts").unwrap(), restarts);
+    assert!(
+        systemd.journal(UNIT).unwrap().contains("Watchdog timeout"),
+        "{}",
+        systemd.journal(UNIT).unwrap()
+    );
+    assert_eq!(subnet(&systemd), subnet_before);
+
+    // stop: exit 0, the lease and traffic stay.
+    systemd
+        .systemctl(&["stop", "docker.service", UNIT])
+        .unwrap();
+    assert_eq!(systemd.property(UNIT, "ActiveState").unwrap(), "inactive");
+    assert_eq!(systemd.property(UNIT, "ExecMainStatus").unwrap(), "0");
+    assert_eq!(systemd.property(UNIT, "Result").unwrap(), "success");
+    let lost = here.pings_lost_while(there.ip, 100, || {}).unwrap();
+    assert_eq!(lost, 0, "pings lost after a stop");
+    assert!(bed.etcd.get(&lease_key(&subnet_before)).unwrap().is_some());
+
+    // uninstall: no unit left.
+    systemd.uninstall().unwrap();
+    systemd.systemctl(&["daemon-reload"]).unwrap();
+    assert_eq!(systemd.property(UNIT, "LoadState").unwrap(), "not-found");
+    assert!(!systemd.destdir().join("usr/local").exists());
+}
