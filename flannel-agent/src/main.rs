@@ -7,6 +7,7 @@ use flannel_agent::{
     daemon,
     ops::{
         cleanup,
+        monitor::{self, MonitorArgs},
         status::{self, StatusArgs},
     },
 };
@@ -47,6 +48,17 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("flanneld status: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if argv.get(1).is_some_and(|arg| arg == "monitor") {
+        let args = MonitorArgs::try_parse_from(go_style(argv.into_iter().skip(1)))
+            .unwrap_or_else(|e| e.exit());
+        return match monitor::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flanneld monitor: {e:#}");
                 ExitCode::FAILURE
             }
         };

@@ -19,6 +19,8 @@ pub mod map_names {
     pub const ROUTES: &str = "FLANNEL_ROUTES_V2";
     pub const TRAFFIC: &str = "FLANNEL_TRAFFIC_V1";
     pub const ENDPOINTS: &str = "FLANNEL_ENDPOINTS_V1";
+    pub const EVENTS: &str = "FLANNEL_EVENTS_V1";
+    pub const EVENT_RATE: &str = "FLANNEL_EVENT_RATE_V1";
 }
 
 /// Program names, as the agent looks them up in the object.
@@ -275,6 +277,80 @@ impl DropReason {
     }
 }
 
+/// Where a program dropped a packet.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// XDP on the host NIC (`--bpf-decap=xdp`).
+    Xdp = 0,
+    /// TC ingress on the host NIC.
+    TcIngress = 1,
+    /// TC encap, on the overlay device or the container bridge.
+    TcEncap = 2,
+}
+
+impl Hook {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::TcIngress => "tc_ingress",
+            Self::TcEncap => "tc_encap",
+        }
+    }
+
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Xdp),
+            1 => Some(Self::TcIngress),
+            2 => Some(Self::TcEncap),
+            _ => None,
+        }
+    }
+}
+
+/// One dropped packet, as the programs report it in the `EVENTS` ring buffer for `flanneld
+/// monitor`: at most [`EVENTS_PER_SECOND`] per CPU, so a flood costs a counter increment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    /// A [`DropReason`].
+    pub reason: u32,
+    /// Events this CPU left out just before this one (over the rate, or the ring was full).
+    pub suppressed: u32,
+    /// The interface the program ran on.
+    pub ifindex: u32,
+    /// The tunnel's other end: the outer source of a received packet, the remote of a sent
+    /// one; 0 when not known.
+    pub peer_be: u32,
+    /// The inner packet's addresses, protocol and (TCP, UDP) ports; 0 when not in the packet.
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub protocol: u8,
+    /// A [`Hook`].
+    pub hook: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Drop events each CPU reports per second at most.
+pub const EVENTS_PER_SECOND: u32 = 100;
+/// The `EVENTS` ring buffer's size: thousands of events, for a reader that falls behind.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+impl DropReason {
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u32 == value {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
 // The layouts the programs and the agent share, checked on both sides at compile time: no
 // hidden padding, and no size change without a new map name.
 const _: () = {
@@ -284,6 +360,7 @@ const _: () = {
     assert!(size_of::<Endpoint>() == 16);
     assert!(size_of::<PeerTraffic>() == 32);
     assert!(size_of::<PeerInfo>() == 12);
+    assert!(size_of::<DropEvent>() == 32);
 };
 
 /// Maximum number of peers the maps hold.

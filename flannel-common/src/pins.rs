@@ -6,7 +6,8 @@ extern crate std;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{
-    lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+    lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray,
+    PerCpuHashMap, RingBuf,
 };
 
 use crate::{map_names, DatapathConfig, PeerInfo, PeerTraffic, Tunnel};
@@ -44,6 +45,21 @@ impl Pins {
     /// Peer public IPv4, network byte order → traffic per CPU.
     pub fn traffic(&self) -> Result<PerCpuHashMap<MapData, u32, PeerTraffic>, MapError> {
         self.open(map_names::TRAFFIC)?.try_into()
+    }
+
+    /// The programs' drop events ([`crate::DropEvent`]); one reader at a time.
+    pub fn events(&self) -> Result<RingBuf<MapData>, MapError> {
+        self.open(map_names::EVENTS)?.try_into()
+    }
+
+    /// Where the events pin is: a restarted agent pins a new ring there.
+    pub fn events_path(&self) -> PathBuf {
+        self.dir.join(map_names::EVENTS)
+    }
+
+    /// The kernel's id of the pinned events ring.
+    pub fn events_id(&self) -> Result<u32, MapError> {
+        Ok(MapInfo::from_pin(self.events_path())?.id())
     }
 
     /// Drop reason → count per CPU.

@@ -25,34 +25,31 @@ pub enum Verdict {
 /// inner Ethernet header.
 pub const HEADER_LEN: u32 = (ETH_HLEN + 60 + 8 + 8 + ETH_HLEN) as u32;
 
+/// The outer IPv4 header of a packet that claims to be one of our tunnel packets: UDP to our
+/// tunnel port on our address. Anything else is not ours to judge.
+#[inline(always)]
+pub fn claimed_tunnel<'a>(pkt: Packet, cfg: &DatapathConfig) -> Option<&'a Ipv4Hdr> {
+    if cfg.port_be == 0 || !pkt.header::<EthHdr>(0)?.is_ipv4() {
+        return None;
+    }
+    let ip = pkt.header::<Ipv4Hdr>(ETH_HLEN)?;
+    let ip_len = ip.header_len();
+    if ip.protocol != IPPROTO_UDP || ip_len < 20 || ip.is_later_fragment() {
+        return None;
+    }
+    if cfg.local_ip_be != 0 && ip.daddr_be() != cfg.local_ip_be {
+        return None;
+    }
+    let udp = pkt.header::<UdpHdr>(ETH_HLEN + ip_len)?;
+    (u16::from_ne_bytes(udp.dest) == cfg.port_be).then_some(ip)
+}
+
 #[inline(always)]
 pub fn check(pkt: Packet, cfg: &DatapathConfig) -> Verdict {
-    if cfg.port_be == 0 {
-        return Verdict::Pass;
-    }
-    let Some(eth) = pkt.header::<EthHdr>(0) else {
-        return Verdict::Pass;
-    };
-    if !eth.is_ipv4() {
-        return Verdict::Pass;
-    }
-    let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_HLEN) else {
+    let Some(ip) = claimed_tunnel(pkt, cfg) else {
         return Verdict::Pass;
     };
     let ip_len = ip.header_len();
-    if ip.protocol != IPPROTO_UDP || ip_len < 20 || ip.is_later_fragment() {
-        return Verdict::Pass;
-    }
-    if cfg.local_ip_be != 0 && ip.daddr_be() != cfg.local_ip_be {
-        return Verdict::Pass;
-    }
-    let Some(udp) = pkt.header::<UdpHdr>(ETH_HLEN + ip_len) else {
-        return Verdict::Pass;
-    };
-    if u16::from_ne_bytes(udp.dest) != cfg.port_be {
-        return Verdict::Pass;
-    }
-    // From here on the packet claims to be one of our tunnel packets.
     let Some(peer) = maps::peer(ip.saddr_be()) else {
         return Verdict::Drop(DropReason::UnknownPeer);
     };

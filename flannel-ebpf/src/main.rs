@@ -5,6 +5,7 @@
 mod csum;
 mod decap;
 mod encap;
+mod events;
 mod guard;
 mod maps;
 mod parse;
@@ -16,10 +17,10 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use flannel_common::{DropReason, THROUGH_NETFILTER};
+use flannel_common::{DatapathConfig, DropReason, Hook, THROUGH_NETFILTER};
 
 use guard::Verdict;
-use parse::{Context, EthHdr, Ipv4Hdr, ETH_HLEN};
+use parse::{Context, EthHdr, Ipv4Hdr, Packet, ETH_HLEN};
 
 /// XDP on the host NIC (`--bpf-decap=xdp`): drop forged tunnel packets before the stack
 /// allocates an skb, and decapsulate genuine ones before GRO.
@@ -28,29 +29,33 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     let Some(cfg) = maps::config() else {
         return xdp_action::XDP_PASS;
     };
+    match xdp_receive(&ctx, cfg) {
+        Ok(action) => action,
+        Err(reason) => {
+            // SAFETY: reading a field of the context.
+            let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+            dropped(ctx.packet(), cfg, Hook::Xdp, reason, ifindex, 0);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn xdp_receive(ctx: &XdpContext, cfg: &DatapathConfig) -> Result<u32, DropReason> {
     let pkt = ctx.packet();
-    let dropped = |reason| {
-        maps::count_drop(reason);
-        xdp_action::XDP_DROP
-    };
-    match guard::check(pkt, cfg) {
-        Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Drop(reason) => dropped(reason),
+    let (peer_be, peer, outer_ip_len) = match guard::check(pkt, cfg) {
+        Verdict::Pass => return Ok(xdp_action::XDP_PASS),
+        Verdict::Drop(reason) => return Err(reason),
         Verdict::Tunnel {
             peer_be,
             peer,
             outer_ip_len,
-        } => {
-            let bytes = (pkt.end - pkt.start) as u32;
-            match decap::decapsulate(&ctx, cfg, outer_ip_len, &peer) {
-                Ok(()) => {
-                    maps::count_rx(peer_be, bytes);
-                    xdp_action::XDP_PASS
-                }
-                Err(reason) => dropped(reason),
-            }
-        }
-    }
+        } => (peer_be, peer, outer_ip_len),
+    };
+    let bytes = (pkt.end - pkt.start) as u32;
+    decap::decapsulate(ctx, cfg, outer_ip_len, &peer)?;
+    maps::count_rx(peer_be, bytes);
+    Ok(xdp_action::XDP_PASS)
 }
 
 /// TC ingress on the host NIC: tunnel packets from current peers are decapsulated and go on
@@ -63,9 +68,17 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
     if !linear(&ctx, guard::HEADER_LEN) {
         return TC_ACT_OK;
     }
+    match tc_receive(&ctx, cfg) {
+        Ok(action) => action,
+        Err(reason) => tc_drop(&ctx, cfg, Hook::TcIngress, reason, 0),
+    }
+}
+
+#[inline(always)]
+fn tc_receive(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason> {
     let (peer_be, peer, outer_ip_len) = match guard::check(ctx.packet(), cfg) {
-        Verdict::Pass => return TC_ACT_OK,
-        Verdict::Drop(reason) => return drop(reason),
+        Verdict::Pass => return Ok(TC_ACT_OK),
+        Verdict::Drop(reason) => return Err(reason),
         Verdict::Tunnel {
             peer_be,
             peer,
@@ -73,14 +86,12 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
         } => (peer_be, peer, outer_ip_len),
     };
     let bytes = ctx.len();
-    if let Err(reason) = decap::decapsulate(&ctx, cfg, outer_ip_len, &peer) {
-        return drop(reason);
-    }
+    decap::decapsulate(ctx, cfg, outer_ip_len, &peer)?;
     maps::count_rx(peer_be, bytes);
     if cfg.flags & THROUGH_NETFILTER != 0 {
-        return TC_ACT_OK;
+        return Ok(TC_ACT_OK);
     }
-    deliver(&ctx)
+    Ok(deliver(ctx))
 }
 
 /// A decapsulated packet for a local container goes straight into the container's network
@@ -149,7 +160,7 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
             maps::count_tx(tunnel.remote_ip_be, bytes);
             send
         }
-        Err(reason) => drop(reason),
+        Err(reason) => tc_drop(&ctx, cfg, Hook::TcEncap, reason, tunnel.remote_ip_be),
     }
 }
 
@@ -161,9 +172,31 @@ fn linear(ctx: &TcContext, len: u32) -> bool {
 }
 
 #[inline(always)]
-fn drop(reason: DropReason) -> i32 {
-    maps::count_drop(reason);
+fn tc_drop(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    hook: Hook,
+    reason: DropReason,
+    peer_be: u32,
+) -> i32 {
+    // SAFETY: reading a field of the skb behind the context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    dropped(ctx.packet(), cfg, hook, reason, ifindex, peer_be);
     TC_ACT_SHOT
+}
+
+/// Every drop is counted (the source of `/metrics`) and reported to `flanneld monitor`.
+#[inline(always)]
+fn dropped(
+    pkt: Packet,
+    cfg: &DatapathConfig,
+    hook: Hook,
+    reason: DropReason,
+    ifindex: u32,
+    peer_be: u32,
+) {
+    maps::count_drop(reason);
+    events::report(pkt, cfg, hook, reason, ifindex, peer_be);
 }
 
 #[cfg(not(test))]

@@ -311,8 +311,11 @@ fn an_agent_restart_loses_no_packet() {
 }
 
 #[test]
-fn a_strangers_vxlan_packet_reaches_no_container() {
-    let (bed, agents, containers) = overlay(VXLAN, 2);
+fn a_strangers_vxlan_packet_reaches_no_container_and_monitor_shows_it() {
+    require_root();
+    let bpffs = Bpffs::mount().unwrap();
+    let (pins, pin_flag) = bpffs.pin_dir("h1");
+    let (bed, agents, containers) = Testbed::cluster(VXLAN, &[&[], &[pin_flag.as_str()]]).unwrap();
     wait_for("reachability", READY, || {
         containers[0].ping(containers[1].ip).is_ok()
     })
@@ -351,6 +354,7 @@ fn a_strangers_vxlan_packet_reaches_no_container() {
         &inner_ip,
     );
     let payload = flannel_tests::packet::vxlan(1, &inner);
+    let monitor = Monitor::start(&bed.hosts[1], &pins);
     stranger
         .enter(|| {
             let socket = std::net::UdpSocket::bind("192.168.64.66:0").unwrap();
@@ -362,6 +366,59 @@ fn a_strangers_vxlan_packet_reaches_no_container() {
         listener.recv(&mut buf).is_err(),
         "the forged packet reached the container"
     );
+    let shown = monitor.output();
+    assert_eq!(
+        shown,
+        serde_json::json!({
+            "reason": "unknown_peer", "hook": "tc_ingress", "interface": "eth0",
+            "peer": "192.168.64.66", "src": "10.1.66.6", "dst": containers[1].ip.to_string(),
+            "protocol": "udp", "sport": 5555, "dport": 7777, "suppressed": 0
+        })
+    );
+}
+
+/// `flanneld monitor --json --count 1` on a host, listening once `start` returns.
+struct Monitor(std::process::Child);
+
+impl Monitor {
+    fn start(host: &flannel_tests::netns::Netns, pins: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &host.name])
+            .arg(flannel_tests::agent::flanneld())
+            .args(["monitor", "--json", "--count", "1", "--bpf-pin-dir"])
+            .arg(pins)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut said)
+            .unwrap();
+        assert!(said.starts_with("listening for drops"), "{said}");
+        Monitor(child)
+    }
+
+    /// The one drop it printed, within 10 s.
+    fn output(mut self) -> serde_json::Value {
+        wait_for(
+            "the monitor to print a drop",
+            Duration::from_secs(10),
+            || self.0.try_wait().unwrap().is_some(),
+        )
+        .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(self.0.stdout.as_mut().unwrap(), &mut text).unwrap();
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{text:?}: {e}"))
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

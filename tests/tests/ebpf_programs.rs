@@ -7,11 +7,11 @@ use std::net::{Ipv4Addr, UdpSocket};
 use aya::programs::{TestRun, TestRunOptions, TestRunResult, XdpMode};
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
-    mask_be, DatapathConfig, DropReason, Encap, PeerInfo, Tunnel, TunnelEnds, CHECK_INNER_SOURCE,
-    UDP_BACKEND_PORT, VXLAN_PORT,
+    mask_be, pins::Pins, DatapathConfig, DropEvent, DropReason, Encap, Hook, PeerInfo, Tunnel,
+    TunnelEnds, CHECK_INNER_SOURCE, EVENTS_PER_SECOND, UDP_BACKEND_PORT, VXLAN_PORT,
 };
 use flannel_tests::{
-    netns::{kernel_vxlan, kernel_vxlan_peer, link, Netns},
+    netns::{kernel_vxlan, kernel_vxlan_peer, link, Bpffs, Netns},
     packet::{self, udp_frame, vxlan, IPPROTO_TCP},
     require_root,
 };
@@ -171,6 +171,73 @@ fn vxlan_from_a_stranger_is_dropped_and_counted() {
         "one drop per program"
     );
     assert_eq!(drops(&mut programs, DropReason::WrongVni), 0);
+}
+
+/// Runs the test thread on CPU 0: the programs' per-CPU state is then one slot.
+fn on_cpu_zero() {
+    // SAFETY: a zeroed set with CPU 0 added, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of_val(&set), &set), 0);
+    }
+}
+
+/// The drop events waiting in the pinned ring.
+fn drop_events(pins: &Pins) -> Vec<DropEvent> {
+    let mut ring = pins.events().unwrap();
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), size_of::<DropEvent>());
+        // SAFETY: a whole DropEvent (length checked); any bytes are a valid value.
+        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    events
+}
+
+#[test]
+fn a_flood_of_drops_is_counted_whole_and_reported_at_the_rate_limit() {
+    on_cpu_zero();
+    let mut programs = guard(Encap::Vxlan);
+    let bpffs = Bpffs::mount().unwrap();
+    let (dir, _) = bpffs.pin_dir("flood");
+    programs.pin_maps(&dir).unwrap();
+    let pins = Pins::new(&dir);
+    let frame = vxlan_from(STRANGER, VNI);
+    let result = programs
+        .tc_ingress()
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            repeat: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(result.return_value, TC_ACT_SHOT);
+    assert_eq!(drops(&mut programs, DropReason::UnknownPeer), 1000);
+    let events = drop_events(&pins);
+    assert_eq!(events.len(), EVENTS_PER_SECOND as usize);
+    let be = |ip: Ipv4Addr| u32::from(ip).to_be();
+    assert_eq!(
+        events[0],
+        DropEvent {
+            reason: DropReason::UnknownPeer as u32,
+            hook: Hook::TcIngress as u8,
+            ifindex: 1,
+            peer_be: be(STRANGER),
+            src_be: be(Ipv4Addr::new(10, 1, 74, 2)),
+            dst_be: be(Ipv4Addr::new(10, 1, 83, 2)),
+            protocol: IPPROTO_TCP,
+            sport_be: 0x0707,
+            dport_be: 0x0707,
+            ..DropEvent::default()
+        }
+    );
+    // Once the second is over, the next event says how many went unreported.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(run(programs.tc_ingress(), &frame).0, TC_ACT_SHOT);
+    let next = drop_events(&pins);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].suppressed, 1000 - EVENTS_PER_SECOND);
 }
 
 #[test]
