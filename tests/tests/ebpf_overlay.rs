@@ -280,7 +280,18 @@ fn ping_through_restarts(
     to: &Container,
     agents: &mut [Agent],
     count: u32,
+    steady_ttl: u8,
 ) -> String {
+    // The window starts in the steady state: both hosts deliver as they will from now on
+    // (`steady_ttl`: 64 once TC decap hands replies straight to the container, 63 where they
+    // are routed).
+    let ttl = format!("ttl={steady_ttl}");
+    for (a, b) in [(from, to), (to, from)] {
+        wait_for("delivery to settle", READY, || {
+            a.ping(b.ip).is_ok_and(|reply| reply.contains(&ttl))
+        })
+        .unwrap();
+    }
     let (target, count) = (to.ip.to_string(), count.to_string());
     std::thread::scope(|scope| {
         let pinger = scope.spawn(|| {
@@ -305,7 +316,7 @@ fn an_agent_restart_loses_no_packet() {
         containers[0].ping(containers[1].ip).is_ok()
     })
     .unwrap();
-    let out = ping_through_restarts(&containers[0], &containers[1], &mut agents, 400);
+    let out = ping_through_restarts(&containers[0], &containers[1], &mut agents, 400, 64);
     assert!(out.contains(" 0% packet loss"), "{out}");
     assert!(agents[0].log().matches("eBPF programs attached").count() == 2);
 }
@@ -566,7 +577,7 @@ fn xdp_decap_carries_traffic_and_restarts_without_loss() {
     let forward = iperf(&containers[0], &containers[1], false);
     assert!(forward > 0.1, "{forward} Gbit/s");
 
-    let out = ping_through_restarts(&containers[0], &containers[1], &mut agents, 300);
+    let out = ping_through_restarts(&containers[0], &containers[1], &mut agents, 300, 63);
     assert!(out.contains(" 0% packet loss"), "{out}");
 }
 
