@@ -27,6 +27,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the agent pins its maps: shared by the agent, `flanneld status` and `flanneld monitor`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PinDirArg {
+    /// bpffs directory for this agent's pinned programs and maps (one per network namespace)
+    #[arg(long, env = "FLANNELD_BPF_PIN_DIR", default_value = "/sys/fs/bpf/flannel", help_heading = OURS)]
+    pub bpf_pin_dir: PathBuf,
+}
+
 /// How to reach etcd: flannel's flags, shared by the agent and `flanneld status`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EtcdArgs {
@@ -126,9 +134,8 @@ pub struct Args {
     /// packet path: our eBPF programs or the classic kernel devices
     #[arg(long, env = "FLANNELD_DATAPATH", value_enum, default_value = "ebpf", help_heading = OURS)]
     pub datapath: Choice,
-    /// bpffs directory for this agent's pinned programs and maps (one per network namespace)
-    #[arg(long, env = "FLANNELD_BPF_PIN_DIR", default_value = "/sys/fs/bpf/flannel", help_heading = OURS)]
-    pub bpf_pin_dir: PathBuf,
+    #[command(flatten)]
+    pub pins: PinDirArg,
     /// subnet lease TTL in seconds (flannel's is fixed at 24 h); renewal comes
     /// --subnet-lease-renew-margin minutes before it runs out
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value_t = crate::control::acquire::DEFAULT_LEASE_TTL.as_secs(), hide = true,
@@ -178,7 +185,7 @@ impl Args {
         DatapathOptions {
             choice: self.datapath,
             bpf_object: self.bpf_object.clone(),
-            pin_dir: self.bpf_pin_dir.clone(),
+            pin_dir: self.pins.bpf_pin_dir.clone(),
             decap: self.bpf_decap,
             check_inner_source: self.bpf_check_inner_source,
             fast_path: self.bpf_fast_path,
@@ -283,7 +290,7 @@ mod tests {
         assert_eq!(args.healthz_ip.to_string(), "0.0.0.0");
         assert_eq!(args.healthz_port, 0);
         assert_eq!(args.datapath, Choice::Ebpf);
-        assert_eq!(args.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/flannel"));
+        assert_eq!(args.pins.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/flannel"));
     }
 
     #[test]

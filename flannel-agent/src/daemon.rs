@@ -149,9 +149,12 @@ async fn wait_for_config(registry: &mut Registry) -> Config {
     let key = registry.config_key();
     loop {
         match registry.config().await {
-            Ok(Some(json)) => match config::parse(&json) {
+            Ok(Some(json)) => match config::parse(&json).and_then(|config| {
+                config.check_supported()?;
+                Ok(config)
+            }) {
                 Ok(config) => return config,
-                Err(e) => error!("invalid network config at {key}: {e:#}"),
+                Err(e) => error!("the network config at {key} cannot be used: {e:#}"),
             },
             Ok(None) => warn!(
                 "no network config at {key}; create it, e.g. ETCDCTL_API=3 etcdctl put {key} \

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     init_logging(args.verbosity, args.log_format);
     let work = async {
         if args.cleanup {
-            cleanup::run(&args.bpf_pin_dir).await
+            cleanup::run(&args.pins.bpf_pin_dir).await
         } else {
             daemon::run(args).await
         }

@@ -1,6 +1,6 @@
-//! Drop events for `flanneld monitor`: what was dropped, why, from or to which peer, in a ring
-//! buffer. Each CPU reports at most `EVENTS_PER_SECOND`; past that a drop costs one counter
-//! increment, and the next event says how many were left out.
+//! Drops: every one counted, and reported for `flanneld monitor` (what was dropped, why, from
+//! or to which peer) in a ring buffer. Each CPU reports at most `EVENTS_PER_SECOND`; past that
+//! a drop costs one counter increment, and the next event says how many were left out.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -12,7 +12,7 @@ use flannel_common::{
 };
 
 use crate::{
-    guard,
+    guard, maps,
     parse::{Ipv4Hdr, Packet, ETH_HLEN},
 };
 
@@ -34,10 +34,11 @@ const SECOND_NS: u64 = 1_000_000_000;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
-/// Reports a drop of `pkt` (as it is now) by `hook` on `ifindex`; `peer_be` is the tunnel's
-/// other end if the caller knows it (a received tunnel packet names its own).
+/// Counts a drop of `pkt` (the per-CPU counters behind `/metrics` count them all) and reports
+/// it, as the packet is now, by `hook` on `ifindex`; `peer_be` is the tunnel's other end if
+/// the caller knows it (a received tunnel packet names its own).
 #[inline(always)]
-pub fn report(
+pub fn dropped(
     pkt: Packet,
     cfg: &DatapathConfig,
     hook: Hook,
@@ -45,6 +46,7 @@ pub fn report(
     ifindex: u32,
     peer_be: u32,
 ) {
+    maps::count_drop(reason);
     let Some(window) = RATE.get_ptr_mut(0) else {
         return;
     };

@@ -20,7 +20,7 @@ use aya_ebpf::{
 use flannel_common::{DatapathConfig, DropReason, Hook, THROUGH_NETFILTER};
 
 use guard::Verdict;
-use parse::{Context, EthHdr, Ipv4Hdr, Packet, ETH_HLEN};
+use parse::{Context, EthHdr, Ipv4Hdr, ETH_HLEN};
 
 /// XDP on the host NIC (`--bpf-decap=xdp`): drop forged tunnel packets before the stack
 /// allocates an skb, and decapsulate genuine ones before GRO.
@@ -34,7 +34,7 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
         Err(reason) => {
             // SAFETY: reading a field of the context.
             let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-            dropped(ctx.packet(), cfg, Hook::Xdp, reason, ifindex, 0);
+            events::dropped(ctx.packet(), cfg, Hook::Xdp, reason, ifindex, 0);
             xdp_action::XDP_DROP
         }
     }
@@ -181,22 +181,8 @@ fn tc_drop(
 ) -> i32 {
     // SAFETY: reading a field of the skb behind the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    dropped(ctx.packet(), cfg, hook, reason, ifindex, peer_be);
+    events::dropped(ctx.packet(), cfg, hook, reason, ifindex, peer_be);
     TC_ACT_SHOT
-}
-
-/// Every drop is counted (the source of `/metrics`) and reported to `flanneld monitor`.
-#[inline(always)]
-fn dropped(
-    pkt: Packet,
-    cfg: &DatapathConfig,
-    hook: Hook,
-    reason: DropReason,
-    ifindex: u32,
-    peer_be: u32,
-) {
-    maps::count_drop(reason);
-    events::report(pkt, cfg, hook, reason, ifindex, peer_be);
 }
 
 #[cfg(not(test))]

@@ -159,6 +159,23 @@ fn an_invalid_config_is_reported_and_a_fixed_one_is_taken() {
         a.log().contains("SubnetLen: 31 is larger than 30")
     })
     .unwrap();
+    // A valid dual-stack config that the datapaths can't carry yet: said so, nothing leased.
+    bed.put_config(
+        r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48", "Backend": {"Type": "host-gw"}}"#,
+    )
+    .unwrap();
+    wait_for("the IPv6 refusal in the log", READY, || {
+        a.log().contains(
+            "EnableIPv6: IPv6Network fd00::/48 is valid, but this flanneld's datapaths carry \
+             IPv4 only so far",
+        )
+    })
+    .unwrap();
+    assert!(bed
+        .etcd
+        .keys(&format!("{PREFIX}/subnets/"))
+        .unwrap()
+        .is_empty());
     bed.put_config(HOST_GW).unwrap();
     a.wait_ready(READY).unwrap();
 }

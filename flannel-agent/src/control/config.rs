@@ -3,10 +3,14 @@
 //! Keys match case-insensitively (Go's encoding/json), unknown keys are ignored, and every
 //! refusal names the field and the rule it breaks.
 
-use std::net::Ipv4Addr;
+use std::{
+    fmt::Display,
+    net::{Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 
 pub const DEFAULT_VXLAN_PORT: u16 = flannel_common::VXLAN_PORT;
@@ -18,7 +22,18 @@ pub struct Config {
     pub subnet_len: u8,
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
+    /// The IPv6 half of a dual-stack network (`EnableIPv6`).
+    pub ipv6: Option<Ipv6Config>,
     pub backend: Backend,
+}
+
+/// `IPv6Network` and its subnets, with flannel's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv6Config {
+    pub network: Ipv6Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv6Addr,
+    pub subnet_max: Ipv6Addr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +70,18 @@ impl Config {
             .map(move |addr| Ipv4Net::new(addr.into(), self.subnet_len).unwrap())
     }
 
+    /// What this flanneld can serve: the IPv4 half only, so far.
+    pub fn check_supported(&self) -> Result<()> {
+        if let Some(v6) = &self.ipv6 {
+            bail!(
+                "EnableIPv6: IPv6Network {} is valid, but this flanneld's datapaths carry IPv4 \
+                 only so far",
+                v6.network
+            );
+        }
+        Ok(())
+    }
+
     /// True when `subnet` is a subnet this config can hand out.
     pub fn contains_subnet(&self, subnet: &Ipv4Net) -> bool {
         subnet.prefix_len() == self.subnet_len
@@ -69,12 +96,13 @@ pub fn parse(json: &str) -> Result<Config> {
         .as_object()
         .ok_or_else(|| anyhow!("the config must be a JSON object"))?;
 
-    if field(root, "EnableIPv6").and_then(Value::as_bool) == Some(true) {
-        bail!("EnableIPv6: IPv6 networks are not supported by this flanneld");
+    if !flag(root, "EnableIPv4")?.unwrap_or(true) {
+        bail!("EnableIPv4: IPv6-only networks are not supported yet by this flanneld");
     }
-    if field(root, "EnableIPv4").and_then(Value::as_bool) == Some(false) {
-        bail!("EnableIPv4: an IPv4 network is required (IPv6-only is not supported)");
-    }
+    let ipv6 = match flag(root, "EnableIPv6")? {
+        Some(true) => Some(parse_ipv6(root)?),
+        _ => None,
+    };
     let network_text = string(root, "Network")?.ok_or_else(|| anyhow!("Network is required"))?;
     let network: Ipv4Net = network_text
         .parse()
@@ -85,33 +113,8 @@ pub fn parse(json: &str) -> Result<Config> {
         bail!("Network: {network} is smaller than /28");
     }
 
-    let subnet_len = match integer(root, "SubnetLen")? {
-        None | Some(0) => {
-            if prefix <= 22 {
-                24
-            } else {
-                prefix + 2
-            }
-        }
-        Some(len) if len > 30 => bail!("SubnetLen: {len} is larger than 30"),
-        Some(len) if len < u64::from(prefix) + 2 => {
-            bail!(
-                "SubnetLen: {len} must be at least the network's prefix + 2 ({})",
-                prefix + 2
-            )
-        }
-        Some(len) => len as u8,
-    };
-
-    let step = 1u32 << (32 - subnet_len);
-    let first = u32::from(network.network());
-    let last = u32::from(network.broadcast()) - (step - 1);
-    let subnet_min =
-        bound(root, "SubnetMin", &network, subnet_len)?.unwrap_or((first + step).into());
-    let subnet_max = bound(root, "SubnetMax", &network, subnet_len)?.unwrap_or(last.into());
-    if subnet_min > subnet_max {
-        bail!("SubnetMin: {subnet_min} is above SubnetMax {subnet_max}");
-    }
+    let subnet_len = subnet_len::<Ipv4Addr>(root, prefix)?;
+    let (subnet_min, subnet_max) = bounds::<Ipv4Addr>(root, &network, subnet_len)?;
 
     let backend = match field(root, "Backend") {
         None | Some(Value::Null) => Backend::Udp {
@@ -125,8 +128,122 @@ pub fn parse(json: &str) -> Result<Config> {
         subnet_len,
         subnet_min,
         subnet_max,
+        ipv6,
         backend,
     })
+}
+
+/// `IPv6Network` and its subnets, checked as `Network` is (flannel's rules, scaled: subnets
+/// default to /64, at most /126, and the network must hold four).
+fn parse_ipv6(root: &Map<String, Value>) -> Result<Ipv6Config> {
+    let text = string(root, "IPv6Network")?
+        .ok_or_else(|| anyhow!("IPv6Network is required when EnableIPv6 is true"))?;
+    let network: Ipv6Net = text
+        .parse()
+        .map_err(|_| anyhow!("IPv6Network: {text:?} is not an IPv6 CIDR"))?;
+    let network = network.trunc();
+    if network.prefix_len() > 124 {
+        bail!("IPv6Network: {network} is smaller than /124");
+    }
+    let subnet_len = subnet_len::<Ipv6Addr>(root, network.prefix_len())?;
+    let (subnet_min, subnet_max) = bounds::<Ipv6Addr>(root, &network, subnet_len)?;
+    Ok(Ipv6Config {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
+}
+
+/// What the IPv4 and IPv6 halves of the config share: field names, widths, defaults.
+trait Family: Copy + Display + FromStr + PartialOrd {
+    type Net: Display;
+    /// "IPv4" or "IPv6".
+    const NAME: &'static str;
+    /// The field prefix: "" or "IPv6".
+    const FIELD: &'static str;
+    const BITS: u8;
+    /// The subnet length when the network is large enough for it.
+    const DEFAULT_SUBNET_LEN: u8;
+    fn bits(self) -> u128;
+    fn from_bits(bits: u128) -> Self;
+    fn first_and_last(net: &Self::Net) -> (u128, u128);
+}
+
+impl Family for Ipv4Addr {
+    type Net = Ipv4Net;
+    const NAME: &'static str = "IPv4";
+    const FIELD: &'static str = "";
+    const BITS: u8 = 32;
+    const DEFAULT_SUBNET_LEN: u8 = 24;
+    fn bits(self) -> u128 {
+        u32::from(self).into()
+    }
+    fn from_bits(bits: u128) -> Self {
+        (bits as u32).into()
+    }
+    fn first_and_last(net: &Ipv4Net) -> (u128, u128) {
+        (net.network().bits(), net.broadcast().bits())
+    }
+}
+
+impl Family for Ipv6Addr {
+    type Net = Ipv6Net;
+    const NAME: &'static str = "IPv6";
+    const FIELD: &'static str = "IPv6";
+    const BITS: u8 = 128;
+    const DEFAULT_SUBNET_LEN: u8 = 64;
+    fn bits(self) -> u128 {
+        self.into()
+    }
+    fn from_bits(bits: u128) -> Self {
+        bits.into()
+    }
+    fn first_and_last(net: &Ipv6Net) -> (u128, u128) {
+        (net.network().bits(), net.broadcast().bits())
+    }
+}
+
+/// `SubnetLen` (or `IPv6SubnetLen`): the default when absent or 0 (the family's default if
+/// the network holds four of those, else the prefix + 2), else at most two bits short of a
+/// host and at least four subnets to the network.
+fn subnet_len<A: Family>(root: &Map<String, Value>, prefix: u8) -> Result<u8> {
+    let name = format!("{}SubnetLen", A::FIELD);
+    let max = A::BITS - 2;
+    match integer(root, &name)? {
+        None | Some(0) => Ok(A::DEFAULT_SUBNET_LEN.max(prefix + 2)),
+        Some(len) if len > u64::from(max) => bail!("{name}: {len} is larger than {max}"),
+        Some(len) if len < u64::from(prefix) + 2 => {
+            bail!(
+                "{name}: {len} must be at least the network's prefix + 2 ({})",
+                prefix + 2
+            )
+        }
+        Some(len) => Ok(len as u8),
+    }
+}
+
+/// `SubnetMin` and `SubnetMax` (or their IPv6 names): by default the second subnet and the
+/// last one.
+fn bounds<A: Family>(
+    root: &Map<String, Value>,
+    network: &A::Net,
+    subnet_len: u8,
+) -> Result<(A, A)> {
+    let step = 1u128 << (A::BITS - subnet_len);
+    let (first, last) = A::first_and_last(network);
+    let (min_name, max_name) = (
+        format!("{}SubnetMin", A::FIELD),
+        format!("{}SubnetMax", A::FIELD),
+    );
+    let min = bound::<A>(root, &min_name, network, subnet_len)?
+        .unwrap_or_else(|| A::from_bits(first + step));
+    let max = bound::<A>(root, &max_name, network, subnet_len)?
+        .unwrap_or_else(|| A::from_bits(last - (step - 1)));
+    if min > max {
+        bail!("{min_name}: {min} is above {max_name} {max}");
+    }
+    Ok((min, max))
 }
 
 fn parse_backend(backend: &Map<String, Value>) -> Result<Backend> {
@@ -189,6 +306,14 @@ fn string(object: &Map<String, Value>, name: &str) -> Result<Option<String>> {
     }
 }
 
+fn flag(object: &Map<String, Value>, name: &str) -> Result<Option<bool>> {
+    match field(object, name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(on)) => Ok(Some(*on)),
+        Some(other) => bail!("{name}: expected true or false, got {other}"),
+    }
+}
+
 fn integer(object: &Map<String, Value>, name: &str) -> Result<Option<u64>> {
     match field(object, name) {
         None | Some(Value::Null) => Ok(None),
@@ -208,25 +333,29 @@ fn port(backend: &Map<String, Value>) -> Result<Option<u16>> {
     }
 }
 
-/// SubnetMin / SubnetMax: inside the network and aligned to SubnetLen.
-fn bound(
+/// One of the bounds, if given: inside the network and aligned to the subnet length.
+fn bound<A: Family>(
     root: &Map<String, Value>,
     name: &str,
-    network: &Ipv4Net,
+    network: &A::Net,
     subnet_len: u8,
-) -> Result<Option<Ipv4Addr>> {
+) -> Result<Option<A>> {
     let Some(text) = string(root, name)? else {
         return Ok(None);
     };
-    let addr: Ipv4Addr = text
+    let addr: A = text
         .parse()
-        .map_err(|_| anyhow!("{name}: {text:?} is not an IPv4 address"))?;
-    if !network.contains(&addr) {
-        bail!("{name}: {addr} is not inside Network {network}");
+        .map_err(|_| anyhow!("{name}: {text:?} is not an {} address", A::NAME))?;
+    let (first, last) = A::first_and_last(network);
+    if !(first..=last).contains(&addr.bits()) {
+        bail!("{name}: {addr} is not inside {}Network {network}", A::FIELD);
     }
-    let mask = u32::MAX >> subnet_len;
-    if u32::from(addr) & mask != 0 {
-        bail!("{name}: {addr} is not aligned to SubnetLen /{subnet_len}");
+    let host_bits = (1u128 << (A::BITS - subnet_len)) - 1;
+    if addr.bits() & host_bits != 0 {
+        bail!(
+            "{name}: {addr} is not aligned to {}SubnetLen /{subnet_len}",
+            A::FIELD
+        );
     }
     Ok(Some(addr))
 }
@@ -315,6 +444,51 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_defaults_as_flannel() {
+        let config =
+            ok(r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:1:2::/48"}"#);
+        let v6 = config.ipv6.expect("EnableIPv6");
+        assert_eq!(v6.network.to_string(), "fd00:1:2::/48");
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(v6.subnet_min.to_string(), "fd00:1:2:1::");
+        assert_eq!(v6.subnet_max.to_string(), "fd00:1:2:ffff::");
+        // Small networks get the prefix + 2, as IPv4's; host bits are masked.
+        let v6 =
+            ok(r#"{"Network": "10.1.0.0/16", "enableipv6": true, "ipv6network": "fd00::1:0/112"}"#)
+                .ipv6
+                .unwrap();
+        assert_eq!(v6.network.to_string(), "fd00::1:0/112");
+        assert_eq!(v6.subnet_len, 114);
+        assert_eq!(v6.subnet_min.to_string(), "fd00::1:4000");
+        assert_eq!(v6.subnet_max.to_string(), "fd00::1:c000");
+        let v6 = ok(r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48",
+                 "IPv6SubnetLen": 56, "IPv6SubnetMin": "fd00:0:0:1000::", "IPv6SubnetMax": "fd00:0:0:2000::"}"#)
+        .ipv6
+        .unwrap();
+        assert_eq!(v6.subnet_len, 56);
+        assert_eq!(v6.subnet_min.to_string(), "fd00:0:0:1000::");
+        assert_eq!(v6.subnet_max.to_string(), "fd00:0:0:2000::");
+        assert_eq!(
+            ok(r#"{"Network": "10.1.0.0/16", "EnableIPv6": false}"#).ipv6,
+            None
+        );
+    }
+
+    #[test]
+    fn the_agent_refuses_what_its_datapaths_cannot_carry() {
+        let dual =
+            ok(r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48"}"#);
+        assert_eq!(
+            format!("{:#}", dual.check_supported().unwrap_err()),
+            "EnableIPv6: IPv6Network fd00::/48 is valid, but this flanneld's datapaths carry \
+             IPv4 only so far"
+        );
+        assert!(ok(r#"{"Network": "10.1.0.0/16"}"#)
+            .check_supported()
+            .is_ok());
+    }
+
+    #[test]
     fn refusals_name_the_field_and_the_rule() {
         let cases = [
             (r#"{}"#, "Network is required"),
@@ -375,8 +549,44 @@ mod tests {
                 "Backend.DirectRouting: not supported by this flanneld",
             ),
             (
+                r#"{"Network": "10.1.0.0/16", "EnableIPv4": false}"#,
+                "EnableIPv4: IPv6-only networks are not supported yet by this flanneld",
+            ),
+            (
+                r#"{"Network": "10.1.0.0/16", "EnableIPv6": "yes"}"#,
+                r#"EnableIPv6: expected true or false, got "yes""#,
+            ),
+            (
                 r#"{"Network": "10.1.0.0/16", "EnableIPv6": true}"#,
-                "EnableIPv6: IPv6 networks are not supported by this flanneld",
+                "IPv6Network is required when EnableIPv6 is true",
+            ),
+            (
+                r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "10.2.0.0/16"}"#,
+                r#"IPv6Network: "10.2.0.0/16" is not an IPv6 CIDR"#,
+            ),
+            (
+                r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/125"}"#,
+                "IPv6Network: fd00::/125 is smaller than /124",
+            ),
+            (
+                r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48", "IPv6SubnetLen": 127}"#,
+                "IPv6SubnetLen: 127 is larger than 126",
+            ),
+            (
+                r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48", "IPv6SubnetLen": 49}"#,
+                "IPv6SubnetLen: 49 must be at least the network's prefix + 2 (50)",
+            ),
+            (
+                r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48", "IPv6SubnetMin": "fd01::"}"#,
+                "IPv6SubnetMin: fd01:: is not inside IPv6Network fd00::/48",
+            ),
+            (
+                r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48", "IPv6SubnetMax": "fd00:0:0:5::1"}"#,
+                "IPv6SubnetMax: fd00:0:0:5::1 is not aligned to IPv6SubnetLen /64",
+            ),
+            (
+                r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48", "IPv6SubnetMin": "10.1.0.0"}"#,
+                r#"IPv6SubnetMin: "10.1.0.0" is not an IPv6 address"#,
             ),
             (r#"{"Network": 10}"#, "Network: expected a string, got 10"),
             ("not json", "the config is not valid JSON"),

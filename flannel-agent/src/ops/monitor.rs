@@ -3,25 +3,22 @@
 //! `EVENTS_PER_SECOND` per CPU and say how many they left out; the per-CPU counters behind
 //! `/metrics` count every drop.
 
-use std::{io::Write, net::Ipv4Addr, os::fd::AsFd, path::PathBuf};
+use std::{io::Write, net::Ipv4Addr, os::fd::AsFd};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use clap::Parser;
 use flannel_common::{pins::Pins, DropEvent, DropReason, Hook};
+
+use crate::cli::PinDirArg;
 use serde::Serialize;
 
 /// Show the packets the datapath drops, as they are dropped.
 #[derive(Parser, Debug)]
 #[command(name = "flanneld monitor")]
 pub struct MonitorArgs {
-    /// the agent's bpffs directory
-    #[arg(
-        long,
-        env = "FLANNELD_BPF_PIN_DIR",
-        default_value = "/sys/fs/bpf/flannel"
-    )]
-    pub bpf_pin_dir: PathBuf,
+    #[command(flatten)]
+    pub pins: PinDirArg,
     /// print one JSON object per drop, for scripts
     #[arg(long)]
     pub json: bool,
@@ -130,7 +127,7 @@ fn open(pins: &Pins) -> Result<Ring> {
 
 /// Prints drops until `--count` of them, or until stdout closes.
 pub fn run(args: &MonitorArgs) -> Result<()> {
-    let pins = Pins::new(&args.bpf_pin_dir);
+    let pins = Pins::new(&args.pins.bpf_pin_dir);
     let mut ring = open(&pins)?;
     eprintln!(
         "listening for drops at {} (Ctrl-C to stop)",

@@ -15,7 +15,7 @@ use flannel_common::{
 use serde::Serialize;
 
 use crate::{
-    cli::EtcdArgs,
+    cli::{EtcdArgs, PinDirArg},
     control::{
         config::{self, Config},
         lease::{subnet_key, BackendAttrs, Mac},
@@ -45,13 +45,8 @@ pub struct StatusArgs {
         default_value = "/run/flannel/subnet.env"
     )]
     pub subnet_file: PathBuf,
-    /// the agent's bpffs directory
-    #[arg(
-        long,
-        env = "FLANNELD_BPF_PIN_DIR",
-        default_value = "/sys/fs/bpf/flannel"
-    )]
-    pub bpf_pin_dir: PathBuf,
+    #[command(flatten)]
+    pub pins: PinDirArg,
     /// print JSON, for scripts
     #[arg(long)]
     pub json: bool,
@@ -149,8 +144,8 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
     let own = subnet_env::previous_subnet(&args.subnet_file)
         .ok()
         .flatten();
-    let pinned = read_pins(&args.bpf_pin_dir).ok();
-    let datapath = describe_datapath(pinned.as_ref(), own, &args.bpf_pin_dir).await?;
+    let pinned = read_pins(&args.pins.bpf_pin_dir).ok();
+    let datapath = describe_datapath(pinned.as_ref(), own, &args.pins.bpf_pin_dir).await?;
     let traffic = |ip: &Ipv4Addr| pinned.as_ref().and_then(|p| p.traffic.get(ip)).copied();
     let mut report = Report {
         etcd: EtcdState {
