@@ -6,7 +6,7 @@
 
 use std::{
     ffi::OsString,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -100,6 +100,9 @@ pub struct Args {
     /// IP accessible by other nodes for inter-host communication
     #[arg(long, env = "FLANNELD_PUBLIC_IP", help_heading = FLANNEL)]
     pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 accessible by other nodes for inter-host communication
+    #[arg(long, env = "FLANNELD_PUBLIC_IPV6", help_heading = FLANNEL)]
+    pub public_ipv6: Option<Ipv6Addr>,
     /// filename where env variables (subnet, MTU, ...) will be written to
     #[arg(long, env = "FLANNELD_SUBNET_FILE", default_value = "/run/flannel/subnet.env", help_heading = FLANNEL)]
     pub subnet_file: PathBuf,
@@ -198,6 +201,7 @@ impl Args {
             iface_regex: self.iface_regex.clone(),
             iface_can_reach: self.iface_can_reach,
             public_ip: self.public_ip,
+            public_ipv6: self.public_ipv6,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use etcd_client::{WatchResponse, WatchStream};
 use ipnet::Ipv4Net;
 use tokio::{
@@ -28,7 +28,7 @@ use crate::{
         config::{self, Config},
         lease::LeaseAttrs,
         lease_state::LeaseState,
-        peers::{PeerTable, Rules},
+        peers::{Ipv6Rules, PeerTable, Rules},
         registry::{LeaseChange, Registry, StoredLease},
         subnet_env::{self, SubnetEnv},
     },
@@ -68,12 +68,29 @@ pub async fn run(args: Args) -> Result<()> {
     let config = wait_for_config(&mut registry).await;
     info!(network = %config.network, backend = config.backend.type_name(), "network config");
     let mut datapath = Datapath::start(&datapath_options, &config.backend, &iface).await?;
+    if config.ipv6.is_some() && args.ip_masq {
+        bail!(
+            "--ip-masq on a dual-stack network: this flanneld does not write ip6tables rules yet; \
+             run without --ip-masq, or masquerade IPv6 yourself"
+        );
+    }
+    let public_ipv6 = match (&config.ipv6, iface.public_ipv6) {
+        (None, _) => None,
+        (Some(_), Some(ipv6)) => Some(ipv6),
+        (Some(_), None) => bail!(
+            "EnableIPv6: {} has no global IPv6 address to advertise; add one, or give \
+             --public-ipv6",
+            iface.name
+        ),
+    };
     let attrs = LeaseAttrs {
+        ipv6_subnet: None,
         public_ip: iface.public_ip,
+        public_ipv6,
         backend: datapath.lease_backend(),
     };
 
-    let previous = subnet_env::previous_subnet(&args.subnet_file)?;
+    let previous = subnet_env::previous_subnets(&args.subnet_file)?;
     let ttl = Duration::from_secs(args.subnet_lease_ttl);
     let lease = loop {
         match acquire(&mut registry, &config, &attrs, previous, ttl).await {
@@ -96,6 +113,12 @@ pub async fn run(args: Args) -> Result<()> {
             own_ip: Some(iface.public_ip),
             backend_type: config.backend.type_name().to_owned(),
             prefix: args.etcd.etcd_prefix.clone(),
+            ipv6: (config.ipv6.as_ref()).map(|v6| Ipv6Rules {
+                network: v6.network,
+                subnet_len: v6.subnet_len,
+                own_subnet: lease.attrs.ipv6_subnet,
+                own_ip: lease.attrs.public_ipv6,
+            }),
         }),
         args,
         registry,
@@ -392,8 +415,8 @@ impl Agent {
             LeaseState::Held => self.renew().await,
             LeaseState::Overwritten(held) => self.reclaim(&held).await,
             LeaseState::Lost => {
-                let (attrs, subnet, ttl) =
-                    (&self.lease.attrs, Some(self.lease.subnet), self.lease.ttl);
+                let (attrs, ttl) = (&self.lease.attrs, self.lease.ttl);
+                let subnet = Some((self.lease.subnet, self.lease.attrs.ipv6_subnet));
                 match acquire(&mut self.registry, &self.config, attrs, subnet, ttl).await {
                     Ok(lease) => {
                         self.lease_state = LeaseState::Held;
@@ -487,7 +510,7 @@ impl Agent {
                 error!("datapath: {e:#}");
             }
             self.firewall.keep(self.firewall());
-            let moved = self.peers.set_own(self.lease.subnet);
+            let moved = (self.peers).set_own(self.lease.subnet, self.lease.attrs.ipv6_subnet);
             self.datapath.mark(moved);
             self.sync_datapath().await;
         }
@@ -605,9 +628,13 @@ impl Agent {
 
     /// subnet.env as our lease says it; None when the file already says so.
     fn subnet_env_to_write(&self) -> Option<SubnetEnv> {
+        let ipv6 = (self.config.ipv6.as_ref())
+            .zip(self.lease.attrs.ipv6_subnet)
+            .map(|(v6, subnet)| (v6.network, subnet));
         let env = SubnetEnv {
             network: self.config.network,
             subnet: self.lease.subnet,
+            ipv6,
             mtu: self.iface.overlay_mtu(&self.config.backend),
             ip_masq: self.args.ip_masq,
         };

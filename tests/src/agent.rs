@@ -161,7 +161,8 @@ impl Agent {
         Ok(self.subnet_env("FLANNEL_MTU")?.parse()?)
     }
 
-    fn subnet_env(&self, name: &str) -> Result<String> {
+    /// A variable of its subnet.env.
+    pub fn subnet_env(&self, name: &str) -> Result<String> {
         let text = std::fs::read_to_string(self.subnet_file()).context("reading subnet.env")?;
         let prefix = format!("{name}=");
         text.lines()

@@ -159,15 +159,15 @@ fn an_invalid_config_is_reported_and_a_fixed_one_is_taken() {
         a.log().contains("SubnetLen: 31 is larger than 30")
     })
     .unwrap();
-    // A valid dual-stack config that the datapaths can't carry yet: said so, nothing leased.
+    // A valid dual-stack config for a backend that can't carry IPv6 yet: said so, no lease.
     bed.put_config(
-        r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48", "Backend": {"Type": "host-gw"}}"#,
+        r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48", "Backend": {"Type": "vxlan"}}"#,
     )
     .unwrap();
     wait_for("the IPv6 refusal in the log", READY, || {
         a.log().contains(
-            "EnableIPv6: IPv6Network fd00::/48 is valid, but this flanneld's datapaths carry \
-             IPv4 only so far",
+            "EnableIPv6: IPv6Network fd00::/48 is valid, but this flanneld carries IPv6 on the \
+             host-gw backend only so far, not on vxlan",
         )
     })
     .unwrap();

@@ -2,11 +2,11 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use flannel_agent::control::{
-    acquire::{acquire, OutOfSubnets, DEFAULT_LEASE_TTL},
+    acquire::{acquire, OutOfSubnets, OwnLease, DEFAULT_LEASE_TTL},
     config,
     lease::{BackendAttrs, LeaseAttrs},
     registry::{EtcdOptions, Registry},
@@ -28,13 +28,21 @@ fn options(etcd: &Etcd) -> EtcdOptions {
 
 fn attrs(n: u32) -> LeaseAttrs {
     LeaseAttrs {
+        ipv6_subnet: None,
         public_ip: Ipv4Addr::from(0x0a63_0000 + n),
+        public_ipv6: Some(Ipv6Addr::from(0xfd63_u128 << 112 | u128::from(n))),
         backend: BackendAttrs::HostGw,
     }
 }
 
 /// `managers` lease managers acquire at once; returns their subnets.
 async fn acquire_all(etcd: &Etcd, config_json: &str, managers: u32) -> Vec<Ipv4Net> {
+    let leases = acquire_leases(etcd, config_json, managers).await;
+    leases.iter().map(|lease| lease.subnet).collect()
+}
+
+/// `managers` lease managers acquire at once; returns their leases.
+async fn acquire_leases(etcd: &Etcd, config_json: &str, managers: u32) -> Vec<OwnLease> {
     let config = config::parse(config_json).unwrap();
     let tasks: Vec<_> = (0..managers)
         .map(|n| {
@@ -44,15 +52,63 @@ async fn acquire_all(etcd: &Etcd, config_json: &str, managers: u32) -> Vec<Ipv4N
                 acquire(&mut registry, &config, &attrs(n), None, DEFAULT_LEASE_TTL)
                     .await
                     .unwrap()
-                    .subnet
             })
         })
         .collect();
-    let mut subnets = Vec::new();
+    let mut leases = Vec::new();
     for task in tasks {
-        subnets.push(task.await.unwrap());
+        leases.push(task.await.unwrap());
     }
-    subnets
+    leases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dual_stack_managers_at_once_get_distinct_subnets_of_both_families() {
+    require_root();
+    let etcd = Etcd::start().unwrap();
+    let json = r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:1::/56",
+                   "Backend": {"Type": "host-gw"}}"#;
+    let config = config::parse(json).unwrap();
+    let v6 = config.ipv6.clone().unwrap();
+    let leases = acquire_leases(&etcd, json, 20).await;
+    let v4: BTreeSet<_> = leases.iter().map(|l| l.subnet).collect();
+    let ipv6: BTreeSet<_> = leases.iter().filter_map(|l| l.attrs.ipv6_subnet).collect();
+    assert_eq!((v4.len(), ipv6.len()), (20, 20), "{leases:?}");
+    assert!(ipv6.iter().all(|s| v6.contains_subnet(s)), "{ipv6:?}");
+    // The keys name both subnets, as flannel's do.
+    let keys = etcd.keys(&format!("{PREFIX}/subnets/")).unwrap();
+    for lease in &leases {
+        let ipv6 = lease.attrs.ipv6_subnet.unwrap();
+        let key = format!(
+            "{PREFIX}/subnets/{}-{}&{}-{}",
+            lease.subnet.network(),
+            lease.subnet.prefix_len(),
+            ipv6.network(),
+            ipv6.prefix_len()
+        );
+        assert!(keys.contains(&key), "{key} in {keys:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_ipv6_subnets_says_so() {
+    require_root();
+    let etcd = Etcd::start().unwrap();
+    // /126s of a /124: IPv6SubnetMin ::4 to IPv6SubnetMax ::c, 3 subnets; IPv4 has plenty.
+    let json = r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/124",
+                   "Backend": {"Type": "host-gw"}}"#;
+    assert_eq!(acquire_all(&etcd, json, 3).await.len(), 3);
+    let config = config::parse(json).unwrap();
+    let mut registry = Registry::connect(&options(&etcd)).await.unwrap();
+    let err = acquire(&mut registry, &config, &attrs(99), None, DEFAULT_LEASE_TTL)
+        .await
+        .unwrap_err();
+    assert!(err.is::<OutOfSubnets>(), "{err:#}");
+    assert!(
+        format!("{err:#}")
+            .starts_with("out of IPv6 subnets: every /126 between fd00::4 and fd00::c"),
+        "{err:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -36,6 +36,25 @@ pub struct Ipv6Config {
     pub subnet_max: Ipv6Addr,
 }
 
+impl Ipv6Config {
+    /// Every subnet between IPv6SubnetMin and IPv6SubnetMax, in order.
+    pub fn subnets(&self) -> impl Iterator<Item = Ipv6Net> + '_ {
+        let step = 1u128 << (128 - self.subnet_len);
+        let max = u128::from(self.subnet_max);
+        std::iter::successors(Some(u128::from(self.subnet_min)), move |addr| {
+            addr.checked_add(step).filter(|next| *next <= max)
+        })
+        .map(move |addr| Ipv6Net::new(addr.into(), self.subnet_len).unwrap())
+    }
+
+    /// True when `subnet` is an IPv6 subnet this config can hand out.
+    pub fn contains_subnet(&self, subnet: &Ipv6Net) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && self.network.contains(subnet)
+            && (self.subnet_min..=self.subnet_max).contains(&subnet.network())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
     Udp {
@@ -70,16 +89,17 @@ impl Config {
             .map(move |addr| Ipv4Net::new(addr.into(), self.subnet_len).unwrap())
     }
 
-    /// What this flanneld can serve: the IPv4 half only, so far.
+    /// What this flanneld can serve: dual stack on host-gw only, so far.
     pub fn check_supported(&self) -> Result<()> {
-        if let Some(v6) = &self.ipv6 {
-            bail!(
-                "EnableIPv6: IPv6Network {} is valid, but this flanneld's datapaths carry IPv4 \
-                 only so far",
-                v6.network
-            );
+        match (&self.ipv6, &self.backend) {
+            (Some(v6), backend) if *backend != Backend::HostGw => bail!(
+                "EnableIPv6: IPv6Network {} is valid, but this flanneld carries IPv6 on the \
+                 host-gw backend only so far, not on {}",
+                v6.network,
+                backend.type_name()
+            ),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// True when `subnet` is a subnet this config can hand out.
@@ -480,12 +500,15 @@ mod tests {
             ok(r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48"}"#);
         assert_eq!(
             format!("{:#}", dual.check_supported().unwrap_err()),
-            "EnableIPv6: IPv6Network fd00::/48 is valid, but this flanneld's datapaths carry \
-             IPv4 only so far"
+            "EnableIPv6: IPv6Network fd00::/48 is valid, but this flanneld carries IPv6 on the \
+             host-gw backend only so far, not on udp"
         );
         assert!(ok(r#"{"Network": "10.1.0.0/16"}"#)
             .check_supported()
             .is_ok());
+        let host_gw = ok(r#"{"Network": "10.1.0.0/16", "EnableIPv6": true,
+                             "IPv6Network": "fd00::/48", "Backend": {"Type": "host-gw"}}"#);
+        assert!(host_gw.check_supported().is_ok());
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Leases as flannel stores them: the key `<prefix>/subnets/10.1.83.0-24` and a JSON value that
 //! must match flannel's byte for byte.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::Value;
 
 /// A MAC address, printed lower case with colons as Go's `net.HardwareAddr`.
@@ -64,33 +68,42 @@ impl BackendAttrs {
     }
 }
 
-/// The value of a lease key.
+/// What a lease says besides its IPv4 subnet: its key's IPv6 subnet, and its value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseAttrs {
+    /// The IPv6 subnet, in a dual-stack network; named by the key, not in the value.
+    pub ipv6_subnet: Option<Ipv6Net>,
     pub public_ip: Ipv4Addr,
+    /// The host's IPv6 address, in a dual-stack network.
+    pub public_ipv6: Option<Ipv6Addr>,
     pub backend: BackendAttrs,
 }
 
 impl LeaseAttrs {
-    /// The JSON flannel writes, byte for byte (field order, `null`, lower-case MAC).
+    /// The value's JSON as flannel writes it, byte for byte (field order, `null`, lower-case
+    /// MAC).
     pub fn to_json(&self) -> String {
         let ip = self.public_ip;
+        let ipv6 = match self.public_ipv6 {
+            Some(ipv6) => format!(r#""{ipv6}""#),
+            None => "null".to_owned(),
+        };
+        let head = format!(r#""PublicIP":"{ip}","PublicIPv6":{ipv6}"#);
         match &self.backend {
-            BackendAttrs::Udp => format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#),
+            BackendAttrs::Udp => format!("{{{head}}}"),
             BackendAttrs::Vxlan { vni, vtep_mac } => format!(
-                r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":{vni},"VtepMAC":"{vtep_mac}"}}}}"#
+                r#"{{{head},"BackendType":"vxlan","BackendData":{{"VNI":{vni},"VtepMAC":"{vtep_mac}"}}}}"#
             ),
-            BackendAttrs::HostGw => {
-                format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#)
-            }
+            BackendAttrs::HostGw => format!(r#"{{{head},"BackendType":"host-gw"}}"#),
             BackendAttrs::Other(kind) => format!(
-                r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":{}}}"#,
+                r#"{{{head},"BackendType":{}}}"#,
                 Value::String(kind.clone())
             ),
         }
     }
 
-    /// Parses a lease value written by flannel or by us (keys case-insensitive, as Go's).
+    /// Parses a lease value written by flannel or by us (keys case-insensitive, as Go's); the
+    /// IPv6 subnet comes from the key.
     pub fn from_json(json: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(json).context("not JSON")?;
         let get = |object: &Value, name: &str| -> Option<Value> {
@@ -106,6 +119,14 @@ impl LeaseAttrs {
         let public_ip: Ipv4Addr = public_ip
             .parse()
             .map_err(|_| anyhow!("PublicIP {public_ip:?} is not IPv4"))?;
+        let public_ipv6 = match get(&value, "PublicIPv6") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(
+                text.parse()
+                    .map_err(|_| anyhow!("PublicIPv6 {text:?} is not IPv6"))?,
+            ),
+            Some(other) => bail!("PublicIPv6 {other} is not a string"),
+        };
         let backend = match get(&value, "BackendType") {
             None | Some(Value::Null) => BackendAttrs::Udp,
             Some(Value::String(kind)) if kind.is_empty() || kind == "udp" => BackendAttrs::Udp,
@@ -125,7 +146,12 @@ impl LeaseAttrs {
             Some(Value::String(kind)) => BackendAttrs::Other(kind),
             Some(other) => bail!("BackendType {other} is not a string"),
         };
-        Ok(LeaseAttrs { public_ip, backend })
+        Ok(LeaseAttrs {
+            ipv6_subnet: None,
+            public_ip,
+            public_ipv6,
+            backend,
+        })
     }
 }
 
@@ -134,24 +160,43 @@ pub fn subnets_prefix(etcd_prefix: &str) -> String {
     format!("{}/subnets/", etcd_prefix.trim_end_matches('/'))
 }
 
-/// `<prefix>/subnets/10.1.83.0-24`
-pub fn subnet_key(etcd_prefix: &str, subnet: &Ipv4Net) -> String {
-    format!(
+/// `<prefix>/subnets/10.1.83.0-24`, or in a dual-stack network
+/// `<prefix>/subnets/10.1.83.0-24&fd00:0:0:53::-64`.
+pub fn subnet_key(etcd_prefix: &str, subnet: &Ipv4Net, ipv6: Option<&Ipv6Net>) -> String {
+    let mut key = format!(
         "{}{}-{}",
         subnets_prefix(etcd_prefix),
         subnet.network(),
         subnet.prefix_len()
-    )
+    );
+    if let Some(ipv6) = ipv6 {
+        key.push_str(&format!("&{}-{}", ipv6.network(), ipv6.prefix_len()));
+    }
+    key
 }
 
-/// The subnet named by a key under `subnets/`; a dual-stack key's `&<ipv6>-<len>` part is
-/// ignored. None for a key that does not parse.
-pub fn parse_subnet_key(etcd_prefix: &str, key: &str) -> Option<Ipv4Net> {
+/// The subnets named by a key under `subnets/`: IPv4, and IPv6 after a `&`. None for a key
+/// that does not parse.
+pub fn parse_subnet_key(etcd_prefix: &str, key: &str) -> Option<(Ipv4Net, Option<Ipv6Net>)> {
     let name = key.strip_prefix(&subnets_prefix(etcd_prefix))?;
-    let v4 = name.split('&').next()?;
+    let (v4, v6) = match name.split_once('&') {
+        Some((v4, v6)) => (v4, Some(v6)),
+        None => (name, None),
+    };
     let (addr, len) = v4.split_once('-')?;
     let subnet = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
-    (subnet.trunc() == subnet).then_some(subnet)
+    let ipv6 = match v6 {
+        Some(v6) => {
+            let (addr, len) = v6.split_once('-')?;
+            let ipv6 = Ipv6Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+            if ipv6.trunc() != ipv6 {
+                return None;
+            }
+            Some(ipv6)
+        }
+        None => None,
+    };
+    (subnet.trunc() == subnet).then_some((subnet, ipv6))
 }
 
 #[cfg(test)]
@@ -163,7 +208,9 @@ mod tests {
     #[test]
     fn lease_json_is_flannels_byte_for_byte() {
         let vxlan = LeaseAttrs {
+            ipv6_subnet: None,
             public_ip: IP,
+            public_ipv6: None,
             backend: BackendAttrs::Vxlan {
                 vni: 1,
                 vtep_mac: "C6:D2:32:6F:8F:44".parse().unwrap(),
@@ -174,7 +221,9 @@ mod tests {
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
         );
         let host_gw = LeaseAttrs {
+            ipv6_subnet: None,
             public_ip: IP,
+            public_ipv6: None,
             backend: BackendAttrs::HostGw,
         };
         assert_eq!(
@@ -182,14 +231,25 @@ mod tests {
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"host-gw"}"#
         );
         let udp = LeaseAttrs {
+            ipv6_subnet: None,
             public_ip: IP,
+            public_ipv6: None,
             backend: BackendAttrs::Udp,
         };
         assert_eq!(
             udp.to_json(),
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":null}"#
         );
-        for attrs in [vxlan, host_gw, udp] {
+        // Dual stack, as flannel's host-gw writes it.
+        let dual = LeaseAttrs {
+            public_ipv6: Some("fd00:64::3".parse().unwrap()),
+            ..host_gw.clone()
+        };
+        assert_eq!(
+            dual.to_json(),
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":"fd00:64::3","BackendType":"host-gw"}"#
+        );
+        for attrs in [vxlan, host_gw, udp, dual] {
             assert_eq!(LeaseAttrs::from_json(&attrs.to_json()).unwrap(), attrs);
         }
     }
@@ -209,6 +269,8 @@ mod tests {
             r#"{"PublicIPv6":null}"#,
             r#"{"PublicIP":"192.168.64.3","BackendType":"vxlan","BackendData":{"VNI":1}}"#,
             r#"{"PublicIP":"192.168.64.3","BackendType":"vxlan","BackendData":{"VtepMAC":"zz"}}"#,
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":"192.168.64.4"}"#,
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":6}"#,
         ] {
             assert!(LeaseAttrs::from_json(bad).is_err(), "{bad}");
         }
@@ -217,23 +279,36 @@ mod tests {
     #[test]
     fn keys() {
         let subnet: Ipv4Net = "10.1.83.0/24".parse().unwrap();
+        let ipv6: Ipv6Net = "fd00:0:0:53::/64".parse().unwrap();
         let prefix = "/coreos.com/network";
         assert_eq!(
-            subnet_key(prefix, &subnet),
+            subnet_key(prefix, &subnet, None),
             "/coreos.com/network/subnets/10.1.83.0-24"
         );
         assert_eq!(
-            subnet_key("/coreos.com/network/", &subnet),
-            subnet_key(prefix, &subnet)
+            subnet_key(prefix, &subnet, Some(&ipv6)),
+            "/coreos.com/network/subnets/10.1.83.0-24&fd00:0:0:53::-64"
+        );
+        assert_eq!(
+            subnet_key("/coreos.com/network/", &subnet, None),
+            subnet_key(prefix, &subnet, None)
         );
         let parse = |key| parse_subnet_key(prefix, key);
         assert_eq!(
             parse("/coreos.com/network/subnets/10.1.83.0-24"),
-            Some(subnet)
+            Some((subnet, None))
         );
         assert_eq!(
-            parse("/coreos.com/network/subnets/10.1.83.0-24&fc00::-64"),
-            Some(subnet)
+            parse("/coreos.com/network/subnets/10.1.83.0-24&fd00:0:0:53::-64"),
+            Some((subnet, Some(ipv6)))
+        );
+        // flannel's IPv6-only form names no IPv4 subnet.
+        assert_eq!(
+            parse("/coreos.com/network/subnets/0.0.0.0-0&fc00::-64"),
+            Some((
+                "0.0.0.0/0".parse().unwrap(),
+                Some("fc00::/64".parse().unwrap())
+            ))
         );
         for bad in [
             "10.1.83.0-24",
@@ -241,6 +316,9 @@ mod tests {
             "/coreos.com/network/subnets/10.1.83.7-24",
             "/coreos.com/network/subnets/junk",
             "/coreos.com/network/subnets/10.1.83.0-33",
+            "/coreos.com/network/subnets/10.1.83.0-24&fd00::1-64",
+            "/coreos.com/network/subnets/10.1.83.0-24&fd00::-129",
+            "/coreos.com/network/subnets/10.1.83.0-24&junk",
         ] {
             assert_eq!(parse(bad), None, "{bad}");
         }

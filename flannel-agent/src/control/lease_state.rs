@@ -65,7 +65,9 @@ mod tests {
 
     fn attrs(ip: u8) -> LeaseAttrs {
         LeaseAttrs {
+            ipv6_subnet: None,
             public_ip: Ipv4Addr::new(192, 168, 64, ip),
+            public_ipv6: None,
             backend: BackendAttrs::Udp,
         }
     }

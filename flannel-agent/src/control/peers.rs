@@ -10,10 +10,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::warn;
 
 use crate::control::{
@@ -38,6 +38,17 @@ pub struct Rules {
     pub backend_type: String,
     /// The etcd prefix, to name the keys of rejected leases.
     pub prefix: String,
+    /// The IPv6 half, in a dual-stack network.
+    pub ipv6: Option<Ipv6Rules>,
+}
+
+/// What a lease's IPv6 half is checked against: the same rules as the IPv4 half.
+#[derive(Clone, Debug)]
+pub struct Ipv6Rules {
+    pub network: Ipv6Net,
+    pub subnet_len: u8,
+    pub own_subnet: Option<Ipv6Net>,
+    pub own_ip: Option<Ipv6Addr>,
 }
 
 /// Why a lease was rejected: a short reason (a metrics label) and what exactly is wrong.
@@ -52,6 +63,8 @@ pub struct PeerTable {
     /// Every lease but ours, as etcd holds it.
     leases: BTreeMap<Ipv4Net, StoredLease>,
     by_ip: BTreeMap<Ipv4Addr, BTreeSet<Ipv4Net>>,
+    /// The IPv6 subnets of dual-stack leases, to their IPv4 subnets.
+    by_ipv6: BTreeMap<Ipv6Net, BTreeSet<Ipv4Net>>,
     /// The accepted leases of our backend type: what the datapath must hold.
     peers: BTreeMap<Ipv4Net, LeaseAttrs>,
     rejected: BTreeMap<Ipv4Net, Rejection>,
@@ -65,6 +78,7 @@ impl PeerTable {
             rules,
             leases: BTreeMap::new(),
             by_ip: BTreeMap::new(),
+            by_ipv6: BTreeMap::new(),
             peers: BTreeMap::new(),
             rejected: BTreeMap::new(),
             rejections: BTreeMap::new(),
@@ -96,8 +110,11 @@ impl PeerTable {
 
     /// Our subnet changed (re-acquired elsewhere): every lease is judged again. Returns the
     /// subnets whose peer changed.
-    pub fn set_own(&mut self, own: Ipv4Net) -> Vec<Ipv4Net> {
+    pub fn set_own(&mut self, own: Ipv4Net, own_ipv6: Option<Ipv6Net>) -> Vec<Ipv4Net> {
         self.rules.own_subnet = Some(own);
+        if let Some(v6) = &mut self.rules.ipv6 {
+            v6.own_subnet = own_ipv6;
+        }
         self.leases.remove(&own);
         self.judge_all()
     }
@@ -113,6 +130,9 @@ impl PeerTable {
             .entry(lease.attrs.public_ip)
             .or_default()
             .insert(lease.subnet);
+        if let Some(ipv6) = lease.attrs.ipv6_subnet {
+            self.by_ipv6.entry(ipv6).or_default().insert(lease.subnet);
+        }
         self.leases.insert(lease.subnet, lease.clone());
         affected.extend(self.colliding(lease));
         affected.insert(lease.subnet);
@@ -134,9 +154,13 @@ impl PeerTable {
             .map(|l| (l.subnet, l.clone()))
             .collect();
         self.by_ip.clear();
+        self.by_ipv6.clear();
         for lease in self.leases.values() {
             let subnets = self.by_ip.entry(lease.attrs.public_ip).or_default();
             subnets.insert(lease.subnet);
+            if let Some(ipv6) = lease.attrs.ipv6_subnet {
+                self.by_ipv6.entry(ipv6).or_default().insert(lease.subnet);
+            }
         }
         self.judge_all()
     }
@@ -146,6 +170,13 @@ impl PeerTable {
         let Some(old) = self.leases.remove(subnet) else {
             return BTreeSet::from([*subnet]);
         };
+        if let Some(ipv6) = old.attrs.ipv6_subnet {
+            let subnets = self.by_ipv6.entry(ipv6).or_default();
+            subnets.remove(subnet);
+            if subnets.is_empty() {
+                self.by_ipv6.remove(&ipv6);
+            }
+        }
         if let Some(subnets) = self.by_ip.get_mut(&old.attrs.public_ip) {
             subnets.remove(subnet);
             if subnets.is_empty() {
@@ -200,11 +231,17 @@ impl PeerTable {
         changed
     }
 
+    /// The etcd key of `subnet`'s lease.
+    pub fn key(&self, subnet: &Ipv4Net) -> String {
+        let ipv6 = self.leases.get(subnet).and_then(|l| l.attrs.ipv6_subnet);
+        subnet_key(&self.rules.prefix, subnet, ipv6.as_ref())
+    }
+
     fn reject(&mut self, subnet: Ipv4Net, rejection: Rejection) {
         if self.rejected.get(&subnet) == Some(&rejection) {
             return;
         }
-        let key = subnet_key(&self.rules.prefix, &subnet);
+        let key = self.key(&subnet);
         warn!(%key, reason = rejection.reason, "skipping a lease: {}", rejection.detail);
         *self.rejections.entry(rejection.reason).or_default() += 1;
         self.rejected.insert(subnet, rejection);
@@ -247,6 +284,9 @@ impl PeerTable {
                 format!("its PublicIP {ip} is not a unicast host address outside the network"),
             );
         }
+        if let Some(rejection) = self.ipv6_fault(lease) {
+            return Some(rejection);
+        }
         if let BackendAttrs::Vxlan { vni, vtep_mac } = &lease.attrs.backend {
             if vtep_mac.0 == [0; 6] || vtep_mac.0[0] & 1 == 1 {
                 return reject(
@@ -257,6 +297,54 @@ impl PeerTable {
             if *vni >= 1 << 24 {
                 return reject("bad_vni", format!("its VNI {vni} does not fit 24 bits"));
             }
+        }
+        None
+    }
+
+    /// What is wrong with a lease's IPv6 half, if it has one (a lease without carries IPv4
+    /// only).
+    fn ipv6_fault(&self, lease: &StoredLease) -> Option<Rejection> {
+        let (rules, subnet) = (self.rules.ipv6.as_ref()?, lease.attrs.ipv6_subnet?);
+        let reject = |reason, detail: String| Some(Rejection { reason, detail });
+        if !rules.network.contains(&subnet) {
+            return reject(
+                "outside_network",
+                format!("{subnet} lies outside the IPv6 network {}", rules.network),
+            );
+        }
+        if subnet.prefix_len() < rules.subnet_len {
+            return reject(
+                "wider_than_subnet_len",
+                format!("{subnet} is wider than a /{} lease", rules.subnet_len),
+            );
+        }
+        if let Some(own) = rules
+            .own_subnet
+            .filter(|own| own.contains(&subnet.network()) || subnet.contains(&own.network()))
+        {
+            return reject(
+                "overlaps_our_subnet",
+                format!("{subnet} overlaps our IPv6 subnet {own}"),
+            );
+        }
+        let Some(ip) = lease.attrs.public_ipv6 else {
+            return reject(
+                "bad_public_ip",
+                format!("it names the IPv6 subnet {subnet} but no PublicIPv6"),
+            );
+        };
+        if Some(ip) == rules.own_ip {
+            return reject("our_public_ip", format!("its PublicIPv6 {ip} is ours"));
+        }
+        if ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || rules.network.contains(&ip)
+        {
+            return reject(
+                "bad_public_ip",
+                format!("its PublicIPv6 {ip} is not a unicast host address outside the network"),
+            );
         }
         None
     }
@@ -290,26 +378,63 @@ impl PeerTable {
     /// The other leases whose subnet overlaps `lease`'s or that share its public IP.
     fn colliding(&self, lease: &StoredLease) -> BTreeSet<Ipv4Net> {
         let subnet = lease.subnet;
-        let first = Ipv4Net::new(subnet.network(), 0).expect("prefix 0");
-        let last = Ipv4Net::new(subnet.broadcast(), 32).expect("prefix 32");
-        // Subnets are aligned prefixes: overlapping ones lie inside `subnet` or contain it.
-        let inside = self.leases.range(first..=last).map(|(s, _)| *s);
-        let containing = (0..subnet.prefix_len())
-            .filter_map(|len| Ipv4Net::new(subnet.network(), len).ok())
-            .map(|net| net.trunc())
-            .filter(|net| self.leases.contains_key(net));
         let same_ip = self
             .by_ip
             .get(&lease.attrs.public_ip)
             .into_iter()
             .flatten()
             .copied();
-        inside
-            .chain(containing)
+        let ipv6 = (lease.attrs.ipv6_subnet.into_iter())
+            .flat_map(|ipv6| overlapping(&self.by_ipv6, ipv6).flat_map(|(_, subnets)| subnets))
+            .copied();
+        (overlapping(&self.leases, subnet).map(|(s, _)| *s))
             .chain(same_ip)
+            .chain(ipv6)
             .filter(|s| *s != subnet)
             .collect()
     }
+}
+
+/// An aligned prefix of either family, as the indexes order them.
+trait Prefix: Ord + Copy {
+    /// The first and last prefixes inside this one, in `Ord` order.
+    fn span(self) -> (Self, Self);
+    fn supernet(self) -> Option<Self>;
+}
+
+impl Prefix for Ipv4Net {
+    fn span(self) -> (Self, Self) {
+        let first = Ipv4Net::new(self.network(), 0).expect("prefix 0");
+        (
+            first,
+            Ipv4Net::new(self.broadcast(), 32).expect("prefix 32"),
+        )
+    }
+    fn supernet(self) -> Option<Self> {
+        Ipv4Net::supernet(&self)
+    }
+}
+
+impl Prefix for Ipv6Net {
+    fn span(self) -> (Self, Self) {
+        let first = Ipv6Net::new(self.network(), 0).expect("prefix 0");
+        (
+            first,
+            Ipv6Net::new(self.broadcast(), 128).expect("prefix 128"),
+        )
+    }
+    fn supernet(self) -> Option<Self> {
+        Ipv6Net::supernet(&self)
+    }
+}
+
+/// The entries of `index` whose prefix overlaps `net`: aligned prefixes overlap when one lies
+/// inside the other, so these are a range and the few supernets of `net`.
+fn overlapping<N: Prefix, V>(index: &BTreeMap<N, V>, net: N) -> impl Iterator<Item = (&N, &V)> {
+    let (first, last) = net.span();
+    let containing = std::iter::successors(net.supernet(), |n| n.supernet())
+        .filter_map(|n| index.get_key_value(&n));
+    index.range(first..=last).chain(containing)
 }
 
 fn overlap(a: &Ipv4Net, b: &Ipv4Net) -> bool {
@@ -329,6 +454,7 @@ mod tests {
             own_ip: Some(Ipv4Addr::new(192, 168, 64, 1)),
             backend_type: "vxlan".into(),
             prefix: "/coreos.com/network".into(),
+            ipv6: None,
         }
     }
 
@@ -336,7 +462,9 @@ mod tests {
         StoredLease {
             subnet: subnet.parse().unwrap(),
             attrs: LeaseAttrs {
+                ipv6_subnet: None,
                 public_ip: Ipv4Addr::from(ip),
+                public_ipv6: None,
                 backend: BackendAttrs::Vxlan {
                     vni: 1,
                     vtep_mac: Mac(mac),
@@ -482,8 +610,95 @@ mod tests {
         assert!(table.put(&udp).is_empty());
         assert!(table.is_empty());
         table.put(&good("10.1.3.0/24", 3, 1));
-        let changed = table.set_own("10.1.3.0/24".parse().unwrap());
+        let changed = table.set_own("10.1.3.0/24".parse().unwrap(), None);
         assert_eq!(changed.len(), 1);
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_dual_stack_leases_ipv6_half_obeys_the_same_rules() {
+        let mut rules = rules();
+        rules.ipv6 = Some(Ipv6Rules {
+            network: "fd00::/48".parse().unwrap(),
+            subnet_len: 64,
+            own_subnet: Some("fd00:0:0:1::/64".parse().unwrap()),
+            own_ip: Some("fd64::1".parse().unwrap()),
+        });
+        let dual = |subnet6: &str, ip6: Option<&str>| {
+            let mut lease = good("10.1.5.0/24", 5, 1);
+            lease.attrs.ipv6_subnet = Some(subnet6.parse().unwrap());
+            lease.attrs.public_ipv6 = ip6.map(|ip| ip.parse().unwrap());
+            lease
+        };
+        let verdict = |lease: &StoredLease| {
+            let mut table = PeerTable::new(rules.clone());
+            table.put(lease);
+            table.rejected().values().next().map(|r| r.detail.clone())
+        };
+        assert_eq!(verdict(&dual("fd00:0:0:5::/64", Some("fd64::5"))), None);
+        // A lease without an IPv6 half carries IPv4 only.
+        assert_eq!(verdict(&good("10.1.5.0/24", 5, 1)), None);
+        for (lease, detail) in [
+            (
+                dual("fd01:0:0:5::/64", Some("fd64::5")),
+                "fd01:0:0:5::/64 lies outside the IPv6 network fd00::/48",
+            ),
+            (
+                dual("fd00:0:0:4::/62", Some("fd64::5")),
+                "fd00:0:0:4::/62 is wider than a /64 lease",
+            ),
+            (
+                dual("fd00:0:0:1::/64", Some("fd64::5")),
+                "fd00:0:0:1::/64 overlaps our IPv6 subnet fd00:0:0:1::/64",
+            ),
+            (
+                dual("fd00:0:0:5::/64", None),
+                "it names the IPv6 subnet fd00:0:0:5::/64 but no PublicIPv6",
+            ),
+            (
+                dual("fd00:0:0:5::/64", Some("fd64::1")),
+                "its PublicIPv6 fd64::1 is ours",
+            ),
+            (
+                dual("fd00:0:0:5::/64", Some("ff02::1")),
+                "its PublicIPv6 ff02::1 is not a unicast host address outside the network",
+            ),
+            (
+                dual("fd00:0:0:5::/64", Some("fd00:0:0:9::1")),
+                "its PublicIPv6 fd00:0:0:9::1 is not a unicast host address outside the network",
+            ),
+        ] {
+            assert_eq!(verdict(&lease).as_deref(), Some(detail));
+        }
+    }
+
+    #[test]
+    fn the_older_of_two_leases_sharing_an_ipv6_subnet_wins() {
+        let mut rules = rules();
+        rules.ipv6 = Some(Ipv6Rules {
+            network: "fd00::/48".parse().unwrap(),
+            subnet_len: 64,
+            own_subnet: None,
+            own_ip: None,
+        });
+        let dual = |subnet: &str, host: u8, subnet6: &str, created: i64| {
+            let mut lease = good(subnet, host, created);
+            lease.attrs.ipv6_subnet = Some(subnet6.parse().unwrap());
+            lease.attrs.public_ipv6 = Some(format!("fd64::{host}").parse().unwrap());
+            lease
+        };
+        let mut table = PeerTable::new(rules);
+        table.put(&dual("10.1.6.0/24", 6, "fd00:0:0:5::/64", 2));
+        table.put(&dual("10.1.5.0/24", 5, "fd00:0:0:5::/64", 1));
+        let peers: Vec<String> = table.desired().keys().map(|s| s.to_string()).collect();
+        assert_eq!(peers, ["10.1.5.0/24"]);
+        assert_eq!(
+            table.rejected()[&"10.1.6.0/24".parse().unwrap()].reason,
+            "overlaps_older_lease"
+        );
+        // The older one goes: the other is a peer again.
+        table.remove(&"10.1.5.0/24".parse().unwrap());
+        let peers: Vec<String> = table.desired().keys().map(|s| s.to_string()).collect();
+        assert_eq!(peers, ["10.1.6.0/24"]);
     }
 }

@@ -181,7 +181,7 @@ impl Registry {
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Option<i64>> {
-        let key = subnet_key(&self.prefix, subnet);
+        let key = subnet_key(&self.prefix, subnet, attrs.ipv6_subnet.as_ref());
         let lease_id = self.grant(ttl).await?;
         let txn = Txn::new()
             .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
@@ -209,7 +209,7 @@ impl Registry {
         current_lease: i64,
         ttl: Option<Duration>,
     ) -> Result<Option<i64>> {
-        let key = subnet_key(&self.prefix, subnet);
+        let key = subnet_key(&self.prefix, subnet, attrs.ipv6_subnet.as_ref());
         let lease_id = match ttl {
             Some(ttl) => self.grant(ttl).await?,
             None => 0,
@@ -241,6 +241,26 @@ impl Registry {
         }
     }
 
+    /// Deletes a key we just created, while it still carries our etcd lease, and revokes that.
+    pub async fn withdraw(
+        &mut self,
+        subnet: &Ipv4Net,
+        attrs: &LeaseAttrs,
+        lease_id: i64,
+    ) -> Result<()> {
+        let key = subnet_key(&self.prefix, subnet, attrs.ipv6_subnet.as_ref());
+        let txn = Txn::new()
+            .when([Compare::lease(key.as_str(), CompareOp::Equal, lease_id)])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        self.call(
+            "withdrawing a lease",
+            |mut c| async move { c.txn(txn).await },
+        )
+        .await?;
+        self.revoke(lease_id).await;
+        Ok(())
+    }
+
     /// Writes our value back over a key another writer changed, under our etcd lease while
     /// it lives (0: a reservation, written back without one). None when our etcd lease is
     /// gone and the writer's is alive: the subnet is theirs now.
@@ -260,7 +280,7 @@ impl Registry {
         } else {
             self.grant(ttl).await?
         };
-        let key = subnet_key(&self.prefix, &held.subnet);
+        let key = subnet_key(&self.prefix, &held.subnet, held.attrs.ipv6_subnet.as_ref());
         let options = (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
         let json = attrs.to_json();
         self.call("writing our lease back", |mut c| async move {
@@ -302,7 +322,8 @@ impl Registry {
                     EventType::Put => self.parse(kv).map(LeaseChange::Put),
                     EventType::Delete => {
                         let key = kv.key_str().ok()?;
-                        parse_subnet_key(&self.prefix, key).map(LeaseChange::Deleted)
+                        parse_subnet_key(&self.prefix, key)
+                            .map(|(subnet, _)| LeaseChange::Deleted(subnet))
                     }
                 }
             })
@@ -330,7 +351,7 @@ impl Registry {
 
     fn parse(&self, kv: &KeyValue) -> Option<StoredLease> {
         let key = String::from_utf8_lossy(kv.key());
-        let Some(subnet) = parse_subnet_key(&self.prefix, &key) else {
+        let Some((subnet, ipv6_subnet)) = parse_subnet_key(&self.prefix, &key) else {
             warn!(key = %key, "skipping a key under subnets/ that is not a subnet");
             return None;
         };
@@ -338,7 +359,10 @@ impl Registry {
         match LeaseAttrs::from_json(&value) {
             Ok(attrs) => Some(StoredLease {
                 subnet,
-                attrs,
+                attrs: LeaseAttrs {
+                    ipv6_subnet,
+                    ..attrs
+                },
                 lease_id: kv.lease(),
                 created: kv.create_revision(),
             }),

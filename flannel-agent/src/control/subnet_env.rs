@@ -1,31 +1,49 @@
 //! `/run/flannel/subnet.env`, the file Docker's `--bip` and CNI read.
 
-use std::{collections::BTreeMap, fs, io, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use anyhow::{Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::control::atomic_write::write_atomic;
+use crate::control::{acquire::Subnets, atomic_write::write_atomic};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubnetEnv {
     pub network: Ipv4Net,
     pub subnet: Ipv4Net,
+    /// The IPv6 network and our IPv6 subnet, in a dual-stack network.
+    pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
     pub mtu: u32,
     pub ip_masq: bool,
 }
 
 impl SubnetEnv {
-    /// The file's text: `FLANNEL_SUBNET` is the subnet's first usable address.
+    /// The file's text, in flannel's order: `FLANNEL_SUBNET` (and `FLANNEL_IPV6_SUBNET`) is
+    /// the subnet's first usable address.
     pub fn render(&self) -> String {
         let first = Ipv4Addr::from(u32::from(self.subnet.network()) + 1);
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={first}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+        let mut text = format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={first}/{}\n",
             self.network,
-            self.subnet.prefix_len(),
-            self.mtu,
-            self.ip_masq
-        )
+            self.subnet.prefix_len()
+        );
+        if let Some((network, subnet)) = &self.ipv6 {
+            let first = Ipv6Addr::from(u128::from(subnet.network()) + 1);
+            text.push_str(&format!(
+                "FLANNEL_IPV6_NETWORK={network}\nFLANNEL_IPV6_SUBNET={first}/{}\n",
+                subnet.prefix_len()
+            ));
+        }
+        text.push_str(&format!(
+            "FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.mtu, self.ip_masq
+        ));
+        text
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
@@ -68,17 +86,21 @@ pub fn read_vars(path: &Path) -> io::Result<BTreeMap<String, String>> {
         .collect())
 }
 
-/// The subnet recorded in an existing subnet file, if there is a readable one.
-pub fn previous_subnet(path: &Path) -> Result<Option<Ipv4Net>> {
+/// The subnets recorded in an existing subnet file, if there is a readable one with an IPv4
+/// subnet.
+pub fn previous_subnets(path: &Path) -> Result<Option<Subnets>> {
     let vars = match read_vars(path) {
         Ok(vars) => vars,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    Ok(vars
+    let subnet = vars
         .get("FLANNEL_SUBNET")
-        .and_then(|subnet| subnet.parse::<Ipv4Net>().ok())
-        .map(|subnet| subnet.trunc()))
+        .and_then(|subnet| subnet.parse::<Ipv4Net>().ok());
+    let ipv6 = vars
+        .get("FLANNEL_IPV6_SUBNET")
+        .and_then(|subnet| subnet.parse::<Ipv6Net>().ok());
+    Ok(subnet.map(|subnet| (subnet.trunc(), ipv6.map(|net| net.trunc()))))
 }
 
 #[cfg(test)]
@@ -91,6 +113,7 @@ mod tests {
         SubnetEnv {
             network: "10.1.0.0/16".parse().unwrap(),
             subnet: "10.1.83.0/24".parse().unwrap(),
+            ipv6: None,
             mtu: 1450,
             ip_masq: true,
         }
@@ -105,6 +128,34 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_lines_sit_between_subnet_and_mtu() {
+        let dual = SubnetEnv {
+            ipv6: Some((
+                "fd00:1::/48".parse().unwrap(),
+                "fd00:1:0:53::/64".parse().unwrap(),
+            )),
+            ..env()
+        };
+        let text = dual.render();
+        assert_eq!(
+            text,
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.83.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd00:1::/48\nFLANNEL_IPV6_SUBNET=fd00:1:0:53::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        dual.write(&path).unwrap();
+        assert_eq!(
+            previous_subnets(&path).unwrap(),
+            Some((
+                "10.1.83.0/24".parse().unwrap(),
+                Some("fd00:1:0:53::/64".parse().unwrap())
+            ))
+        );
+    }
+
+    #[test]
     fn written_atomically_with_mode_0644_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/flannel/subnet.env");
@@ -115,12 +166,12 @@ mod tests {
             0o644
         );
         assert_eq!(
-            previous_subnet(&path).unwrap(),
-            Some("10.1.83.0/24".parse().unwrap())
+            previous_subnets(&path).unwrap(),
+            Some(("10.1.83.0/24".parse().unwrap(), None))
         );
         let leftovers = fs::read_dir(path.parent().unwrap()).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file left behind");
-        assert_eq!(previous_subnet(&dir.path().join("absent")).unwrap(), None);
+        assert_eq!(previous_subnets(&dir.path().join("absent")).unwrap(), None);
     }
 
     #[test]

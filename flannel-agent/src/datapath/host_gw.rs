@@ -1,11 +1,15 @@
 //! flannel's host-gw backend: a route per peer subnet via the peer's public IP on our
-//! interface, through rtnetlink.
+//! interface, through rtnetlink; in a dual-stack network also one per peer IPv6 subnet via
+//! its public IPv6.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context, Result};
-use ipnet::Ipv4Net;
-use rtnetlink::{Handle, RouteMessageBuilder};
+use ipnet::{Ipv4Net, Ipv6Net};
+use rtnetlink::{packet_route::route::RouteMessage, Handle, RouteMessageBuilder};
 use tracing::{info, warn};
 
 use crate::{
@@ -31,21 +35,20 @@ impl HostGw {
         })
     }
 
-    /// `ip route replace <subnet> via <public ip> dev <iface>`.
+    /// `ip route replace <subnet> via <public ip> dev <iface>`, and the same with `-6` for
+    /// a dual-stack peer.
     pub async fn put(&self, peer: &Peer) -> Result<()> {
-        self.handle
-            .route()
-            .add(self.route(&peer.subnet, peer.attrs.public_ip))
-            .replace()
-            .execute()
+        let (subnet, via) = (peer.subnet, peer.attrs.public_ip);
+        self.replace(self.route(&subnet, via))
             .await
-            .with_context(|| {
-                format!(
-                    "route {} via {} dev {}",
-                    peer.subnet, peer.attrs.public_ip, self.if_name
-                )
-            })?;
-        info!(subnet = %peer.subnet, via = %peer.attrs.public_ip, "route added");
+            .with_context(|| format!("route {subnet} via {via} dev {}", self.if_name))?;
+        info!(%subnet, %via, "route added");
+        if let Some((subnet, via)) = ipv6_route(peer) {
+            self.replace(self.route6(&subnet, via))
+                .await
+                .with_context(|| format!("route {subnet} via {via} dev {}", self.if_name))?;
+            info!(%subnet, %via, "route added");
+        }
         Ok(())
     }
 
@@ -54,16 +57,24 @@ impl HostGw {
         netlink::delete_route(&self.handle, route)
             .await
             .with_context(|| format!("route to {}", peer.subnet))?;
+        if let Some((subnet, via)) = ipv6_route(peer) {
+            netlink::delete_route(&self.handle, self.route6(&subnet, via))
+                .await
+                .with_context(|| format!("route to {subnet}"))?;
+        }
         info!(subnet = %peer.subnet, "route removed");
         Ok(())
     }
 
-    /// Reads our routes on the interface back: returns the installed peers whose route is
-    /// missing or different, and deletes the routes no installed peer explains.
+    /// Reads our routes on the interface back: returns the installed peers whose route (of
+    /// either family) is missing or different, and deletes the routes no installed peer
+    /// explains.
     pub async fn audit(&self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
-        let routes = netlink::our_routes(&self.handle).await?;
         let mut held = BTreeSet::new();
-        for route in routes.into_iter().filter(|r| r.oif == Some(self.if_index)) {
+        for route in netlink::our_routes::<Ipv4Addr>(&self.handle).await? {
+            if route.oif != Some(self.if_index) {
+                continue;
+            }
             let wanted = installed.get(&route.destination).map(|a| a.public_ip);
             if wanted.is_some() && wanted == route.gateway {
                 held.insert(route.destination);
@@ -72,18 +83,38 @@ impl HostGw {
             warn!(destination = %route.destination, gateway = ?route.gateway, "removing a stale route");
             netlink::delete_route(&self.handle, route.message).await?;
         }
-        Ok(installed
-            .keys()
-            .filter(|s| !held.contains(s))
-            .copied()
-            .collect())
+        // The IPv6 routes the installed peers need, by destination.
+        let wanted6: std::collections::BTreeMap<Ipv6Net, (Ipv4Net, Ipv6Addr)> = installed
+            .iter()
+            .filter_map(|(subnet, attrs)| Some((attrs.ipv6_subnet?, (*subnet, attrs.public_ipv6?))))
+            .collect();
+        let mut held6 = BTreeSet::new();
+        for route in netlink::our_routes::<Ipv6Addr>(&self.handle).await? {
+            if route.oif != Some(self.if_index) {
+                continue;
+            }
+            match wanted6.get(&route.destination) {
+                Some((subnet, via)) if route.gateway == Some(*via) => {
+                    held6.insert(*subnet);
+                }
+                _ => {
+                    warn!(destination = %route.destination, gateway = ?route.gateway, "removing a stale route");
+                    netlink::delete_route(&self.handle, route.message).await?;
+                }
+            }
+        }
+        let complete = |subnet: &Ipv4Net| {
+            held.contains(subnet)
+                && (!wanted6.values().any(|(s, _)| s == subnet) || held6.contains(subnet))
+        };
+        Ok(installed.keys().filter(|s| !complete(s)).copied().collect())
     }
 
-    fn route(
-        &self,
-        subnet: &Ipv4Net,
-        via: Ipv4Addr,
-    ) -> rtnetlink::packet_route::route::RouteMessage {
+    async fn replace(&self, route: RouteMessage) -> Result<(), rtnetlink::Error> {
+        self.handle.route().add(route).replace().execute().await
+    }
+
+    fn route(&self, subnet: &Ipv4Net, via: Ipv4Addr) -> RouteMessage {
         RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(subnet.network(), subnet.prefix_len())
             .gateway(via)
@@ -91,4 +122,18 @@ impl HostGw {
             .protocol(ROUTE_PROTOCOL)
             .build()
     }
+
+    fn route6(&self, subnet: &Ipv6Net, via: Ipv6Addr) -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(subnet.network(), subnet.prefix_len())
+            .gateway(via)
+            .output_interface(self.if_index)
+            .protocol(ROUTE_PROTOCOL)
+            .build()
+    }
+}
+
+/// A dual-stack peer's IPv6 route: its IPv6 subnet via its public IPv6.
+fn ipv6_route(peer: &Peer) -> Option<(Ipv6Net, Ipv6Addr)> {
+    Some((peer.attrs.ipv6_subnet?, peer.attrs.public_ipv6?))
 }

@@ -201,7 +201,7 @@ impl KernelVxlan {
             })
             .collect();
         let mut routes = BTreeSet::new();
-        for route in netlink::our_routes(&self.netlink).await? {
+        for route in netlink::our_routes::<Ipv4Addr>(&self.netlink).await? {
             if route.oif != Some(self.index) {
                 continue;
             }

@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    net::{Ipv4Addr, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, UdpSocket},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -20,6 +20,9 @@ pub struct ExtIface {
     pub addr: Ipv4Addr,
     /// What we advertise: `--public-ip`, or `addr`.
     pub public_ip: Ipv4Addr,
+    /// What we advertise in a dual-stack network: `--public-ipv6`, or the interface's first
+    /// global IPv6 address.
+    pub public_ipv6: Option<Ipv6Addr>,
     pub mtu: u32,
 }
 
@@ -29,6 +32,7 @@ pub struct IfaceOptions {
     pub iface_regex: Vec<String>,
     pub iface_can_reach: Option<Ipv4Addr>,
     pub public_ip: Option<Ipv4Addr>,
+    pub public_ipv6: Option<Ipv6Addr>,
 }
 
 /// (interface name, IPv4 address) pairs, in the kernel's order.
@@ -40,6 +44,16 @@ pub fn addresses() -> Result<Vec<(String, Ipv4Addr)>> {
             Some((ifa.interface_name, addr))
         })
         .collect())
+}
+
+/// The first IPv6 address of `name` that other hosts can reach: not link-local, loopback or
+/// multicast.
+fn global_ipv6(name: &str) -> Option<Ipv6Addr> {
+    getifaddrs().ok()?.find_map(|ifa| {
+        let addr = ifa.address?.as_sockaddr_in6()?.ip();
+        let global = !addr.is_loopback() && !addr.is_unicast_link_local() && !addr.is_multicast();
+        (ifa.interface_name == name && global).then_some(addr)
+    })
 }
 
 fn first_addr(all: &[(String, Ipv4Addr)], name: &str) -> Option<Ipv4Addr> {
@@ -104,6 +118,7 @@ pub fn choose(options: &IfaceOptions) -> Result<ExtIface> {
         .with_context(|| format!("{mtu_path} holds no number"))?;
     Ok(ExtIface {
         public_ip: options.public_ip.unwrap_or(addr),
+        public_ipv6: options.public_ipv6.or_else(|| global_ipv6(&name)),
         name,
         addr,
         mtu,

@@ -1,11 +1,11 @@
 //! rtnetlink, as every part of the agent uses it: a connection, the protocol tag on our
 //! routes, and dumps of routes and neighbours read back for reconciling.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::{
     packet_route::{
         link::{LinkAttribute, LinkXdp},
@@ -29,19 +29,61 @@ pub fn connect() -> Result<Handle> {
     Ok(handle)
 }
 
-/// One of our IPv4 routes as the kernel holds it.
-pub struct OurRoute {
-    pub destination: Ipv4Net,
-    pub gateway: Option<Ipv4Addr>,
+/// A route's address family: IPv4 or IPv6.
+pub trait RouteFamily: Copy + Sized {
+    type Net;
+    fn address(address: &RouteAddress) -> Option<Self>;
+    /// The destination: the default route when it carries none.
+    fn destination(address: Option<Self>, prefix_len: u8) -> Option<Self::Net>;
+    /// A dump request for this family's routes.
+    fn dump() -> RouteMessage;
+}
+
+impl RouteFamily for Ipv4Addr {
+    type Net = Ipv4Net;
+    fn address(address: &RouteAddress) -> Option<Self> {
+        match address {
+            RouteAddress::Inet(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+    fn destination(address: Option<Self>, prefix_len: u8) -> Option<Ipv4Net> {
+        Ipv4Net::new(address.unwrap_or(Ipv4Addr::UNSPECIFIED), prefix_len).ok()
+    }
+    fn dump() -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    }
+}
+
+impl RouteFamily for Ipv6Addr {
+    type Net = Ipv6Net;
+    fn address(address: &RouteAddress) -> Option<Self> {
+        match address {
+            RouteAddress::Inet6(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+    fn destination(address: Option<Self>, prefix_len: u8) -> Option<Ipv6Net> {
+        Ipv6Net::new(address.unwrap_or(Ipv6Addr::UNSPECIFIED), prefix_len).ok()
+    }
+    fn dump() -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    }
+}
+
+/// One of our routes as the kernel holds it.
+pub struct OurRoute<A: RouteFamily> {
+    pub destination: A::Net,
+    pub gateway: Option<A>,
     pub oif: Option<u32>,
     pub message: RouteMessage,
 }
 
-/// Our IPv4 routes (those with our protocol tag) in the main table.
-pub async fn our_routes(netlink: &Handle) -> Result<Vec<OurRoute>> {
+/// Our routes of family `A` (those with our protocol tag) in the main table.
+pub async fn our_routes<A: RouteFamily>(netlink: &Handle) -> Result<Vec<OurRoute<A>>> {
     let routes: Vec<RouteMessage> = netlink
         .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .get(A::dump())
         .execute()
         .try_collect()
         .await
@@ -53,17 +95,15 @@ pub async fn our_routes(netlink: &Handle) -> Result<Vec<OurRoute>> {
             let (mut destination, mut gateway, mut oif) = (None, None, None);
             for attribute in &message.attributes {
                 match attribute {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = Some(*ip),
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+                    RouteAttribute::Destination(address) => destination = A::address(address),
+                    RouteAttribute::Gateway(address) => gateway = A::address(address),
                     RouteAttribute::Oif(index) => oif = Some(*index),
                     _ => {}
                 }
             }
             let prefix_len = message.header.destination_prefix_length;
-            let destination =
-                Ipv4Net::new(destination.unwrap_or(Ipv4Addr::UNSPECIFIED), prefix_len).ok()?;
             Some(OurRoute {
-                destination,
+                destination: A::destination(destination, prefix_len)?,
                 gateway,
                 oif,
                 message,

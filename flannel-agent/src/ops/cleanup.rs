@@ -3,7 +3,10 @@
 //! (host-gw, overlay, classic vxlan), our iptables chains and the pinned maps.
 //! The lease stays in etcd until its TTL runs out, as when flannel stops for good.
 
-use std::path::Path;
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use anyhow::Result;
 use tracing::info;
@@ -19,10 +22,16 @@ pub async fn run(pin_dir: &Path) -> Result<()> {
     kernel_vxlan::cleanup(&netlink).await?;
     // Every datapath's routes carry our protocol tag (host-gw's, the overlay's, classic
     // vxlan's): whatever the devices took with them, the rest goes here.
-    let ours = netlink::our_routes(&netlink).await?;
-    let count = ours.len();
+    let ours = (netlink::our_routes::<Ipv4Addr>(&netlink).await?.into_iter())
+        .map(|route| route.message)
+        .chain(
+            (netlink::our_routes::<Ipv6Addr>(&netlink).await?.into_iter())
+                .map(|route| route.message),
+        );
+    let mut count = 0;
     for route in ours {
-        netlink::delete_route(&netlink, route.message).await?;
+        netlink::delete_route(&netlink, route).await?;
+        count += 1;
     }
     info!(routes = count, "removed our routes");
     iptables::remove_all().await?;

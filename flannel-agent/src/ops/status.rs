@@ -18,8 +18,8 @@ use crate::{
     cli::{EtcdArgs, PinDirArg},
     control::{
         config::{self, Config},
-        lease::{subnet_key, BackendAttrs, Mac},
-        peers::{PeerTable, Rules},
+        lease::{BackendAttrs, Mac},
+        peers::{Ipv6Rules, PeerTable, Rules},
         registry::{EtcdOptions, Registry, Snapshot},
         subnet_env,
     },
@@ -84,6 +84,11 @@ struct EtcdState {
 struct LeaseReport {
     subnet: String,
     public_ip: String,
+    /// Dual stack: the IPv6 subnet and public IPv6.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipv6_subnet: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_ipv6: Option<String>,
     backend: String,
     reservation: bool,
 }
@@ -141,9 +146,10 @@ struct RejectedReport {
 /// host holds: its subnet.env, the pinned maps and what the kernel has attached).
 pub async fn run(args: &StatusArgs) -> Result<bool> {
     let etcd = read_etcd(&args.etcd.options()).await;
-    let own = subnet_env::previous_subnet(&args.subnet_file)
+    let own = subnet_env::previous_subnets(&args.subnet_file)
         .ok()
-        .flatten();
+        .flatten()
+        .map(|(subnet, _)| subnet);
     let pinned = read_pins(&args.pins.bpf_pin_dir).ok();
     let datapath = describe_datapath(pinned.as_ref(), own, &args.pins.bpf_pin_dir).await?;
     let traffic = |ip: &Ipv4Addr| pinned.as_ref().and_then(|p| p.traffic.get(ip)).copied();
@@ -175,6 +181,12 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
                 own_ip: own_lease.map(|l| l.attrs.public_ip),
                 backend_type: config.backend.type_name().to_owned(),
                 prefix: args.etcd.etcd_prefix.clone(),
+                ipv6: (config.ipv6.as_ref()).map(|v6| Ipv6Rules {
+                    network: v6.network,
+                    subnet_len: v6.subnet_len,
+                    own_subnet: own_lease.and_then(|l| l.attrs.ipv6_subnet),
+                    own_ip: own_lease.and_then(|l| l.attrs.public_ipv6),
+                }),
             });
             table.resync(&snapshot.leases);
             report.peers = (table.desired().iter())
@@ -189,7 +201,7 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
                 .collect();
             report.rejected = (table.rejected().iter())
                 .map(|(subnet, rejection)| RejectedReport {
-                    key: subnet_key(&args.etcd.etcd_prefix, subnet),
+                    key: table.key(subnet),
                     reason: rejection.reason,
                     detail: rejection.detail.clone(),
                 })
@@ -197,6 +209,8 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
             report.lease = own_lease.map(|l| LeaseReport {
                 subnet: l.subnet.to_string(),
                 public_ip: l.attrs.public_ip.to_string(),
+                ipv6_subnet: l.attrs.ipv6_subnet.map(|s| s.to_string()),
+                public_ipv6: l.attrs.public_ipv6.map(|ip| ip.to_string()),
                 backend: l.attrs.backend.type_name().to_owned(),
                 reservation: l.lease_id == 0,
             });
@@ -355,6 +369,11 @@ fn print_text(report: &Report) {
             }
         ),
         None => println!("lease:     none found for this host's subnet file"),
+    }
+    if let Some(lease) = &report.lease {
+        if let (Some(subnet), Some(ip)) = (&lease.ipv6_subnet, &lease.public_ipv6) {
+            println!("ipv6:      {subnet} (public IPv6 {ip})");
+        }
     }
     let unknown = || "unknown".to_owned();
     println!(

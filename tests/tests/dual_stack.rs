@@ -1,0 +1,202 @@
+//! Dual-stack networks (`EnableIPv6`) on the host-gw backend, as flannel runs them: leases
+//! carry both subnets in flannel's key and value formats, subnet.env says both, and every
+//! container reaches every other over IPv4 and IPv6.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv6Addr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use flannel_tests::{
+    agent::Agent,
+    etcd::wait_for,
+    require_root,
+    testbed::{Container, Testbed, PREFIX},
+};
+use ipnet::Ipv6Net;
+
+const DUAL_HOST_GW: &str = r#"{"Network": "10.1.0.0/16", "EnableIPv6": true,
+    "IPv6Network": "fd00:10::/48", "Backend": {"Type": "host-gw"}}"#;
+const READY: Duration = Duration::from_secs(30);
+
+/// Host `index`'s underlay IPv6 address.
+fn host_ipv6(index: usize) -> Ipv6Addr {
+    format!("fd64::{}", 10 + index).parse().unwrap()
+}
+
+/// A container on a dual-stack host: its IPv6 address, besides the IPv4 one.
+struct DualContainer {
+    v4: Container,
+    v6: Ipv6Addr,
+}
+
+impl DualContainer {
+    fn ping6(&self, to: Ipv6Addr) -> bool {
+        let target = to.to_string();
+        (self.v4.ns)
+            .exec("ping", &["-6", "-c", "1", "-W", "2", &target])
+            .is_ok()
+    }
+}
+
+/// `hosts` hosts with IPv6 on the underlay, each running flanneld on `extra` flags, with a
+/// container on both of its subnets.
+fn dual_stack(hosts: usize, extra: &[&str]) -> (Testbed, Vec<Agent>, Vec<DualContainer>) {
+    require_root();
+    let bed = Testbed::new(hosts).unwrap();
+    bed.put_config(DUAL_HOST_GW).unwrap();
+    let mut agents = Vec::new();
+    let mut containers = Vec::new();
+    for (index, host) in bed.hosts.iter().enumerate() {
+        let addr = format!("{}/64", host_ipv6(index));
+        host.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])
+            .unwrap();
+        host.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])
+            .unwrap();
+        let mut agent = bed.agent(index, extra).unwrap();
+        agent.wait_ready(READY).unwrap();
+        let v4 = bed.add_docker_container(index, &agent, 2).unwrap();
+        let subnet: Ipv6Net = agent
+            .subnet_env("FLANNEL_IPV6_SUBNET")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let gateway = subnet.addr();
+        let v6 = Ipv6Addr::from(u128::from(subnet.network()) + 2);
+        let len = subnet.prefix_len();
+        host.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{gateway}/{len}"),
+            "dev",
+            "cni0",
+            "nodad",
+        ])
+        .unwrap();
+        (v4.ns)
+            .ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/{len}"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])
+            .unwrap();
+        (v4.ns)
+            .ip(&["-6", "route", "add", "default", "via", &gateway.to_string()])
+            .unwrap();
+        agents.push(agent);
+        containers.push(DualContainer { v4, v6 });
+    }
+    (bed, agents, containers)
+}
+
+/// Every container reaches every other, over IPv4 and over IPv6.
+fn all_reach_all(containers: &[DualContainer]) {
+    for from in containers {
+        for to in containers {
+            let what = format!("{} to reach {}", from.v4.ip, to.v4.ip);
+            wait_for(&what, READY, || from.v4.ping(to.v4.ip).is_ok()).unwrap();
+            let what = format!("{} to reach {}", from.v6, to.v6);
+            wait_for(&what, READY, || from.ping6(to.v6)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn dual_stack_host_gw_containers_reach_each_other_over_both_families() {
+    let (bed, agents, containers) = dual_stack(3, &[]);
+    all_reach_all(&containers);
+
+    // TCP over IPv6, both ways between hosts 0 and 1.
+    for (server, client) in [
+        (&containers[0], &containers[1]),
+        (&containers[1], &containers[0]),
+    ] {
+        let listener = (server.v4.ns)
+            .enter(|| TcpListener::bind((server.v6, 7777)))
+            .unwrap()
+            .unwrap();
+        let sent = b"flannel over IPv6";
+        let target = server.v6;
+        let client_ns = &client.v4.ns;
+        std::thread::scope(|scope| {
+            let accept = scope.spawn(|| {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut got = Vec::new();
+                stream.read_to_end(&mut got).unwrap();
+                got
+            });
+            client_ns
+                .enter(|| {
+                    let mut stream = TcpStream::connect((target, 7777)).unwrap();
+                    stream.write_all(sent).unwrap();
+                })
+                .unwrap();
+            assert_eq!(accept.join().unwrap(), sent);
+        });
+    }
+
+    // The lease, as flannel writes it: both subnets in the key, PublicIPv6 in the value.
+    let subnet = agents[0].subnet().unwrap();
+    let subnet6 = agents[0].subnet_env("FLANNEL_IPV6_SUBNET").unwrap();
+    let subnet6: Ipv6Net = subnet6.parse().unwrap();
+    let key = format!(
+        "{PREFIX}/subnets/{}&{}-{}",
+        subnet.replace('/', "-"),
+        subnet6.network(),
+        subnet6.prefix_len()
+    );
+    assert_eq!(
+        bed.etcd.get(&key).unwrap().as_deref(),
+        Some(r#"{"PublicIP":"192.168.64.10","PublicIPv6":"fd64::10","BackendType":"host-gw"}"#)
+    );
+    let network6 = agents[0].subnet_env("FLANNEL_IPV6_NETWORK").unwrap();
+    assert_eq!(network6, "fd00:10::/48");
+}
+
+#[test]
+fn an_ipv6_route_removed_by_hand_comes_back() {
+    let (bed, agents, containers) = dual_stack(2, &["--iptables-resync=1"]);
+    all_reach_all(&containers);
+    let peer: Ipv6Net = agents[1]
+        .subnet_env("FLANNEL_IPV6_SUBNET")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let route = peer.trunc().to_string();
+    bed.hosts[0].ip(&["-6", "route", "del", &route]).unwrap();
+    wait_for("the IPv6 route to come back", READY, || {
+        bed.hosts[0]
+            .ip(&["-6", "route", "show", &route])
+            .is_ok_and(|out| out.contains(&format!("via {}", host_ipv6(1))))
+    })
+    .unwrap();
+    assert!(containers[0].ping6(containers[1].v6));
+}
+
+#[test]
+fn a_dual_stack_network_without_an_ipv6_address_is_refused_clearly() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(DUAL_HOST_GW).unwrap();
+    let mut agent = bed.agent(0, &[]).unwrap();
+    let status = agent.wait_exit(READY).unwrap();
+    assert!(!status.success());
+    assert!(
+        agent
+            .log()
+            .contains("EnableIPv6: eth0 has no global IPv6 address to advertise"),
+        "{}",
+        agent.log()
+    );
+    assert!(bed
+        .etcd
+        .keys(&format!("{PREFIX}/subnets/"))
+        .unwrap()
+        .is_empty());
+}
