@@ -456,6 +456,9 @@ fn ip_masq_and_forward_rules_are_flannels_and_come_back() {
         .unwrap();
     assert_eq!(masq_rules().len(), 6);
     wait_for("the rule to come back", READY, || masq_rules() == masq).unwrap();
+    // The rewrite is logged once its last command is done (the rule may be back before).
+    let rewrites = || a.log().matches("iptables rules (re)written").count();
+    wait_for("the rewrite to be logged", READY, || rewrites() == 2).unwrap();
     // And the rules stay when the agent exits.
     a.terminate().unwrap();
     assert_eq!(masq_rules(), masq);

@@ -91,6 +91,38 @@ async fn dual_stack_managers_at_once_get_distinct_subnets_of_both_families() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_ipv6_on_replaces_our_ipv4_only_lease() {
+    require_root();
+    let etcd = Etcd::start().unwrap();
+    let v4_only =
+        config::parse(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#).unwrap();
+    let dual = config::parse(
+        r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:1::/56",
+            "Backend": {"Type": "host-gw"}}"#,
+    )
+    .unwrap();
+    let mut registry = Registry::connect(&options(&etcd)).await.unwrap();
+    let before = acquire(&mut registry, &v4_only, &attrs(1), None, DEFAULT_LEASE_TTL)
+        .await
+        .unwrap();
+    let previous = Some((before.subnet, None));
+    let after = acquire(&mut registry, &dual, &attrs(1), previous, DEFAULT_LEASE_TTL)
+        .await
+        .unwrap();
+    let ipv6 = after.attrs.ipv6_subnet.expect("an IPv6 subnet");
+    // Our old key is gone: left, it would hold our public IP against the new lease.
+    let keys = etcd.keys(&format!("{PREFIX}/subnets/")).unwrap();
+    let key = format!(
+        "{PREFIX}/subnets/{}-{}&{}-{}",
+        after.subnet.network(),
+        after.subnet.prefix_len(),
+        ipv6.network(),
+        ipv6.prefix_len()
+    );
+    assert_eq!(keys, [key]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_ipv6_subnets_says_so() {
     require_root();
     let etcd = Etcd::start().unwrap();

@@ -77,9 +77,25 @@ pub async fn acquire(
     };
     for _ in 0..MAX_ATTEMPTS {
         let snapshot = registry.snapshot().await?;
-        if let Some(held) = snapshot.leases.iter().find(|l| {
-            l.attrs.public_ip == attrs.public_ip && fits(&(l.subnet, l.attrs.ipv6_subnet))
-        }) {
+        let ours = |l: &&StoredLease| l.attrs.public_ip == attrs.public_ip;
+        // A lease of ours that the config no longer fits (IPv6 turned on or off, another
+        // network) goes, as flannel deletes it: left in place, it would hold our public IP
+        // against the new one.
+        for stale in (snapshot.leases.iter().filter(ours))
+            .filter(|l| !fits(&(l.subnet, l.attrs.ipv6_subnet)))
+        {
+            info!(subnet = %stale.subnet, ipv6_subnet = ?stale.attrs.ipv6_subnet,
+                  "deleting our lease that the network config no longer fits");
+            registry
+                .withdraw(&stale.subnet, &stale.attrs, stale.lease_id)
+                .await?;
+        }
+        if let Some(held) = snapshot
+            .leases
+            .iter()
+            .filter(ours)
+            .find(|l| fits(&(l.subnet, l.attrs.ipv6_subnet)))
+        {
             // Ours already: refresh it with our current attributes (a reservation keeps no TTL).
             let held_ttl = (held.lease_id != 0).then_some(ttl);
             let lease = OwnLease::new((held.subnet, held.attrs.ipv6_subnet), attrs, 0, ttl);

@@ -241,7 +241,8 @@ impl Registry {
         }
     }
 
-    /// Deletes a key we just created, while it still carries our etcd lease, and revokes that.
+    /// Deletes a lease's key while it still carries `lease_id` (0: a reservation), and revokes
+    /// that.
     pub async fn withdraw(
         &mut self,
         subnet: &Ipv4Net,
