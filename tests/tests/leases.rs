@@ -62,6 +62,21 @@ async fn acquire_leases(etcd: &Etcd, config_json: &str, managers: u32) -> Vec<Ow
     leases
 }
 
+/// A dual-stack lease's key, as flannel names it: `<v4>-<len>&<v6>-<len>`.
+fn dual_key(lease: &OwnLease) -> String {
+    let (subnet, ipv6) = (
+        lease.subnet,
+        lease.attrs.ipv6_subnet.expect("an IPv6 subnet"),
+    );
+    format!(
+        "{PREFIX}/subnets/{}-{}&{}-{}",
+        subnet.network(),
+        subnet.prefix_len(),
+        ipv6.network(),
+        ipv6.prefix_len()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dual_stack_managers_at_once_get_distinct_subnets_of_both_families() {
     require_root();
@@ -78,15 +93,7 @@ async fn dual_stack_managers_at_once_get_distinct_subnets_of_both_families() {
     // The keys name both subnets, as flannel's do.
     let keys = etcd.keys(&format!("{PREFIX}/subnets/")).unwrap();
     for lease in &leases {
-        let ipv6 = lease.attrs.ipv6_subnet.unwrap();
-        let key = format!(
-            "{PREFIX}/subnets/{}-{}&{}-{}",
-            lease.subnet.network(),
-            lease.subnet.prefix_len(),
-            ipv6.network(),
-            ipv6.prefix_len()
-        );
-        assert!(keys.contains(&key), "{key} in {keys:?}");
+        assert!(keys.contains(&dual_key(lease)), "{lease:?} in {keys:?}");
     }
 }
 
@@ -109,17 +116,9 @@ async fn turning_ipv6_on_replaces_our_ipv4_only_lease() {
     let after = acquire(&mut registry, &dual, &attrs(1), previous, DEFAULT_LEASE_TTL)
         .await
         .unwrap();
-    let ipv6 = after.attrs.ipv6_subnet.expect("an IPv6 subnet");
     // Our old key is gone: left, it would hold our public IP against the new lease.
     let keys = etcd.keys(&format!("{PREFIX}/subnets/")).unwrap();
-    let key = format!(
-        "{PREFIX}/subnets/{}-{}&{}-{}",
-        after.subnet.network(),
-        after.subnet.prefix_len(),
-        ipv6.network(),
-        ipv6.prefix_len()
-    );
-    assert_eq!(keys, [key]);
+    assert_eq!(keys, [dual_key(&after)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::control::{
     config::Config,
-    lease::LeaseAttrs,
+    lease::{overlap, LeaseAttrs},
     registry::{Registry, Snapshot, StoredLease},
 };
 
@@ -178,42 +178,45 @@ fn is_free(snapshot: &Snapshot, (subnet, ipv6): &Subnets) -> bool {
     })
 }
 
-fn overlap(a: impl Into<IpNet>, b: impl Into<IpNet>) -> bool {
-    let (a, b) = (a.into(), b.into());
-    a.contains(&b.network()) || b.contains(&a.network())
-}
-
 /// A random free subnet of each family in use, among the first 100 free ones.
 fn pick_free(config: &Config, snapshot: &Snapshot) -> Result<Subnets> {
-    let free: Vec<Ipv4Net> = config
-        .subnets()
-        .filter(|s| snapshot.leases.iter().all(|l| !overlap(l.subnet, *s)))
-        .take(100)
-        .collect();
-    let subnet = *free.choose(&mut rand::rng()).ok_or_else(|| {
-        OutOfSubnets(format!(
+    let leased = snapshot.leases.iter();
+    let subnet = pick(config.subnets(), leased.clone().map(|l| l.subnet), || {
+        format!(
             "out of subnets: every /{} between {} and {} of {} is leased",
             config.subnet_len, config.subnet_min, config.subnet_max, config.network
-        ))
+        )
     })?;
     let Some(v6) = &config.ipv6 else {
         return Ok((subnet, None));
     };
-    let free: Vec<Ipv6Net> = v6
-        .subnets()
-        .filter(|s| {
-            let mut theirs = snapshot.leases.iter().filter_map(|l| l.attrs.ipv6_subnet);
-            theirs.all(|t| !overlap(t, *s))
-        })
+    let ipv6 = pick(
+        v6.subnets(),
+        leased.filter_map(|l| l.attrs.ipv6_subnet),
+        || {
+            format!(
+                "out of IPv6 subnets: every /{} between {} and {} of {} is leased",
+                v6.subnet_len, v6.subnet_min, v6.subnet_max, v6.network
+            )
+        },
+    )?;
+    Ok((subnet, Some(ipv6)))
+}
+
+/// A random one of the first 100 `candidates` that overlap none of the `leased`.
+fn pick<N: Copy + Into<IpNet>>(
+    candidates: impl Iterator<Item = N>,
+    leased: impl Iterator<Item = N> + Clone,
+    out_of_subnets: impl FnOnce() -> String,
+) -> Result<N> {
+    let free: Vec<N> = candidates
+        .filter(|s| leased.clone().all(|l| !overlap(l, *s)))
         .take(100)
         .collect();
-    let ipv6 = *free.choose(&mut rand::rng()).ok_or_else(|| {
-        OutOfSubnets(format!(
-            "out of IPv6 subnets: every /{} between {} and {} of {} is leased",
-            v6.subnet_len, v6.subnet_min, v6.subnet_max, v6.network
-        ))
-    })?;
-    Ok((subnet, Some(ipv6)))
+    match free.choose(&mut rand::rng()) {
+        Some(subnet) => Ok(*subnet),
+        None => Err(OutOfSubnets(out_of_subnets()).into()),
+    }
 }
 
 /// No free subnet is left: retrying can't help until an operator frees one.

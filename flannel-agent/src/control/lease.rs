@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::Value;
 
 /// A MAC address, printed lower case with colons as Go's `net.HardwareAddr`.
@@ -153,6 +153,13 @@ impl LeaseAttrs {
             backend,
         })
     }
+}
+
+/// Whether two subnets (of one family) share an address: aligned prefixes do when one holds
+/// the other.
+pub fn overlap(a: impl Into<IpNet>, b: impl Into<IpNet>) -> bool {
+    let (a, b) = (a.into(), b.into());
+    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// `<prefix>/subnets/`

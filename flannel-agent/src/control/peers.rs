@@ -17,7 +17,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::warn;
 
 use crate::control::{
-    lease::{subnet_key, BackendAttrs, LeaseAttrs},
+    lease::{overlap, subnet_key, BackendAttrs, LeaseAttrs},
     registry::StoredLease,
 };
 
@@ -264,7 +264,7 @@ impl PeerTable {
                 format!("{subnet} is wider than a /{} lease", rules.subnet_len),
             );
         }
-        if let Some(own) = rules.own_subnet.filter(|own| overlap(&subnet, own)) {
+        if let Some(own) = rules.own_subnet.filter(|own| overlap(subnet, *own)) {
             return reject(
                 "overlaps_our_subnet",
                 format!("{subnet} overlaps our subnet {own}"),
@@ -318,10 +318,7 @@ impl PeerTable {
                 format!("{subnet} is wider than a /{} lease", rules.subnet_len),
             );
         }
-        if let Some(own) = rules
-            .own_subnet
-            .filter(|own| own.contains(&subnet.network()) || subnet.contains(&own.network()))
-        {
+        if let Some(own) = rules.own_subnet.filter(|own| overlap(*own, subnet)) {
             return reject(
                 "overlaps_our_subnet",
                 format!("{subnet} overlaps our IPv6 subnet {own}"),
@@ -435,10 +432,6 @@ fn overlapping<N: Prefix, V>(index: &BTreeMap<N, V>, net: N) -> impl Iterator<It
     let containing = std::iter::successors(net.supernet(), |n| n.supernet())
         .filter_map(|n| index.get_key_value(&n));
     index.range(first..=last).chain(containing)
-}
-
-fn overlap(a: &Ipv4Net, b: &Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 #[cfg(test)]
