@@ -34,13 +34,13 @@ pub struct Etcd {
     tls: Option<TlsFiles>,
 }
 
-/// A TCP port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct TCP ports nobody listens on right now (both held while picked: the kernel may
+/// hand out a port it just freed again).
+fn free_ports() -> (u16, u16) {
+    let bind = || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let (a, b) = (bind(), bind());
+    let port = |l: &TcpListener| l.local_addr().unwrap().port();
+    (port(&a), port(&b))
 }
 
 impl Etcd {
@@ -60,13 +60,14 @@ impl Etcd {
     }
 
     fn launch(netns: Option<String>, ip: Ipv4Addr, tls: Option<TlsFiles>) -> Result<Self> {
+        let (client_port, peer_port) = free_ports();
         let mut etcd = Self {
             child: None,
             dir: tempfile::tempdir()?,
             netns,
             ip,
-            client_port: free_port(),
-            peer_port: free_port(),
+            client_port,
+            peer_port,
             tls,
         };
         etcd.resume()?;
