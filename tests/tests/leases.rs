@@ -129,12 +129,7 @@ async fn running_out_of_ipv6_subnets_says_so() {
     let json = r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/124",
                    "Backend": {"Type": "host-gw"}}"#;
     assert_eq!(acquire_all(&etcd, json, 3).await.len(), 3);
-    let config = config::parse(json).unwrap();
-    let mut registry = Registry::connect(&options(&etcd)).await.unwrap();
-    let err = acquire(&mut registry, &config, &attrs(99), None, DEFAULT_LEASE_TTL)
-        .await
-        .unwrap_err();
-    assert!(err.is::<OutOfSubnets>(), "{err:#}");
+    let err = one_more_is_out_of_subnets(&etcd, json).await;
     assert!(
         format!("{err:#}")
             .starts_with("out of IPv6 subnets: every /126 between fd00::4 and fd00::c"),
@@ -167,12 +162,18 @@ async fn racing_for_the_last_free_subnets_everyone_wins_one() {
     let subnets = acquire_all(&etcd, json, 15).await;
     let distinct: BTreeSet<_> = subnets.iter().collect();
     assert_eq!(distinct.len(), 15, "{subnets:?}");
-    let config = config::parse(json).unwrap();
-    let mut registry = Registry::connect(&options(&etcd)).await.unwrap();
+    one_more_is_out_of_subnets(&etcd, json).await;
+}
+
+/// Another host asks for a lease when every subnet is taken: refused as out of subnets.
+async fn one_more_is_out_of_subnets(etcd: &Etcd, config_json: &str) -> anyhow::Error {
+    let config = config::parse(config_json).unwrap();
+    let mut registry = Registry::connect(&options(etcd)).await.unwrap();
     let err = acquire(&mut registry, &config, &attrs(99), None, DEFAULT_LEASE_TTL)
         .await
         .unwrap_err();
     assert!(err.is::<OutOfSubnets>(), "{err:#}");
+    err
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,12 +78,11 @@ pub async fn acquire(
     for _ in 0..MAX_ATTEMPTS {
         let snapshot = registry.snapshot().await?;
         let ours = |l: &&StoredLease| l.attrs.public_ip == attrs.public_ip;
+        let subnets_of = |l: &StoredLease| (l.subnet, l.attrs.ipv6_subnet);
         // A lease of ours that the config no longer fits (IPv6 turned on or off, another
         // network) goes, as flannel deletes it: left in place, it would hold our public IP
         // against the new one.
-        for stale in (snapshot.leases.iter().filter(ours))
-            .filter(|l| !fits(&(l.subnet, l.attrs.ipv6_subnet)))
-        {
+        for stale in (snapshot.leases.iter().filter(ours)).filter(|l| !fits(&subnets_of(l))) {
             info!(subnet = %stale.subnet, ipv6_subnet = ?stale.attrs.ipv6_subnet,
                   "deleting our lease that the network config no longer fits");
             registry
@@ -94,23 +93,18 @@ pub async fn acquire(
             .leases
             .iter()
             .filter(ours)
-            .find(|l| fits(&(l.subnet, l.attrs.ipv6_subnet)))
+            .find(|l| fits(&subnets_of(l)))
         {
             // Ours already: refresh it with our current attributes (a reservation keeps no TTL).
             let held_ttl = (held.lease_id != 0).then_some(ttl);
-            let lease = OwnLease::new((held.subnet, held.attrs.ipv6_subnet), attrs, 0, ttl);
+            let lease = OwnLease::new(subnets_of(held), attrs, 0, ttl);
             if let Some(lease_id) = registry
                 .refresh(&held.subnet, &lease.attrs, held.lease_id, held_ttl)
                 .await?
             {
                 info!(subnet = %held.subnet, ipv6_subnet = ?held.attrs.ipv6_subnet,
                       reservation = lease_id == 0, "reusing our lease");
-                return Ok(OwnLease::new(
-                    (held.subnet, held.attrs.ipv6_subnet),
-                    attrs,
-                    lease_id,
-                    ttl,
-                ));
+                return Ok(OwnLease::new(subnets_of(held), attrs, lease_id, ttl));
             }
             continue; // it changed under us: look again
         }
