@@ -67,7 +67,8 @@ pub async fn run(args: Args) -> Result<()> {
     let mut registry = Registry::connect(&args.etcd_options()).await?;
     let config = wait_for_config(&mut registry).await;
     info!(network = %config.network, backend = config.backend.type_name(), "network config");
-    let mut datapath = Datapath::start(&datapath_options, &config.backend, &iface).await?;
+    let ipv6 = config.ipv6.is_some();
+    let mut datapath = Datapath::start(&datapath_options, &config.backend, &iface, ipv6).await?;
     if config.ipv6.is_some() && args.ip_masq {
         bail!(
             "--ip-masq on a dual-stack network: this flanneld does not write ip6tables rules yet; \
@@ -101,7 +102,8 @@ pub async fn run(args: Args) -> Result<()> {
         sleep(RETRY).await;
     };
     let mtu = iface.overlay_mtu(&config.backend);
-    datapath.activate(config.network, lease.subnet, mtu).await?;
+    let subnets = (lease.subnet, lease.attrs.ipv6_subnet);
+    datapath.activate(config.network, subnets, mtu).await?;
     let (maps_done, maps_read) = tokio::sync::mpsc::channel(1);
     let firewall = Firewall::start(firewall(&args, &config, lease.subnet, &datapath)).await;
     let mut agent = Agent {
@@ -487,11 +489,14 @@ impl Agent {
 
     /// Takes a newly acquired lease; a different subnet rewrites everything that names it.
     async fn adopt(&mut self, lease: OwnLease) {
-        let moved = lease.subnet != self.lease.subnet;
+        let subnets = |l: &OwnLease| (l.subnet, l.attrs.ipv6_subnet);
+        let moved = subnets(&lease) != subnets(&self.lease);
         if moved {
             error!(
                 old = %self.lease.subnet,
                 new = %lease.subnet,
+                old_ipv6 = ?self.lease.attrs.ipv6_subnet,
+                new_ipv6 = ?lease.attrs.ipv6_subnet,
                 "our subnet changed: containers on the old one are cut off; restart Docker so \
                  that its --bip follows subnet.env"
             );
@@ -504,7 +509,7 @@ impl Agent {
             let mtu = self.iface.overlay_mtu(&self.config.backend);
             if let Err(e) = self
                 .datapath
-                .activate(self.config.network, self.lease.subnet, mtu)
+                .activate(self.config.network, subnets(&self.lease), mtu)
                 .await
             {
                 error!("datapath: {e:#}");

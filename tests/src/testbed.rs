@@ -285,8 +285,13 @@ impl Container {
 
     /// Pings `to` every 10 ms, `count` times, while `during` runs (it starts once traffic
     /// has flowed for half a second); returns how many of them got no reply.
-    pub fn pings_lost_while(&self, to: Ipv4Addr, count: u32, during: impl FnOnce()) -> Result<u32> {
-        let (target, count_arg) = (to.to_string(), count.to_string());
+    pub fn pings_lost_while(
+        &self,
+        to: impl Into<std::net::IpAddr>,
+        count: u32,
+        during: impl FnOnce(),
+    ) -> Result<u32> {
+        let (target, count_arg) = (to.into().to_string(), count.to_string());
         let report = std::thread::scope(|scope| {
             let pinger = scope.spawn(|| {
                 self.ns.exec(

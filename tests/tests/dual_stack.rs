@@ -1,6 +1,6 @@
-//! Dual-stack networks (`EnableIPv6`) on the host-gw backend, as flannel runs them: leases
-//! carry both subnets in flannel's key and value formats, subnet.env says both, and every
-//! container reaches every other over IPv4 and IPv6.
+//! Dual-stack networks (`EnableIPv6`) on the host-gw and vxlan backends, as flannel runs
+//! them: leases carry both subnets in flannel's key and value formats, subnet.env says both,
+//! and every container reaches every other over IPv4 and IPv6.
 
 use std::{
     io::{Read, Write},
@@ -18,6 +18,8 @@ use ipnet::Ipv6Net;
 
 const DUAL_HOST_GW: &str = r#"{"Network": "10.1.0.0/16", "EnableIPv6": true,
     "IPv6Network": "fd00:10::/48", "Backend": {"Type": "host-gw"}}"#;
+const DUAL_VXLAN: &str = r#"{"Network": "10.1.0.0/16", "EnableIPv6": true,
+    "IPv6Network": "fd00:10::/48", "Backend": {"Type": "vxlan"}}"#;
 const READY: Duration = Duration::from_secs(30);
 
 /// Host `index`'s underlay IPv6 address.
@@ -40,12 +42,16 @@ impl DualContainer {
     }
 }
 
-/// `hosts` hosts with IPv6 on the underlay, each running flanneld on `extra` flags, with a
-/// container on both of its subnets.
-fn dual_stack(hosts: usize, extra: &[&str]) -> (Testbed, Vec<Agent>, Vec<DualContainer>) {
+/// `hosts` hosts with IPv6 on the underlay, each running flanneld on `config` and `extra`
+/// flags, with a container on both of its subnets.
+fn dual_stack(
+    hosts: usize,
+    config: &str,
+    extra: &[&str],
+) -> (Testbed, Vec<Agent>, Vec<DualContainer>) {
     require_root();
     let bed = Testbed::new(hosts).unwrap();
-    bed.put_config(DUAL_HOST_GW).unwrap();
+    bed.put_config(config).unwrap();
     let mut agents = Vec::new();
     let mut containers = Vec::new();
     for (index, host) in bed.hosts.iter().enumerate() {
@@ -107,21 +113,13 @@ fn all_reach_all(containers: &[DualContainer]) {
     }
 }
 
-#[test]
-fn dual_stack_host_gw_containers_reach_each_other_over_both_families() {
-    let (bed, agents, containers) = dual_stack(3, &[]);
-    all_reach_all(&containers);
-
-    // TCP over IPv6, both ways between hosts 0 and 1.
-    for (server, client) in [
-        (&containers[0], &containers[1]),
-        (&containers[1], &containers[0]),
-    ] {
+/// `sent` crosses over TCP on IPv6 from `a` to `b` and from `b` to `a`, byte for byte.
+fn tcp_over_ipv6_both_ways(a: &DualContainer, b: &DualContainer, sent: &[u8]) {
+    for (server, client) in [(a, b), (b, a)] {
         let listener = (server.v4.ns)
             .enter(|| TcpListener::bind((server.v6, 7777)))
             .unwrap()
             .unwrap();
-        let sent = b"flannel over IPv6";
         let target = server.v6;
         let client_ns = &client.v4.ns;
         std::thread::scope(|scope| {
@@ -137,22 +135,40 @@ fn dual_stack_host_gw_containers_reach_each_other_over_both_families() {
                     stream.write_all(sent).unwrap();
                 })
                 .unwrap();
-            assert_eq!(accept.join().unwrap(), sent);
+            assert!(
+                accept.join().unwrap() == sent,
+                "the bytes sent over IPv6 differ"
+            );
         });
     }
+}
 
-    // The lease, as flannel writes it: both subnets in the key, PublicIPv6 in the value.
-    let subnet = agents[0].subnet().unwrap();
-    let subnet6 = agents[0].subnet_env("FLANNEL_IPV6_SUBNET").unwrap();
-    let subnet6: Ipv6Net = subnet6.parse().unwrap();
-    let key = format!(
+/// The key flannel gives a dual-stack lease: `<subnet>-<len>&<ipv6 subnet>-<len>`.
+fn dual_key(agent: &Agent) -> String {
+    let subnet = agent.subnet().unwrap();
+    let subnet6: Ipv6Net = agent
+        .subnet_env("FLANNEL_IPV6_SUBNET")
+        .unwrap()
+        .parse()
+        .unwrap();
+    format!(
         "{PREFIX}/subnets/{}&{}-{}",
         subnet.replace('/', "-"),
         subnet6.network(),
         subnet6.prefix_len()
-    );
+    )
+}
+
+#[test]
+fn dual_stack_host_gw_containers_reach_each_other_over_both_families() {
+    let (bed, agents, containers) = dual_stack(3, DUAL_HOST_GW, &[]);
+    all_reach_all(&containers);
+
+    tcp_over_ipv6_both_ways(&containers[0], &containers[1], b"flannel over IPv6");
+
+    // The lease, as flannel writes it: both subnets in the key, PublicIPv6 in the value.
     assert_eq!(
-        bed.etcd.get(&key).unwrap().as_deref(),
+        bed.etcd.get(&dual_key(&agents[0])).unwrap().as_deref(),
         Some(r#"{"PublicIP":"192.168.64.10","PublicIPv6":"fd64::10","BackendType":"host-gw"}"#)
     );
     let network6 = agents[0].subnet_env("FLANNEL_IPV6_NETWORK").unwrap();
@@ -161,7 +177,7 @@ fn dual_stack_host_gw_containers_reach_each_other_over_both_families() {
 
 #[test]
 fn an_ipv6_route_removed_by_hand_comes_back() {
-    let (bed, agents, containers) = dual_stack(2, &["--iptables-resync=1"]);
+    let (bed, agents, containers) = dual_stack(2, DUAL_HOST_GW, &["--iptables-resync=1"]);
     all_reach_all(&containers);
     let peer: Ipv6Net = agents[1]
         .subnet_env("FLANNEL_IPV6_SUBNET")
@@ -199,4 +215,65 @@ fn a_dual_stack_network_without_an_ipv6_address_is_refused_clearly() {
         .keys(&format!("{PREFIX}/subnets/"))
         .unwrap()
         .is_empty());
+}
+
+/// Dual-stack vxlan runs on the kernel's vxlan devices as flannel's: `flannel.1` and
+/// `flannel-v6.1`, each MAC in the lease, both families across, bulk TCP over IPv6 intact,
+/// and a restart loses no 10 ms IPv6 ping.
+#[test]
+fn dual_stack_vxlan_containers_reach_each_other_over_both_families() {
+    let (bed, mut agents, containers) = dual_stack(3, DUAL_VXLAN, &[]);
+    all_reach_all(&containers);
+    assert!(
+        agents[0]
+            .log()
+            .contains("the eBPF datapath carries IPv4 only so far"),
+        "{}",
+        agents[0].log()
+    );
+    // 4 MB of patterned bytes: full-size segments cross the IPv6 underlay.
+    let bulk: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    tcp_over_ipv6_both_ways(&containers[0], &containers[2], &bulk);
+
+    // The lease, as flannel's vxlan writes it: each device's MAC, in BackendData and
+    // BackendV6Data.
+    let mac = |device: &str| {
+        let path = format!("/sys/class/net/{device}/address");
+        let mac = bed.hosts[0].exec("cat", &[&path]).unwrap();
+        mac.trim().to_owned()
+    };
+    assert_eq!(
+        bed.etcd.get(&dual_key(&agents[0])).unwrap(),
+        Some(format!(
+            r#"{{"PublicIP":"192.168.64.10","PublicIPv6":"fd64::10","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            mac("flannel.1"),
+            mac("flannel-v6.1")
+        ))
+    );
+
+    // A neighbour deleted by hand on the IPv6 device comes back.
+    let peer: Ipv6Net = agents[1]
+        .subnet_env("FLANNEL_IPV6_SUBNET")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let gateway = peer.network().to_string();
+    bed.hosts[0]
+        .ip(&["-6", "neigh", "del", &gateway, "dev", "flannel-v6.1"])
+        .unwrap();
+    wait_for("the IPv6 neighbour to come back", READY, || {
+        bed.hosts[0]
+            .ip(&["-6", "neigh", "show", &gateway, "dev", "flannel-v6.1"])
+            .is_ok_and(|out| out.contains("PERMANENT"))
+    })
+    .unwrap();
+
+    // A restart of host 0's agent drops no IPv6 packet.
+    let lost = containers[0]
+        .v4
+        .pings_lost_while(containers[1].v6, 400, || agents[0].restart().unwrap())
+        .unwrap();
+    agents[0].wait_ready(READY).unwrap();
+    assert_eq!(lost, 0, "IPv6 pings lost across a restart");
+    all_reach_all(&containers);
 }

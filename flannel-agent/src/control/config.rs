@@ -92,11 +92,9 @@ impl Config {
     /// What this flanneld can serve: dual stack on host-gw only, so far.
     pub fn check_supported(&self) -> Result<()> {
         match (&self.ipv6, &self.backend) {
-            (Some(v6), backend) if *backend != Backend::HostGw => bail!(
-                "EnableIPv6: IPv6Network {} is valid, but this flanneld carries IPv6 on the \
-                 host-gw backend only so far, not on {}",
-                v6.network,
-                backend.type_name()
+            (Some(_), Backend::Udp { .. }) => bail!(
+                "EnableIPv6: the udp backend carries IPv4 only, as flannel's; use vxlan or \
+                 host-gw for a dual-stack network"
             ),
             _ => Ok(()),
         }
@@ -500,15 +498,19 @@ mod tests {
             ok(r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48"}"#);
         assert_eq!(
             format!("{:#}", dual.check_supported().unwrap_err()),
-            "EnableIPv6: IPv6Network fd00::/48 is valid, but this flanneld carries IPv6 on the \
-             host-gw backend only so far, not on udp"
+            "EnableIPv6: the udp backend carries IPv4 only, as flannel's; use vxlan or host-gw \
+             for a dual-stack network"
         );
         assert!(ok(r#"{"Network": "10.1.0.0/16"}"#)
             .check_supported()
             .is_ok());
-        let host_gw = ok(r#"{"Network": "10.1.0.0/16", "EnableIPv6": true,
-                             "IPv6Network": "fd00::/48", "Backend": {"Type": "host-gw"}}"#);
-        assert!(host_gw.check_supported().is_ok());
+        for backend in ["host-gw", "vxlan"] {
+            let dual = ok(&format!(
+                r#"{{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48",
+                     "Backend": {{"Type": "{backend}"}}}}"#
+            ));
+            assert!(dual.check_supported().is_ok());
+        }
     }
 
     #[test]

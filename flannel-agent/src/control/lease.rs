@@ -51,6 +51,8 @@ pub enum BackendAttrs {
     Vxlan {
         vni: u32,
         vtep_mac: Mac,
+        /// The IPv6 vxlan device's MAC (`BackendV6Data`), in a dual-stack network.
+        v6_vtep_mac: Option<Mac>,
     },
     HostGw,
     /// Another backend type (ipip, wireguard, ...): not ours to talk to.
@@ -91,9 +93,20 @@ impl LeaseAttrs {
         let head = format!(r#""PublicIP":"{ip}","PublicIPv6":{ipv6}"#);
         match &self.backend {
             BackendAttrs::Udp => format!("{{{head}}}"),
-            BackendAttrs::Vxlan { vni, vtep_mac } => format!(
-                r#"{{{head},"BackendType":"vxlan","BackendData":{{"VNI":{vni},"VtepMAC":"{vtep_mac}"}}}}"#
-            ),
+            BackendAttrs::Vxlan {
+                vni,
+                vtep_mac,
+                v6_vtep_mac,
+            } => {
+                let data = |mac| format!(r#"{{"VNI":{vni},"VtepMAC":"{mac}"}}"#);
+                let v6_data = v6_vtep_mac
+                    .map(|mac| format!(r#","BackendV6Data":{}"#, data(mac)))
+                    .unwrap_or_default();
+                format!(
+                    r#"{{{head},"BackendType":"vxlan","BackendData":{}{v6_data}}}"#,
+                    data(*vtep_mac)
+                )
+            }
             BackendAttrs::HostGw => format!(r#"{{{head},"BackendType":"host-gw"}}"#),
             BackendAttrs::Other(kind) => format!(
                 r#"{{{head},"BackendType":{}}}"#,
@@ -132,15 +145,24 @@ impl LeaseAttrs {
             Some(Value::String(kind)) if kind.is_empty() || kind == "udp" => BackendAttrs::Udp,
             Some(Value::String(kind)) if kind == "host-gw" => BackendAttrs::HostGw,
             Some(Value::String(kind)) if kind == "vxlan" => {
-                let data = get(&value, "BackendData").ok_or_else(|| anyhow!("no BackendData"))?;
-                let vni = get(&data, "VNI").and_then(|v| v.as_u64()).unwrap_or(1);
-                let mac = get(&data, "VtepMAC")
-                    .and_then(|mac| mac.as_str().map(str::to_owned))
-                    .ok_or_else(|| anyhow!("no BackendData.VtepMAC"))?;
-                let vni = u32::try_from(vni).map_err(|_| anyhow!("VNI {vni} out of range"))?;
+                let vxlan_data = |name: &str| -> Result<(u32, Mac)> {
+                    let data = get(&value, name).ok_or_else(|| anyhow!("no {name}"))?;
+                    let vni = get(&data, "VNI").and_then(|v| v.as_u64()).unwrap_or(1);
+                    let mac = get(&data, "VtepMAC")
+                        .and_then(|mac| mac.as_str().map(str::to_owned))
+                        .ok_or_else(|| anyhow!("no {name}.VtepMAC"))?;
+                    let vni = u32::try_from(vni).map_err(|_| anyhow!("VNI {vni} out of range"))?;
+                    Ok((vni, mac.parse()?))
+                };
+                let (vni, vtep_mac) = vxlan_data("BackendData")?;
+                let v6_vtep_mac = match get(&value, "BackendV6Data") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(vxlan_data("BackendV6Data")?.1),
+                };
                 BackendAttrs::Vxlan {
                     vni,
-                    vtep_mac: mac.parse()?,
+                    vtep_mac,
+                    v6_vtep_mac,
                 }
             }
             Some(Value::String(kind)) => BackendAttrs::Other(kind),
@@ -221,6 +243,7 @@ mod tests {
             backend: BackendAttrs::Vxlan {
                 vni: 1,
                 vtep_mac: "C6:D2:32:6F:8F:44".parse().unwrap(),
+                v6_vtep_mac: None,
             },
         };
         assert_eq!(
@@ -256,7 +279,21 @@ mod tests {
             dual.to_json(),
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":"fd00:64::3","BackendType":"host-gw"}"#
         );
-        for attrs in [vxlan, host_gw, udp, dual] {
+        // Dual stack, as flannel's vxlan writes it: the IPv6 device's MAC in BackendV6Data.
+        let dual_vxlan = LeaseAttrs {
+            public_ipv6: Some("fd00:64::3".parse().unwrap()),
+            backend: BackendAttrs::Vxlan {
+                vni: 1,
+                vtep_mac: "c6:d2:32:6f:8f:44".parse().unwrap(),
+                v6_vtep_mac: Some("8a:3e:10:5b:2c:01".parse().unwrap()),
+            },
+            ..vxlan.clone()
+        };
+        assert_eq!(
+            dual_vxlan.to_json(),
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":"fd00:64::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"8a:3e:10:5b:2c:01"}}"#
+        );
+        for attrs in [vxlan, host_gw, udp, dual, dual_vxlan] {
             assert_eq!(LeaseAttrs::from_json(&attrs.to_json()).unwrap(), attrs);
         }
     }
@@ -278,6 +315,7 @@ mod tests {
             r#"{"PublicIP":"192.168.64.3","BackendType":"vxlan","BackendData":{"VtepMAC":"zz"}}"#,
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":"192.168.64.4"}"#,
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":6}"#,
+            r#"{"PublicIP":"192.168.64.3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1}}"#,
         ] {
             assert!(LeaseAttrs::from_json(bad).is_err(), "{bad}");
         }

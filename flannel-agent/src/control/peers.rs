@@ -287,11 +287,17 @@ impl PeerTable {
         if let Some(rejection) = self.ipv6_fault(lease) {
             return Some(rejection);
         }
-        if let BackendAttrs::Vxlan { vni, vtep_mac } = &lease.attrs.backend {
-            if vtep_mac.0 == [0; 6] || vtep_mac.0[0] & 1 == 1 {
+        if let BackendAttrs::Vxlan {
+            vni,
+            vtep_mac,
+            v6_vtep_mac,
+        } = &lease.attrs.backend
+        {
+            let macs = std::iter::once(vtep_mac).chain(v6_vtep_mac);
+            if let Some(mac) = macs.into_iter().find(|m| m.0 == [0; 6] || m.0[0] & 1 == 1) {
                 return reject(
                     "bad_vtep_mac",
-                    format!("its VtepMAC {vtep_mac} is not a unicast address"),
+                    format!("its VtepMAC {mac} is not a unicast address"),
                 );
             }
             if *vni >= 1 << 24 {
@@ -341,6 +347,15 @@ impl PeerTable {
             return reject(
                 "bad_public_ip",
                 format!("its PublicIPv6 {ip} is not a unicast host address outside the network"),
+            );
+        }
+        if let BackendAttrs::Vxlan {
+            v6_vtep_mac: None, ..
+        } = lease.attrs.backend
+        {
+            return reject(
+                "bad_vtep_mac",
+                format!("it names the IPv6 subnet {subnet} but no BackendV6Data.VtepMAC"),
             );
         }
         None
@@ -461,6 +476,7 @@ mod tests {
                 backend: BackendAttrs::Vxlan {
                     vni: 1,
                     vtep_mac: Mac(mac),
+                    v6_vtep_mac: None,
                 },
             },
             lease_id: 1,
@@ -470,6 +486,14 @@ mod tests {
 
     fn good(subnet: &str, host: u8, created: i64) -> StoredLease {
         vxlan(subnet, [192, 168, 64, host], [2, 0, 0, 0, 0, host], created)
+    }
+
+    /// A vxlan lease with `mac` as its IPv6 device's.
+    fn with_v6_vtep_mac(mut lease: StoredLease, mac: Option<Mac>) -> StoredLease {
+        if let BackendAttrs::Vxlan { v6_vtep_mac, .. } = &mut lease.attrs.backend {
+            *v6_vtep_mac = mac;
+        }
+        lease
     }
 
     fn reason(table: &PeerTable, subnet: &str) -> Option<&'static str> {
@@ -621,7 +645,7 @@ mod tests {
             let mut lease = good("10.1.5.0/24", 5, 1);
             lease.attrs.ipv6_subnet = Some(subnet6.parse().unwrap());
             lease.attrs.public_ipv6 = ip6.map(|ip| ip.parse().unwrap());
-            lease
+            with_v6_vtep_mac(lease, Some(Mac([2, 0, 0, 0, 6, 5])))
         };
         let verdict = |lease: &StoredLease| {
             let mut table = PeerTable::new(rules.clone());
@@ -660,6 +684,17 @@ mod tests {
                 dual("fd00:0:0:5::/64", Some("fd00:0:0:9::1")),
                 "its PublicIPv6 fd00:0:0:9::1 is not a unicast host address outside the network",
             ),
+            (
+                with_v6_vtep_mac(dual("fd00:0:0:5::/64", Some("fd64::5")), None),
+                "it names the IPv6 subnet fd00:0:0:5::/64 but no BackendV6Data.VtepMAC",
+            ),
+            (
+                with_v6_vtep_mac(
+                    dual("fd00:0:0:5::/64", Some("fd64::5")),
+                    Some(Mac([3, 0, 0, 0, 6, 5])),
+                ),
+                "its VtepMAC 03:00:00:00:06:05 is not a unicast address",
+            ),
         ] {
             assert_eq!(verdict(&lease).as_deref(), Some(detail));
         }
@@ -678,7 +713,7 @@ mod tests {
             let mut lease = good(subnet, host, created);
             lease.attrs.ipv6_subnet = Some(subnet6.parse().unwrap());
             lease.attrs.public_ipv6 = Some(format!("fd64::{host}").parse().unwrap());
-            lease
+            with_v6_vtep_mac(lease, Some(Mac([2, 0, 0, 0, 6, host])))
         };
         let mut table = PeerTable::new(rules);
         table.put(&dual("10.1.6.0/24", 6, "fd00:0:0:5::/64", 2));

@@ -1,19 +1,23 @@
 //! flannel's vxlan backend on the kernel's vxlan device (`--datapath=classic`), as flanneld
 //! sets it up: device `flannel.<VNI>` (local = our address, dev = the interface, learning off,
 //! MTU = interface - 50) holding `<subnet>.0/32`, and per peer a permanent neighbour, an fdb
-//! entry and an onlink route, all through rtnetlink.
+//! entry and an onlink route, all through rtnetlink. A dual-stack network gets the same
+//! on `flannel-v6.<VNI>` (local = our public IPv6; the MTU 20 bytes lower, as the kernel
+//! makes flannel's) for IPv6 subnets.
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{IpAddr, Ipv4Addr},
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use anyhow::{Context, Result};
-use ipnet::Ipv4Net;
+use anyhow::{bail, Context, Result};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::{
     packet_route::{
         link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::{NeighbourFlags, NeighbourState},
+        route::RouteMessage,
         AddressFamily,
     },
     Handle, LinkUnspec, LinkVxlan, NeighbourAddRequest, RouteMessageBuilder,
@@ -28,72 +32,229 @@ use crate::{
     datapath::{overlay_device, Installed},
     host::{
         iface::ExtIface,
-        netlink::{self, ROUTE_PROTOCOL},
+        netlink::{self, RouteFamily, ROUTE_PROTOCOL},
     },
 };
 
 pub struct KernelVxlan {
-    netlink: Handle,
-    name: String,
-    index: u32,
-    mac: Mac,
-    vni: u32,
-    port: u16,
-    nic: ExtIface,
-    mtu: u32,
-    subnet: Option<Ipv4Net>,
+    v4: Device<Ipv4Addr>,
+    /// `flannel-v6.<VNI>`, in a dual-stack network.
+    v6: Option<Device<Ipv6Addr>>,
 }
 
 impl KernelVxlan {
-    pub async fn start(vni: u32, port: u16, nic: &ExtIface, mtu: u32) -> Result<Self> {
+    /// `flannel.<VNI>`, and `flannel-v6.<VNI>` when `ipv6` (local: the public IPv6).
+    pub async fn start(vni: u32, port: u16, nic: &ExtIface, mtu: u32, ipv6: bool) -> Result<Self> {
         let netlink = netlink::connect()?;
         // The eBPF datapath's GRO device, in metadata mode, would keep ours off the port.
         crate::datapath::ebpf::gro_device::remove(&netlink).await?;
-        let mut vxlan = Self {
+        let link = Link {
             netlink,
-            name: format!("flannel.{vni}"),
-            index: 0,
-            mac: Mac::default(),
             vni,
             port,
-            nic: nic.clone(),
+            nic: nic.name.clone(),
+        };
+        // The kernel caps an IPv6 vxlan device 20 bytes lower, as it does flannel's.
+        let v6_mtu = mtu.min(nic.mtu.saturating_sub(70));
+        let v6 = match (ipv6, nic.public_ipv6) {
+            (false, _) => None,
+            (true, Some(local)) => Some(Device::start(link.clone(), local, v6_mtu).await?),
+            (true, None) => bail!(
+                "the IPv6 vxlan device needs an IPv6 address on {}",
+                nic.name
+            ),
+        };
+        let v4 = Device::start(link, nic.addr, mtu).await?;
+        Ok(Self { v4, v6 })
+    }
+
+    pub fn lease_backend(&self) -> BackendAttrs {
+        BackendAttrs::Vxlan {
+            vni: self.v4.link.vni,
+            vtep_mac: self.v4.mac,
+            v6_vtep_mac: self.v6.as_ref().map(|v6| v6.mac),
+        }
+    }
+
+    /// The devices hold our subnets' first addresses, as flannel's.
+    pub async fn activate(&mut self, subnet: Ipv4Net, ipv6_subnet: Option<Ipv6Net>) -> Result<()> {
+        self.v4.activate(subnet).await?;
+        if let (Some(v6), Some(subnet)) = (&mut self.v6, ipv6_subnet) {
+            v6.activate(subnet).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `peer` on each family's device; what `old` had and `peer` no longer has goes.
+    pub async fn put(&self, old: Option<&Peer>, peer: &Peer) -> Result<()> {
+        self.v4.put(old.and_then(tunnel), tunnel(peer)).await?;
+        if let Some(v6) = &self.v6 {
+            v6.put(old.and_then(tunnel), tunnel(peer)).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn remove(&self, peer: &Peer) -> Result<()> {
+        self.v4.put(tunnel(peer), None).await?;
+        if let Some(v6) = &self.v6 {
+            v6.put(tunnel(peer), None).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads both devices back (see `Device::audit`): returns the installed peers whose
+    /// entries are missing or wrong on either.
+    pub async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
+        let mut drifted = self.v4.audit(installed).await?;
+        if let Some(v6) = &mut self.v6 {
+            drifted.extend(v6.audit(installed).await?);
+        }
+        Ok(drifted)
+    }
+}
+
+/// What both devices share: the VNI, the port and the interface.
+#[derive(Clone)]
+struct Link {
+    netlink: Handle,
+    vni: u32,
+    port: u16,
+    nic: String,
+}
+
+/// One family's vxlan device, `flannel.<VNI>` or `flannel-v6.<VNI>`.
+struct Device<A: Family> {
+    link: Link,
+    name: String,
+    index: u32,
+    mac: Mac,
+    /// The tunnel's source: our address of this family.
+    local: A,
+    mtu: u32,
+    subnet: Option<A::Net>,
+}
+
+/// What a device needs for one peer: its subnet, routed via the subnet's first address (the
+/// gateway), a permanent neighbour giving the gateway the peer's MAC, and the fdb entry
+/// sending that MAC to the peer's public address.
+#[derive(Clone, Copy, PartialEq)]
+struct Tunnel<A: Family> {
+    subnet: A::Net,
+    gateway: A,
+    mac: Mac,
+    public: A,
+}
+
+/// A family the vxlan devices carry: flannel's device name for it, and a peer's half.
+trait Family: RouteFamily + fmt::Display + fmt::Debug {
+    const DEVICE: &'static str;
+    /// The device's `local` attribute.
+    fn local(self) -> InfoVxlan;
+    /// This family's half of a vxlan peer, if it has one.
+    fn tunnel(peer: &Peer) -> Option<Tunnel<Self>>;
+}
+
+impl Family for Ipv4Addr {
+    const DEVICE: &'static str = "flannel.";
+    fn local(self) -> InfoVxlan {
+        InfoVxlan::Local(self)
+    }
+    fn tunnel(peer: &Peer) -> Option<Tunnel<Self>> {
+        let BackendAttrs::Vxlan { vtep_mac, .. } = peer.attrs.backend else {
+            return None;
+        };
+        Some(Tunnel {
+            subnet: peer.subnet,
+            gateway: peer.subnet.network(),
+            mac: vtep_mac,
+            public: peer.attrs.public_ip,
+        })
+    }
+}
+
+impl Family for Ipv6Addr {
+    const DEVICE: &'static str = "flannel-v6.";
+    fn local(self) -> InfoVxlan {
+        InfoVxlan::Local6(self)
+    }
+    fn tunnel(peer: &Peer) -> Option<Tunnel<Self>> {
+        let BackendAttrs::Vxlan {
+            v6_vtep_mac: Some(mac),
+            ..
+        } = peer.attrs.backend
+        else {
+            return None;
+        };
+        let subnet = peer.attrs.ipv6_subnet?;
+        Some(Tunnel {
+            subnet,
+            gateway: subnet.network(),
+            mac,
+            public: peer.attrs.public_ipv6?,
+        })
+    }
+}
+
+fn tunnel<A: Family>(peer: &Peer) -> Option<Tunnel<A>> {
+    A::tunnel(peer)
+}
+
+impl<A: Family> Device<A> {
+    async fn start(link: Link, local: A, mtu: u32) -> Result<Self> {
+        let mut device = Self {
+            name: format!("{}{}", A::DEVICE, link.vni),
+            link,
+            index: 0,
+            mac: Mac::default(),
+            local,
             mtu,
             subnet: None,
         };
-        vxlan.ensure_device().await?;
-        let path = format!("/sys/class/net/{}/address", vxlan.name);
-        vxlan.mac = std::fs::read_to_string(&path)
+        device.ensure().await?;
+        let path = format!("/sys/class/net/{}/address", device.name);
+        device.mac = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {path}"))?
             .trim()
             .parse()?;
-        info!(device = %vxlan.name, vtep_mac = %vxlan.mac, mtu, "kernel vxlan device");
-        Ok(vxlan)
+        info!(device = %device.name, vtep_mac = %device.mac, mtu = device.mtu, "kernel vxlan device");
+        Ok(device)
     }
 
-    /// `flannel.<VNI>` with flannel's parameters, up; a device recreated after it went
-    /// missing gets back the MAC our lease advertises.
-    async fn ensure_device(&mut self) -> Result<()> {
-        let nic_index = nix::net::if_::if_nametoindex(self.nic.name.as_str())
-            .with_context(|| format!("looking up {}", self.nic.name))?;
+    /// The device with flannel's parameters, up; one recreated after it went missing gets
+    /// back the MAC our lease advertises.
+    async fn ensure(&mut self) -> Result<()> {
+        let Link {
+            netlink,
+            vni,
+            port,
+            nic,
+        } = &self.link;
+        let nic_index = nix::net::if_::if_nametoindex(nic.as_str())
+            .with_context(|| format!("looking up {nic}"))?;
         let wanted = [
-            InfoVxlan::Id(self.vni),
+            InfoVxlan::Id(*vni),
             InfoVxlan::Link(nic_index),
-            InfoVxlan::Local(self.nic.addr),
-            InfoVxlan::Port(self.port),
+            self.local.local(),
+            InfoVxlan::Port(*port),
             InfoVxlan::Learning(false),
         ];
-        let link = LinkVxlan::new(&self.name, self.vni)
+        let link = LinkVxlan::new(&self.name, *vni)
             .dev(nic_index)
-            .local(self.nic.addr)
-            .port(self.port)
+            .append_info_data(self.local.local())
+            .port(*port)
             .learning(false)
             .build();
-        self.index = ensure_device(&self.netlink, &self.name, &wanted, link).await?;
+        self.index = ensure_device(netlink, &self.name, &wanted, link).await?;
+        if A::BITS == 128 {
+            // As flannel: the device takes no router advertisements.
+            let path = format!("/proc/sys/net/ipv6/conf/{}/accept_ra", self.name);
+            std::fs::write(&path, "0").with_context(|| format!("writing {path}"))?;
+        }
         let mut settings = LinkUnspec::new_with_index(self.index);
         if self.mac != Mac::default() {
             settings = settings.address(self.mac.0.to_vec());
         }
-        self.netlink
+        netlink
             .link()
             .set(settings.mtu(self.mtu).up().build())
             .execute()
@@ -105,184 +266,184 @@ impl KernelVxlan {
         Ok(())
     }
 
-    pub fn lease_backend(&self) -> BackendAttrs {
-        BackendAttrs::Vxlan {
-            vni: self.vni,
-            vtep_mac: self.mac,
-        }
-    }
-
-    /// The device holds `<subnet>.0/32`, as flannel's.
-    pub async fn activate(&mut self, subnet: Ipv4Net) -> Result<()> {
-        overlay_device::hold_subnet_address(&self.netlink, self.index, &self.name, subnet).await?;
+    async fn activate(&mut self, subnet: A::Net) -> Result<()> {
+        let netlink = &self.link.netlink;
+        overlay_device::hold_subnet_address(netlink, self.index, &self.name, subnet).await?;
         self.subnet = Some(subnet);
         Ok(())
     }
 
-    /// `ip neigh replace <subnet>.0 lladdr <mac> nud permanent`, `bridge fdb replace <mac> dst
-    /// <public ip> self permanent`, `ip route replace <subnet> via <subnet>.0 onlink`; what
-    /// `old` had and `peer` no longer has goes.
-    pub async fn put(&self, old: Option<&Peer>, peer: &Peer) -> Result<()> {
-        let Some(mac) = vtep_mac(peer) else {
-            return Ok(());
-        };
-        if let Some(old) = old {
-            let old_fdb = vtep_mac(old).map(|m| (m, old.attrs.public_ip));
-            if old_fdb.is_some() && old_fdb != Some((mac, peer.attrs.public_ip)) {
-                self.remove_fdb(old).await?;
-            }
+    /// Brings the device from `old` to `new` for one peer: `ip neigh replace <gateway>
+    /// lladdr <mac> nud permanent`, `bridge fdb replace <mac> dst <public> self permanent`,
+    /// `ip route replace <subnet> via <gateway> onlink`; what `old` had and `new` has not goes.
+    async fn put(&self, old: Option<Tunnel<A>>, new: Option<Tunnel<A>>) -> Result<()> {
+        if let Some(old) = old.filter(|old| new.map(|n| n.subnet) != Some(old.subnet)) {
+            let subnet = old.subnet.into();
+            netlink::delete_route(&self.link.netlink, self.route(&old)?)
+                .await
+                .with_context(|| format!("route to {subnet}"))?;
+            let mut neighbour = self.neighbour(&old);
+            netlink::delete_neighbour(&self.link.netlink, neighbour.message_mut().clone())
+                .await
+                .with_context(|| format!("neighbour {}", old.gateway))?;
+            info!(%subnet, device = %self.name, "peer left the kernel vxlan device");
         }
-        let gateway = peer.subnet.network();
-        self.neighbour(gateway, mac)
+        if let Some(old) =
+            old.filter(|old| new.map(|n| (n.mac, n.public)) != Some((old.mac, old.public)))
+        {
+            let mut entry = self.fdb(&old);
+            netlink::delete_neighbour(&self.link.netlink, entry.message_mut().clone())
+                .await
+                .with_context(|| format!("fdb entry {} dst {}", old.mac, old.public))?;
+        }
+        let Some(new) = new else {
+            return Ok(());
+        };
+        self.neighbour(&new)
             .replace()
             .execute()
             .await
-            .with_context(|| format!("neighbour {gateway} on {}", self.name))?;
-        self.fdb(mac, peer.attrs.public_ip)
+            .with_context(|| format!("neighbour {} on {}", new.gateway, self.name))?;
+        self.fdb(&new)
             .replace()
             .execute()
             .await
-            .with_context(|| format!("fdb entry {mac} on {}", self.name))?;
-        self.netlink
+            .with_context(|| format!("fdb entry {} on {}", new.mac, self.name))?;
+        let subnet: IpNet = new.subnet.into();
+        self.link
+            .netlink
             .route()
-            .add(self.route(peer))
+            .add(self.route(&new)?)
             .replace()
             .execute()
             .await
-            .with_context(|| format!("route to {} on {}", peer.subnet, self.name))?;
-        info!(subnet = %peer.subnet, public_ip = %peer.attrs.public_ip, "peer on the kernel vxlan device");
+            .with_context(|| format!("route to {subnet} on {}", self.name))?;
+        info!(%subnet, public_ip = %new.public, device = %self.name, "peer on the kernel vxlan device");
         Ok(())
-    }
-
-    pub async fn remove(&self, peer: &Peer) -> Result<()> {
-        let Some(mac) = vtep_mac(peer) else {
-            return Ok(());
-        };
-        netlink::delete_route(&self.netlink, self.route(peer))
-            .await
-            .with_context(|| format!("route to {}", peer.subnet))?;
-        let mut neighbour = self.neighbour(peer.subnet.network(), mac);
-        netlink::delete_neighbour(&self.netlink, neighbour.message_mut().clone())
-            .await
-            .with_context(|| format!("neighbour {}", peer.subnet.network()))?;
-        self.remove_fdb(peer).await?;
-        info!(subnet = %peer.subnet, "peer left the kernel vxlan device");
-        Ok(())
-    }
-
-    async fn remove_fdb(&self, peer: &Peer) -> Result<()> {
-        let Some(mac) = vtep_mac(peer) else {
-            return Ok(());
-        };
-        let mut entry = self.fdb(mac, peer.attrs.public_ip);
-        netlink::delete_neighbour(&self.netlink, entry.message_mut().clone())
-            .await
-            .with_context(|| format!("fdb entry {mac} dst {}", peer.attrs.public_ip))
     }
 
     /// Reads the device, its routes, neighbours and fdb entries back: a device that went
     /// missing is recreated (every peer must then be rewritten), entries no installed peer
     /// explains are deleted. Returns the installed peers whose entries are missing or wrong.
-    pub async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
+    async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
+        let wanted: Vec<(Ipv4Net, Tunnel<A>)> = installed
+            .iter()
+            .filter_map(|(subnet, attrs)| {
+                let peer = Peer {
+                    subnet: *subnet,
+                    attrs: attrs.clone(),
+                };
+                Some((*subnet, tunnel(&peer)?))
+            })
+            .collect();
         if nix::net::if_::if_nametoindex(self.name.as_str()).ok() != Some(self.index) {
             warn!(device = %self.name, "the vxlan device is gone; recreating it");
-            self.ensure_device().await?;
-            return Ok(installed.keys().copied().collect());
+            self.ensure().await?;
+            return Ok(wanted.iter().map(|(key, _)| *key).collect());
         }
         if let Some(subnet) = self.subnet {
             self.activate(subnet).await?;
         }
-        let wanted: Vec<Peer> = installed
+        let netlink = &self.link.netlink;
+        // What each route, neighbour and fdb entry should be, by its key.
+        let by_subnet: HashMap<A::Net, (Ipv4Net, A)> = wanted
             .iter()
-            .filter(|(_, attrs)| matches!(attrs.backend, BackendAttrs::Vxlan { .. }))
-            .map(|(subnet, attrs)| Peer {
-                subnet: *subnet,
-                attrs: attrs.clone(),
-            })
+            .map(|(key, t)| (t.subnet, (*key, t.gateway)))
             .collect();
+        let by_gateway: HashMap<A, (Ipv4Net, Mac)> = wanted
+            .iter()
+            .map(|(key, t)| (t.gateway, (*key, t.mac)))
+            .collect();
+        let mut by_fdb: HashMap<(Mac, A), Vec<Ipv4Net>> = HashMap::new();
+        for (key, t) in &wanted {
+            by_fdb.entry((t.mac, t.public)).or_default().push(*key);
+        }
         let mut routes = BTreeSet::new();
-        for route in netlink::our_routes::<Ipv4Addr>(&self.netlink).await? {
+        for route in netlink::our_routes::<A>(netlink).await? {
             if route.oif != Some(self.index) {
                 continue;
             }
-            let subnet = route.destination;
-            if installed.contains_key(&subnet) && route.gateway == Some(subnet.network()) {
-                routes.insert(subnet);
-            } else {
-                warn!(destination = %subnet, device = %self.name, "removing a stale route");
-                netlink::delete_route(&self.netlink, route.message).await?;
+            match by_subnet.get(&route.destination) {
+                Some((key, gateway)) if route.gateway == Some(*gateway) => {
+                    routes.insert(*key);
+                }
+                _ => {
+                    let destination: IpNet = route.destination.into();
+                    warn!(%destination, device = %self.name, "removing a stale route");
+                    netlink::delete_route(netlink, route.message).await?;
+                }
             }
         }
-        // What each neighbour and fdb entry should be, by its key.
-        let mut by_gateway: HashMap<Ipv4Addr, (Ipv4Net, Mac)> = HashMap::new();
-        let mut by_fdb: HashMap<(Mac, Ipv4Addr), Vec<Ipv4Net>> = HashMap::new();
-        for peer in &wanted {
-            let mac = vtep_mac(peer).expect("vxlan peers only");
-            by_gateway.insert(peer.subnet.network(), (peer.subnet, mac));
-            let key = (mac, peer.attrs.public_ip);
-            by_fdb.entry(key).or_default().push(peer.subnet);
-        }
         let mut neighbours = BTreeSet::new();
-        for entry in netlink::neighbours(&self.netlink, AddressFamily::Inet).await? {
+        for entry in netlink::neighbours(netlink, A::NEIGHBOURS).await? {
             if entry.header.ifindex != self.index || entry.header.state != NeighbourState::Permanent
             {
                 continue;
             }
-            let found = (netlink::ipv4(&entry), netlink::link_layer(&entry));
+            let found = (
+                netlink::destination::<A>(&entry),
+                netlink::link_layer(&entry),
+            );
             match found.0.and_then(|ip| by_gateway.get(&ip)) {
-                Some(&(subnet, mac)) if found.1 == Some(mac) => {
-                    neighbours.insert(subnet);
+                Some(&(key, mac)) if found.1 == Some(mac) => {
+                    neighbours.insert(key);
                 }
                 _ => {
                     warn!(neighbour = ?found.0, device = %self.name, "removing a stale neighbour");
-                    netlink::delete_neighbour(&self.netlink, entry).await?;
+                    netlink::delete_neighbour(netlink, entry).await?;
                 }
             }
         }
         let mut fdb: BTreeSet<Ipv4Net> = BTreeSet::new();
-        for entry in netlink::neighbours(&self.netlink, AddressFamily::Bridge).await? {
+        for entry in netlink::neighbours(netlink, AddressFamily::Bridge).await? {
             if entry.header.ifindex != self.index {
                 continue;
             }
-            let found = (netlink::link_layer(&entry), netlink::ipv4(&entry));
+            let found = (
+                netlink::link_layer(&entry),
+                netlink::destination::<A>(&entry),
+            );
             match found.0.zip(found.1).and_then(|key| by_fdb.get(&key)) {
-                Some(subnets) => fdb.extend(subnets),
+                Some(keys) => fdb.extend(keys),
                 None => {
                     warn!(mac = ?found.0, dst = ?found.1, device = %self.name, "removing a stale fdb entry");
-                    netlink::delete_neighbour(&self.netlink, entry).await?;
+                    netlink::delete_neighbour(netlink, entry).await?;
                 }
             }
         }
         Ok(wanted
             .iter()
-            .map(|p| p.subnet)
-            .filter(|s| !(routes.contains(s) && neighbours.contains(s) && fdb.contains(s)))
+            .map(|(key, _)| *key)
+            .filter(|k| !(routes.contains(k) && neighbours.contains(k) && fdb.contains(k)))
             .collect())
     }
 
-    fn neighbour(&self, gateway: Ipv4Addr, mac: Mac) -> NeighbourAddRequest {
-        self.netlink
+    fn neighbour(&self, tunnel: &Tunnel<A>) -> NeighbourAddRequest {
+        self.link
+            .netlink
             .neighbours()
-            .add(self.index, IpAddr::V4(gateway))
-            .link_layer_address(&mac.0)
+            .add(self.index, tunnel.gateway.into())
+            .link_layer_address(&tunnel.mac.0)
     }
 
-    fn fdb(&self, mac: Mac, public_ip: Ipv4Addr) -> NeighbourAddRequest {
-        self.netlink
+    fn fdb(&self, tunnel: &Tunnel<A>) -> NeighbourAddRequest {
+        self.link
+            .netlink
             .neighbours()
-            .add_bridge(self.index, &mac.0)
-            .destination(IpAddr::V4(public_ip))
+            .add_bridge(self.index, &tunnel.mac.0)
+            .destination(tunnel.public.into())
             .flags(NeighbourFlags::Own)
     }
 
-    fn route(&self, peer: &Peer) -> rtnetlink::packet_route::route::RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(peer.subnet.network(), peer.subnet.prefix_len())
-            .gateway(peer.subnet.network())
+    fn route(&self, tunnel: &Tunnel<A>) -> Result<RouteMessage> {
+        let subnet: IpNet = tunnel.subnet.into();
+        Ok(RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(subnet.network(), subnet.prefix_len())?
+            .gateway(tunnel.gateway.into())?
             .output_interface(self.index)
             .onlink()
             .protocol(ROUTE_PROTOCOL)
-            .build()
+            .build())
     }
 }
 
@@ -290,21 +451,23 @@ impl KernelVxlan {
 /// it would hold the vxlan port (the GRO device could not come up) and its peer routes would
 /// shadow the overlay's. It goes, with its neighbours, fdb entries and routes.
 pub async fn remove_classic_device(netlink: &Handle, vni: u32) -> Result<()> {
-    let name = format!("flannel.{vni}");
-    if overlay_device::delete_link(netlink, &name).await? {
-        info!(device = %name, "removed the classic datapath's vxlan device");
+    for prefix in [Ipv4Addr::DEVICE, Ipv6Addr::DEVICE] {
+        let name = format!("{prefix}{vni}");
+        if overlay_device::delete_link(netlink, &name).await? {
+            info!(device = %name, "removed the classic datapath's vxlan device");
+        }
     }
     Ok(())
 }
 
-/// The classic vxlan devices (`flannel.<VNI>`) on this host.
+/// The classic vxlan devices (`flannel.<VNI>`, `flannel-v6.<VNI>`) on this host.
 pub fn devices() -> Vec<String> {
     std::fs::read_dir("/sys/class/net")
         .into_iter()
         .flatten()
         .flatten()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("flannel."))
+        .filter(|name| name.starts_with(Ipv4Addr::DEVICE) || name.starts_with(Ipv6Addr::DEVICE))
         .collect()
 }
 
@@ -316,13 +479,6 @@ pub async fn cleanup(netlink: &Handle) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn vtep_mac(peer: &Peer) -> Option<Mac> {
-    match &peer.attrs.backend {
-        BackendAttrs::Vxlan { vtep_mac, .. } => Some(*vtep_mac),
-        _ => None,
-    }
 }
 
 /// The vxlan device `name` with the attributes `wanted`: an existing one that has them is

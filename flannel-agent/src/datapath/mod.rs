@@ -11,7 +11,7 @@ pub mod udp_packet;
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::warn;
 
 use crate::{
@@ -105,26 +105,39 @@ enum Kind {
 }
 
 impl Datapath {
-    /// Sets up the datapath, or says clearly why this combination can't run.
-    pub async fn start(options: &Options, backend: &Backend, iface: &ExtIface) -> Result<Self> {
+    /// Sets up the datapath (for IPv6 too when `ipv6`), or says clearly why this combination
+    /// can't run.
+    pub async fn start(
+        options: &Options,
+        backend: &Backend,
+        iface: &ExtIface,
+        ipv6: bool,
+    ) -> Result<Self> {
         let kind = match (backend, options.choice) {
             // host-gw is plain routing: nothing to encapsulate, the same on both datapaths.
             (Backend::HostGw, _) => {
                 iface.check_public_ip_is_local()?;
                 Kind::HostGw(HostGw::new(&iface.name)?)
             }
+            (Backend::Vxlan { .. }, Choice::Ebpf) if ipv6 => {
+                warn!(
+                    "the eBPF datapath carries IPv4 only so far; this dual-stack network runs \
+                     on the kernel's vxlan devices, as flannel's (--datapath=classic)"
+                );
+                Kind::classic(backend, iface, ipv6).await?
+            }
             (Backend::Vxlan { .. } | Backend::Udp { .. }, Choice::Ebpf) => {
                 match EbpfDatapath::start(options, backend, iface).await {
                     Ok(datapath) => Kind::Ebpf(Box::new(datapath)),
                     Err(e) if e.is::<Unsupported>() => {
                         warn!("eBPF datapath unavailable ({e:#}); falling back to the classic datapath");
-                        Kind::classic(backend, iface).await?
+                        Kind::classic(backend, iface, ipv6).await?
                     }
                     Err(e) => return Err(e),
                 }
             }
             (Backend::Vxlan { .. } | Backend::Udp { .. }, Choice::Classic) => {
-                Kind::classic(backend, iface).await?
+                Kind::classic(backend, iface, ipv6).await?
             }
         };
         Ok(Self {
@@ -170,12 +183,17 @@ impl Datapath {
         }
     }
 
-    /// Our subnet is known (at start, or after it changed).
-    pub async fn activate(&mut self, network: Ipv4Net, subnet: Ipv4Net, mtu: u32) -> Result<()> {
+    /// Our subnets are known (at start, or after they changed).
+    pub async fn activate(
+        &mut self,
+        network: Ipv4Net,
+        (subnet, ipv6_subnet): (Ipv4Net, Option<Ipv6Net>),
+        mtu: u32,
+    ) -> Result<()> {
         match &mut self.kind {
             Kind::HostGw(_) => Ok(()),
             Kind::Ebpf(ebpf) => ebpf.activate(network, subnet, mtu).await,
-            Kind::KernelVxlan(vxlan) => vxlan.activate(subnet).await,
+            Kind::KernelVxlan(vxlan) => vxlan.activate(subnet, ipv6_subnet).await,
             Kind::TunUdp(tun) => tun.activate(network, subnet).await,
         }
     }
@@ -290,11 +308,11 @@ impl Datapath {
 
 impl Kind {
     /// What Go flanneld does: the kernel's vxlan device, or the TUN loop for udp.
-    async fn classic(backend: &Backend, iface: &ExtIface) -> Result<Self> {
+    async fn classic(backend: &Backend, iface: &ExtIface, ipv6: bool) -> Result<Self> {
         let mtu = iface.overlay_mtu(backend);
         match backend {
             Backend::Vxlan { vni, port, .. } => Ok(Self::KernelVxlan(
-                KernelVxlan::start(*vni, *port, iface, mtu).await?,
+                KernelVxlan::start(*vni, *port, iface, mtu, ipv6).await?,
             )),
             Backend::Udp { port } => Ok(Self::TunUdp(TunUdp::start(*port, iface, mtu).await?)),
             Backend::HostGw => bail!("host-gw has no classic variant"),

@@ -2,11 +2,13 @@
 //! `flannel0`, `flannel.<VNI>`): up at the overlay MTU, `<subnet>.0/32` as the source of host
 //! traffic, and for the devices that take the whole network, its route.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
-use ipnet::Ipv4Net;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use ipnet::{IpNet, Ipv4Net};
+use rtnetlink::{
+    packet_route::address::AddressHeaderFlags, Handle, LinkUnspec, RouteMessageBuilder,
+};
 
 use crate::host::netlink::ROUTE_PROTOCOL;
 
@@ -34,20 +36,23 @@ pub async fn set_up(netlink: &Handle, index: u32, name: &str, mtu: u32) -> Resul
         .with_context(|| format!("setting {name} up"))
 }
 
-/// `ip addr replace <subnet>.0/32 dev <name>`, as flannel gives its devices.
+/// `ip addr replace <subnet>.0/32 dev <name>` (`<subnet>::/128 nodad` for IPv6), as flannel
+/// gives its devices.
 pub async fn hold_subnet_address(
     netlink: &Handle,
     index: u32,
     name: &str,
-    subnet: Ipv4Net,
+    subnet: impl Into<IpNet>,
 ) -> Result<()> {
-    netlink
-        .address()
-        .add(index, IpAddr::V4(subnet.network()), 32)
-        .replace()
+    let address = subnet.into().network();
+    let len = if address.is_ipv4() { 32 } else { 128 };
+    let mut request = netlink.address().add(index, address, len).replace();
+    // No duplicate address detection: the address is ours by lease, usable at once.
+    request.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+    request
         .execute()
         .await
-        .with_context(|| format!("adding {}/32 to {name}", subnet.network()))
+        .with_context(|| format!("adding {address}/{len} to {name}"))
 }
 
 /// The device holds `<subnet>.0/32` and the whole network is routed to it, from that source.

@@ -21,7 +21,7 @@ use rtnetlink::{
 
 use crate::{
     control::lease::Mac,
-    host::netlink::{ipv4, link_layer, neighbours},
+    host::netlink::{destination, link_layer, neighbours},
 };
 
 /// IPv4 → (host-side veth ifindex, container MAC) for the containers behind `bridge`.
@@ -48,7 +48,7 @@ pub async fn discover(netlink: &Handle, bridge: u32) -> Result<HashMap<Ipv4Addr,
             )
         })
         .filter_map(|n| {
-            let ip = ipv4(n)?;
+            let ip = destination::<Ipv4Addr>(n)?;
             let mac = link_layer(n)?;
             Some((ip, (*port_of.get(&mac)?, mac)))
         })

@@ -1,11 +1,11 @@
 //! rtnetlink, as every part of the agent uses it: a connection, the protocol tag on our
 //! routes, and dumps of routes and neighbours read back for reconciling.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::{
     packet_route::{
         link::{LinkAttribute, LinkXdp},
@@ -29,10 +29,15 @@ pub fn connect() -> Result<Handle> {
     Ok(handle)
 }
 
-/// A route's address family: IPv4 or IPv6.
-pub trait RouteFamily: Copy + Sized {
-    type Net;
+/// A route's (or neighbour's) address family: IPv4 or IPv6.
+pub trait RouteFamily: Copy + Sized + Eq + std::hash::Hash + Into<IpAddr> {
+    type Net: Copy + Ord + std::hash::Hash + Into<IpNet>;
+    /// The neighbour table of this family.
+    const NEIGHBOURS: AddressFamily;
+    /// Bits in an address: the prefix length of a host route.
+    const BITS: u8;
     fn address(address: &RouteAddress) -> Option<Self>;
+    fn neighbour_address(address: &NeighbourAddress) -> Option<Self>;
     /// The destination: the default route when it carries none.
     fn destination(address: Option<Self>, prefix_len: u8) -> Option<Self::Net>;
     /// A dump request for this family's routes.
@@ -41,9 +46,17 @@ pub trait RouteFamily: Copy + Sized {
 
 impl RouteFamily for Ipv4Addr {
     type Net = Ipv4Net;
+    const NEIGHBOURS: AddressFamily = AddressFamily::Inet;
+    const BITS: u8 = 32;
     fn address(address: &RouteAddress) -> Option<Self> {
         match address {
             RouteAddress::Inet(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+    fn neighbour_address(address: &NeighbourAddress) -> Option<Self> {
+        match address {
+            NeighbourAddress::Inet(ip) => Some(*ip),
             _ => None,
         }
     }
@@ -57,9 +70,17 @@ impl RouteFamily for Ipv4Addr {
 
 impl RouteFamily for Ipv6Addr {
     type Net = Ipv6Net;
+    const NEIGHBOURS: AddressFamily = AddressFamily::Inet6;
+    const BITS: u8 = 128;
     fn address(address: &RouteAddress) -> Option<Self> {
         match address {
             RouteAddress::Inet6(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+    fn neighbour_address(address: &NeighbourAddress) -> Option<Self> {
+        match address {
+            NeighbourAddress::Inet6(ip) => Some(*ip),
             _ => None,
         }
     }
@@ -120,7 +141,8 @@ pub async fn delete_route(netlink: &Handle, route: RouteMessage) -> Result<()> {
     }
 }
 
-/// Every neighbour of `family`: IPv4 neighbours (`Inet`) or forwarding entries (`Bridge`).
+/// Every neighbour of `family`: IPv4 or IPv6 neighbours (`Inet`, `Inet6`) or forwarding
+/// entries (`Bridge`).
 pub async fn neighbours(netlink: &Handle, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
     netlink
         .neighbours()
@@ -142,10 +164,10 @@ pub fn link_layer(message: &NeighbourMessage) -> Option<Mac> {
     })
 }
 
-/// A neighbour's IPv4 address: the neighbour's own, or an fdb entry's remote.
-pub fn ipv4(message: &NeighbourMessage) -> Option<Ipv4Addr> {
+/// A neighbour's address of family `A`: the neighbour's own, or an fdb entry's remote.
+pub fn destination<A: RouteFamily>(message: &NeighbourMessage) -> Option<A> {
     message.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        NeighbourAttribute::Destination(address) => A::neighbour_address(address),
         _ => None,
     })
 }

@@ -196,6 +196,7 @@ impl EbpfDatapath {
             Encap::Vxlan => BackendAttrs::Vxlan {
                 vni: self.vni,
                 vtep_mac: self.vtep_mac,
+                v6_vtep_mac: None,
             },
             Encap::Udp => BackendAttrs::Udp,
         }
