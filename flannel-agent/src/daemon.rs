@@ -14,7 +14,6 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use etcd_client::{WatchResponse, WatchStream};
-use ipnet::Ipv4Net;
 use tokio::{
     signal::unix::{signal, Signal, SignalKind},
     time::{interval, interval_at, sleep, sleep_until, Instant, MissedTickBehavior},
@@ -69,12 +68,6 @@ pub async fn run(args: Args) -> Result<()> {
     info!(network = %config.network, backend = config.backend.type_name(), "network config");
     let ipv6 = config.ipv6.is_some();
     let mut datapath = Datapath::start(&datapath_options, &config.backend, &iface, ipv6).await?;
-    if config.ipv6.is_some() && args.ip_masq {
-        bail!(
-            "--ip-masq on a dual-stack network: this flanneld does not write ip6tables rules yet; \
-             run without --ip-masq, or masquerade IPv6 yourself"
-        );
-    }
     let public_ipv6 = match (&config.ipv6, iface.public_ipv6) {
         (None, _) => None,
         (Some(_), Some(ipv6)) => Some(ipv6),
@@ -105,7 +98,7 @@ pub async fn run(args: Args) -> Result<()> {
     let subnets = (lease.subnet, lease.attrs.ipv6_subnet);
     datapath.activate(config.network, subnets, mtu).await?;
     let (maps_done, maps_read) = tokio::sync::mpsc::channel(1);
-    let firewall = Firewall::start(firewall(&args, &config, lease.subnet, &datapath)).await;
+    let firewall = Firewall::start(firewall(&args, &config, &lease, &datapath)).await;
     let mut agent = Agent {
         firewall,
         peers: PeerTable::new(Rules {
@@ -664,7 +657,7 @@ impl Agent {
     }
 
     fn firewall(&self) -> Wanted {
-        firewall(&self.args, &self.config, self.lease.subnet, &self.datapath)
+        firewall(&self.args, &self.config, &self.lease, &self.datapath)
     }
 
     async fn resync(&mut self) {
@@ -679,15 +672,22 @@ impl Agent {
     }
 }
 
-/// What the firewall should hold: flannel's rules as the flags ask, and (on the eBPF fast path)
-/// the FORWARD rules it bypasses named.
-fn firewall(args: &Args, config: &Config, subnet: Ipv4Net, datapath: &Datapath) -> Wanted {
+/// What the firewall should hold: flannel's rules as the flags ask, for IPv6 too in a
+/// dual-stack network, and (on the eBPF fast path) the FORWARD rules it bypasses named.
+fn firewall(args: &Args, config: &Config, lease: &OwnLease, datapath: &Datapath) -> Wanted {
+    let ipv6 = (config.ipv6.as_ref()).zip(lease.attrs.ipv6_subnet);
     let mut rules = Vec::new();
     if args.ip_masq {
-        rules.extend(iptables::masq_rules(&config.network, &subnet));
+        rules.extend(iptables::masq_rules(config.network, lease.subnet));
+        if let Some((v6, subnet)) = ipv6 {
+            rules.extend(iptables::masq_rules(v6.network, subnet));
+        }
     }
     if args.iptables_forward_rules {
-        rules.extend(iptables::forward_rules(&config.network));
+        rules.extend(iptables::forward_rules(config.network));
+        if let Some((v6, _)) = ipv6 {
+            rules.extend(iptables::forward_rules(v6.network));
+        }
     }
     Wanted {
         rules,

@@ -195,6 +195,66 @@ fn an_ipv6_route_removed_by_hand_comes_back() {
     assert!(containers[0].ping6(containers[1].v6));
 }
 
+/// `--ip-masq` in a dual-stack network writes flannel's ip6tables rules too: IPv6 leaving
+/// the network is masqueraded behind the host's address, IPv6 inside it keeps its source,
+/// and the rules come back when flushed by hand.
+#[test]
+fn ip_masq_masquerades_ipv6_leaving_the_network_as_flannel() {
+    let (bed, agents, containers) =
+        dual_stack(2, DUAL_HOST_GW, &["--ip-masq", "--iptables-resync=1"]);
+    all_reach_all(&containers);
+    let subnet6 = agents[0].subnet_env("FLANNEL_IPV6_SUBNET").unwrap();
+    let subnet6 = subnet6.parse::<Ipv6Net>().unwrap().trunc();
+    let expected = [
+        "-N FLANNEL-POSTRTG".to_owned(),
+        r#"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#.to_owned(),
+        format!(r#"-A FLANNEL-POSTRTG -s {subnet6} -d fd00:10::/48 -m comment --comment "flanneld masq" -j RETURN"#),
+        format!(r#"-A FLANNEL-POSTRTG -s fd00:10::/48 -d {subnet6} -m comment --comment "flanneld masq" -j RETURN"#),
+        format!(r#"-A FLANNEL-POSTRTG ! -s fd00:10::/48 -d {subnet6} -m comment --comment "flanneld masq" -j RETURN"#),
+        r#"-A FLANNEL-POSTRTG -s fd00:10::/48 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#.to_owned(),
+        r#"-A FLANNEL-POSTRTG ! -s fd00:10::/48 -d fd00:10::/48 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#.to_owned(),
+    ]
+    .join("\n");
+    let rules = || {
+        let listing = bed.hosts[0].exec("ip6tables", &["-t", "nat", "-S", "FLANNEL-POSTRTG"]);
+        listing
+            .map(|text| text.trim().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(rules(), expected);
+
+    // Where a container's IPv6 connection comes from, as a listener on host 1 sees it.
+    let source_seen_from = |target: Ipv6Addr, listen_ns: &flannel_tests::netns::Netns| {
+        let listener = listen_ns
+            .enter(|| TcpListener::bind((target, 7778)))
+            .unwrap()
+            .unwrap();
+        std::thread::scope(|scope| {
+            let accept = scope.spawn(|| listener.accept().unwrap().1.ip());
+            (containers[0].v4.ns)
+                .enter(|| TcpStream::connect((target, 7778)).map(drop))
+                .unwrap()
+                .unwrap();
+            accept.join().unwrap()
+        })
+    };
+    // Leaving the network: host 0's own address.
+    assert_eq!(source_seen_from(host_ipv6(1), &bed.hosts[1]), host_ipv6(0));
+    // Inside it: the container's.
+    assert_eq!(
+        source_seen_from(containers[1].v6, &containers[1].v4.ns),
+        containers[0].v6
+    );
+
+    bed.hosts[0]
+        .exec("ip6tables", &["-t", "nat", "-F", "FLANNEL-POSTRTG"])
+        .unwrap();
+    wait_for("the ip6tables rules to come back", READY, || {
+        rules() == expected
+    })
+    .unwrap();
+}
+
 #[test]
 fn a_dual_stack_network_without_an_ipv6_address_is_refused_clearly() {
     require_root();

@@ -1,17 +1,19 @@
 //! `--ip-masq` and `--iptables-forward-rules`: flannel's chains and rules, exactly as flannel
-//! writes them, through the `iptables` command (no library speaks nftables' iptables-compat).
+//! writes them, through the `iptables` and `ip6tables` commands (no library speaks nftables'
+//! iptables-compat).
 
 use tokio::process::Command;
 
 use anyhow::{bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 pub const MASQ_CHAIN: &str = "FLANNEL-POSTRTG";
 pub const FORWARD_CHAIN: &str = "FLANNEL-FWD";
 
-/// One rule: appended to `chain` of `table`.
+/// One rule: appended to `chain` of `table`, by `ip6tables` when `ipv6`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
+    pub ipv6: bool,
     pub table: &'static str,
     pub chain: &'static str,
     pub spec: Vec<String>,
@@ -23,12 +25,13 @@ const MASQ: Chain = ("nat", "POSTROUTING", MASQ_CHAIN, "flanneld masq");
 const FORWARD: Chain = ("filter", "FORWARD", FORWARD_CHAIN, "flanneld forward");
 
 /// `<matches> -m comment --comment "<comment>" <target>`, as flannel writes its rules.
-fn rule(chain: &Chain, in_chain: &'static str, matches: &str, target: &str) -> Rule {
+fn rule(ipv6: bool, chain: &Chain, in_chain: &'static str, matches: &str, target: &str) -> Rule {
     let (table, _, _, comment) = *chain;
     let mut spec: Vec<String> = matches.split_whitespace().map(str::to_owned).collect();
     spec.extend(["-m", "comment", "--comment", comment].map(str::to_owned));
     spec.extend(target.split_whitespace().map(str::to_owned));
     Rule {
+        ipv6,
         table,
         chain: in_chain,
         spec,
@@ -36,32 +39,38 @@ fn rule(chain: &Chain, in_chain: &'static str, matches: &str, target: &str) -> R
 }
 
 /// The built-in chain's jump to our chain.
-fn jump(chain: &Chain) -> Rule {
-    rule(chain, chain.1, "", &format!("-j {}", chain.2))
+fn jump(ipv6: bool, chain: &Chain) -> Rule {
+    rule(ipv6, chain, chain.1, "", &format!("-j {}", chain.2))
 }
 
-/// flannel's masquerade rules for network `n` and our subnet `s`, jump first.
-pub fn masq_rules(n: &Ipv4Net, s: &Ipv4Net) -> Vec<Rule> {
-    let own = |matches: String, target: &str| rule(&MASQ, MASQ_CHAIN, &matches, target);
+/// flannel's masquerade rules for network `n` and our subnet `s` of one family, jump first.
+pub fn masq_rules(n: impl Into<IpNet>, s: impl Into<IpNet>) -> Vec<Rule> {
+    let (n, s) = (n.into(), s.into());
+    let ipv6 = matches!(n, IpNet::V6(_));
+    let multicast = if ipv6 { "ff00::/8" } else { "224.0.0.0/4" };
+    let own = |matches: String, target: &str| rule(ipv6, &MASQ, MASQ_CHAIN, &matches, target);
     vec![
-        jump(&MASQ),
+        jump(ipv6, &MASQ),
         own("-m mark --mark 0x4000/0x4000".into(), "-j RETURN"),
         own(format!("-s {s} -d {n}"), "-j RETURN"),
         own(format!("-s {n} -d {s}"), "-j RETURN"),
         own(format!("! -s {n} -d {s}"), "-j RETURN"),
         own(
-            format!("-s {n} ! -d 224.0.0.0/4"),
+            format!("-s {n} ! -d {multicast}"),
             "-j MASQUERADE --random-fully",
         ),
         own(format!("! -s {n} -d {n}"), "-j MASQUERADE --random-fully"),
     ]
 }
 
-/// flannel's forward rules for network `n`, jump first (Docker sets FORWARD's policy to DROP).
-pub fn forward_rules(n: &Ipv4Net) -> Vec<Rule> {
-    let own = |matches: String| rule(&FORWARD, FORWARD_CHAIN, &matches, "-j ACCEPT");
+/// flannel's forward rules for network `n` of one family, jump first (Docker sets FORWARD's
+/// policy to DROP).
+pub fn forward_rules(n: impl Into<IpNet>) -> Vec<Rule> {
+    let n = n.into();
+    let ipv6 = matches!(n, IpNet::V6(_));
+    let own = |matches: String| rule(ipv6, &FORWARD, FORWARD_CHAIN, &matches, "-j ACCEPT");
     vec![
-        jump(&FORWARD),
+        jump(ipv6, &FORWARD),
         own(format!("-s {n}")),
         own(format!("-d {n}")),
     ]
@@ -74,7 +83,7 @@ pub async fn forward_rules_bypassed() -> Result<Vec<String>> {
     let mut found = Vec::new();
     for chain in ["FORWARD", "DOCKER-USER"] {
         // DOCKER-USER exists only with Docker.
-        let Ok(listing) = iptables("filter", &["-S", chain]).await else {
+        let Ok(listing) = iptables(false, "filter", &["-S", chain]).await else {
             continue;
         };
         found.extend(
@@ -96,17 +105,21 @@ fn ours_or_dockers(rule: &str) -> bool {
         || rule == "-A DOCKER-USER -j RETURN"
 }
 
-/// Removes our jumps and chains (`flanneld --cleanup`); what is already gone is fine.
+/// Removes our jumps and chains of both families (`flanneld --cleanup`); what is already
+/// gone is fine.
 pub async fn remove_all() -> Result<()> {
-    for chain in [MASQ, FORWARD] {
+    for (ipv6, chain) in [false, true]
+        .into_iter()
+        .flat_map(|v6| [(v6, MASQ), (v6, FORWARD)])
+    {
         let (table, _, own, _) = chain;
-        let jump = jump(&chain);
+        let jump = jump(ipv6, &chain);
         let mut delete = vec!["-D", jump.chain];
         delete.extend(jump.spec.iter().map(String::as_str));
-        while iptables(table, &delete).await.is_ok() {}
-        if iptables(table, &["-S", own]).await.is_ok() {
-            iptables(table, &["-F", own]).await?;
-            iptables(table, &["-X", own]).await?;
+        while iptables(ipv6, table, &delete).await.is_ok() {}
+        if iptables(ipv6, table, &["-S", own]).await.is_ok() {
+            iptables(ipv6, table, &["-F", own]).await?;
+            iptables(ipv6, table, &["-X", own]).await?;
         }
     }
     Ok(())
@@ -119,15 +132,17 @@ pub async fn remove_all() -> Result<()> {
 /// are added when missing.
 pub async fn ensure(rules: &[Rule]) -> Result<bool> {
     let mut changed = false;
-    let mut own_chains: Vec<(&str, &str)> = Vec::new();
+    let mut own_chains: Vec<(bool, &str, &str)> = Vec::new();
     for rule in rules.iter().filter(|r| r.chain.starts_with("FLANNEL-")) {
-        if !own_chains.contains(&(rule.table, rule.chain)) {
-            own_chains.push((rule.table, rule.chain));
+        if !own_chains.contains(&(rule.ipv6, rule.table, rule.chain)) {
+            own_chains.push((rule.ipv6, rule.table, rule.chain));
         }
     }
-    for &(table, chain) in &own_chains {
-        let mine: Vec<&Rule> = rules.iter().filter(|r| r.chain == chain).collect();
-        let listed = iptables(table, &["-S", chain]).await.ok();
+    for &(ipv6, table, chain) in &own_chains {
+        let mine: Vec<&Rule> = (rules.iter())
+            .filter(|r| r.ipv6 == ipv6 && r.chain == chain)
+            .collect();
+        let listed = iptables(ipv6, table, &["-S", chain]).await.ok();
         let wanted: Vec<String> = mine.iter().map(|r| listing(r)).collect();
         let present: Vec<String> = listed
             .as_deref()
@@ -141,9 +156,9 @@ pub async fn ensure(rules: &[Rule]) -> Result<bool> {
         }
         changed = true;
         if listed.is_none() {
-            iptables(table, &["-N", chain]).await?;
+            iptables(ipv6, table, &["-N", chain]).await?;
         } else {
-            iptables(table, &["-F", chain]).await?;
+            iptables(ipv6, table, &["-F", chain]).await?;
         }
         for rule in mine {
             append(rule).await?;
@@ -152,7 +167,7 @@ pub async fn ensure(rules: &[Rule]) -> Result<bool> {
     for rule in rules.iter().filter(|r| !r.chain.starts_with("FLANNEL-")) {
         let mut check = vec!["-C", rule.chain];
         check.extend(rule.spec.iter().map(String::as_str));
-        if iptables(rule.table, &check).await.is_err() {
+        if iptables(rule.ipv6, rule.table, &check).await.is_err() {
             changed = true;
             append(rule).await?;
         }
@@ -179,19 +194,21 @@ fn listing(rule: &Rule) -> String {
 async fn append(rule: &Rule) -> Result<()> {
     let mut args = vec!["-A", rule.chain];
     args.extend(rule.spec.iter().map(String::as_str));
-    iptables(rule.table, &args).await.map(drop)
+    iptables(rule.ipv6, rule.table, &args).await.map(drop)
 }
 
-async fn iptables(table: &str, args: &[&str]) -> Result<String> {
-    let output = Command::new("iptables")
+/// Runs `iptables`, or `ip6tables` when `ipv6`.
+async fn iptables(ipv6: bool, table: &str, args: &[&str]) -> Result<String> {
+    let command = if ipv6 { "ip6tables" } else { "iptables" };
+    let output = Command::new(command)
         .args(["-w", "5", "-t", table])
         .args(args)
         .output()
         .await
-        .context("running iptables")?;
+        .with_context(|| format!("running {command}"))?;
     if !output.status.success() {
         bail!(
-            "iptables -t {table} {} failed: {}",
+            "{command} -t {table} {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&output.stderr).trim()
         );
@@ -228,9 +245,9 @@ mod tests {
 
     #[test]
     fn rule_text_is_flannels() {
-        let n = "10.1.0.0/16".parse().unwrap();
-        let s = "10.1.83.0/24".parse().unwrap();
-        let text: Vec<String> = masq_rules(&n, &s).iter().map(listing).collect();
+        let n: ipnet::Ipv4Net = "10.1.0.0/16".parse().unwrap();
+        let s: ipnet::Ipv4Net = "10.1.83.0/24".parse().unwrap();
+        let text: Vec<String> = masq_rules(n, s).iter().map(listing).collect();
         assert_eq!(
             text,
             [
@@ -243,13 +260,44 @@ mod tests {
                 r#"-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
             ]
         );
-        let text: Vec<String> = forward_rules(&n).iter().map(listing).collect();
+        let text: Vec<String> = forward_rules(n).iter().map(listing).collect();
         assert_eq!(
             text,
             [
                 r#"-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD"#,
                 r#"-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#,
                 r#"-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#,
+            ]
+        );
+        assert!(masq_rules(n, s).iter().all(|rule| !rule.ipv6));
+    }
+
+    #[test]
+    fn ipv6_rule_text_is_flannels() {
+        let n: ipnet::Ipv6Net = "fd00:10::/48".parse().unwrap();
+        let s: ipnet::Ipv6Net = "fd00:10:0:53::/64".parse().unwrap();
+        let rules = masq_rules(n, s);
+        assert!(rules.iter().all(|rule| rule.ipv6));
+        let text: Vec<String> = rules.iter().map(listing).collect();
+        assert_eq!(
+            text,
+            [
+                r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#,
+                r#"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG -s fd00:10:0:53::/64 -d fd00:10::/48 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG -s fd00:10::/48 -d fd00:10:0:53::/64 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG ! -s fd00:10::/48 -d fd00:10:0:53::/64 -m comment --comment "flanneld masq" -j RETURN"#,
+                r#"-A FLANNEL-POSTRTG -s fd00:10::/48 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
+                r#"-A FLANNEL-POSTRTG ! -s fd00:10::/48 -d fd00:10::/48 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
+            ]
+        );
+        let text: Vec<String> = forward_rules(n).iter().map(listing).collect();
+        assert_eq!(
+            text,
+            [
+                r#"-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD"#,
+                r#"-A FLANNEL-FWD -s fd00:10::/48 -m comment --comment "flanneld forward" -j ACCEPT"#,
+                r#"-A FLANNEL-FWD -d fd00:10::/48 -m comment --comment "flanneld forward" -j ACCEPT"#,
             ]
         );
     }
