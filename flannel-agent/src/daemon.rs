@@ -31,7 +31,7 @@ use crate::{
         registry::{LeaseChange, Registry, StoredLease},
         subnet_env::{self, SubnetEnv},
     },
-    datapath::{ebpf::Maps, Datapath},
+    datapath::{ebpf::Maps, Datapath, Ours},
     host::{
         endpoints::ContainerEvents,
         firewall::{Firewall, Wanted},
@@ -95,8 +95,7 @@ pub async fn run(args: Args) -> Result<()> {
         sleep(RETRY).await;
     };
     let mtu = iface.overlay_mtu(&config.backend);
-    let subnets = (lease.subnet, lease.attrs.ipv6_subnet);
-    datapath.activate(config.network, subnets, mtu).await?;
+    datapath.activate(ours(&config, &lease), mtu).await?;
     let (maps_done, maps_read) = tokio::sync::mpsc::channel(1);
     let firewall = Firewall::start(firewall(&args, &config, &lease, &datapath)).await;
     let mut agent = Agent {
@@ -482,8 +481,7 @@ impl Agent {
 
     /// Takes a newly acquired lease; a different subnet rewrites everything that names it.
     async fn adopt(&mut self, lease: OwnLease) {
-        let subnets = |l: &OwnLease| (l.subnet, l.attrs.ipv6_subnet);
-        let moved = subnets(&lease) != subnets(&self.lease);
+        let moved = ours(&self.config, &lease) != ours(&self.config, &self.lease);
         if moved {
             error!(
                 old = %self.lease.subnet,
@@ -502,7 +500,7 @@ impl Agent {
             let mtu = self.iface.overlay_mtu(&self.config.backend);
             if let Err(e) = self
                 .datapath
-                .activate(self.config.network, subnets(&self.lease), mtu)
+                .activate(ours(&self.config, &self.lease), mtu)
                 .await
             {
                 error!("datapath: {e:#}");
@@ -669,6 +667,15 @@ impl Agent {
         self.ensure_subnet_env();
         self.firewall.keep(self.firewall());
         self.resync_datapath().await;
+    }
+}
+
+/// Our end of the overlay, by `lease`.
+fn ours(config: &Config, lease: &OwnLease) -> Ours {
+    Ours {
+        network: config.network,
+        subnet: lease.subnet,
+        ipv6: (config.ipv6.as_ref()).and_then(|v6| Some((v6.network, lease.attrs.ipv6_subnet?))),
     }
 }
 

@@ -21,6 +21,9 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "FLANNEL_ENDPOINTS_V1";
     pub const EVENTS: &str = "FLANNEL_EVENTS_V1";
     pub const EVENT_RATE: &str = "FLANNEL_EVENT_RATE_V1";
+    pub const CONFIG6: &str = "FLANNEL_CONFIG6_V1";
+    pub const PEERS6: &str = "FLANNEL_PEERS6_V1";
+    pub const ROUTES6: &str = "FLANNEL_ROUTES6_V1";
 }
 
 /// Program names, as the agent looks them up in the object.
@@ -214,6 +217,47 @@ impl Encap {
     }
 }
 
+/// The IPv6 half of a dual-stack vxlan network (the `CONFIG6` array's one entry); all zero
+/// while the network is IPv4 only. Addresses and masks are in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig6 {
+    /// Our public IPv6: tunnel packets must be addressed to it, and ours leave from it.
+    pub local_ip: [u8; 16],
+    pub network: [u8; 16],
+    pub network_mask: [u8; 16],
+    pub subnet: [u8; 16],
+    pub subnet_mask: [u8; 16],
+    /// The overlay device: IPv6 is encapsulated at its egress only, after the stack has
+    /// routed it and applied the tunnel's MTU (answering "packet too big").
+    pub overlay_ifindex: u32,
+}
+
+/// Value of the `ROUTES6` LPM trie, keyed by a peer's IPv6 subnet: the kernel's vxlan device
+/// in metadata mode (the GRO device) encapsulates IPv6 for us, with the UDP checksum that
+/// IPv6 requires and flannel's IPv6 vxlan device checks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tunnel6 {
+    /// The peer's public IPv6: the tunnel's remote end.
+    pub remote_ip: [u8; 16],
+    /// The peer's IPv6 VTEP MAC: the inner Ethernet destination.
+    pub remote_mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The peer's public IPv4 (network byte order): its traffic counters' key.
+    pub remote_ipv4_be: u32,
+}
+
+/// Value of the `PEERS6` hash map, keyed by a peer's public IPv6: the IPv6 subnet it speaks
+/// for, and its public IPv4 (network byte order), its traffic counters' key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerInfo6 {
+    pub subnet: [u8; 16],
+    pub subnet_mask: [u8; 16],
+    pub ipv4_be: u32,
+}
+
 /// Value of the `PEERS` hash map, keyed by a peer's public IPv4 (network byte order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -361,6 +405,9 @@ const _: () = {
     assert!(size_of::<PeerTraffic>() == 32);
     assert!(size_of::<PeerInfo>() == 12);
     assert!(size_of::<DropEvent>() == 32);
+    assert!(size_of::<DatapathConfig6>() == 84);
+    assert!(size_of::<Tunnel6>() == 28);
+    assert!(size_of::<PeerInfo6>() == 36);
 };
 
 /// Maximum number of peers the maps hold.
@@ -377,4 +424,7 @@ mod pod {
     unsafe impl aya::Pod for super::Tunnel {}
     unsafe impl aya::Pod for super::PeerTraffic {}
     unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::DatapathConfig6 {}
+    unsafe impl aya::Pod for super::Tunnel6 {}
+    unsafe impl aya::Pod for super::PeerInfo6 {}
 }

@@ -10,7 +10,7 @@ use aya::maps::{
     PerCpuHashMap, RingBuf,
 };
 
-use crate::{map_names, DatapathConfig, PeerInfo, PeerTraffic, Tunnel};
+use crate::{map_names, DatapathConfig, PeerInfo, PeerInfo6, PeerTraffic, Tunnel, Tunnel6};
 
 /// A pin directory.
 pub struct Pins {
@@ -40,6 +40,16 @@ impl Pins {
     /// Peer public IPv4, network byte order → peer.
     pub fn peers(&self) -> Result<HashMap<MapData, u32, PeerInfo>, MapError> {
         self.open(map_names::PEERS)?.try_into()
+    }
+
+    /// Peer IPv6 subnet → tunnel.
+    pub fn routes6(&self) -> Result<LpmTrie<MapData, [u8; 16], Tunnel6>, MapError> {
+        self.open(map_names::ROUTES6)?.try_into()
+    }
+
+    /// Peer public IPv6 → peer.
+    pub fn peers6(&self) -> Result<HashMap<MapData, [u8; 16], PeerInfo6>, MapError> {
+        self.open(map_names::PEERS6)?.try_into()
     }
 
     /// Peer public IPv4, network byte order → traffic per CPU.

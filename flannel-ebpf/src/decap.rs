@@ -1,6 +1,6 @@
 //! Decapsulation: strip the outer headers of a tunnel packet the guard accepted, leaving the
-//! outer Ethernet header (addressed to this host) in front of the inner IPv4 packet. TC and
-//! XDP differ only in how they remove the bytes.
+//! outer Ethernet header (addressed to this host) in front of the inner packet: IPv4 behind
+//! IPv4, or IPv6 behind IPv6 (TC only). TC and XDP differ only in how they remove the bytes.
 
 use aya_ebpf::{
     bindings::{
@@ -10,10 +10,13 @@ use aya_ebpf::{
     helpers::{bpf_csum_level, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
-use flannel_common::{mask_be, DatapathConfig, DropReason, Encap, PeerInfo, CHECK_INNER_SOURCE};
+use flannel_common::{
+    mask_be, DatapathConfig, DatapathConfig6, DropReason, Encap, PeerInfo, PeerInfo6,
+    CHECK_INNER_SOURCE,
+};
 
 use crate::{
-    parse::{Context, EthHdr, Ipv4Hdr, Packet, ETH_HLEN},
+    parse::{in_prefix6, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ETH_HLEN, IPV6_HLEN},
     ttl,
 };
 
@@ -65,7 +68,7 @@ pub fn decapsulate(
     outer_ip_len: usize,
     peer: &PeerInfo,
 ) -> Result<(), DropReason> {
-    let len = outer_len(ctx.packet(), cfg, outer_ip_len)?;
+    let len = outer_len(ctx.packet(), cfg, outer_ip_len, false)?;
     if cfg.flags & CHECK_INNER_SOURCE != 0 {
         check_source(ctx.packet(), cfg, ETH_HLEN + len, peer)?;
     }
@@ -79,6 +82,29 @@ pub fn decapsulate(
         ttl::decrement(ip)?;
     }
     Ok(())
+}
+
+/// Strips the outer IPv6, UDP, VXLAN and inner Ethernet headers of a vxlan packet from a
+/// dual-stack `peer`, leaving its inner IPv6 packet.
+#[inline(always)]
+pub fn decapsulate6(
+    ctx: &impl Strip,
+    cfg: &DatapathConfig,
+    cfg6: &DatapathConfig6,
+    peer: &PeerInfo6,
+) -> Result<(), DropReason> {
+    let len = outer_len(ctx.packet(), cfg, IPV6_HLEN, true)?;
+    if cfg.flags & CHECK_INNER_SOURCE != 0 {
+        let inner = ctx
+            .packet()
+            .header::<Ipv6Hdr>(ETH_HLEN + len)
+            .ok_or(DropReason::Truncated)?;
+        let in_network = in_prefix6(&inner.saddr, &cfg6.network, &cfg6.network_mask);
+        if in_network && !in_prefix6(&inner.saddr, &peer.subnet, &peer.subnet_mask) {
+            return Err(DropReason::WrongInnerSource);
+        }
+    }
+    ctx.strip(len)
 }
 
 /// A peer speaks for its own subnet only: an inner source inside the network must lie in it.
@@ -102,9 +128,15 @@ fn check_source(
 }
 
 /// How many bytes after the outer Ethernet header to strip, once the inner headers are
-/// checked: a kernel vxlan device drops frames not addressed to its own MAC; so do we.
+/// checked: a kernel vxlan device drops frames not addressed to its own MAC; so do we. The
+/// inner packet must be of the outer one's family (`ipv6`), as flannel carries them.
 #[inline(always)]
-fn outer_len(pkt: Packet, cfg: &DatapathConfig, outer_ip_len: usize) -> Result<usize, DropReason> {
+fn outer_len(
+    pkt: Packet,
+    cfg: &DatapathConfig,
+    outer_ip_len: usize,
+    ipv6: bool,
+) -> Result<usize, DropReason> {
     let udp_end = outer_ip_len + 8;
     if cfg.encap != Encap::Vxlan as u16 {
         return Ok(udp_end);
@@ -115,7 +147,7 @@ fn outer_len(pkt: Packet, cfg: &DatapathConfig, outer_ip_len: usize) -> Result<u
     if inner.dst != cfg.vtep_mac {
         return Err(DropReason::WrongMac);
     }
-    if !inner.is_ipv4() {
+    if (ipv6 && !inner.is_ipv6()) || (!ipv6 && !inner.is_ipv4()) {
         return Err(DropReason::DecapFailed);
     }
     Ok(udp_end + 8 + ETH_HLEN)

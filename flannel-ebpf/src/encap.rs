@@ -7,12 +7,12 @@ use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_tunnel_key, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
-        BPF_F_DONT_FRAGMENT,
+        BPF_F_DONT_FRAGMENT, BPF_F_TUNINFO_IPV6,
     },
     helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
-use flannel_common::{DatapathConfig, DropReason, Encap, Tunnel};
+use flannel_common::{DatapathConfig, DatapathConfig6, DropReason, Encap, Tunnel, Tunnel6};
 
 use crate::{
     csum,
@@ -109,12 +109,44 @@ fn via_kernel(ctx: &TcContext, cfg: &DatapathConfig, tunnel: &Tunnel) -> Result<
     // The template's inner Ethernet addresses: the peer's VTEP MAC, then ours.
     let mut macs = [0u8; 12];
     macs.copy_from_slice(&tunnel.header[36..48]);
-    ctx.store(0, &macs, 0)
-        .map_err(|_| DropReason::EncapFailed)?;
     // SAFETY: an all-zero key is valid; the fields set are plain integers.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    key.tunnel_id = cfg.vni;
     key.__bindgen_anon_1.remote_ipv4 = u32::from_be(tunnel.remote_ip_be);
+    send_via_kernel(ctx, cfg, &macs, key, BPF_F_DONT_FRAGMENT as u64)
+}
+
+/// IPv6 to a dual-stack peer: always by the GRO device, whose kernel vxlan encapsulation
+/// gives the outer UDP the checksum IPv6 needs (flannel's IPv6 vxlan device drops packets
+/// without one), for a GSO packet's every segment too.
+pub fn via_kernel6(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    cfg6: &DatapathConfig6,
+    tunnel: &Tunnel6,
+) -> Result<i32, DropReason> {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&tunnel.remote_mac);
+    macs[6..].copy_from_slice(&cfg.vtep_mac);
+    // SAFETY: an all-zero key is valid; the fields set are plain integers.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    // The kernel copies IPv6 addresses as bytes, in network order.
+    key.__bindgen_anon_1.remote_ipv6 = words(&tunnel.remote_ip);
+    key.__bindgen_anon_3.local_ipv6 = words(&cfg6.local_ip);
+    send_via_kernel(ctx, cfg, &macs, key, BPF_F_TUNINFO_IPV6 as u64)
+}
+
+/// Addresses the inner Ethernet header (`macs`: destination, then source), puts the tunnel
+/// `key` (with our VNI and a TTL of 64) on the packet and redirects it to the GRO device.
+#[inline(always)]
+fn send_via_kernel(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    macs: &[u8; 12],
+    mut key: bpf_tunnel_key,
+    flags: u64,
+) -> Result<i32, DropReason> {
+    ctx.store(0, macs, 0).map_err(|_| DropReason::EncapFailed)?;
+    key.tunnel_id = cfg.vni;
     key.tunnel_ttl = 64;
     // SAFETY: the key lives on our stack for the call; its size is passed.
     let set = unsafe {
@@ -122,7 +154,7 @@ fn via_kernel(ctx: &TcContext, cfg: &DatapathConfig, tunnel: &Tunnel) -> Result<
             ctx.skb.skb,
             &mut key,
             core::mem::size_of::<bpf_tunnel_key>() as u32,
-            BPF_F_DONT_FRAGMENT as u64,
+            flags,
         )
     };
     if set != 0 {
@@ -130,4 +162,16 @@ fn via_kernel(ctx: &TcContext, cfg: &DatapathConfig, tunnel: &Tunnel) -> Result<
     }
     // SAFETY: plain helper call.
     Ok(unsafe { bpf_redirect(cfg.gro_ifindex, 0) as i32 })
+}
+
+/// An IPv6 address's bytes as the four words of `bpf_tunnel_key`.
+#[inline(always)]
+fn words(ip: &[u8; 16]) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        words[i] = u32::from_ne_bytes([ip[4 * i], ip[4 * i + 1], ip[4 * i + 2], ip[4 * i + 3]]);
+        i += 1;
+    }
+    words
 }

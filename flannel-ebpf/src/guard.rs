@@ -3,27 +3,31 @@
 //! Anything that is not a tunnel packet for us passes untouched; a packet that claims our
 //! tunnel port but fails a check is dropped with a reason; a genuine one is handed to decap.
 
-use flannel_common::{DatapathConfig, DropReason, Encap, PeerInfo};
+use flannel_common::{DatapathConfig, DatapathConfig6, DropReason, Encap, PeerInfo, PeerInfo6};
 
 use crate::{
     maps,
-    parse::{EthHdr, Ipv4Hdr, Packet, UdpHdr, VxlanHdr, ETH_HLEN, IPPROTO_UDP, VXLAN_FLAGS_I},
+    parse::{
+        EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, UdpHdr, VxlanHdr, ETH_HLEN, IPPROTO_UDP, IPV6_HLEN,
+        VXLAN_FLAGS_I,
+    },
 };
 
-pub enum Verdict {
+pub enum Verdict<P = PeerInfo> {
     Pass,
     Drop(DropReason),
-    /// A tunnel packet from a current peer: `outer_ip_len` bytes of outer IPv4 header.
+    /// A tunnel packet from a current peer: `outer_ip_len` bytes of outer IP header;
+    /// `peer_be` keys its traffic counters (its public IPv4).
     Tunnel {
         peer_be: u32,
-        peer: PeerInfo,
+        peer: P,
         outer_ip_len: usize,
     },
 }
 
-/// Bytes the guard and decap read: Ethernet, the largest IPv4 header, UDP, VXLAN and the
-/// inner Ethernet header.
-pub const HEADER_LEN: u32 = (ETH_HLEN + 60 + 8 + 8 + ETH_HLEN) as u32;
+/// Bytes the guard and decap read: Ethernet, the largest outer IP header (IPv4 with
+/// options), UDP, VXLAN, the inner Ethernet header and an inner IPv6 source address.
+pub const HEADER_LEN: u32 = (ETH_HLEN + 60 + 8 + 8 + ETH_HLEN + 24) as u32;
 
 /// The outer IPv4 header of a packet that claims to be one of our tunnel packets: UDP to our
 /// tunnel port on our address. Anything else is not ours to judge.
@@ -53,17 +57,54 @@ pub fn check(pkt: Packet, cfg: &DatapathConfig) -> Verdict {
     let Some(peer) = maps::peer(ip.saddr_be()) else {
         return Verdict::Drop(DropReason::UnknownPeer);
     };
-    if cfg.encap == Encap::Vxlan as u16 {
-        let Some(vxlan) = pkt.header::<VxlanHdr>(ETH_HLEN + ip_len + 8) else {
-            return Verdict::Drop(DropReason::Truncated);
-        };
-        if vxlan.flags != VXLAN_FLAGS_I.to_be_bytes() || vxlan.vni != (cfg.vni << 8).to_be_bytes() {
-            return Verdict::Drop(DropReason::WrongVni);
-        }
+    if let Err(reason) = check_vni(pkt, cfg, ETH_HLEN + ip_len + 8) {
+        return Verdict::Drop(reason);
     }
     Verdict::Tunnel {
         peer_be: ip.saddr_be(),
         peer,
         outer_ip_len: ip_len,
     }
+}
+
+/// The IPv6 guard: a VXLAN packet (UDP, no extension headers, to our port on our public
+/// IPv6) from a current dual-stack peer, with our VNI.
+#[inline(always)]
+pub fn check6(pkt: Packet, cfg: &DatapathConfig, cfg6: &DatapathConfig6) -> Verdict<PeerInfo6> {
+    let Some(ip) = pkt.header::<Ipv6Hdr>(ETH_HLEN) else {
+        return Verdict::Pass;
+    };
+    if cfg.port_be == 0 || ip.next_header != IPPROTO_UDP || ip.daddr != cfg6.local_ip {
+        return Verdict::Pass;
+    }
+    let Some(udp) = pkt.header::<UdpHdr>(ETH_HLEN + IPV6_HLEN) else {
+        return Verdict::Pass;
+    };
+    if u16::from_ne_bytes(udp.dest) != cfg.port_be {
+        return Verdict::Pass;
+    }
+    let Some(peer) = maps::peer6(&ip.saddr) else {
+        return Verdict::Drop(DropReason::UnknownPeer);
+    };
+    if let Err(reason) = check_vni(pkt, cfg, ETH_HLEN + IPV6_HLEN + 8) {
+        return Verdict::Drop(reason);
+    }
+    Verdict::Tunnel {
+        peer_be: peer.ipv4_be,
+        peer,
+        outer_ip_len: IPV6_HLEN,
+    }
+}
+
+/// A vxlan packet's VXLAN header (at `at`) must carry our VNI.
+#[inline(always)]
+fn check_vni(pkt: Packet, cfg: &DatapathConfig, at: usize) -> Result<(), DropReason> {
+    if cfg.encap != Encap::Vxlan as u16 {
+        return Ok(());
+    }
+    let vxlan = pkt.header::<VxlanHdr>(at).ok_or(DropReason::Truncated)?;
+    if vxlan.flags != VXLAN_FLAGS_I.to_be_bytes() || vxlan.vni != (cfg.vni << 8).to_be_bytes() {
+        return Err(DropReason::WrongVni);
+    }
+    Ok(())
 }

@@ -20,7 +20,7 @@ use aya_ebpf::{
 use flannel_common::{DatapathConfig, DropReason, Hook, THROUGH_NETFILTER};
 
 use guard::Verdict;
-use parse::{Context, EthHdr, Ipv4Hdr, ETH_HLEN};
+use parse::{in_prefix6, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPV6_HLEN};
 
 /// XDP on the host NIC (`--bpf-decap=xdp`): drop forged tunnel packets before the stack
 /// allocates an skb, and decapsulate genuine ones before GRO.
@@ -76,6 +76,13 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn tc_receive(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason> {
+    if ctx
+        .packet()
+        .header::<EthHdr>(0)
+        .is_some_and(EthHdr::is_ipv6)
+    {
+        return tc_receive6(ctx, cfg);
+    }
     let (peer_be, peer, outer_ip_len) = match guard::check(ctx.packet(), cfg) {
         Verdict::Pass => return Ok(TC_ACT_OK),
         Verdict::Drop(reason) => return Err(reason),
@@ -92,6 +99,24 @@ fn tc_receive(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason> 
         return Ok(TC_ACT_OK);
     }
     Ok(deliver(ctx))
+}
+
+/// IPv6 tunnel packets (dual stack, vxlan): decapsulated here, whatever `--bpf-decap` says,
+/// and handed to the stack, which routes the inner packet to its container.
+#[inline(always)]
+fn tc_receive6(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason> {
+    let Some(cfg6) = maps::config6() else {
+        return Ok(TC_ACT_OK);
+    };
+    let (peer_be, peer) = match guard::check6(ctx.packet(), cfg, cfg6) {
+        Verdict::Pass => return Ok(TC_ACT_OK),
+        Verdict::Drop(reason) => return Err(reason),
+        Verdict::Tunnel { peer_be, peer, .. } => (peer_be, peer),
+    };
+    let bytes = ctx.len();
+    decap::decapsulate6(ctx, cfg, cfg6, &peer)?;
+    maps::count_rx(peer_be, bytes);
+    Ok(TC_ACT_OK)
 }
 
 /// A decapsulated packet for a local container goes straight into the container's network
@@ -117,7 +142,8 @@ fn deliver(ctx: &TcContext) -> i32 {
 
 /// TC on the overlay device's egress (everything routed to the overlay) and on the
 /// container bridge's ingress (container traffic, before routing): IPv4 packets for a peer's
-/// subnet are encapsulated and sent straight out of the NIC.
+/// subnet are encapsulated and sent straight out of the NIC; IPv6 ones, at the overlay
+/// device only, are handed to the kernel's vxlan encapsulation.
 #[classifier]
 pub fn tc_encap(ctx: TcContext) -> i32 {
     let Some(cfg) = maps::config() else {
@@ -130,6 +156,9 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
     let Some(eth) = pkt.header::<EthHdr>(0) else {
         return TC_ACT_OK;
     };
+    if eth.is_ipv6() {
+        return tc_encap6(&ctx, cfg);
+    }
     if !eth.is_ipv4() {
         return TC_ACT_OK;
     }
@@ -161,6 +190,44 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
             send
         }
         Err(reason) => tc_drop(&ctx, cfg, Hook::TcEncap, reason, tunnel.remote_ip_be),
+    }
+}
+
+/// IPv6 for a peer's IPv6 subnet, routed to the overlay device: the stack has applied the
+/// tunnel's MTU (a packet too big got ICMPv6 "packet too big"); the GRO device encapsulates.
+#[inline(always)]
+fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
+    let Some(cfg6) = maps::config6() else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: reading a field of the skb behind the context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if ifindex != cfg6.overlay_ifindex
+        || cfg.gro_ifindex == 0
+        || !linear(ctx, (ETH_HLEN + IPV6_HLEN) as u32)
+    {
+        return TC_ACT_OK;
+    }
+    let Some(ip) = ctx.packet().header::<Ipv6Hdr>(ETH_HLEN) else {
+        return TC_ACT_OK;
+    };
+    let dst = ip.daddr;
+    let ours = in_prefix6(&dst, &cfg6.subnet, &cfg6.subnet_mask);
+    let outside = !in_prefix6(&dst, &cfg6.network, &cfg6.network_mask);
+    if ours || outside {
+        return TC_ACT_OK;
+    }
+    let Some(tunnel) = maps::tunnel6_to(dst) else {
+        return TC_ACT_OK;
+    };
+    let tunnel = *tunnel;
+    let bytes = ctx.len();
+    match encap::via_kernel6(ctx, cfg, cfg6, &tunnel) {
+        Ok(send) => {
+            maps::count_tx(tunnel.remote_ipv4_be, bytes);
+            send
+        }
+        Err(reason) => tc_drop(ctx, cfg, Hook::TcEncap, reason, tunnel.remote_ipv4_be),
     }
 }
 

@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use flannel_common::{
-    DatapathConfig, DropReason, Endpoint, PeerInfo, PeerTraffic, Tunnel, MAX_PEERS,
+    DatapathConfig, DatapathConfig6, DropReason, Endpoint, PeerInfo, PeerInfo6, PeerTraffic,
+    Tunnel, Tunnel6, MAX_PEERS,
 };
 
 #[map(name = "FLANNEL_CONFIG_V3")]
@@ -18,6 +19,18 @@ pub static PEERS: HashMap<u32, PeerInfo> = HashMap::with_max_entries(MAX_PEERS, 
 /// Peer subnets (network byte order, longest prefix) to their tunnel.
 #[map(name = "FLANNEL_ROUTES_V2")]
 pub static ROUTES: LpmTrie<u32, Tunnel> = LpmTrie::with_max_entries(MAX_PEERS, 0);
+
+/// The IPv6 half of a dual-stack network; all zero while IPv4 only.
+#[map(name = "FLANNEL_CONFIG6_V1")]
+pub static CONFIG6: Array<DatapathConfig6> = Array::with_max_entries(1, 0);
+
+/// Current dual-stack leases, keyed by the peer's public IPv6.
+#[map(name = "FLANNEL_PEERS6_V1")]
+pub static PEERS6: HashMap<[u8; 16], PeerInfo6> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+/// Peer IPv6 subnets (longest prefix) to their tunnel.
+#[map(name = "FLANNEL_ROUTES6_V1")]
+pub static ROUTES6: LpmTrie<[u8; 16], Tunnel6> = LpmTrie::with_max_entries(MAX_PEERS, 0);
 
 /// Traffic per peer public IPv4; the agent creates the entries.
 #[map(name = "FLANNEL_TRAFFIC_V1")]
@@ -37,6 +50,22 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::C
 #[inline(always)]
 pub fn config() -> Option<&'static DatapathConfig> {
     CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn config6() -> Option<&'static DatapathConfig6> {
+    CONFIG6.get(0)
+}
+
+#[inline(always)]
+pub fn peer6(public_ip: &[u8; 16]) -> Option<PeerInfo6> {
+    // SAFETY: copied out at once; the agent replaces entries whole.
+    unsafe { PEERS6.get(public_ip).copied() }
+}
+
+#[inline(always)]
+pub fn tunnel6_to(dst: [u8; 16]) -> Option<&'static Tunnel6> {
+    ROUTES6.get(Key::new(128, dst))
 }
 
 #[inline(always)]

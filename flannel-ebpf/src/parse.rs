@@ -10,6 +10,8 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 
 pub const ETH_HLEN: usize = size_of::<EthHdr>();
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPV6_HLEN: usize = size_of::<Ipv6Hdr>();
 pub const IPPROTO_UDP: u8 = 17;
 /// VXLAN flags word with only the I (valid VNI) bit set.
 pub const VXLAN_FLAGS_I: u32 = 0x0800_0000;
@@ -25,6 +27,11 @@ impl EthHdr {
     #[inline(always)]
     pub fn is_ipv4(&self) -> bool {
         self.ether_type == ETH_P_IP.to_be_bytes()
+    }
+
+    #[inline(always)]
+    pub fn is_ipv6(&self) -> bool {
+        self.ether_type == ETH_P_IPV6.to_be_bytes()
     }
 }
 
@@ -71,6 +78,29 @@ impl Ipv4Hdr {
     pub fn total_len(&self) -> u16 {
         u16::from_be_bytes(self.tot_len)
     }
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub version_class_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// True when `addr` lies in the prefix `net`/`mask` (all in network byte order).
+#[inline(always)]
+pub fn in_prefix6(addr: &[u8; 16], net: &[u8; 16], mask: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if addr[i] & mask[i] != net[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 #[repr(C)]

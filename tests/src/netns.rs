@@ -2,7 +2,7 @@
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::AsRawFd,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -183,13 +183,17 @@ pub fn remove_own_namespaces() {
 }
 
 /// Sets `host` up as flanneld's kernel vxlan backend does: `flannel.1` (VNI 1, port 8472,
-/// learning off, MTU 1450) on `eth0` from `local`, holding `<subnet>.0/32`. Returns its MAC.
-pub fn kernel_vxlan(host: &Netns, local: Ipv4Addr, subnet: &str) -> Result<String> {
+/// learning off, MTU 1450) on `eth0` from `local`, holding `<subnet>.0/32`; for an IPv6
+/// `local` and subnet, `flannel-v6.1` (MTU 1430, as the kernel caps it) holding
+/// `<subnet>::/128`. Returns its MAC.
+pub fn kernel_vxlan(host: &Netns, local: impl Into<IpAddr>, subnet: &str) -> Result<String> {
+    let local = local.into();
+    let (device, mtu) = vxlan_device(&local);
     let local = local.to_string();
     host.ip(&[
         "link",
         "add",
-        "flannel.1",
+        device,
         "type",
         "vxlan",
         "id",
@@ -202,36 +206,43 @@ pub fn kernel_vxlan(host: &Netns, local: Ipv4Addr, subnet: &str) -> Result<Strin
         "8472",
         "nolearning",
     ])?;
-    host.ip(&["link", "set", "flannel.1", "mtu", "1450", "up"])?;
-    let net: ipnet::Ipv4Net = subnet.parse()?;
-    host.ip(&[
-        "addr",
-        "add",
-        &format!("{}/32", net.network()),
-        "dev",
-        "flannel.1",
-    ])?;
+    host.ip(&["link", "set", device, "mtu", mtu, "up"])?;
+    let net: ipnet::IpNet = subnet.parse()?;
+    let host_len = if net.addr().is_ipv4() { 32 } else { 128 };
+    let address = format!("{}/{host_len}", net.network());
+    host.ip(&["addr", "add", &address, "dev", device, "nodad"])?;
     Ok(host
-        .exec("cat", &["/sys/class/net/flannel.1/address"])?
+        .exec("cat", &[&format!("/sys/class/net/{device}/address")])?
         .trim()
         .to_owned())
 }
 
-/// On a `kernel_vxlan` host, what flanneld does per peer lease: neighbour, fdb, route.
+/// flannel's vxlan device for a family, and its MTU on a 1500-byte `eth0`.
+fn vxlan_device(local: &IpAddr) -> (&'static str, &'static str) {
+    match local {
+        IpAddr::V4(_) => ("flannel.1", "1450"),
+        IpAddr::V6(_) => ("flannel-v6.1", "1430"),
+    }
+}
+
+/// On a `kernel_vxlan` host, what flanneld does per peer lease (on the device of the peer's
+/// family): neighbour, fdb, route.
 pub fn kernel_vxlan_peer(
     host: &Netns,
     peer_subnet: &str,
     peer_mac: &str,
-    peer_ip: Ipv4Addr,
+    peer_ip: impl Into<IpAddr>,
 ) -> Result<()> {
-    let net: ipnet::Ipv4Net = peer_subnet.parse()?;
+    let peer_ip = peer_ip.into();
+    let (device, _) = vxlan_device(&peer_ip);
+    let net: ipnet::IpNet = peer_subnet.parse()?;
     let gateway = net.network().to_string();
     host.ip(&[
         "neigh",
         "replace",
         &gateway,
         "dev",
-        "flannel.1",
+        device,
         "lladdr",
         peer_mac,
         "nud",
@@ -244,7 +255,7 @@ pub fn kernel_vxlan_peer(
             "replace",
             peer_mac,
             "dev",
-            "flannel.1",
+            device,
             "dst",
             &peer_ip.to_string(),
             "self",
@@ -258,7 +269,7 @@ pub fn kernel_vxlan_peer(
         "via",
         &gateway,
         "dev",
-        "flannel.1",
+        device,
         "onlink",
     ])?;
     Ok(())

@@ -1,8 +1,9 @@
 //! Crafted packets, built field by field so tests state exactly what goes on the wire.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_TCP: u8 = 6;
 
@@ -43,6 +44,19 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u
     [&header[..], payload].concat()
 }
 
+/// An IPv6 header (hop limit 64, no extension headers), then `payload`.
+pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: &[u8]) -> Vec<u8> {
+    let payload_len = u16::try_from(payload.len()).expect("packet fits in IPv6");
+    let mut header = [0u8; 40];
+    header[0] = 0x60;
+    header[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    header[6] = next_header;
+    header[7] = 64;
+    header[8..24].copy_from_slice(&src.octets());
+    header[24..40].copy_from_slice(&dst.octets());
+    [&header[..], payload].concat()
+}
+
 /// A UDP header with checksum 0 (legal over IPv4), then `payload`.
 pub fn udp(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
     let len = u16::try_from(8 + payload.len()).expect("datagram fits");
@@ -75,8 +89,27 @@ pub fn udp_frame(
     ethernet([0x02, 0, 0, 0, 0, 2], [0x02, 0, 0, 0, 0, 1], ETH_P_IP, &ip)
 }
 
+/// A whole IPv6 frame: Ethernet, IPv6 and UDP from `src` to `dst`, carrying `payload` (the
+/// UDP checksum left 0: our programs do not check it).
+pub fn udp6_frame(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    src_port: u16,
+    dst_port: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let ip = ipv6(src, dst, IPPROTO_UDP, &udp(src_port, dst_port, payload));
+    ethernet(
+        [0x02, 0, 0, 0, 0, 2],
+        [0x02, 0, 0, 0, 0, 1],
+        ETH_P_IPV6,
+        &ip,
+    )
+}
+
 /// Starts capturing, on every interface of the calling thread's network namespace, the first
-/// IPv4 UDP frame to `port`; the returned thread yields it (None after 5 s without one).
+/// UDP frame (IPv4 or IPv6) to `port`; the returned thread yields it (None after 5 s without
+/// one).
 /// The socket exists when this returns, so a frame sent afterwards is not missed.
 pub fn capture_udp(port: u16) -> std::thread::JoinHandle<Option<Vec<u8>>> {
     let frames = capture_udp_frames(port, 1);
@@ -123,10 +156,15 @@ pub fn capture_udp_frames(port: u16, count: usize) -> std::thread::JoinHandle<Ve
                 break;
             }
             let frame = &buf[..len as usize];
-            let is_match = frame.len() > 42
+            let ipv4 = frame.len() > 42
                 && frame[12..14] == ETH_P_IP.to_be_bytes()
                 && frame[23] == IPPROTO_UDP
                 && frame[36..38] == port.to_be_bytes();
+            let ipv6 = frame.len() > 62
+                && frame[12..14] == ETH_P_IPV6.to_be_bytes()
+                && frame[20] == IPPROTO_UDP
+                && frame[56..58] == port.to_be_bytes();
+            let is_match = ipv4 || ipv6;
             if is_match {
                 frames.push(frame.to_vec());
             }

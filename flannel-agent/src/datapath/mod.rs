@@ -82,6 +82,15 @@ pub type Counters = (
     Vec<(flannel_common::DropReason, u64)>,
 );
 
+/// Our end of the overlay, once leased: the network and our subnet, and in a dual-stack
+/// network the IPv6 network and our IPv6 subnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ours {
+    pub network: Ipv4Net,
+    pub subnet: Ipv4Net,
+    pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
+}
+
 /// The peers the kernel holds, as far as we know: an entry is added only once its writes
 /// succeeded, and `audit` takes out those the kernel no longer has.
 pub type Installed = BTreeMap<Ipv4Net, LeaseAttrs>;
@@ -119,15 +128,8 @@ impl Datapath {
                 iface.check_public_ip_is_local()?;
                 Kind::HostGw(HostGw::new(&iface.name)?)
             }
-            (Backend::Vxlan { .. }, Choice::Ebpf) if ipv6 => {
-                warn!(
-                    "the eBPF datapath carries IPv4 only so far; this dual-stack network runs \
-                     on the kernel's vxlan devices, as flannel's (--datapath=classic)"
-                );
-                Kind::classic(backend, iface, ipv6).await?
-            }
             (Backend::Vxlan { .. } | Backend::Udp { .. }, Choice::Ebpf) => {
-                match EbpfDatapath::start(options, backend, iface).await {
+                match EbpfDatapath::start(options, backend, iface, ipv6).await {
                     Ok(datapath) => Kind::Ebpf(Box::new(datapath)),
                     Err(e) if e.is::<Unsupported>() => {
                         warn!("eBPF datapath unavailable ({e:#}); falling back to the classic datapath");
@@ -184,17 +186,14 @@ impl Datapath {
     }
 
     /// Our subnets are known (at start, or after they changed).
-    pub async fn activate(
-        &mut self,
-        network: Ipv4Net,
-        (subnet, ipv6_subnet): (Ipv4Net, Option<Ipv6Net>),
-        mtu: u32,
-    ) -> Result<()> {
+    pub async fn activate(&mut self, ours: Ours, mtu: u32) -> Result<()> {
         match &mut self.kind {
             Kind::HostGw(_) => Ok(()),
-            Kind::Ebpf(ebpf) => ebpf.activate(network, subnet, mtu).await,
-            Kind::KernelVxlan(vxlan) => vxlan.activate(subnet, ipv6_subnet).await,
-            Kind::TunUdp(tun) => tun.activate(network, subnet).await,
+            Kind::Ebpf(ebpf) => ebpf.activate(ours, mtu).await,
+            Kind::KernelVxlan(vxlan) => {
+                (vxlan.activate(ours.subnet, ours.ipv6.map(|(_, subnet)| subnet))).await
+            }
+            Kind::TunUdp(tun) => tun.activate(ours.network, ours.subnet).await,
         }
     }
 

@@ -2,12 +2,16 @@
 //! `flannel0`, `flannel.<VNI>`): up at the overlay MTU, `<subnet>.0/32` as the source of host
 //! traffic, and for the devices that take the whole network, its route.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::{Context, Result};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use rtnetlink::{
-    packet_route::address::AddressHeaderFlags, Handle, LinkUnspec, RouteMessageBuilder,
+    packet_route::{
+        address::AddressHeaderFlags,
+        route::{RouteAttribute, RouteMetric},
+    },
+    Handle, LinkUnspec, RouteMessageBuilder,
 };
 
 use crate::host::netlink::ROUTE_PROTOCOL;
@@ -55,24 +59,30 @@ pub async fn hold_subnet_address(
         .with_context(|| format!("adding {address}/{len} to {name}"))
 }
 
-/// The device holds `<subnet>.0/32` and the whole network is routed to it, from that source.
+/// The device holds `<subnet>.0/32` (or `<subnet>::/128`) and the whole network is routed to
+/// it, from that source; an IPv6 network's route carries the tunnel's `mtu`, below the
+/// device's, so the stack answers bigger packets with "packet too big".
 pub async fn take_network(
     netlink: &Handle,
     index: u32,
     name: &str,
-    network: Ipv4Net,
-    subnet: Ipv4Net,
+    (network, subnet): (impl Into<IpNet>, impl Into<IpNet>),
+    mtu: Option<u32>,
 ) -> Result<()> {
+    let (network, subnet) = (network.into(), subnet.into());
     hold_subnet_address(netlink, index, name, subnet).await?;
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(network.network(), network.prefix_len())
+    let mut route = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(network.network(), network.prefix_len())?
+        .pref_source(subnet.network())?
         .output_interface(index)
-        .pref_source(subnet.network())
-        .protocol(ROUTE_PROTOCOL)
-        .build();
+        .protocol(ROUTE_PROTOCOL);
+    if let Some(mtu) = mtu {
+        let metrics = RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]);
+        route.get_mut().attributes.push(metrics);
+    }
     netlink
         .route()
-        .add(route)
+        .add(route.build())
         .replace()
         .execute()
         .await

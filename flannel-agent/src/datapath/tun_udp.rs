@@ -74,7 +74,8 @@ impl TunUdp {
 
     /// `flannel0` holds `<subnet>.0/32`; the whole network is routed to it.
     pub async fn activate(&mut self, network: Ipv4Net, subnet: Ipv4Net) -> Result<()> {
-        overlay_device::take_network(&self.netlink, self.index, TUN_DEV, network, subnet).await?;
+        let ours = (network, subnet);
+        overlay_device::take_network(&self.netlink, self.index, TUN_DEV, ours, None).await?;
         self.subnet = Some(subnet);
         let mut state = self.state.write().expect("state lock");
         state.network = Some(network);

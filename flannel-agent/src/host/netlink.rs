@@ -57,6 +57,8 @@ impl RouteFamily for Ipv4Addr {
     fn neighbour_address(address: &NeighbourAddress) -> Option<Self> {
         match address {
             NeighbourAddress::Inet(ip) => Some(*ip),
+            // An fdb entry's remote (family `Bridge`) comes as bytes.
+            NeighbourAddress::Other(bytes) => <[u8; 4]>::try_from(&bytes[..]).ok().map(Self::from),
             _ => None,
         }
     }
@@ -81,6 +83,7 @@ impl RouteFamily for Ipv6Addr {
     fn neighbour_address(address: &NeighbourAddress) -> Option<Self> {
         match address {
             NeighbourAddress::Inet6(ip) => Some(*ip),
+            NeighbourAddress::Other(bytes) => <[u8; 16]>::try_from(&bytes[..]).ok().map(Self::from),
             _ => None,
         }
     }

@@ -4,16 +4,17 @@
 //! kernel vxlan device, `flannel-gro`, on the tunnel port: its socket lets GRO merge our
 //! frames into one packet per burst before `tc_ingress` sees them.
 //!
-//! The device is in metadata mode (`external`) for the one packet kind our programs can't
-//! encapsulate: a merged aggregate that we decapsulated and a container forwards to another
-//! host still carries tunnel GSO state, which `bpf_skb_adjust_room` refuses; `tc_encap` hands
-//! it to this device with the peer in its tunnel key, and the kernel encapsulates it.
+//! The device is in metadata mode (`external`) for the packets our programs can't
+//! encapsulate themselves: a merged aggregate that we decapsulated and a container forwards
+//! to another host still carries tunnel GSO state, which `bpf_skb_adjust_room` refuses; and
+//! IPv6 needs an outer UDP checksum on every segment (see `ipv6`). `tc_encap` hands those to
+//! this device with the peer in its tunnel key, and the kernel encapsulates them.
 //!
 //! It never takes a packet in: `tc_ingress` decapsulates or drops every packet for our port
 //! before the socket could; should that filter be removed by hand, what the device would
-//! decapsulate is not forwarded (forwarding is off on it), it learns nothing and has no
-//! address. It stays when the agent exits, so a restart keeps GRO without a gap; `--cleanup`
-//! removes it.
+//! decapsulate is not forwarded (IPv4 forwarding is off on it, IPv6 disabled), it learns
+//! nothing and has no address. It stays when the agent exits, so a restart keeps GRO without
+//! a gap; `--cleanup` removes it.
 
 use anyhow::{Context, Result};
 use rtnetlink::{packet_route::link::InfoVxlan, Handle, LinkUnspec, LinkVxlan};
@@ -36,8 +37,16 @@ pub async fn ensure(netlink: &Handle, port: u16) -> Result<u32> {
         .learning(false)
         .build();
     let index = kernel_vxlan::ensure_device(netlink, GRO_DEV, &wanted, link).await?;
-    let forwarding = format!("/proc/sys/net/ipv4/conf/{GRO_DEV}/forwarding");
-    std::fs::write(&forwarding, "0").with_context(|| format!("writing {forwarding}"))?;
+    let settings = [
+        (format!("/proc/sys/net/ipv4/conf/{GRO_DEV}/forwarding"), "0"),
+        (
+            format!("/proc/sys/net/ipv6/conf/{GRO_DEV}/disable_ipv6"),
+            "1",
+        ),
+    ];
+    for (path, value) in settings {
+        std::fs::write(&path, value).with_context(|| format!("writing {path}"))?;
+    }
     netlink
         .link()
         .set(LinkUnspec::new_with_index(index).arp(false).up().build())

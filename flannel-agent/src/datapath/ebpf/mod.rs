@@ -12,11 +12,12 @@
 //! filters (with the maps they hold) stay when the agent exits.
 
 pub mod gro_device;
+pub mod ipv6;
 pub mod programs;
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
-    net::Ipv4Addr,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -30,10 +31,10 @@ use aya::{
     util::KernelVersion,
 };
 use flannel_common::{
-    mask_be, pins::Pins, DatapathConfig, Encap, Endpoint, PeerInfo, Tunnel, TunnelEnds,
-    CHECK_INNER_SOURCE, THROUGH_NETFILTER,
+    mask_be, pins::Pins, DatapathConfig, DatapathConfig6, Encap, Endpoint, PeerInfo, PeerInfo6,
+    Tunnel, Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, THROUGH_NETFILTER,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 use tracing::{info, warn};
 
@@ -43,7 +44,7 @@ use crate::{
         lease::{BackendAttrs, LeaseAttrs, Mac},
         peers::Peer,
     },
-    datapath::{kernel_vxlan, overlay_device, Decap, Installed, Options},
+    datapath::{kernel_vxlan, overlay_device, Decap, Installed, Options, Ours},
     host::{
         endpoints::{self, ContainerEvents},
         iface::{self, ExtIface},
@@ -79,6 +80,8 @@ pub struct Maps {
     routes: Vec<(Ipv4Net, Tunnel)>,
     peers: HashMap<Ipv4Addr, PeerInfo>,
     tracked: HashSet<Ipv4Addr>,
+    routes6: BTreeMap<Ipv6Net, Tunnel6>,
+    peers6: HashMap<Ipv6Addr, PeerInfo6>,
 }
 
 /// Where tunnel packets are decapsulated, and what GRO merges before that: XDP strips the
@@ -118,8 +121,10 @@ pub struct EbpfDatapath {
     netlink: Handle,
     overlay_index: u32,
     vtep_mac: Mac,
-    /// The network, our subnet and the overlay MTU, once activated.
-    active: Option<(Ipv4Net, Ipv4Net, u32)>,
+    /// The network is dual-stack: IPv6 too, between public IPv6 addresses.
+    ipv6: bool,
+    /// The networks, our subnets and the overlay MTU, once activated.
+    active: Option<(Ours, u32)>,
     /// The bridge the fast path is attached to, with its ifindex.
     bridge: Option<(String, u32)>,
     /// The bridge's ports (containers' host-side veths) with `tc_encap` at their ingress.
@@ -131,7 +136,12 @@ pub struct EbpfDatapath {
 }
 
 impl EbpfDatapath {
-    pub async fn start(options: &Options, backend: &Backend, nic: &ExtIface) -> Result<Self> {
+    pub async fn start(
+        options: &Options,
+        backend: &Backend,
+        nic: &ExtIface,
+        ipv6: bool,
+    ) -> Result<Self> {
         let kernel = KernelVersion::current().context("reading the kernel version")?;
         if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
             return Err(Unsupported(format!(
@@ -146,6 +156,9 @@ impl EbpfDatapath {
             Backend::Udp { port } => (Encap::Udp, 0, *port),
             Backend::HostGw => bail!("host-gw has nothing to encapsulate"),
         };
+        if ipv6 && encap != Encap::Vxlan {
+            bail!("the udp backend carries IPv4 only");
+        }
         let programs = match (
             Programs::load(options.bpf_object.as_deref()),
             &options.bpf_object,
@@ -175,6 +188,7 @@ impl EbpfDatapath {
             netlink,
             overlay_index,
             vtep_mac,
+            ipv6,
             active: None,
             bridge: None,
             ports: HashSet::new(),
@@ -193,26 +207,31 @@ impl EbpfDatapath {
 
     pub fn lease_backend(&self) -> BackendAttrs {
         match self.encap {
+            // One VTEP MAC for both families: the overlay device's.
             Encap::Vxlan => BackendAttrs::Vxlan {
                 vni: self.vni,
                 vtep_mac: self.vtep_mac,
-                v6_vtep_mac: None,
+                v6_vtep_mac: self.ipv6.then_some(self.vtep_mac),
             },
             Encap::Udp => BackendAttrs::Udp,
         }
     }
 
-    /// Our subnet is known: the overlay device takes `<subnet>.0/32` (the source of host
-    /// traffic, as flannel's devices), the network is routed to it, the maps configured.
-    pub async fn activate(&mut self, network: Ipv4Net, subnet: Ipv4Net, mtu: u32) -> Result<()> {
-        overlay_device::take_network(
-            &self.netlink,
-            self.overlay_index,
-            OVERLAY_DEV,
-            network,
-            subnet,
-        )
-        .await?;
+    /// Our subnets are known: the overlay device takes `<subnet>.0/32` (the source of host
+    /// traffic, as flannel's devices), and `<subnet>::/128` in a dual-stack network, the
+    /// networks are routed to it, the maps configured.
+    pub async fn activate(&mut self, ours: Ours, mtu: u32) -> Result<()> {
+        let Ours {
+            network, subnet, ..
+        } = ours;
+        let (netlink, index) = (&self.netlink, self.overlay_index);
+        overlay_device::take_network(netlink, index, OVERLAY_DEV, (network, subnet), None).await?;
+        let ours6 = self.ours6(&ours)?;
+        if let Some(ours6) = &ours6 {
+            let mtu6 = mtu.min(self.nic.mtu.saturating_sub(ipv6::OVERHEAD));
+            let networks = (ours6.network, ours6.subnet);
+            overlay_device::take_network(netlink, index, OVERLAY_DEV, networks, Some(mtu6)).await?;
+        }
         let nic_ifindex = nix::net::if_::if_nametoindex(self.nic.name.as_str())
             .with_context(|| format!("looking up {}", self.nic.name))?;
         let gro_ifindex = if self.wants_gro_device() {
@@ -242,8 +261,26 @@ impl EbpfDatapath {
             },
             ..Default::default()
         })?;
-        self.active = Some((network, subnet, mtu));
+        self.programs.set_config6(match &ours6 {
+            Some(ours6) => ipv6::config(ours6, self.overlay_index),
+            None => DatapathConfig6::default(),
+        })?;
+        self.active = Some((ours, mtu));
         Ok(())
+    }
+
+    /// Our IPv6 end, in a dual-stack network.
+    fn ours6(&self, ours: &Ours) -> Result<Option<ipv6::Ours6>> {
+        let Some((network, subnet)) = ours.ipv6.filter(|_| self.ipv6) else {
+            return Ok(None);
+        };
+        let public_ip = (self.nic.public_ipv6)
+            .with_context(|| format!("{} has no IPv6 address for the tunnel", self.nic.name))?;
+        Ok(Some(ipv6::Ours6 {
+            network,
+            subnet,
+            public_ip,
+        }))
     }
 
     /// Attaches the programs, taking over from a previous agent's; call once the maps hold
@@ -268,9 +305,10 @@ impl EbpfDatapath {
     }
 
     /// GRO merges our frames before TC decap only with a tunnel socket on the port; XDP decap
-    /// runs before GRO, and nothing in the kernel merges the udp format.
+    /// runs before GRO, and nothing in the kernel merges the udp format. IPv6 is always
+    /// encapsulated by the GRO device.
     fn wants_gro_device(&self) -> bool {
-        self.encap == Encap::Vxlan && self.decap == Decap::Tc
+        self.encap == Encap::Vxlan && (self.decap == Decap::Tc || self.ipv6)
     }
 
     pub fn receive_path(&self) -> ReceivePath {
@@ -283,8 +321,8 @@ impl EbpfDatapath {
 
     /// The container bridge: the interface holding an address of our subnet, and its ifindex.
     fn find_bridge(&self) -> Option<(String, u32)> {
-        let (_, subnet, _) = self.active?;
-        bridge_of(subnet)
+        let (ours, _) = self.active?;
+        bridge_of(ours.subnet)
     }
 
     /// The fast path: attach `tc_encap` to the container bridge once it exists (Docker may
@@ -309,22 +347,56 @@ impl EbpfDatapath {
     /// `old` had and no other peer uses stops being a peer.
     pub fn put(&mut self, old: Option<&Peer>, peer: &Peer, installed: &Installed) -> Result<()> {
         let ip = peer.attrs.public_ip;
-        let owner = (peer.subnet, vtep_mac(&peer.attrs));
-        let owner = owner_of(ip, installed, Some(peer), None).unwrap_or(owner);
-        self.programs.insert_peer(ip, peer_info(owner))?;
+        let (subnet, owner) = owner_of(installed, Some(peer), None, |a| a.public_ip == ip)
+            .unwrap_or((peer.subnet, &peer.attrs));
+        self.programs
+            .insert_peer(ip, peer_info((subnet, vtep_mac(owner))))?;
         self.programs.track_traffic(ip)?;
         self.programs
             .insert_route(peer.subnet, self.tunnel(&peer.attrs))?;
+        if self.ipv6 {
+            self.put6(old, peer, installed)?;
+        }
         if let Some(old) = old.filter(|old| old.attrs.public_ip != ip) {
             self.release(old, installed)?;
         }
-        info!(subnet = %peer.subnet, public_ip = %ip, "peer in the datapath");
+        info!(subnet = %peer.subnet, public_ip = %ip, ipv6_subnet = ?peer.attrs.ipv6_subnet,
+              "peer in the datapath");
+        Ok(())
+    }
+
+    /// The IPv6 half of `put`: `peer`'s IPv6 subnet through its tunnel, its public IPv6 let
+    /// in; what `old` had and `peer` has not goes.
+    fn put6(&mut self, old: Option<&Peer>, peer: &Peer, installed: &Installed) -> Result<()> {
+        let new = ipv6::entries(&peer.attrs);
+        if let Some(new) = &new {
+            let uses =
+                |a: &LeaseAttrs| ipv6::entries(a).is_some_and(|e| e.public_ip == new.public_ip);
+            let owner =
+                owner_of(installed, Some(peer), None, uses).and_then(|(_, a)| ipv6::entries(a));
+            let owner = owner.map_or(new.peer, |owner| owner.peer);
+            self.programs.insert_peer6(new.public_ip, owner)?;
+            self.programs.insert_route6(new.subnet, new.tunnel)?;
+        }
+        let Some(old) = old.and_then(|old| ipv6::entries(&old.attrs)) else {
+            return Ok(());
+        };
+        if new.map(|n| n.subnet) != Some(old.subnet) {
+            self.programs.remove_route6(old.subnet)?;
+        }
+        if new.map(|n| n.public_ip) != Some(old.public_ip) {
+            self.release6(old.public_ip, peer.subnet, installed)?;
+        }
         Ok(())
     }
 
     pub fn remove(&mut self, peer: &Peer, installed: &Installed) -> Result<()> {
         self.programs.remove_route(peer.subnet)?;
         self.release(peer, installed)?;
+        if let Some(old) = ipv6::entries(&peer.attrs).filter(|_| self.ipv6) {
+            self.programs.remove_route6(old.subnet)?;
+            self.release6(old.public_ip, peer.subnet, installed)?;
+        }
         info!(subnet = %peer.subnet, public_ip = %peer.attrs.public_ip, "peer left the datapath");
         Ok(())
     }
@@ -333,12 +405,23 @@ impl EbpfDatapath {
     /// smallest remaining subnet) while another subnet uses it, else it goes.
     fn release(&mut self, peer: &Peer, installed: &Installed) -> Result<()> {
         let ip = peer.attrs.public_ip;
-        match owner_of(ip, installed, None, Some(peer.subnet)) {
-            Some(owner) => self.programs.insert_peer(ip, peer_info(owner)),
+        match owner_of(installed, None, Some(peer.subnet), |a| a.public_ip == ip) {
+            Some((subnet, attrs)) => self
+                .programs
+                .insert_peer(ip, peer_info((subnet, vtep_mac(attrs)))),
             None => {
                 self.programs.remove_peer(ip)?;
                 self.programs.untrack_traffic(ip)
             }
+        }
+    }
+
+    /// `release` for a public IPv6 that the peer at `leaving` no longer uses.
+    fn release6(&mut self, ip: Ipv6Addr, leaving: Ipv4Net, installed: &Installed) -> Result<()> {
+        let uses = |a: &LeaseAttrs| ipv6::entries(a).is_some_and(|e| e.public_ip == ip);
+        match owner_of(installed, None, Some(leaving), uses).and_then(|(_, a)| ipv6::entries(a)) {
+            Some(owner) => self.programs.insert_peer6(ip, owner.peer),
+            None => self.programs.remove_peer6(ip),
         }
     }
 
@@ -367,10 +450,17 @@ impl EbpfDatapath {
             let tracked = traffic
                 .keys()
                 .map(|key| Ok(Ipv4Addr::from(u32::from_be(key?))));
+            let peers6 = pins.peers6()?;
+            let peers6 = peers6.iter().map(|entry| {
+                let (ip, peer) = entry?;
+                Ok((Ipv6Addr::from(ip), peer))
+            });
             Ok(Maps {
                 peers: peers.collect::<Result<_>>()?,
                 tracked: tracked.collect::<Result<_>>()?,
                 routes: programs::routes(&pins.routes()?)?,
+                routes6: programs::routes6(&pins.routes6()?)?.into_iter().collect(),
+                peers6: peers6.collect::<Result<_>>()?,
             })
         }
     }
@@ -425,6 +515,23 @@ impl EbpfDatapath {
         for ip in maps.tracked.iter().filter(|ip| !wanted.contains_key(ip)) {
             self.programs.untrack_traffic(*ip)?;
         }
+        // Only a dual-stack network's peers have IPv6 entries.
+        let ipv4_only = Installed::new();
+        let installed = if self.ipv6 { installed } else { &ipv4_only };
+        let wanted6 = ipv6::Wanted::of(installed);
+        for subnet in maps.routes6.keys() {
+            if !wanted6.routes.contains_key(subnet) {
+                warn!(%subnet, "removing a stale entry from the IPv6 routes map");
+                self.programs.remove_route6(*subnet)?;
+            }
+        }
+        for ip in maps.peers6.keys() {
+            if !wanted6.peers.contains_key(ip) {
+                warn!(public_ip = %ip, "removing a stale entry from the IPv6 peers map");
+                self.programs.remove_peer6(*ip)?;
+            }
+        }
+        drifted.extend(wanted6.drifted(installed, &maps.routes6, &maps.peers6));
         Ok(drifted)
     }
 
@@ -432,7 +539,7 @@ impl EbpfDatapath {
     /// filters on the NIC and the overlay device, as `start`, `activate` and `attach` left
     /// them, whatever was removed since.
     async fn restore_host(&mut self) -> Result<()> {
-        let Some((network, subnet, mtu)) = self.active else {
+        let Some((ours, mtu)) = self.active else {
             return Ok(());
         };
         if nix::net::if_::if_nametoindex(OVERLAY_DEV).ok() != Some(self.overlay_index) {
@@ -443,7 +550,7 @@ impl EbpfDatapath {
             (self.overlay_index, _) =
                 ensure_overlay_device(&self.netlink, mtu, Some(self.vtep_mac)).await?;
         }
-        self.activate(network, subnet, mtu).await?;
+        self.activate(ours, mtu).await?;
         let nic = nix::net::if_::if_nametoindex(self.nic.name.as_str())
             .with_context(|| format!("looking up {}", self.nic.name))?;
         let minor = FILTER_MINOR;
@@ -726,20 +833,21 @@ fn attach_replacing(program: &mut SchedClassifier, iface: &str, kind: TcAttachTy
         .with_context(|| format!("attaching {kind:?} filter on {iface}"))
 }
 
-/// The subnet that names `ip` in the peers map, with its VTEP MAC: the smallest installed
-/// one using it, `adding` counted in (over what its subnet held) and `leaving` left out.
-fn owner_of(
-    ip: Ipv4Addr,
-    installed: &Installed,
-    adding: Option<&Peer>,
+/// The peer that names a public address in a peers map: the smallest installed subnet whose
+/// lease `uses` it, `adding` counted in (over what its subnet held) and `leaving` left out.
+fn owner_of<'a>(
+    installed: &'a Installed,
+    adding: Option<&'a Peer>,
     leaving: Option<Ipv4Net>,
-) -> Option<(Ipv4Net, Mac)> {
+    uses: impl Fn(&LeaseAttrs) -> bool,
+) -> Option<(Ipv4Net, &'a LeaseAttrs)> {
     let replaced = adding.map(|peer| peer.subnet).or(leaving);
+    let adding = adding.filter(|peer| uses(&peer.attrs));
     installed
         .iter()
-        .filter(|(subnet, attrs)| attrs.public_ip == ip && Some(**subnet) != replaced)
-        .map(|(subnet, attrs)| (*subnet, vtep_mac(attrs)))
-        .chain(adding.map(|peer| (peer.subnet, vtep_mac(&peer.attrs))))
+        .filter(|(subnet, attrs)| uses(attrs) && Some(**subnet) != replaced)
+        .map(|(subnet, attrs)| (*subnet, attrs))
+        .chain(adding.map(|peer| (peer.subnet, &peer.attrs)))
         .min_by_key(|(subnet, _)| *subnet)
 }
 

@@ -1,6 +1,10 @@
 //! Loading the eBPF programs and owning their maps.
 
-use std::{fs, net::Ipv4Addr, path::Path};
+use std::{
+    fs,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -9,9 +13,10 @@ use aya::{
     Ebpf,
 };
 use flannel_common::{
-    map_names, program_names, DatapathConfig, DropReason, Endpoint, PeerInfo, PeerTraffic, Tunnel,
+    map_names, program_names, DatapathConfig, DatapathConfig6, DropReason, Endpoint, PeerInfo,
+    PeerInfo6, PeerTraffic, Tunnel, Tunnel6,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// The object built from `flannel-ebpf` when this binary was compiled.
 static EMBEDDED_OBJECT: &[u8] =
@@ -109,6 +114,37 @@ impl Programs {
     pub fn remove_route(&mut self, subnet: Ipv4Net) -> Result<()> {
         let mut map: LpmTrie<&mut MapData, u32, Tunnel> = self.map(map_names::ROUTES)?;
         absent_ok(map.remove(&route_key(subnet)))
+            .with_context(|| format!("removing the route to {subnet}"))
+    }
+
+    pub fn set_config6(&mut self, config: DatapathConfig6) -> Result<()> {
+        let mut map: Array<&mut MapData, DatapathConfig6> = self.map(map_names::CONFIG6)?;
+        map.set(0, config, 0)
+            .context("writing the IPv6 datapath config")
+    }
+
+    pub fn insert_peer6(&mut self, public_ip: Ipv6Addr, peer: PeerInfo6) -> Result<()> {
+        let mut map: HashMap<&mut MapData, [u8; 16], PeerInfo6> = self.map(map_names::PEERS6)?;
+        map.insert(public_ip.octets(), peer, 0)
+            .with_context(|| format!("adding peer {public_ip} to the IPv6 peer map"))
+    }
+
+    pub fn remove_peer6(&mut self, public_ip: Ipv6Addr) -> Result<()> {
+        let mut map: HashMap<&mut MapData, [u8; 16], PeerInfo6> = self.map(map_names::PEERS6)?;
+        absent_ok(map.remove(&public_ip.octets()))
+            .with_context(|| format!("removing peer {public_ip} from the IPv6 peer map"))
+    }
+
+    /// Routes the IPv6 `subnet` through `tunnel`.
+    pub fn insert_route6(&mut self, subnet: Ipv6Net, tunnel: Tunnel6) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, [u8; 16], Tunnel6> = self.map(map_names::ROUTES6)?;
+        map.insert(&route6_key(subnet), tunnel, 0)
+            .with_context(|| format!("adding the route to {subnet}"))
+    }
+
+    pub fn remove_route6(&mut self, subnet: Ipv6Net) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, [u8; 16], Tunnel6> = self.map(map_names::ROUTES6)?;
+        absent_ok(map.remove(&route6_key(subnet)))
             .with_context(|| format!("removing the route to {subnet}"))
     }
 
@@ -248,6 +284,20 @@ pub fn routes<T: std::borrow::Borrow<MapData>>(
         .collect()
 }
 
+/// Every entry of an IPv6 routes map: peer IPv6 subnet → tunnel.
+pub fn routes6<T: std::borrow::Borrow<MapData>>(
+    map: &LpmTrie<T, [u8; 16], Tunnel6>,
+) -> Result<Vec<(Ipv6Net, Tunnel6)>> {
+    map.iter()
+        .map(|entry| {
+            let (key, tunnel) = entry.context("reading the IPv6 routes map")?;
+            let subnet = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)
+                .context("an IPv6 routes map key with a bad prefix length")?;
+            Ok((subnet, tunnel))
+        })
+        .collect()
+}
+
 /// A removal finds the entry already gone: what we wanted.
 fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
@@ -258,6 +308,10 @@ fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
 
 fn route_key(subnet: Ipv4Net) -> Key<u32> {
     flannel_common::pins::route_key(u32::from(subnet.network()), subnet.prefix_len())
+}
+
+fn route6_key(subnet: Ipv6Net) -> Key<[u8; 16]> {
+    Key::new(u32::from(subnet.prefix_len()), subnet.network().octets())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>

@@ -1,0 +1,129 @@
+//! The IPv6 half of a dual-stack vxlan network on the eBPF datapath, carried as flannel
+//! carries it: between the hosts' public IPv6 addresses, to each peer's IPv6 VTEP MAC.
+//!
+//! - `tc_encap` takes IPv6 for a peer's IPv6 subnet at the overlay device's egress, after the
+//!   stack routed it (with the tunnel's MTU: bigger packets get "packet too big"), and hands
+//!   it to the GRO device, the kernel's vxlan in metadata mode, with the peer in its tunnel
+//!   key. The kernel writes the outer headers with the UDP checksum IPv6 needs: flannel's IPv6
+//!   vxlan device drops packets without one, and `bpf_skb_adjust_room` can't give a GSO
+//!   packet's segments theirs.
+//! - `tc_ingress` lets in IPv6 vxlan packets from current peers only, with our VNI, and
+//!   decapsulates them for the stack.
+//! - The maps: a peer's IPv6 subnet → its tunnel (`ROUTES6`), its public IPv6 → the subnet it
+//!   speaks for (`PEERS6`). IPv6 traffic counts under the peer's public IPv4, with its IPv4.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv6Addr,
+};
+
+use flannel_common::{DatapathConfig6, PeerInfo6, Tunnel6};
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::{control::lease::LeaseAttrs, datapath::Installed};
+
+/// The overhead of vxlan over IPv6: outer IPv6, UDP, VXLAN and the inner Ethernet header.
+pub const OVERHEAD: u32 = 40 + 8 + 8 + 14;
+
+/// Our IPv6 end: the network, our subnet and our public IPv6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ours6 {
+    pub network: Ipv6Net,
+    pub subnet: Ipv6Net,
+    pub public_ip: Ipv6Addr,
+}
+
+pub fn config(ours: &Ours6, overlay_ifindex: u32) -> DatapathConfig6 {
+    DatapathConfig6 {
+        local_ip: ours.public_ip.octets(),
+        network: ours.network.network().octets(),
+        network_mask: ours.network.netmask().octets(),
+        subnet: ours.subnet.network().octets(),
+        subnet_mask: ours.subnet.netmask().octets(),
+        overlay_ifindex,
+    }
+}
+
+/// A dual-stack vxlan peer's IPv6 entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entries {
+    pub subnet: Ipv6Net,
+    pub tunnel: Tunnel6,
+    pub public_ip: Ipv6Addr,
+    pub peer: PeerInfo6,
+}
+
+/// The entries for a lease with an IPv6 half; None for an IPv4-only one.
+pub fn entries(attrs: &LeaseAttrs) -> Option<Entries> {
+    let (subnet, public_ip) = (attrs.ipv6_subnet?, attrs.public_ipv6?);
+    let crate::control::lease::BackendAttrs::Vxlan {
+        v6_vtep_mac: Some(mac),
+        ..
+    } = attrs.backend
+    else {
+        return None;
+    };
+    let ipv4_be = u32::from(attrs.public_ip).to_be();
+    Some(Entries {
+        subnet,
+        tunnel: Tunnel6 {
+            remote_ip: public_ip.octets(),
+            remote_mac: mac.0,
+            _pad: [0; 2],
+            remote_ipv4_be: ipv4_be,
+        },
+        public_ip,
+        peer: PeerInfo6 {
+            subnet: subnet.network().octets(),
+            subnet_mask: subnet.netmask().octets(),
+            ipv4_be,
+        },
+    })
+}
+
+/// What the IPv6 maps should hold for the installed peers: each route by its IPv6 subnet,
+/// and each public IPv6's entry, named by the smallest subnet using it (as `put` writes it);
+/// with the (IPv4-keyed) peer each comes from.
+pub struct Wanted {
+    pub routes: BTreeMap<Ipv6Net, (Ipv4Net, Tunnel6)>,
+    pub peers: HashMap<Ipv6Addr, (Ipv4Net, PeerInfo6)>,
+}
+
+impl Wanted {
+    pub fn of(installed: &Installed) -> Self {
+        let mut wanted = Self {
+            routes: BTreeMap::new(),
+            peers: HashMap::new(),
+        };
+        for (key, attrs) in installed {
+            let Some(entries) = entries(attrs) else {
+                continue;
+            };
+            wanted.routes.insert(entries.subnet, (*key, entries.tunnel));
+            wanted
+                .peers
+                .entry(entries.public_ip)
+                .or_insert((*key, entries.peer));
+        }
+        wanted
+    }
+
+    /// The installed peers whose IPv6 entries `routes` and `peers` (the maps as read back)
+    /// lack or hold wrong.
+    pub fn drifted(
+        &self,
+        installed: &Installed,
+        routes: &BTreeMap<Ipv6Net, Tunnel6>,
+        peers: &HashMap<Ipv6Addr, PeerInfo6>,
+    ) -> BTreeSet<Ipv4Net> {
+        installed
+            .iter()
+            .filter_map(|(key, attrs)| Some((*key, entries(attrs)?)))
+            .filter(|(_, e)| {
+                routes.get(&e.subnet) != Some(&e.tunnel)
+                    || peers.get(&e.public_ip) != self.peers.get(&e.public_ip).map(|w| &w.1)
+            })
+            .map(|(key, _)| key)
+            .collect()
+    }
+}

@@ -1,0 +1,301 @@
+//! The programs' IPv6 half (dual-stack vxlan) run by the kernel on crafted packets with
+//! BPF_PROG_TEST_RUN: the IPv6 tunnel guard, decapsulation (also of a frame made by a kernel
+//! IPv6 vxlan device set up as flannel's `flannel-v6.1`), and the hand-over of IPv6 to the
+//! GRO device for encapsulation.
+
+use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
+
+use aya::programs::{TestRun, TestRunOptions, TestRunResult};
+use flannel_agent::datapath::ebpf::programs::Programs;
+use flannel_common::{
+    DatapathConfig, DatapathConfig6, DropReason, Encap, PeerInfo6, Tunnel6, CHECK_INNER_SOURCE,
+    VXLAN_PORT,
+};
+use flannel_tests::{
+    netns::{kernel_vxlan, kernel_vxlan_peer, link, Netns},
+    packet::{self, udp6_frame, vxlan, ETH_P_IPV6, IPPROTO_TCP},
+    require_root,
+};
+use ipnet::Ipv6Net;
+
+const LOCAL: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 2);
+const PEER: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 3);
+const STRANGER: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 0x66);
+/// The peer's public IPv4: its traffic counts there.
+const PEER_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 3);
+const VNI: u32 = 1;
+const OUR_VTEP: [u8; 6] = [0x0a, 0, 0, 0, 0, 1];
+const PEER_VTEP: [u8; 6] = [0x0a, 0, 0, 0, 0, 2];
+/// In BPF_PROG_TEST_RUN a TC program's packet is on the loopback device.
+const LOOPBACK: u32 = 1;
+
+const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+fn net(text: &str) -> Ipv6Net {
+    text.parse().unwrap()
+}
+
+/// A dual-stack host on fd00:10:0:83::/64 of fd00:10::/48 at LOCAL, with one peer, PEER,
+/// holding fd00:10:0:74::/64; the overlay device is `overlay_ifindex`.
+fn dual_stack(check_inner_source: bool, overlay_ifindex: u32) -> Programs {
+    require_root();
+    let mut programs = Programs::load(None).expect("load the embedded object");
+    programs
+        .set_config(DatapathConfig {
+            vni: VNI,
+            port_be: VXLAN_PORT.to_be(),
+            encap: Encap::Vxlan as u16,
+            local_ip_be: u32::from(Ipv4Addr::new(192, 168, 64, 2)).to_be(),
+            vtep_mac: OUR_VTEP,
+            gro_ifindex: 42,
+            flags: if check_inner_source {
+                CHECK_INNER_SOURCE
+            } else {
+                0
+            },
+            ..Default::default()
+        })
+        .unwrap();
+    let (network, subnet) = (net("fd00:10::/48"), net("fd00:10:0:83::/64"));
+    programs
+        .set_config6(DatapathConfig6 {
+            local_ip: LOCAL.octets(),
+            network: network.network().octets(),
+            network_mask: network.netmask().octets(),
+            subnet: subnet.network().octets(),
+            subnet_mask: subnet.netmask().octets(),
+            overlay_ifindex,
+        })
+        .unwrap();
+    let peer_subnet = net("fd00:10:0:74::/64");
+    let ipv4_be = u32::from(PEER_V4).to_be();
+    programs
+        .insert_peer6(
+            PEER,
+            PeerInfo6 {
+                subnet: peer_subnet.network().octets(),
+                subnet_mask: peer_subnet.netmask().octets(),
+                ipv4_be,
+            },
+        )
+        .unwrap();
+    programs
+        .insert_route6(
+            peer_subnet,
+            Tunnel6 {
+                remote_ip: PEER.octets(),
+                remote_mac: PEER_VTEP,
+                _pad: [0; 2],
+                remote_ipv4_be: ipv4_be,
+            },
+        )
+        .unwrap();
+    programs.track_traffic(PEER_V4).unwrap();
+    programs
+}
+
+/// Runs `program` on `frame` with BPF_PROG_TEST_RUN: its verdict and the packet it leaves.
+fn run<P>(program: &mut P, frame: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .expect("test run");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+fn drops(programs: &mut Programs, reason: DropReason) -> u64 {
+    let drops = programs.drops().unwrap();
+    drops.into_iter().find(|(r, _)| *r == reason).unwrap().1
+}
+
+/// An inner IPv6 packet from `src` to one of our containers.
+fn inner_ip(src: &str) -> Vec<u8> {
+    let dst = "fd00:10:0:83::2".parse().unwrap();
+    packet::ipv6(src.parse().unwrap(), dst, IPPROTO_TCP, &[7; 20])
+}
+
+/// A VXLAN frame over IPv6 from `from` to LOCAL with `vni`, to `inner_mac`, carrying
+/// `inner`.
+fn vxlan6(from: Ipv6Addr, vni: u32, inner_mac: [u8; 6], inner: &[u8]) -> Vec<u8> {
+    let inner = packet::ethernet(inner_mac, PEER_VTEP, ETH_P_IPV6, inner);
+    udp6_frame(from, LOCAL, 40000, VXLAN_PORT, &vxlan(vni, &inner))
+}
+
+fn from_the_peer() -> Vec<u8> {
+    vxlan6(PEER, VNI, OUR_VTEP, &inner_ip("fd00:10:0:74::2"))
+}
+
+#[test]
+fn ipv6_vxlan_from_a_peer_is_decapsulated_to_the_inner_packet() {
+    let mut programs = dual_stack(false, LOOPBACK);
+    let frame = from_the_peer();
+    let (verdict, out) = run(programs.tc_ingress(), &frame);
+    assert_eq!(verdict, TC_ACT_OK);
+    // The outer Ethernet header (addressed to this host) stays, the inner packet follows.
+    assert_eq!(
+        out,
+        [&frame[..14], &inner_ip("fd00:10:0:74::2")[..]].concat()
+    );
+    let traffic = programs.traffic(PEER_V4).unwrap();
+    assert_eq!(
+        (traffic.rx_packets, traffic.rx_bytes),
+        (1, frame.len() as u64)
+    );
+    // XDP leaves IPv6 to TC.
+    assert_eq!(run(programs.xdp_ingress(), &frame), (XDP_PASS, frame));
+}
+
+#[test]
+fn forged_ipv6_vxlan_is_dropped_and_counted() {
+    let mut programs = dual_stack(true, LOOPBACK);
+    let ours = inner_ip("fd00:10:0:74::2");
+    for (frame, reason) in [
+        (
+            vxlan6(STRANGER, VNI, OUR_VTEP, &ours),
+            DropReason::UnknownPeer,
+        ),
+        (vxlan6(PEER, 2, OUR_VTEP, &ours), DropReason::WrongVni),
+        (vxlan6(PEER, VNI, PEER_VTEP, &ours), DropReason::WrongMac),
+        // A peer speaks for its own IPv6 subnet only.
+        (
+            vxlan6(PEER, VNI, OUR_VTEP, &inner_ip("fd00:10:0:99::2")),
+            DropReason::WrongInnerSource,
+        ),
+    ] {
+        let before = drops(&mut programs, reason);
+        assert_eq!(
+            run(programs.tc_ingress(), &frame).0,
+            TC_ACT_SHOT,
+            "{reason:?}"
+        );
+        assert_eq!(drops(&mut programs, reason), before + 1, "{reason:?}");
+    }
+    // An outside client's packet, forwarded by the peer, passes.
+    let outside = vxlan6(PEER, VNI, OUR_VTEP, &inner_ip("2001:db8::7"));
+    assert_eq!(run(programs.tc_ingress(), &outside).0, TC_ACT_OK);
+}
+
+#[test]
+fn ipv6_traffic_not_for_our_tunnel_passes_untouched() {
+    let mut programs = dual_stack(false, LOOPBACK);
+    let inner = inner_ip("fd00:10:0:74::2");
+    let elsewhere = {
+        let inner = packet::ethernet(OUR_VTEP, PEER_VTEP, ETH_P_IPV6, &inner);
+        let other: Ipv6Addr = "fd64::99".parse().unwrap();
+        udp6_frame(PEER, other, 40000, VXLAN_PORT, &vxlan(VNI, &inner))
+    };
+    let other_port = udp6_frame(STRANGER, LOCAL, 40000, 53, b"a DNS query");
+    for frame in [elsewhere, other_port] {
+        assert_eq!(run(programs.tc_ingress(), &frame), (TC_ACT_OK, frame));
+    }
+    // An IPv4-only network (an all-zero IPv6 config) takes no IPv6 tunnel packet.
+    let mut programs = dual_stack(false, LOOPBACK);
+    programs.set_config6(DatapathConfig6::default()).unwrap();
+    let frame = from_the_peer();
+    assert_eq!(run(programs.tc_ingress(), &frame), (TC_ACT_OK, frame));
+}
+
+/// A container's IPv6 packet to `dst`, as the overlay device's egress sees it.
+fn to(dst: &str) -> Vec<u8> {
+    let src = "fd00:10:0:83::2".parse().unwrap();
+    let ip = packet::ipv6(src, dst.parse().unwrap(), IPPROTO_TCP, &[9; 20]);
+    packet::ethernet(
+        [0x02, 0, 0, 0, 0, 9],
+        [0x02, 0, 0, 0, 0, 8],
+        ETH_P_IPV6,
+        &ip,
+    )
+}
+
+#[test]
+fn ipv6_for_a_peer_is_handed_to_the_gro_device_at_the_overlay_device() {
+    let mut programs = dual_stack(false, LOOPBACK);
+    let frame = to("fd00:10:0:74::2");
+    let (verdict, out) = run(programs.tc_encap(), &frame);
+    // Redirected (to the GRO device, whose kernel encapsulation the tunnel key steers), with
+    // the inner Ethernet header addressed from our VTEP MAC to the peer's.
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, [&PEER_VTEP[..], &OUR_VTEP[..], &frame[12..]].concat());
+    let traffic = programs.traffic(PEER_V4).unwrap();
+    assert_eq!(
+        (traffic.tx_packets, traffic.tx_bytes),
+        (1, frame.len() as u64)
+    );
+
+    // Our own subnet, outside the network, or a subnet without a peer: the stack's.
+    for frame in [
+        to("fd00:10:0:83::5"),
+        to("2001:db8::1"),
+        to("fd00:10:0:99::2"),
+    ] {
+        assert_eq!(run(programs.tc_encap(), &frame), (TC_ACT_OK, frame.clone()));
+    }
+    // Elsewhere than the overlay device (the container bridge), IPv6 is left to routing,
+    // which applies the tunnel's MTU first.
+    let mut programs = dual_stack(false, 77);
+    let frame = to("fd00:10:0:74::2");
+    assert_eq!(run(programs.tc_encap(), &frame), (TC_ACT_OK, frame));
+}
+
+/// A frame sent by a Linux IPv6 vxlan device set up as flannel sets up `flannel-v6.1`,
+/// captured on the wire, is decapsulated by our tc_ingress.
+#[test]
+fn decapsulates_a_frame_made_by_the_kernels_ipv6_vxlan_device() {
+    require_root();
+    let kernel = Netns::new("kvx6").unwrap();
+    let ours = Netns::new("kvx6-ours").unwrap();
+    link(
+        &kernel,
+        "eth0",
+        "192.168.64.3/24",
+        &ours,
+        "eth0",
+        "192.168.64.2/24",
+    )
+    .unwrap();
+    for (ns, addr) in [(&kernel, PEER), (&ours, LOCAL)] {
+        let addr = format!("{addr}/64");
+        ns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])
+            .unwrap();
+    }
+    kernel_vxlan(&kernel, PEER, "fd00:10:0:74::/64").unwrap();
+    kernel_vxlan_peer(&kernel, "fd00:10:0:83::/64", "0a:00:00:00:00:01", LOCAL).unwrap();
+
+    let capture = ours
+        .enter(|| flannel_tests::packet::capture_udp(VXLAN_PORT))
+        .unwrap();
+    kernel
+        .enter(|| {
+            let socket = UdpSocket::bind("[fd00:10:0:74::]:0").unwrap();
+            socket
+                .send_to(b"from a kernel IPv6 vxlan peer", "[fd00:10:0:83::2]:9999")
+                .unwrap();
+        })
+        .unwrap();
+    let frame = capture.join().unwrap().expect("the kernel's VXLAN frame");
+    // The kernel's IPv6 vxlan sets the UDP checksum (flannel's device drops frames without).
+    assert_ne!(&frame[60..62], &[0, 0], "outer UDP checksum");
+
+    let mut programs = dual_stack(true, LOOPBACK);
+    let (verdict, out) = run(programs.tc_ingress(), &frame);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(&out[..14], &frame[..14]);
+    assert_eq!(&out[14..], &frame[14 + 70..], "the inner IPv6 packet");
+    let inner_src: [u8; 16] = out[14 + 8..14 + 24].try_into().unwrap();
+    assert_eq!(
+        Ipv6Addr::from(inner_src),
+        "fd00:10:0:74::".parse::<Ipv6Addr>().unwrap()
+    );
+    assert!(out.ends_with(b"from a kernel IPv6 vxlan peer"));
+}
