@@ -4,6 +4,7 @@
 //! Everything in this crate's tests needs root; `cargo xtask test --unprivileged` leaves them out.
 
 pub mod agent;
+pub mod bpf_run;
 pub mod bulk;
 pub mod etcd;
 pub mod netns;

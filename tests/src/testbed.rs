@@ -2,7 +2,10 @@
 //! 192.168.64.1), each host a namespace with `eth0` on the bridge and a default route through
 //! it. Containers sit behind a docker0-style bridge `cni0` on their host's subnet.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::Result;
 
@@ -121,6 +124,45 @@ impl Testbed {
         Ipv4Addr::new(192, 168, 64, 10 + index as u8)
     }
 
+    /// Host `index`'s underlay IPv6 address, once `enable_ipv6` gave it one.
+    pub fn host_ipv6(index: usize) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 0x10 + index as u16)
+    }
+
+    /// Host `index` gets its IPv6 address on the underlay, and forwards IPv6.
+    pub fn enable_ipv6(&self, index: usize) -> Result<()> {
+        let host = &self.hosts[index];
+        let addr = format!("{}/64", Self::host_ipv6(index));
+        host.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
+        host.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        Ok(())
+    }
+
+    /// `container` on host `index` (running `agent` in a dual-stack network) gets an IPv6
+    /// address on the agent's `FLANNEL_IPV6_SUBNET` (`::n` for IPv4 `.n`, the bridge `::1`)
+    /// and a default route through the bridge.
+    pub fn add_ipv6(&self, index: usize, agent: &Agent, container: &mut Container) -> Result<()> {
+        let subnet: ipnet::Ipv6Net = agent.subnet_env("FLANNEL_IPV6_SUBNET")?.parse()?;
+        let base = u128::from(subnet.network());
+        let n = u128::from(container.ip.octets()[3]);
+        let (gateway, ip) = (Ipv6Addr::from(base + 1), Ipv6Addr::from(base + n));
+        let len = subnet.prefix_len();
+        let gateway_addr = format!("{gateway}/{len}");
+        let host = &self.hosts[index];
+        if !host
+            .ip(&["-6", "addr", "show", "dev", "cni0"])?
+            .contains(&gateway.to_string())
+        {
+            host.ip(&["-6", "addr", "add", &gateway_addr, "dev", "cni0", "nodad"])?;
+        }
+        let addr = format!("{ip}/{len}");
+        let ns = &container.ns;
+        ns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
+        ns.ip(&["-6", "route", "add", "default", "via", &gateway.to_string()])?;
+        container.ipv6 = Some(ip);
+        Ok(())
+    }
+
     pub fn put_config(&self, json: &str) -> Result<()> {
         self.etcd.put(CONFIG_KEY, json)
     }
@@ -175,7 +217,7 @@ impl Testbed {
         host.ip(&["addr", "flush", "dev", &veth])?;
         host.ip(&["link", "set", &veth, "master", "cni0"])?;
         ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
-        Ok(Container { ns, ip })
+        Ok(Container { ns, ip, ipv6: None })
     }
 }
 
@@ -195,14 +237,40 @@ impl Testbed {
         config: &str,
         flags: &[&[&str]],
     ) -> Result<(Testbed, Vec<Agent>, Vec<Container>)> {
+        Self::build(kind, config, flags, false)
+    }
+
+    /// `cluster_on` for a dual-stack `config`: the hosts have IPv6 on the underlay, and the
+    /// containers an IPv6 address each.
+    pub fn dual_stack_cluster_on(
+        kind: Underlay,
+        config: &str,
+        flags: &[&[&str]],
+    ) -> Result<(Testbed, Vec<Agent>, Vec<Container>)> {
+        Self::build(kind, config, flags, true)
+    }
+
+    fn build(
+        kind: Underlay,
+        config: &str,
+        flags: &[&[&str]],
+        ipv6: bool,
+    ) -> Result<(Testbed, Vec<Agent>, Vec<Container>)> {
         let bed = Testbed::with_underlay(flags.len(), kind)?;
         bed.put_config(config)?;
         let mut agents = Vec::new();
         let mut containers = Vec::new();
         for (host, flags) in flags.iter().enumerate() {
+            if ipv6 {
+                bed.enable_ipv6(host)?;
+            }
             let mut agent = bed.agent(host, flags)?;
             agent.wait_ready(Duration::from_secs(30))?;
-            containers.push(bed.add_docker_container(host, &agent, 2)?);
+            let mut container = bed.add_docker_container(host, &agent, 2)?;
+            if ipv6 {
+                bed.add_ipv6(host, &agent, &mut container)?;
+            }
+            containers.push(container);
             agents.push(agent);
         }
         Ok((bed, agents, containers))
@@ -256,12 +324,19 @@ fn napi_threads() -> Result<Vec<u32>> {
     Ok(pids)
 }
 
-/// Waits until every container reaches every other (each pair within `timeout`).
+/// Waits until every container reaches every other (each pair within `timeout`), over IPv6
+/// too between containers that have it.
 pub fn all_reach_all(containers: &[Container], timeout: Duration) -> Result<()> {
     for from in containers {
         for to in containers {
-            let what = format!("{} to reach {}", from.ip, to.ip);
-            wait_for(&what, timeout, || from.ping(to.ip).is_ok())?;
+            let ipv6 = from.ipv6.and(to.ipv6);
+            for target in [Some(IpAddr::V4(to.ip)), ipv6.map(IpAddr::V6)]
+                .into_iter()
+                .flatten()
+            {
+                let what = format!("{} to reach {target}", from.ip);
+                wait_for(&what, timeout, || from.ping(target).is_ok())?;
+            }
         }
     }
     Ok(())
@@ -270,6 +345,8 @@ pub fn all_reach_all(containers: &[Container], timeout: Duration) -> Result<()> 
 pub struct Container {
     pub ns: Netns,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack network.
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 impl Container {
@@ -311,8 +388,8 @@ impl Container {
         Ok(count - received)
     }
 
-    pub fn ping(&self, to: Ipv4Addr) -> Result<String> {
+    pub fn ping(&self, to: impl Into<IpAddr>) -> Result<String> {
         self.ns
-            .exec("ping", &["-c", "1", "-W", "2", &to.to_string()])
+            .exec("ping", &["-c", "1", "-W", "2", &to.into().to_string()])
     }
 }

@@ -159,15 +159,15 @@ fn an_invalid_config_is_reported_and_a_fixed_one_is_taken() {
         a.log().contains("SubnetLen: 31 is larger than 30")
     })
     .unwrap();
-    // A valid dual-stack config for a backend that can't carry IPv6 yet: said so, no lease.
+    // A valid dual-stack config for a backend that carries IPv4 only: said so, no lease.
     bed.put_config(
-        r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48", "Backend": {"Type": "vxlan"}}"#,
+        r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48", "Backend": {"Type": "udp"}}"#,
     )
     .unwrap();
     wait_for("the IPv6 refusal in the log", READY, || {
         a.log().contains(
-            "EnableIPv6: IPv6Network fd00::/48 is valid, but this flanneld carries IPv6 on the \
-             host-gw backend only so far, not on vxlan",
+            "EnableIPv6: the udp backend carries IPv4 only, as flannel's; use vxlan or host-gw \
+             for a dual-stack network",
         )
     })
     .unwrap();

@@ -179,7 +179,7 @@ fn tun_udp_answers_net_unreachable_for_a_subnet_nobody_holds() {
     let (_bed, _agents, containers) = cluster(UDP, &[CLASSIC]);
     // From the host's own overlay address, routed into flannel0 like container traffic.
     let err = containers[0]
-        .ping("10.1.250.9".parse().unwrap())
+        .ping("10.1.250.9".parse::<std::net::Ipv4Addr>().unwrap())
         .unwrap_err();
     assert!(
         err.to_string().contains("Destination Net Unreachable"),

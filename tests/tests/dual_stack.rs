@@ -12,7 +12,7 @@ use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
     require_root,
-    testbed::{Container, Testbed, PREFIX},
+    testbed::{all_reach_all, Container, Testbed, Underlay, PREFIX},
 };
 use ipnet::Ipv6Net;
 
@@ -22,102 +22,29 @@ const DUAL_VXLAN: &str = r#"{"Network": "10.1.0.0/16", "EnableIPv6": true,
     "IPv6Network": "fd00:10::/48", "Backend": {"Type": "vxlan"}}"#;
 const READY: Duration = Duration::from_secs(30);
 
-/// Host `index`'s underlay IPv6 address.
-fn host_ipv6(index: usize) -> Ipv6Addr {
-    format!("fd64::{}", 10 + index).parse().unwrap()
-}
-
-/// A container on a dual-stack host: its IPv6 address, besides the IPv4 one.
-struct DualContainer {
-    v4: Container,
-    v6: Ipv6Addr,
-}
-
-impl DualContainer {
-    fn ping6(&self, to: Ipv6Addr) -> bool {
-        let target = to.to_string();
-        (self.v4.ns)
-            .exec("ping", &["-6", "-c", "1", "-W", "2", &target])
-            .is_ok()
-    }
-}
-
-/// A host per entry of `flags`, with IPv6 on the underlay, running flanneld on `config` and
-/// its flags, with a container on both of its subnets.
-fn dual_stack(config: &str, flags: &[&[&str]]) -> (Testbed, Vec<Agent>, Vec<DualContainer>) {
+/// A host per entry of `flags` with IPv6 on the underlay, running flanneld on `config` and
+/// its flags, with a container on both of its subnets; every container reaches every other.
+fn dual_stack(config: &str, flags: &[&[&str]]) -> (Testbed, Vec<Agent>, Vec<Container>) {
     require_root();
-    let bed = Testbed::new(flags.len()).unwrap();
-    bed.put_config(config).unwrap();
-    let mut agents = Vec::new();
-    let mut containers = Vec::new();
-    for (index, host) in bed.hosts.iter().enumerate() {
-        let addr = format!("{}/64", host_ipv6(index));
-        host.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])
-            .unwrap();
-        host.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])
-            .unwrap();
-        let mut agent = bed.agent(index, flags[index]).unwrap();
-        agent.wait_ready(READY).unwrap();
-        let v4 = bed.add_docker_container(index, &agent, 2).unwrap();
-        let subnet: Ipv6Net = agent
-            .subnet_env("FLANNEL_IPV6_SUBNET")
-            .unwrap()
-            .parse()
-            .unwrap();
-        let gateway = subnet.addr();
-        let v6 = Ipv6Addr::from(u128::from(subnet.network()) + 2);
-        let len = subnet.prefix_len();
-        host.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{gateway}/{len}"),
-            "dev",
-            "cni0",
-            "nodad",
-        ])
-        .unwrap();
-        (v4.ns)
-            .ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/{len}"),
-                "dev",
-                "eth0",
-                "nodad",
-            ])
-            .unwrap();
-        (v4.ns)
-            .ip(&["-6", "route", "add", "default", "via", &gateway.to_string()])
-            .unwrap();
-        agents.push(agent);
-        containers.push(DualContainer { v4, v6 });
-    }
-    (bed, agents, containers)
+    let cluster = Testbed::dual_stack_cluster_on(Underlay::Passthrough, config, flags).unwrap();
+    all_reach_all(&cluster.2, READY).unwrap();
+    cluster
 }
 
-/// Every container reaches every other, over IPv4 and over IPv6.
-fn all_reach_all(containers: &[DualContainer]) {
-    for from in containers {
-        for to in containers {
-            let what = format!("{} to reach {}", from.v4.ip, to.v4.ip);
-            wait_for(&what, READY, || from.v4.ping(to.v4.ip).is_ok()).unwrap();
-            let what = format!("{} to reach {}", from.v6, to.v6);
-            wait_for(&what, READY, || from.ping6(to.v6)).unwrap();
-        }
-    }
+/// A container's IPv6 address.
+fn v6(container: &Container) -> Ipv6Addr {
+    container.ipv6.expect("a dual-stack container")
 }
 
 /// `sent` crosses over TCP on IPv6 from `a` to `b` and from `b` to `a`, byte for byte.
-fn tcp_over_ipv6_both_ways(a: &DualContainer, b: &DualContainer, sent: &[u8]) {
+fn tcp_over_ipv6_both_ways(a: &Container, b: &Container, sent: &[u8]) {
     for (server, client) in [(a, b), (b, a)] {
-        let listener = (server.v4.ns)
-            .enter(|| TcpListener::bind((server.v6, 7777)))
+        let target = v6(server);
+        let listener = (server.ns)
+            .enter(|| TcpListener::bind((target, 7777)))
             .unwrap()
             .unwrap();
-        let target = server.v6;
-        let client_ns = &client.v4.ns;
+        let client_ns = &client.ns;
         std::thread::scope(|scope| {
             let accept = scope.spawn(|| {
                 let (mut stream, _) = listener.accept().unwrap();
@@ -158,7 +85,6 @@ fn dual_key(agent: &Agent) -> String {
 #[test]
 fn dual_stack_host_gw_containers_reach_each_other_over_both_families() {
     let (bed, agents, containers) = dual_stack(DUAL_HOST_GW, &[&[], &[], &[]]);
-    all_reach_all(&containers);
 
     tcp_over_ipv6_both_ways(&containers[0], &containers[1], b"flannel over IPv6");
 
@@ -174,7 +100,6 @@ fn dual_stack_host_gw_containers_reach_each_other_over_both_families() {
 #[test]
 fn an_ipv6_route_removed_by_hand_comes_back() {
     let (bed, agents, containers) = dual_stack(DUAL_HOST_GW, &[&["--iptables-resync=1"], &[]]);
-    all_reach_all(&containers);
     let peer: Ipv6Net = agents[1]
         .subnet_env("FLANNEL_IPV6_SUBNET")
         .unwrap()
@@ -185,10 +110,10 @@ fn an_ipv6_route_removed_by_hand_comes_back() {
     wait_for("the IPv6 route to come back", READY, || {
         bed.hosts[0]
             .ip(&["-6", "route", "show", &route])
-            .is_ok_and(|out| out.contains(&format!("via {}", host_ipv6(1))))
+            .is_ok_and(|out| out.contains(&format!("via {}", Testbed::host_ipv6(1))))
     })
     .unwrap();
-    assert!(containers[0].ping6(containers[1].v6));
+    assert!(containers[0].ping(v6(&containers[1])).is_ok());
 }
 
 /// `--ip-masq` in a dual-stack network writes flannel's ip6tables rules too: IPv6 leaving
@@ -198,7 +123,6 @@ fn an_ipv6_route_removed_by_hand_comes_back() {
 fn ip_masq_masquerades_ipv6_leaving_the_network_as_flannel() {
     let (bed, agents, containers) =
         dual_stack(DUAL_HOST_GW, &[&["--ip-masq", "--iptables-resync=1"], &[]]);
-    all_reach_all(&containers);
     let subnet6 = agents[0].subnet_env("FLANNEL_IPV6_SUBNET").unwrap();
     let subnet6 = subnet6.parse::<Ipv6Net>().unwrap().trunc();
     let expected = [
@@ -227,7 +151,7 @@ fn ip_masq_masquerades_ipv6_leaving_the_network_as_flannel() {
             .unwrap();
         std::thread::scope(|scope| {
             let accept = scope.spawn(|| listener.accept().unwrap().1.ip());
-            (containers[0].v4.ns)
+            (containers[0].ns)
                 .enter(|| TcpStream::connect((target, 7778)).map(drop))
                 .unwrap()
                 .unwrap();
@@ -235,11 +159,14 @@ fn ip_masq_masquerades_ipv6_leaving_the_network_as_flannel() {
         })
     };
     // Leaving the network: host 0's own address.
-    assert_eq!(source_seen_from(host_ipv6(1), &bed.hosts[1]), host_ipv6(0));
+    assert_eq!(
+        source_seen_from(Testbed::host_ipv6(1), &bed.hosts[1]),
+        Testbed::host_ipv6(0)
+    );
     // Inside it: the container's.
     assert_eq!(
-        source_seen_from(containers[1].v6, &containers[1].v4.ns),
-        containers[0].v6
+        source_seen_from(v6(&containers[1]), &containers[1].ns),
+        v6(&containers[0])
     );
 
     bed.hosts[0]
@@ -280,9 +207,8 @@ fn a_dual_stack_network_without_an_ipv6_address_is_refused_clearly() {
 fn vxlan_carries_both_families(
     flags: &[&[&str]],
     (v4_device, v6_device): (&str, &str),
-) -> (Testbed, Vec<Agent>, Vec<DualContainer>) {
+) -> (Testbed, Vec<Agent>, Vec<Container>) {
     let (bed, mut agents, containers) = dual_stack(DUAL_VXLAN, flags);
-    all_reach_all(&containers);
     // Patterned bytes: full-size segments cross the IPv6 underlay (and "packet too big" is
     // answered where the container's MTU is above the tunnel's).
     let bulk: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
@@ -303,12 +229,10 @@ fn vxlan_carries_both_families(
     );
 
     let lost = containers[0]
-        .v4
-        .pings_lost_while(containers[1].v6, 400, || agents[0].restart().unwrap())
+        .pings_lost_while(v6(&containers[1]), 400, || agents[0].restart().unwrap())
         .unwrap();
     agents[0].wait_ready(READY).unwrap();
     assert_eq!(lost, 0, "IPv6 pings lost across a restart");
-    all_reach_all(&containers);
     (bed, agents, containers)
 }
 
@@ -346,7 +270,7 @@ fn dual_stack_vxlan_on_ebpf_carries_both_families() {
             .is_ok_and(|out| out.contains("flannel-bpf") && out.contains("mtu 1430"))
     })
     .unwrap();
-    assert!(containers[0].ping6(containers[2].v6));
+    assert!(containers[0].ping(v6(&containers[2])).is_ok());
 }
 
 /// Dual-stack vxlan on the kernel's devices (`--datapath=classic`), as flannel sets them up:

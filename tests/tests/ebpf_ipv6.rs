@@ -5,13 +5,13 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
 
-use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
     DatapathConfig, DatapathConfig6, DropReason, Encap, PeerInfo6, Tunnel6, CHECK_INNER_SOURCE,
     VXLAN_PORT,
 };
 use flannel_tests::{
+    bpf_run::run,
     netns::{kernel_vxlan, kernel_vxlan_peer, link, Netns},
     packet::{self, udp6_frame, vxlan, ETH_P_IPV6, IPPROTO_TCP},
     require_root,
@@ -95,23 +95,6 @@ fn dual_stack(check_inner_source: bool, overlay_ifindex: u32) -> Programs {
         .unwrap();
     programs.track_traffic(PEER_V4).unwrap();
     programs
-}
-
-/// Runs `program` on `frame` with BPF_PROG_TEST_RUN: its verdict and the packet it leaves.
-fn run<P>(program: &mut P, frame: &[u8]) -> (u32, Vec<u8>)
-where
-    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
-{
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .expect("test run");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
 }
 
 fn drops(programs: &mut Programs, reason: DropReason) -> u64 {

@@ -4,13 +4,14 @@
 
 use std::net::{Ipv4Addr, UdpSocket};
 
-use aya::programs::{TestRun, TestRunOptions, TestRunResult, XdpMode};
+use aya::programs::{TestRun, TestRunOptions, XdpMode};
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
     mask_be, pins::Pins, DatapathConfig, DropEvent, DropReason, Encap, Hook, PeerInfo, Tunnel,
     TunnelEnds, CHECK_INNER_SOURCE, EVENTS_PER_SECOND, UDP_BACKEND_PORT, VXLAN_PORT,
 };
 use flannel_tests::{
+    bpf_run::run,
     netns::{kernel_vxlan, kernel_vxlan_peer, link, Bpffs, Netns},
     packet::{self, udp_frame, vxlan, IPPROTO_TCP},
     require_root,
@@ -82,23 +83,6 @@ fn verdicts(programs: &mut Programs, frame: &[u8]) -> (u32, u32) {
         run(programs.xdp_ingress(), frame).0,
         run(programs.tc_ingress(), frame).0,
     )
-}
-
-/// Runs `program` on `frame` with BPF_PROG_TEST_RUN: its verdict and the packet it leaves.
-fn run<P>(program: &mut P, frame: &[u8]) -> (u32, Vec<u8>)
-where
-    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
-{
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .expect("test run");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
 }
 
 fn drops(programs: &mut Programs, reason: DropReason) -> u64 {

@@ -2,7 +2,7 @@
 //! container to container, in interleaved rounds; medians with min-max, and ratios against
 //! the kernel's vxlan computed from the same run.
 
-use std::{fmt::Write as _, fs, time::Duration};
+use std::{fmt::Write as _, fs, net::IpAddr, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use flannel_tests::{
@@ -12,7 +12,7 @@ use flannel_tests::{
 };
 use serde_json::json;
 
-use crate::{chart, scale, workspace_root};
+use crate::{chart, rr, scale, workspace_root};
 
 /// A datapath as the bench runs it, for `--row`.
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -33,9 +33,13 @@ pub enum Row {
     EbpfUdp,
     /// `--bpf-decap=tc`.
     EbpfUdpTc,
+    /// A dual-stack network's IPv6, container to container: flannel's `flannel-v6.1`.
+    KernelVxlan6,
+    /// A dual-stack network's IPv6 on eBPF (the default).
+    EbpfVxlan6,
 }
 
-const ROWS: [Row; 8] = [
+const ROWS: [Row; 10] = [
     Row::HostGw,
     Row::KernelVxlan,
     Row::TunUdp,
@@ -44,6 +48,8 @@ const ROWS: [Row; 8] = [
     Row::EbpfVxlanForward,
     Row::EbpfUdp,
     Row::EbpfUdpTc,
+    Row::KernelVxlan6,
+    Row::EbpfVxlan6,
 ];
 
 impl Row {
@@ -57,6 +63,8 @@ impl Row {
             Row::EbpfUdp => "udp, eBPF XDP (default)",
             Row::EbpfUdpTc => "udp, eBPF TC",
             Row::TunUdp => "udp, TUN loop",
+            Row::KernelVxlan6 => "IPv6: vxlan, kernel device",
+            Row::EbpfVxlan6 => "IPv6: vxlan, eBPF (default)",
         }
     }
 
@@ -71,10 +79,17 @@ impl Row {
             Row::EbpfVxlanForward => ("vxlan", &["--bpf-fast-path=false"]),
             Row::EbpfUdp => ("udp", &[]),
             Row::EbpfUdpTc => ("udp", &["--bpf-decap=tc"]),
+            Row::KernelVxlan6 => ("vxlan", &["--datapath=classic"]),
+            Row::EbpfVxlan6 => ("vxlan", &[]),
         }
     }
 
     /// Container traffic takes the eBPF fast path (not the stack's FORWARD path).
+    /// The row measures a dual-stack network's IPv6.
+    fn ipv6(self) -> bool {
+        matches!(self, Row::KernelVxlan6 | Row::EbpfVxlan6)
+    }
+
     fn fast_path(self) -> bool {
         self.ebpf() && self != Row::EbpfVxlanForward
     }
@@ -87,6 +102,7 @@ impl Row {
                 | Row::EbpfVxlanForward
                 | Row::EbpfUdp
                 | Row::EbpfUdpTc
+                | Row::EbpfVxlan6
         )
     }
 }
@@ -262,18 +278,33 @@ fn congestion_control(chosen: Option<&str>) -> Result<String> {
 /// Builds a fresh testbed for `row` on `underlay`, checks that it carries traffic, and
 /// measures it.
 fn measure(row: Row, underlay: Underlay, seconds: u32, cc: &str) -> Result<Sample> {
-    let (config, flags) = row.setup();
+    let (backend, flags) = row.setup();
     // The agents resync every second so the fast path learns the containers quickly.
     let flags = [&["--iptables-resync=1"], flags].concat();
-    let config = format!(r#"{{"Network": "10.1.0.0/16", "Backend": {{"Type": "{config}"}}}}"#);
-    let (bed, mut agents, containers) = Testbed::cluster_on(underlay, &config, &[&flags, &flags])?;
+    let ipv6 = if row.ipv6() {
+        r#""EnableIPv6": true, "IPv6Network": "fd00:10::/48", "#
+    } else {
+        ""
+    };
+    let config =
+        format!(r#"{{"Network": "10.1.0.0/16", {ipv6}"Backend": {{"Type": "{backend}"}}}}"#);
+    let cluster = if row.ipv6() {
+        Testbed::dual_stack_cluster_on
+    } else {
+        Testbed::cluster_on
+    };
+    let (bed, mut agents, containers) = cluster(underlay, &config, &[&flags, &flags])?;
     let (client, server) = (&containers[0], &containers[1]);
+    let target = match server.ipv6 {
+        Some(ipv6) if row.ipv6() => IpAddr::V6(ipv6),
+        _ => IpAddr::V4(server.ip),
+    };
     // Each host receives on its measuring program's CPU, as if on a machine of its own.
     bed.receive_on(0, CLIENT_CPU)?;
     bed.receive_on(1, server_cpu())?;
     // A row that can't pass traffic fails the bench; it never gets a number.
     wait_for("the row to pass traffic", Duration::from_secs(20), || {
-        client.ping(server.ip).is_ok()
+        client.ping(target).is_ok()
     })?;
     // The fast path rows: measure once it knows the containers.
     for agent in agents.iter().filter(|_| row.fast_path()) {
@@ -282,16 +313,17 @@ fn measure(row: Row, underlay: Underlay, seconds: u32, cc: &str) -> Result<Sampl
         })?;
     }
     let (busy, started) = (cpu_busy_seconds()?, std::time::Instant::now());
-    let tcp_1 = iperf(client, server, 1, seconds, cc)?;
+    let tcp_1 = iperf(client, server, target, 1, seconds, cc)?;
     let elapsed = started.elapsed().as_secs_f64();
     let busy: Vec<f64> = cpu_busy_seconds()?
         .iter()
         .zip(&busy)
         .map(|(after, before)| (after - before) / elapsed * 100.0 / tcp_1)
         .collect();
-    let tcp_4 = iperf(client, server, 4, seconds, cc)?;
-    let (lat_p50, lat_p99) = sockperf(client, server, seconds)?;
-    let udp_kpps = udp_rate(client, server, seconds)?;
+    let tcp_4 = iperf(client, server, target, 4, seconds, cc)?;
+    let cpus = (CLIENT_CPU, server_cpu());
+    let (lat_p50, lat_p99) = rr::latency(client, server, target, seconds, cpus)?;
+    let udp_kpps = udp_rate(client, server, target, seconds)?;
     let rss: u64 = agents.iter().map(Agent::rss_kib).sum::<Result<u64>>()?;
     let converge_ms = convergence(&bed, &mut agents[1], client, server)?;
     Ok(Sample {
@@ -384,26 +416,33 @@ fn rfc3339_seconds(text: &str) -> Option<f64> {
 fn iperf(
     client: &Container,
     server: &Container,
+    target: IpAddr,
     streams: u32,
     seconds: u32,
     cc: &str,
 ) -> Result<f64> {
     let (streams, seconds) = (streams.to_string(), seconds.to_string());
-    let json = iperf3(client, server, &["-P", &streams, "-t", &seconds, "-C", cc])?;
+    let args = ["-P", &streams, "-t", &seconds, "-C", cc];
+    let json = iperf3(client, server, target, &args)?;
     let bps = json["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .context("no iperf3 result")?;
     Ok(bps / 1e9)
 }
 
-/// One iperf3 run from `client` to a one-off server in `server`, each on its CPU, with the
-/// client's `args`: its JSON report.
-fn iperf3(client: &Container, server: &Container, args: &[&str]) -> Result<serde_json::Value> {
+/// One iperf3 run from `client` to a one-off server in `server` (at `target`), each on its
+/// CPU, with the client's `args`: its JSON report.
+fn iperf3(
+    client: &Container,
+    server: &Container,
+    target: IpAddr,
+    args: &[&str],
+) -> Result<serde_json::Value> {
     server.ns.exec(
         "taskset",
         &pinned(&server_cpu().to_string(), "iperf3", &["-s", "-D", "-1"]),
     )?;
-    let ip = server.ip.to_string();
+    let ip = target.to_string();
     let args = [&["-c", &ip, "-J"][..], args].concat();
     let mut out = None;
     wait_for("iperf3 to connect", Duration::from_secs(10), || {
@@ -455,83 +494,15 @@ fn cpu_busy_seconds() -> Result<Vec<f64>> {
 }
 
 /// 64-byte UDP datagrams as fast as iperf3 sends them: thousands received per second.
-fn udp_rate(client: &Container, server: &Container, seconds: u32) -> Result<f64> {
+fn udp_rate(client: &Container, server: &Container, target: IpAddr, seconds: u32) -> Result<f64> {
     let seconds = seconds.to_string();
-    let json = iperf3(
-        client,
-        server,
-        &["-u", "-l", "64", "-b", "0", "-t", &seconds],
-    )?;
+    let args = ["-u", "-l", "64", "-b", "0", "-t", &seconds];
+    let json = iperf3(client, server, target, &args)?;
     let sum = &json["end"]["sum"];
     let sent = sum["packets"].as_f64().context("no UDP packet count")?;
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
     let secs = sum["seconds"].as_f64().context("no UDP duration")?;
     Ok((sent - lost) / secs / 1000.0)
-}
-
-/// TCP request/response latency with 64-byte messages: (p50, p99) in microseconds, RTT/2.
-fn sockperf(client: &Container, server: &Container, seconds: u32) -> Result<(f64, f64)> {
-    let ip = server.ip.to_string();
-    let mut daemon = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &server.ns.name,
-            "taskset",
-            "-c",
-            &server_cpu().to_string(),
-            "sockperf",
-            "server",
-            "--tcp",
-            "-p",
-            "11111",
-            "-i",
-            &ip,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting sockperf server")?;
-    let seconds = seconds.to_string();
-    let mut out = None;
-    let result = wait_for("sockperf to connect", Duration::from_secs(10), || {
-        out = client
-            .ns
-            .exec(
-                "taskset",
-                &pinned(
-                    &CLIENT_CPU.to_string(),
-                    "sockperf",
-                    &[
-                        "ping-pong",
-                        "--tcp",
-                        "-p",
-                        "11111",
-                        "-i",
-                        &ip,
-                        "-t",
-                        &seconds,
-                        "-m",
-                        "64",
-                    ],
-                ),
-            )
-            .ok()
-            .filter(|o| o.contains("percentile 50.000"));
-        out.is_some()
-    });
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    result?;
-    let out = out.unwrap();
-    let percentile = |p: &str| -> Result<f64> {
-        out.lines()
-            .find(|l| l.contains(&format!("percentile {p} =")))
-            .and_then(|l| l.split('=').nth(1))
-            .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("no p{p} in sockperf's output"))
-    };
-    Ok((percentile("50.000")?, percentile("99.000")?))
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -684,24 +655,20 @@ fn report(
 
 /// The first line of each measuring tool's version output, as "tool version".
 fn tool_versions() -> Vec<String> {
-    [
-        ("iperf3", "--version"),
-        ("sockperf", "--version"),
-        ("etcd", "--version"),
-    ]
-    .iter()
-    .map(|(tool, flag)| {
-        let output = std::process::Command::new(tool).arg(flag).output();
-        let text = output
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let version = text
-            .split_whitespace()
-            .find(|word| word.starts_with(|c: char| c.is_ascii_digit()))
-            .unwrap_or("unknown");
-        format!("{tool} {version}")
-    })
-    .collect()
+    [("iperf3", "--version"), ("etcd", "--version")]
+        .iter()
+        .map(|(tool, flag)| {
+            let output = std::process::Command::new(tool).arg(flag).output();
+            let text = output
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let version = text
+                .split_whitespace()
+                .find(|word| word.starts_with(|c: char| c.is_ascii_digit()))
+                .unwrap_or("unknown");
+            format!("{tool} {version}")
+        })
+        .collect()
 }
 
 /// What each underlay is, for the report.
@@ -747,7 +714,12 @@ fn datapath_section(
         .collect();
     let (stats, json_rows) = stats_table(md, &rows, &METRICS)?;
     // Ratios against plain routing and flannel's two tunnelling backends, from this same run.
-    for baseline in [Row::KernelVxlan, Row::TunUdp, Row::HostGw] {
+    for baseline in [
+        Row::KernelVxlan,
+        Row::TunUdp,
+        Row::HostGw,
+        Row::KernelVxlan6,
+    ] {
         let Some(base) = run.rows.iter().position(|(r, _)| *r == baseline) else {
             continue;
         };

@@ -1,8 +1,9 @@
-//! `cargo xtask demo`: etcd and three hosts in network namespaces on one underlay, each with
-//! a docker0-style bridge on its FLANNEL_SUBNET and two containers, flanneld on every host;
-//! then every container pings every other and iperf3 runs across. Cleans up on exit and Ctrl-C.
+//! `cargo xtask demo`: etcd and three hosts in network namespaces on one underlay, a
+//! dual-stack vxlan network, each host with a docker0-style bridge on its FLANNEL_SUBNET and
+//! FLANNEL_IPV6_SUBNET and two containers, flanneld on every host; then every container pings
+//! every other over IPv4 and IPv6, and iperf3 runs across. Cleans up on exit and Ctrl-C.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use flannel_tests::{
@@ -12,7 +13,7 @@ use flannel_tests::{
 };
 
 const HOSTS: usize = 3;
-const CONFIG: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+const CONFIG: &str = r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10::/48", "Backend": {"Type": "vxlan"}}"#;
 
 pub fn run() -> Result<()> {
     ctrlc::set_handler(|| {
@@ -30,22 +31,27 @@ pub fn run() -> Result<()> {
     let mut agents = Vec::new();
     let mut containers: Vec<(usize, Container)> = Vec::new();
     println!(
-        "\n{:<6} {:<15} {:<15} containers",
-        "host", "public IP", "subnet"
+        "\n{:<6} {:<15} {:<15} {:<20} containers",
+        "host", "public IP", "subnet", "IPv6 subnet"
     );
     for host in 0..HOSTS {
+        bed.enable_ipv6(host)?;
         let mut agent = bed.agent(host, &["--ip-masq", "--iptables-resync=1"])?;
         agent.wait_ready(Duration::from_secs(30))?;
         let subnet = agent.subnet()?;
-        let pair = [
+        let mut pair = [
             bed.add_docker_container(host, &agent, 2)?,
             bed.add_docker_container(host, &agent, 3)?,
         ];
+        for container in &mut pair {
+            bed.add_ipv6(host, &agent, container)?;
+        }
         println!(
-            "{:<6} {:<15} {:<15} {}, {}",
+            "{:<6} {:<15} {:<15} {:<20} {}, {}",
             format!("h{host}"),
             Testbed::host_ip(host),
             subnet,
+            agent.subnet_env("FLANNEL_IPV6_SUBNET")?,
             pair[0].ip,
             pair[1].ip
         );
@@ -53,26 +59,32 @@ pub fn run() -> Result<()> {
         agents.push(agent);
     }
 
-    println!("\nping (round trip ms), every container to every other:");
-    print!("{:<12}", "from \\ to");
-    for (_, to) in &containers {
-        print!("{:>11}", to.ip.to_string());
-    }
-    println!();
     let mut failures = 0;
-    for (_, from) in &containers {
-        print!("{:<12}", from.ip.to_string());
+    for family in ["IPv4", "IPv6"] {
+        println!("\nping over {family} (round trip ms), every container to every other:");
+        print!("{:<12}", "from \\ to");
         for (_, to) in &containers {
-            let cell = match ping_ms(from, to) {
-                Ok(ms) => format!("{ms:.3}"),
-                Err(_) => {
-                    failures += 1;
-                    "FAIL".into()
-                }
-            };
-            print!("{cell:>11}");
+            print!("{:>11}", to.ip.to_string());
         }
         println!();
+        for (_, from) in &containers {
+            print!("{:<12}", from.ip.to_string());
+            for (_, to) in &containers {
+                let target = match (family, to.ipv6) {
+                    ("IPv6", Some(ipv6)) => IpAddr::V6(ipv6),
+                    _ => IpAddr::V4(to.ip),
+                };
+                let cell = match ping_ms(from, target) {
+                    Ok(ms) => format!("{ms:.3}"),
+                    Err(_) => {
+                        failures += 1;
+                        "FAIL".into()
+                    }
+                };
+                print!("{cell:>11}");
+            }
+            println!();
+        }
     }
 
     let (server, client) = (&containers[0].1, &containers[2].1);
@@ -87,20 +99,20 @@ pub fn run() -> Result<()> {
         "\niperf3 TCP, {} (h0) <- {} (h1), 3 s: {gbits:.2} Gbit/s",
         server.ip, client.ip
     );
-    println!("datapath: vxlan on our eBPF programs (flanneld --datapath=ebpf)");
+    println!("datapath: dual-stack vxlan on our eBPF programs (flanneld --datapath=ebpf)");
     drop(agents);
     if failures > 0 {
         bail!("{failures} container pairs could not reach each other");
     }
     println!(
-        "\nall {} containers reach each other; cleaning up",
+        "\nall {} containers reach each other over IPv4 and IPv6; cleaning up",
         containers.len()
     );
     Ok(())
 }
 
-fn ping_ms(from: &Container, to: &Container) -> Result<f64> {
-    let out = from.ping(to.ip)?;
+fn ping_ms(from: &Container, to: IpAddr) -> Result<f64> {
+    let out = from.ping(to)?;
     out.split("time=")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())

@@ -5,6 +5,7 @@ mod chart;
 mod demo;
 mod ebpf_build;
 mod install;
+mod rr;
 mod scale;
 mod setup;
 

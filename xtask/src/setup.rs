@@ -26,7 +26,6 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "network namespaces"),
     ("iptables", "--ip-masq rules"),
     ("iperf3", "demo and bench"),
-    ("sockperf", "bench"),
     ("bpftool", "inspecting programs"),
     ("iputils-ping", "tests"),
     ("curl", "tests (/healthz)"),
