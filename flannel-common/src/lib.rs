@@ -24,6 +24,7 @@ pub mod map_names {
     pub const CONFIG6: &str = "FLANNEL_CONFIG6_V1";
     pub const PEERS6: &str = "FLANNEL_PEERS6_V1";
     pub const ROUTES6: &str = "FLANNEL_ROUTES6_V1";
+    pub const ENDPOINTS6: &str = "FLANNEL_ENDPOINTS6_V1";
 }
 
 /// Program names, as the agent looks them up in the object.

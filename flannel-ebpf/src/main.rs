@@ -98,11 +98,11 @@ fn tc_receive(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason> 
     if cfg.flags & THROUGH_NETFILTER != 0 {
         return Ok(TC_ACT_OK);
     }
-    Ok(deliver(ctx))
+    Ok(deliver(ctx, false))
 }
 
 /// IPv6 tunnel packets (dual stack, vxlan): decapsulated here, whatever `--bpf-decap` says,
-/// and handed to the stack, which routes the inner packet to its container.
+/// and delivered as IPv4 ones are.
 #[inline(always)]
 fn tc_receive6(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason> {
     let Some(cfg6) = maps::config6() else {
@@ -116,18 +116,24 @@ fn tc_receive6(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason>
     let bytes = ctx.len();
     decap::decapsulate6(ctx, cfg, cfg6, &peer)?;
     maps::count_rx(peer_be, bytes);
-    Ok(TC_ACT_OK)
+    if cfg.flags & THROUGH_NETFILTER != 0 {
+        return Ok(TC_ACT_OK);
+    }
+    Ok(deliver(ctx, true))
 }
 
 /// A decapsulated packet for a local container goes straight into the container's network
 /// namespace: no routing, no bridge, and a GSO packet stays whole (the bridge would segment
 /// it, as it still carries the tunnel's GSO type). Anything else goes into the stack.
 #[inline(always)]
-fn deliver(ctx: &TcContext) -> i32 {
-    let Some(ip) = ctx.packet().header::<Ipv4Hdr>(ETH_HLEN) else {
-        return TC_ACT_OK;
+fn deliver(ctx: &TcContext, ipv6: bool) -> i32 {
+    let pkt = ctx.packet();
+    let endpoint = if ipv6 {
+        (pkt.header::<Ipv6Hdr>(ETH_HLEN)).and_then(|ip| maps::endpoint6(&ip.daddr))
+    } else {
+        (pkt.header::<Ipv4Hdr>(ETH_HLEN)).and_then(|ip| maps::endpoint(ip.daddr_be()))
     };
-    let Some(endpoint) = maps::endpoint(ip.daddr_be()) else {
+    let Some(endpoint) = endpoint else {
         return TC_ACT_OK;
     };
     let mut macs = [0u8; 12];

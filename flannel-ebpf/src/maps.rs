@@ -40,6 +40,10 @@ pub static TRAFFIC: PerCpuHashMap<u32, PeerTraffic> = PerCpuHashMap::with_max_en
 #[map(name = "FLANNEL_ENDPOINTS_V1")]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
+/// Local containers, keyed by IPv6; the agent keeps it current.
+#[map(name = "FLANNEL_ENDPOINTS6_V1")]
+pub static ENDPOINTS6: HashMap<[u8; 16], Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
 /// Containers one host holds at most in the fast path (more take the stack's path).
 const MAX_ENDPOINTS: u32 = 4096;
 
@@ -83,6 +87,12 @@ pub fn tunnel_to(dst_be: u32) -> Option<&'static Tunnel> {
 pub fn endpoint(ip_be: u32) -> Option<Endpoint> {
     // SAFETY: copied out at once; the agent replaces entries whole.
     unsafe { ENDPOINTS.get(ip_be).copied() }
+}
+
+#[inline(always)]
+pub fn endpoint6(ip: &[u8; 16]) -> Option<Endpoint> {
+    // SAFETY: copied out at once; the agent replaces entries whole.
+    unsafe { ENDPOINTS6.get(ip).copied() }
 }
 
 #[inline(always)]

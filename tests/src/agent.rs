@@ -156,6 +156,17 @@ impl Agent {
         Ok(net.trunc().to_string())
     }
 
+    /// Its lease's key, as flannel names it: `<prefix>/subnets/10.1.83.0-24`, with
+    /// `&<IPv6 subnet>-<len>` appended in a dual-stack network.
+    pub fn lease_key(&self) -> Result<String> {
+        let mut key = crate::testbed::lease_key(&self.subnet()?);
+        if let Ok(subnet6) = self.subnet_env("FLANNEL_IPV6_SUBNET") {
+            let subnet6: ipnet::Ipv6Net = subnet6.parse()?;
+            key.push_str(&format!("&{}-{}", subnet6.network(), subnet6.prefix_len()));
+        }
+        Ok(key)
+    }
+
     /// `FLANNEL_MTU` of its subnet.env.
     pub fn mtu(&self) -> Result<u32> {
         Ok(self.subnet_env("FLANNEL_MTU")?.parse()?)

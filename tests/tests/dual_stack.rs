@@ -66,22 +66,6 @@ fn tcp_over_ipv6_both_ways(a: &Container, b: &Container, sent: &[u8]) {
     }
 }
 
-/// The key flannel gives a dual-stack lease: `<subnet>-<len>&<ipv6 subnet>-<len>`.
-fn dual_key(agent: &Agent) -> String {
-    let subnet = agent.subnet().unwrap();
-    let subnet6: Ipv6Net = agent
-        .subnet_env("FLANNEL_IPV6_SUBNET")
-        .unwrap()
-        .parse()
-        .unwrap();
-    format!(
-        "{PREFIX}/subnets/{}&{}-{}",
-        subnet.replace('/', "-"),
-        subnet6.network(),
-        subnet6.prefix_len()
-    )
-}
-
 #[test]
 fn dual_stack_host_gw_containers_reach_each_other_over_both_families() {
     let (bed, agents, containers) = dual_stack(DUAL_HOST_GW, &[&[], &[], &[]]);
@@ -90,7 +74,10 @@ fn dual_stack_host_gw_containers_reach_each_other_over_both_families() {
 
     // The lease, as flannel writes it: both subnets in the key, PublicIPv6 in the value.
     assert_eq!(
-        bed.etcd.get(&dual_key(&agents[0])).unwrap().as_deref(),
+        bed.etcd
+            .get(&agents[0].lease_key().unwrap())
+            .unwrap()
+            .as_deref(),
         Some(r#"{"PublicIP":"192.168.64.10","PublicIPv6":"fd64::10","BackendType":"host-gw"}"#)
     );
     let network6 = agents[0].subnet_env("FLANNEL_IPV6_NETWORK").unwrap();
@@ -220,7 +207,7 @@ fn vxlan_carries_both_families(
         mac.trim().to_owned()
     };
     assert_eq!(
-        bed.etcd.get(&dual_key(&agents[0])).unwrap(),
+        bed.etcd.get(&agents[0].lease_key().unwrap()).unwrap(),
         Some(format!(
             r#"{{"PublicIP":"192.168.64.10","PublicIPv6":"fd64::10","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
             mac(v4_device),
@@ -253,12 +240,25 @@ fn ipv6_subnet(agent: &Agent) -> Ipv6Net {
 }
 
 /// Dual-stack vxlan on our eBPF datapath (the default): one VTEP MAC for both families,
-/// the overlay device's, and the IPv6 network's route comes back when deleted by hand.
+/// the overlay device's; decapsulated IPv6 goes straight into the container; and the IPv6
+/// network's route comes back when deleted by hand.
 #[test]
 fn dual_stack_vxlan_on_ebpf_carries_both_families() {
     let resync: &[&str] = &["--iptables-resync=1"];
     let (bed, agents, containers) =
         vxlan_carries_both_families(&[resync, &[], &[]], ("flannel-bpf", "flannel-bpf"));
+    // Each reply crosses one routing hop, the sender's: the receiving host delivers it into
+    // the container (`redirect_peer`) instead of routing it (hop limit 62).
+    wait_for(
+        "IPv6 replies delivered straight to the container",
+        READY,
+        || {
+            containers[0]
+                .ping(v6(&containers[1]))
+                .is_ok_and(|reply| reply.contains("ttl=63"))
+        },
+    )
+    .unwrap();
     assert!(bed.hosts[0].ip(&["link", "show", "flannel-gro"]).is_ok());
     assert_steady(&agents[0]);
     bed.hosts[0]

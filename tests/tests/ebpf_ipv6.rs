@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
 
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
-    DatapathConfig, DatapathConfig6, DropReason, Encap, PeerInfo6, Tunnel6, CHECK_INNER_SOURCE,
-    VXLAN_PORT,
+    DatapathConfig, DatapathConfig6, DropReason, Encap, Endpoint, PeerInfo6, Tunnel6,
+    CHECK_INNER_SOURCE, VXLAN_PORT,
 };
 use flannel_tests::{
     bpf_run::run,
@@ -137,6 +137,28 @@ fn ipv6_vxlan_from_a_peer_is_decapsulated_to_the_inner_packet() {
     );
     // XDP leaves IPv6 to TC.
     assert_eq!(run(programs.xdp_ingress(), &frame), (XDP_PASS, frame));
+}
+
+#[test]
+fn decapsulated_ipv6_for_a_local_container_goes_straight_into_it() {
+    let mut programs = dual_stack(false, LOOPBACK);
+    let (container, bridge) = ([0x02, 0, 0, 0, 0x83, 2], [0x02, 0, 0, 0, 0x83, 1]);
+    let endpoint = Endpoint {
+        ifindex: LOOPBACK,
+        mac: container,
+        bridge_mac: bridge,
+    };
+    let ip: Ipv6Addr = "fd00:10:0:83::2".parse().unwrap();
+    programs.insert_endpoint(ip.into(), endpoint).unwrap();
+    let frame = from_the_peer();
+    let (verdict, out) = run(programs.tc_ingress(), &frame);
+    // Redirected into the container's namespace, addressed from the bridge to the container.
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let inner = inner_ip("fd00:10:0:74::2");
+    assert_eq!(
+        out,
+        [&container[..], &bridge, &frame[12..14], &inner].concat()
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
-    testbed::{lease_key, Container, Testbed, Underlay},
+    testbed::{Container, Testbed, Underlay},
 };
 use serde_json::json;
 
@@ -350,9 +350,9 @@ fn convergence(
     client: &Container,
     server: &Container,
 ) -> Result<f64> {
-    let subnet = agent.subnet()?;
+    let key = agent.lease_key()?;
     agent.terminate()?;
-    bed.etcd.etcdctl(&["del", &lease_key(&subnet)])?;
+    bed.etcd.etcdctl(&["del", &key])?;
     wait_for("the peer to be gone", Duration::from_secs(20), || {
         client.ping(server.ip).is_err()
     })?;

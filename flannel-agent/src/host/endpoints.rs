@@ -1,10 +1,14 @@
 //! Local containers on the bridge, for the fast path: the bridge's ports (where encap
-//! starts), and for decap each container's IPv4 with its MAC (the bridge's neighbour table)
-//! and its host-side veth (the bridge's forwarding database). A container the host has not
+//! starts), and for decap each container's IPv4 and IPv6 with its MAC (the bridge's neighbour
+//! tables) and its host-side veth (the bridge's forwarding database). A container the host has not
 //! yet talked to is missing from the latter until it has; its packets take the stack's path
 //! meanwhile.
 
-use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use futures::{channel::mpsc::UnboundedReceiver, StreamExt, TryStreamExt};
@@ -24,10 +28,12 @@ use crate::{
     host::netlink::{destination, link_layer, neighbours},
 };
 
-/// IPv4 → (host-side veth ifindex, container MAC) for the containers behind `bridge`.
-pub async fn discover(netlink: &Handle, bridge: u32) -> Result<HashMap<Ipv4Addr, (u32, Mac)>> {
+/// IP → (host-side veth ifindex, container MAC) for the containers behind `bridge`; IPv6
+/// link-local addresses left out (tunnels carry none).
+pub async fn discover(netlink: &Handle, bridge: u32) -> Result<HashMap<IpAddr, (u32, Mac)>> {
     let fdb = neighbours(netlink, AddressFamily::Bridge).await?;
-    let neighbours = neighbours(netlink, AddressFamily::Inet).await?;
+    let mut entries = neighbours(netlink, AddressFamily::Inet).await?;
+    entries.extend(neighbours(netlink, AddressFamily::Inet6).await?);
     let port_of: HashMap<Mac, u32> = fdb
         .iter()
         .filter(|entry| {
@@ -38,7 +44,7 @@ pub async fn discover(netlink: &Handle, bridge: u32) -> Result<HashMap<Ipv4Addr,
         })
         .filter_map(|entry| Some((link_layer(entry)?, entry.header.ifindex)))
         .collect();
-    Ok(neighbours
+    Ok(entries
         .iter()
         .filter(|n| n.header.ifindex == bridge)
         .filter(|n| {
@@ -48,7 +54,9 @@ pub async fn discover(netlink: &Handle, bridge: u32) -> Result<HashMap<Ipv4Addr,
             )
         })
         .filter_map(|n| {
-            let ip = destination::<Ipv4Addr>(n)?;
+            let ip = (destination::<Ipv4Addr>(n).map(IpAddr::V4))
+                .or_else(|| destination::<Ipv6Addr>(n).map(IpAddr::V6))
+                .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))?;
             let mac = link_layer(n)?;
             Some((ip, (*port_of.get(&mac)?, mac)))
         })

@@ -156,9 +156,6 @@ impl EbpfDatapath {
             Backend::Udp { port } => (Encap::Udp, 0, *port),
             Backend::HostGw => bail!("host-gw has nothing to encapsulate"),
         };
-        if ipv6 && encap != Encap::Vxlan {
-            bail!("the udp backend carries IPv4 only");
-        }
         let programs = match (
             Programs::load(options.bpf_object.as_deref()),
             &options.bpf_object,

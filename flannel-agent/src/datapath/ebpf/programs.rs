@@ -2,7 +2,7 @@
 
 use std::{
     fs,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
@@ -148,27 +148,56 @@ impl Programs {
             .with_context(|| format!("removing the route to {subnet}"))
     }
 
-    /// The local containers the fast path delivers to, by IPv4.
-    pub fn endpoints(&mut self) -> Result<Vec<(Ipv4Addr, Endpoint)>> {
-        let map: HashMap<&mut MapData, u32, Endpoint> = self.map(map_names::ENDPOINTS)?;
-        map.iter()
-            .map(|entry| {
-                let (ip_be, endpoint) = entry.context("reading the endpoint map")?;
-                Ok((Ipv4Addr::from(u32::from_be(ip_be)), endpoint))
-            })
-            .collect()
+    /// The local containers the fast path delivers to, by IPv4 and IPv6.
+    pub fn endpoints(&mut self) -> Result<Vec<(IpAddr, Endpoint)>> {
+        let mut all = Vec::new();
+        let v4 = self.endpoint_map::<[u8; 4]>(map_names::ENDPOINTS)?;
+        for entry in v4.iter() {
+            let (ip, endpoint) = entry.context("reading the endpoint map")?;
+            all.push((IpAddr::from(ip), endpoint));
+        }
+        let v6 = self.endpoint_map::<[u8; 16]>(map_names::ENDPOINTS6)?;
+        for entry in v6.iter() {
+            let (ip, endpoint) = entry.context("reading the IPv6 endpoint map")?;
+            all.push((IpAddr::from(ip), endpoint));
+        }
+        Ok(all)
     }
 
-    pub fn insert_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<()> {
-        let mut map: HashMap<&mut MapData, u32, Endpoint> = self.map(map_names::ENDPOINTS)?;
-        map.insert(u32::from(ip).to_be(), endpoint, 0)
-            .with_context(|| format!("adding endpoint {ip}"))
+    pub fn insert_endpoint(&mut self, ip: IpAddr, endpoint: Endpoint) -> Result<()> {
+        let inserted = match ip {
+            IpAddr::V4(v4) => (self.endpoint_map::<[u8; 4]>(map_names::ENDPOINTS)?).insert(
+                v4.octets(),
+                endpoint,
+                0,
+            ),
+            IpAddr::V6(v6) => (self.endpoint_map::<[u8; 16]>(map_names::ENDPOINTS6)?).insert(
+                v6.octets(),
+                endpoint,
+                0,
+            ),
+        };
+        inserted.with_context(|| format!("adding endpoint {ip}"))
     }
 
-    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
-        let mut map: HashMap<&mut MapData, u32, Endpoint> = self.map(map_names::ENDPOINTS)?;
-        absent_ok(map.remove(&u32::from(ip).to_be()))
-            .with_context(|| format!("removing endpoint {ip}"))
+    pub fn remove_endpoint(&mut self, ip: IpAddr) -> Result<()> {
+        let removed = match ip {
+            IpAddr::V4(v4) => {
+                (self.endpoint_map::<[u8; 4]>(map_names::ENDPOINTS)?).remove(&v4.octets())
+            }
+            IpAddr::V6(v6) => {
+                (self.endpoint_map::<[u8; 16]>(map_names::ENDPOINTS6)?).remove(&v6.octets())
+            }
+        };
+        absent_ok(removed).with_context(|| format!("removing endpoint {ip}"))
+    }
+
+    /// An endpoint map, keyed by the addresses' bytes (network order).
+    fn endpoint_map<K: aya::Pod>(
+        &mut self,
+        name: &str,
+    ) -> Result<HashMap<&mut MapData, K, Endpoint>> {
+        self.map(name)
     }
 
     /// Starts counting traffic with `public_ip` (kept if already counting).
