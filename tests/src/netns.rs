@@ -274,3 +274,50 @@ pub fn kernel_vxlan_peer(
     ])?;
     Ok(())
 }
+
+/// A frame as a Linux vxlan device set up as flannel's sends it, captured on the wire: the
+/// device (`kernel_vxlan`) holds `subnet` at `local`, and its peer entry sends `our_subnet` to
+/// the VTEP MAC `our_mac` at `ours`; `payload` goes over UDP from the device's address to
+/// `.2` (`::2`) of `our_subnet`, port 9999. Both ends are namespaces of their own, linked on
+/// 192.168.64.0/24 (and fd64::/64 for IPv6 addresses).
+pub fn kernel_vxlan_frame(
+    (local, subnet): (IpAddr, &str),
+    (ours, our_subnet, our_mac): (IpAddr, &str, &str),
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    let kernel = Netns::new("kvx")?;
+    let we = Netns::new("kvx-ours")?;
+    link(
+        &kernel,
+        "eth0",
+        "192.168.64.3/24",
+        &we,
+        "eth0",
+        "192.168.64.2/24",
+    )?;
+    for (ns, addr) in [(&kernel, local), (&we, ours)]
+        .iter()
+        .filter(|(_, a)| a.is_ipv6())
+    {
+        let addr = format!("{addr}/64");
+        ns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
+    }
+    kernel_vxlan(&kernel, local, subnet)?;
+    kernel_vxlan_peer(&kernel, our_subnet, our_mac, ours)?;
+    let from: ipnet::IpNet = subnet.parse()?;
+    let to: ipnet::IpNet = our_subnet.parse()?;
+    let to = match to.network() {
+        IpAddr::V4(net) => IpAddr::V4((u32::from(net) + 2).into()),
+        IpAddr::V6(net) => IpAddr::V6((u128::from(net) + 2).into()),
+    };
+    let capture = we.enter(|| crate::packet::capture_udp(flannel_common::VXLAN_PORT))?;
+    kernel.enter(|| -> Result<()> {
+        let socket = std::net::UdpSocket::bind((from.network(), 0))?;
+        socket.send_to(payload, (to, 9999))?;
+        Ok(())
+    })??;
+    capture
+        .join()
+        .expect("the capture thread")
+        .context("no VXLAN frame from the kernel's device")
+}

@@ -3,7 +3,7 @@
 //! IPv6 vxlan device set up as flannel's `flannel-v6.1`), and the hand-over of IPv6 to the
 //! GRO device for encapsulation.
 
-use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
@@ -12,7 +12,7 @@ use flannel_common::{
 };
 use flannel_tests::{
     bpf_run::run,
-    netns::{kernel_vxlan, kernel_vxlan_peer, link, Netns},
+    netns::kernel_vxlan_frame,
     packet::{self, udp6_frame, vxlan, ETH_P_IPV6, IPPROTO_TCP},
     require_root,
 };
@@ -258,37 +258,12 @@ fn ipv6_for_a_peer_is_handed_to_the_gro_device_at_the_overlay_device() {
 #[test]
 fn decapsulates_a_frame_made_by_the_kernels_ipv6_vxlan_device() {
     require_root();
-    let kernel = Netns::new("kvx6").unwrap();
-    let ours = Netns::new("kvx6-ours").unwrap();
-    link(
-        &kernel,
-        "eth0",
-        "192.168.64.3/24",
-        &ours,
-        "eth0",
-        "192.168.64.2/24",
+    let frame = kernel_vxlan_frame(
+        (PEER.into(), "fd00:10:0:74::/64"),
+        (LOCAL.into(), "fd00:10:0:83::/64", "0a:00:00:00:00:01"),
+        b"from a kernel IPv6 vxlan peer",
     )
     .unwrap();
-    for (ns, addr) in [(&kernel, PEER), (&ours, LOCAL)] {
-        let addr = format!("{addr}/64");
-        ns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])
-            .unwrap();
-    }
-    kernel_vxlan(&kernel, PEER, "fd00:10:0:74::/64").unwrap();
-    kernel_vxlan_peer(&kernel, "fd00:10:0:83::/64", "0a:00:00:00:00:01", LOCAL).unwrap();
-
-    let capture = ours
-        .enter(|| flannel_tests::packet::capture_udp(VXLAN_PORT))
-        .unwrap();
-    kernel
-        .enter(|| {
-            let socket = UdpSocket::bind("[fd00:10:0:74::]:0").unwrap();
-            socket
-                .send_to(b"from a kernel IPv6 vxlan peer", "[fd00:10:0:83::2]:9999")
-                .unwrap();
-        })
-        .unwrap();
-    let frame = capture.join().unwrap().expect("the kernel's VXLAN frame");
     // The kernel's IPv6 vxlan sets the UDP checksum (flannel's device drops frames without).
     assert_ne!(&frame[60..62], &[0, 0], "outer UDP checksum");
 

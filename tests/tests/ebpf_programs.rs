@@ -12,7 +12,7 @@ use flannel_common::{
 };
 use flannel_tests::{
     bpf_run::run,
-    netns::{kernel_vxlan, kernel_vxlan_peer, link, Bpffs, Netns},
+    netns::{kernel_vxlan_frame, link, Bpffs, Netns},
     packet::{self, udp_frame, vxlan, IPPROTO_TCP},
     require_root,
 };
@@ -508,33 +508,12 @@ fn encap_leaves_other_destinations_and_oversize_packets_to_the_stack() {
 #[test]
 fn decapsulates_a_frame_made_by_the_kernels_vxlan_device() {
     require_root();
-    let kernel = Netns::new("kvx").unwrap();
-    let ours = Netns::new("kvx-ours").unwrap();
-    link(
-        &kernel,
-        "eth0",
-        "192.168.64.3/24",
-        &ours,
-        "eth0",
-        "192.168.64.2/24",
+    let frame = kernel_vxlan_frame(
+        (Ipv4Addr::new(192, 168, 64, 3).into(), "10.1.74.0/24"),
+        (LOCAL.into(), "10.1.83.0/24", "0a:00:00:00:00:01"),
+        b"from a kernel vxlan peer",
     )
     .unwrap();
-    let local = Ipv4Addr::new(192, 168, 64, 3);
-    kernel_vxlan(&kernel, local, "10.1.74.0/24").unwrap();
-    kernel_vxlan_peer(&kernel, "10.1.83.0/24", "0a:00:00:00:00:01", LOCAL).unwrap();
-
-    let capture = ours
-        .enter(|| flannel_tests::packet::capture_udp(VXLAN_PORT))
-        .unwrap();
-    kernel
-        .enter(|| {
-            let socket = UdpSocket::bind("10.1.74.0:0").unwrap();
-            socket
-                .send_to(b"from a kernel vxlan peer", "10.1.83.2:9999")
-                .unwrap();
-        })
-        .unwrap();
-    let frame = capture.join().unwrap().expect("the kernel's VXLAN frame");
 
     let mut programs = guard(Encap::Vxlan);
     let (verdict, out) = run(programs.tc_ingress(), &frame);

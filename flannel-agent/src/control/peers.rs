@@ -10,10 +10,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::warn;
 
 use crate::control::{
@@ -250,39 +250,16 @@ impl PeerTable {
     /// What is wrong with a lease on its own, if anything.
     fn fault(&self, lease: &StoredLease) -> Option<Rejection> {
         let rules = &self.rules;
-        let (subnet, ip) = (lease.subnet, lease.attrs.public_ip);
-        let reject = |reason, detail: String| Some(Rejection { reason, detail });
-        if !rules.network.contains(&subnet) {
-            return reject(
-                "outside_network",
-                format!("{subnet} lies outside the network {}", rules.network),
-            );
-        }
-        if subnet.prefix_len() < rules.subnet_len {
-            return reject(
-                "wider_than_subnet_len",
-                format!("{subnet} is wider than a /{} lease", rules.subnet_len),
-            );
-        }
-        if let Some(own) = rules.own_subnet.filter(|own| overlap(subnet, *own)) {
-            return reject(
-                "overlaps_our_subnet",
-                format!("{subnet} overlaps our subnet {own}"),
-            );
-        }
-        if Some(ip) == rules.own_ip {
-            return reject("our_public_ip", format!("its PublicIP {ip} is ours"));
-        }
-        if ip.is_unspecified()
-            || ip.is_loopback()
-            || ip.is_multicast()
-            || ip.is_broadcast()
-            || rules.network.contains(&ip)
-        {
-            return reject(
-                "bad_public_ip",
-                format!("its PublicIP {ip} is not a unicast host address outside the network"),
-            );
+        let ipv4 = FamilyRules {
+            network: rules.network.into(),
+            subnet_len: rules.subnet_len,
+            own_subnet: rules.own_subnet.map(Into::into),
+            own_ip: rules.own_ip.map(Into::into),
+            names: ("", "PublicIP"),
+        };
+        let ip = Some(lease.attrs.public_ip.into());
+        if let Some(rejection) = ipv4.fault(lease.subnet.into(), ip) {
+            return Some(rejection);
         }
         if let Some(rejection) = self.ipv6_fault(lease) {
             return Some(rejection);
@@ -311,43 +288,16 @@ impl PeerTable {
     /// only).
     fn ipv6_fault(&self, lease: &StoredLease) -> Option<Rejection> {
         let (rules, subnet) = (self.rules.ipv6.as_ref()?, lease.attrs.ipv6_subnet?);
-        let reject = |reason, detail: String| Some(Rejection { reason, detail });
-        if !rules.network.contains(&subnet) {
-            return reject(
-                "outside_network",
-                format!("{subnet} lies outside the IPv6 network {}", rules.network),
-            );
-        }
-        if subnet.prefix_len() < rules.subnet_len {
-            return reject(
-                "wider_than_subnet_len",
-                format!("{subnet} is wider than a /{} lease", rules.subnet_len),
-            );
-        }
-        if let Some(own) = rules.own_subnet.filter(|own| overlap(*own, subnet)) {
-            return reject(
-                "overlaps_our_subnet",
-                format!("{subnet} overlaps our IPv6 subnet {own}"),
-            );
-        }
-        let Some(ip) = lease.attrs.public_ipv6 else {
-            return reject(
-                "bad_public_ip",
-                format!("it names the IPv6 subnet {subnet} but no PublicIPv6"),
-            );
+        let ipv6 = FamilyRules {
+            network: rules.network.into(),
+            subnet_len: rules.subnet_len,
+            own_subnet: rules.own_subnet.map(Into::into),
+            own_ip: rules.own_ip.map(Into::into),
+            names: ("IPv6 ", "PublicIPv6"),
         };
-        if Some(ip) == rules.own_ip {
-            return reject("our_public_ip", format!("its PublicIPv6 {ip} is ours"));
-        }
-        if ip.is_unspecified()
-            || ip.is_loopback()
-            || ip.is_multicast()
-            || rules.network.contains(&ip)
-        {
-            return reject(
-                "bad_public_ip",
-                format!("its PublicIPv6 {ip} is not a unicast host address outside the network"),
-            );
+        let ip = lease.attrs.public_ipv6.map(Into::into);
+        if let Some(rejection) = ipv6.fault(subnet.into(), ip) {
+            return Some(rejection);
         }
         if let BackendAttrs::Vxlan {
             v6_vtep_mac: None, ..
@@ -438,6 +388,68 @@ impl Prefix for Ipv6Net {
     fn supernet(self) -> Option<Self> {
         Ipv6Net::supernet(&self)
     }
+}
+
+/// What one half of a lease (IPv4, or a dual-stack lease's IPv6) is checked against; `names`
+/// name the network's family ("" or "IPv6 ") and the value's address field in messages.
+struct FamilyRules {
+    network: IpNet,
+    subnet_len: u8,
+    own_subnet: Option<IpNet>,
+    own_ip: Option<IpAddr>,
+    names: (&'static str, &'static str),
+}
+
+impl FamilyRules {
+    /// What is wrong with a half of subnet `subnet` and public address `ip`, if anything.
+    fn fault(&self, subnet: IpNet, ip: Option<IpAddr>) -> Option<Rejection> {
+        let (family, field) = self.names;
+        let network = self.network;
+        if !network.contains(&subnet) {
+            return reject(
+                "outside_network",
+                format!("{subnet} lies outside the {family}network {network}"),
+            );
+        }
+        if subnet.prefix_len() < self.subnet_len {
+            return reject(
+                "wider_than_subnet_len",
+                format!("{subnet} is wider than a /{} lease", self.subnet_len),
+            );
+        }
+        if let Some(own) = self.own_subnet.filter(|own| overlap(subnet, *own)) {
+            return reject(
+                "overlaps_our_subnet",
+                format!("{subnet} overlaps our {family}subnet {own}"),
+            );
+        }
+        let Some(ip) = ip else {
+            return reject(
+                "bad_public_ip",
+                format!("it names the {family}subnet {subnet} but no {field}"),
+            );
+        };
+        if Some(ip) == self.own_ip {
+            return reject("our_public_ip", format!("its {field} {ip} is ours"));
+        }
+        let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+        if ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || broadcast
+            || network.contains(&ip)
+        {
+            return reject(
+                "bad_public_ip",
+                format!("its {field} {ip} is not a unicast host address outside the network"),
+            );
+        }
+        None
+    }
+}
+
+fn reject(reason: &'static str, detail: String) -> Option<Rejection> {
+    Some(Rejection { reason, detail })
 }
 
 /// The entries of `index` whose prefix overlaps `net`: aligned prefixes overlap when one lies
