@@ -208,6 +208,9 @@ impl PeerTraffic {
 pub const VXLAN_OVERHEAD: u32 = 20 + 8 + 8 + 14;
 /// Bytes added in front of the inner IP packet: outer IPv4 and UDP.
 pub const UDP_OVERHEAD: u32 = 20 + 8;
+/// Bytes added in front of the inner IP packet by vxlan over IPv6: outer IPv6, UDP, VXLAN,
+/// inner Ethernet.
+pub const VXLAN6_OVERHEAD: u32 = 40 + 8 + 8 + 14;
 
 impl Encap {
     pub const fn overhead(self) -> u32 {

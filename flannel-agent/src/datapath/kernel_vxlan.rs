@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::{
     control::{
-        lease::{BackendAttrs, Mac},
+        lease::{BackendAttrs, LeaseAttrs, Mac},
         peers::Peer,
     },
     datapath::{overlay_device, Installed},
@@ -54,8 +54,7 @@ impl KernelVxlan {
             port,
             nic: nic.name.clone(),
         };
-        // The kernel caps an IPv6 vxlan device 20 bytes lower, as it does flannel's.
-        let v6_mtu = mtu.min(nic.mtu.saturating_sub(70));
+        let v6_mtu = nic.ipv6_tunnel_mtu(mtu);
         let v6 = match (ipv6, nic.public_ipv6) {
             (false, _) => None,
             (true, Some(local)) => Some(Device::start(link.clone(), local, v6_mtu).await?),
@@ -150,8 +149,8 @@ trait Family: RouteFamily + fmt::Display + fmt::Debug {
     const DEVICE: &'static str;
     /// The device's `local` attribute.
     fn local(self) -> InfoVxlan;
-    /// This family's half of a vxlan peer, if it has one.
-    fn tunnel(peer: &Peer) -> Option<Tunnel<Self>>;
+    /// This family's half of the vxlan peer at `subnet` with `attrs`, if it has one.
+    fn tunnel(subnet: Ipv4Net, attrs: &LeaseAttrs) -> Option<Tunnel<Self>>;
 }
 
 impl Family for Ipv4Addr {
@@ -159,15 +158,15 @@ impl Family for Ipv4Addr {
     fn local(self) -> InfoVxlan {
         InfoVxlan::Local(self)
     }
-    fn tunnel(peer: &Peer) -> Option<Tunnel<Self>> {
-        let BackendAttrs::Vxlan { vtep_mac, .. } = peer.attrs.backend else {
+    fn tunnel(subnet: Ipv4Net, attrs: &LeaseAttrs) -> Option<Tunnel<Self>> {
+        let BackendAttrs::Vxlan { vtep_mac, .. } = attrs.backend else {
             return None;
         };
         Some(Tunnel {
-            subnet: peer.subnet,
-            gateway: peer.subnet.network(),
+            subnet,
+            gateway: subnet.network(),
             mac: vtep_mac,
-            public: peer.attrs.public_ip,
+            public: attrs.public_ip,
         })
     }
 }
@@ -177,26 +176,26 @@ impl Family for Ipv6Addr {
     fn local(self) -> InfoVxlan {
         InfoVxlan::Local6(self)
     }
-    fn tunnel(peer: &Peer) -> Option<Tunnel<Self>> {
+    fn tunnel(_: Ipv4Net, attrs: &LeaseAttrs) -> Option<Tunnel<Self>> {
         let BackendAttrs::Vxlan {
             v6_vtep_mac: Some(mac),
             ..
-        } = peer.attrs.backend
+        } = attrs.backend
         else {
             return None;
         };
-        let subnet = peer.attrs.ipv6_subnet?;
+        let subnet = attrs.ipv6_subnet?;
         Some(Tunnel {
             subnet,
             gateway: subnet.network(),
             mac,
-            public: peer.attrs.public_ipv6?,
+            public: attrs.public_ipv6?,
         })
     }
 }
 
 fn tunnel<A: Family>(peer: &Peer) -> Option<Tunnel<A>> {
-    A::tunnel(peer)
+    A::tunnel(peer.subnet, &peer.attrs)
 }
 
 impl<A: Family> Device<A> {
@@ -328,13 +327,7 @@ impl<A: Family> Device<A> {
     async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
         let wanted: Vec<(Ipv4Net, Tunnel<A>)> = installed
             .iter()
-            .filter_map(|(subnet, attrs)| {
-                let peer = Peer {
-                    subnet: *subnet,
-                    attrs: attrs.clone(),
-                };
-                Some((*subnet, tunnel(&peer)?))
-            })
+            .filter_map(|(subnet, attrs)| Some((*subnet, A::tunnel(*subnet, attrs)?)))
             .collect();
         if nix::net::if_::if_nametoindex(self.name.as_str()).ok() != Some(self.index) {
             warn!(device = %self.name, "the vxlan device is gone; recreating it");

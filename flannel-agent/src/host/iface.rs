@@ -136,6 +136,12 @@ impl ExtIface {
         }
     }
 
+    /// The IPv6 tunnel's MTU, for an overlay MTU `mtu`: what fits once vxlan over IPv6
+    /// encapsulates it (the kernel caps an IPv6 vxlan device there too).
+    pub fn ipv6_tunnel_mtu(&self, mtu: u32) -> u32 {
+        mtu.min(self.mtu.saturating_sub(flannel_common::VXLAN6_OVERHEAD))
+    }
+
     /// host-gw routes via the public IP on this interface: refuse anything else.
     pub fn check_public_ip_is_local(&self) -> Result<()> {
         let all = addresses()?;

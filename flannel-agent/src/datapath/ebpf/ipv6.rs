@@ -22,9 +22,6 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::{control::lease::LeaseAttrs, datapath::Installed};
 
-/// The overhead of vxlan over IPv6: outer IPv6, UDP, VXLAN and the inner Ethernet header.
-pub const OVERHEAD: u32 = 40 + 8 + 8 + 14;
-
 /// Our IPv6 end: the network, our subnet and our public IPv6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ours6 {

@@ -225,7 +225,7 @@ impl EbpfDatapath {
         overlay_device::take_network(netlink, index, OVERLAY_DEV, (network, subnet), None).await?;
         let ours6 = self.ours6(&ours)?;
         if let Some(ours6) = &ours6 {
-            let mtu6 = mtu.min(self.nic.mtu.saturating_sub(ipv6::OVERHEAD));
+            let mtu6 = self.nic.ipv6_tunnel_mtu(mtu);
             let networks = (ours6.network, ours6.subnet);
             overlay_device::take_network(netlink, index, OVERLAY_DEV, networks, Some(mtu6)).await?;
         }
