@@ -96,7 +96,7 @@ pub struct Args {
     pub iface_regex: Vec<String>,
     /// use the interface that routes to this address
     #[arg(long, env = "FLANNELD_IFACE_CAN_REACH", help_heading = FLANNEL)]
-    pub iface_can_reach: Option<Ipv4Addr>,
+    pub iface_can_reach: Option<std::net::IpAddr>,
     /// IP accessible by other nodes for inter-host communication
     #[arg(long, env = "FLANNELD_PUBLIC_IP", help_heading = FLANNEL)]
     pub public_ip: Option<Ipv4Addr>,

@@ -4,7 +4,7 @@
 //! datapath in place, so that a restart does not cut traffic.
 
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -27,7 +27,7 @@ use crate::{
         config::{self, Config},
         lease::LeaseAttrs,
         lease_state::LeaseState,
-        peers::{Ipv6Rules, PeerTable, Rules},
+        peers::{PeerTable, Rules},
         registry::{LeaseChange, Registry, StoredLease},
         subnet_env::{self, SubnetEnv},
     },
@@ -62,12 +62,20 @@ pub async fn run(args: Args) -> Result<()> {
     let datapath_options = args.datapath_options();
     datapath_options.check()?;
     let iface = iface::choose(&args.iface_options())?;
-    info!(iface = %iface.name, public_ip = %iface.public_ip, mtu = iface.mtu, "using interface");
+    info!(iface = %iface.name, public_ip = %iface.public_ip, public_ipv6 = ?iface.public_ipv6,
+          mtu = iface.mtu, "using interface");
     let mut registry = Registry::connect(&args.etcd_options()).await?;
     let config = wait_for_config(&mut registry).await;
-    info!(network = %config.network, backend = config.backend.type_name(), "network config");
-    let ipv6 = config.ipv6.is_some();
-    let mut datapath = Datapath::start(&datapath_options, &config.backend, &iface, ipv6).await?;
+    info!(network = ?config.ipv4.as_ref().map(|v4| v4.network),
+          ipv6_network = ?config.ipv6.as_ref().map(|v6| v6.network),
+          backend = config.backend.type_name(), "network config");
+    if config.ipv4.is_some() && iface.public_ip.is_unspecified() {
+        bail!(
+            "Network: {} has no IPv4 address to advertise; add one, give --public-ip, or make \
+             the network IPv6-only (EnableIPv4: false)",
+            iface.name
+        );
+    }
     let public_ipv6 = match (&config.ipv6, iface.public_ipv6) {
         (None, _) => None,
         (Some(_), Some(ipv6)) => Some(ipv6),
@@ -77,9 +85,13 @@ pub async fn run(args: Args) -> Result<()> {
             iface.name
         ),
     };
+    let mut datapath = Datapath::start(&datapath_options, &config, &iface).await?;
     let attrs = LeaseAttrs {
-        ipv6_subnet: None,
-        public_ip: iface.public_ip,
+        // flannel's IPv6-only leases say 0.0.0.0.
+        public_ip: match config.ipv4 {
+            Some(_) => iface.public_ip,
+            None => Ipv4Addr::UNSPECIFIED,
+        },
         public_ipv6,
         backend: datapath.lease_backend(),
     };
@@ -100,20 +112,11 @@ pub async fn run(args: Args) -> Result<()> {
     let firewall = Firewall::start(firewall(&args, &config, &lease, &datapath)).await;
     let mut agent = Agent {
         firewall,
-        peers: PeerTable::new(Rules {
-            network: config.network,
-            subnet_len: config.subnet_len,
-            own_subnet: Some(lease.subnet),
-            own_ip: Some(iface.public_ip),
-            backend_type: config.backend.type_name().to_owned(),
-            prefix: args.etcd.etcd_prefix.clone(),
-            ipv6: (config.ipv6.as_ref()).map(|v6| Ipv6Rules {
-                network: v6.network,
-                subnet_len: v6.subnet_len,
-                own_subnet: lease.attrs.ipv6_subnet,
-                own_ip: lease.attrs.public_ipv6,
-            }),
-        }),
+        peers: PeerTable::new(Rules::of(
+            &config,
+            &args.etcd.etcd_prefix,
+            Some((&lease.subnets, &lease.attrs)),
+        )),
         args,
         registry,
         config,
@@ -153,7 +156,7 @@ pub async fn run(args: Args) -> Result<()> {
     ready.store(true, Ordering::Relaxed);
     agent.last_status = agent.status();
     // Logged first: whoever waits for READY=1 finds the line.
-    info!(subnet = %agent.lease.subnet, peers = agent.peers.len(), "ready");
+    info!(subnets = %agent.lease.subnets, peers = agent.peers.len(), "ready");
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&agent.last_status),
@@ -378,7 +381,7 @@ impl Agent {
     fn status(&self) -> String {
         format!(
             "subnet {}, {} peers, datapath {}",
-            self.lease.subnet,
+            self.lease.subnets,
             self.peers.len(),
             self.datapath.name()
         )
@@ -410,8 +413,8 @@ impl Agent {
             LeaseState::Overwritten(held) => self.reclaim(&held).await,
             LeaseState::Lost => {
                 let (attrs, ttl) = (&self.lease.attrs, self.lease.ttl);
-                let subnet = Some((self.lease.subnet, self.lease.attrs.ipv6_subnet));
-                match acquire(&mut self.registry, &self.config, attrs, subnet, ttl).await {
+                let subnets = Some(self.lease.subnets);
+                match acquire(&mut self.registry, &self.config, attrs, subnets, ttl).await {
                     Ok(lease) => {
                         self.lease_state = LeaseState::Held;
                         self.adopt(lease).await;
@@ -432,8 +435,8 @@ impl Agent {
         match self.registry.reclaim(held, attrs, ours, ttl).await {
             Ok(Some(lease_id)) => {
                 error!(
-                    subnet = %self.lease.subnet,
-                    by = %held.attrs.public_ip,
+                    subnets = %self.lease.subnets,
+                    by = %held.attrs.public_ip, by_ipv6 = ?held.attrs.public_ipv6,
                     "another writer put its value in our lease; wrote ours back"
                 );
                 self.counts.overwrites += 1;
@@ -445,8 +448,8 @@ impl Agent {
             }
             Ok(None) => {
                 error!(
-                    subnet = %self.lease.subnet,
-                    by = %held.attrs.public_ip,
+                    subnets = %self.lease.subnets,
+                    by = %held.attrs.public_ip, by_ipv6 = ?held.attrs.public_ipv6,
                     "our etcd lease expired and a live lease of another host took our subnet: \
                      moving to another subnet; restart Docker so that its --bip follows subnet.env"
                 );
@@ -463,12 +466,12 @@ impl Agent {
     async fn renew(&mut self) {
         match renew(&mut self.registry, &self.lease).await {
             Ok(Some(lease)) => {
-                info!(subnet = %lease.subnet, "lease renewed");
+                info!(subnets = %lease.subnets, "lease renewed");
                 self.counts.renewals += 1;
                 self.lease = lease;
             }
             Ok(None) => {
-                warn!(subnet = %self.lease.subnet, "our lease is gone; re-acquiring");
+                warn!(subnets = %self.lease.subnets, "our lease is gone; re-acquiring");
                 self.lease_state = LeaseState::Lost;
             }
             Err(e) => {
@@ -484,15 +487,13 @@ impl Agent {
         let moved = ours(&self.config, &lease) != ours(&self.config, &self.lease);
         if moved {
             error!(
-                old = %self.lease.subnet,
-                new = %lease.subnet,
-                old_ipv6 = ?self.lease.attrs.ipv6_subnet,
-                new_ipv6 = ?lease.attrs.ipv6_subnet,
+                old = %self.lease.subnets,
+                new = %lease.subnets,
                 "our subnet changed: containers on the old one are cut off; restart Docker so \
                  that its --bip follows subnet.env"
             );
         } else {
-            info!(subnet = %lease.subnet, "lease re-acquired, same subnet");
+            info!(subnets = %lease.subnets, "lease re-acquired, same subnet");
         }
         self.lease = lease;
         if moved {
@@ -506,7 +507,7 @@ impl Agent {
                 error!("datapath: {e:#}");
             }
             self.firewall.keep(self.firewall());
-            let moved = (self.peers).set_own(self.lease.subnet, self.lease.attrs.ipv6_subnet);
+            let moved = self.peers.set_own(self.lease.subnets);
             self.datapath.mark(moved);
             self.sync_datapath().await;
         }
@@ -525,17 +526,17 @@ impl Agent {
             let state = std::mem::replace(&mut self.lease_state, LeaseState::Held);
             self.lease_state = state.on_change(&self.lease, &change);
             match change {
-                LeaseChange::Deleted(subnet) if subnet == self.lease.subnet => {
-                    warn!(%subnet, "our lease was deleted or expired; re-acquiring");
+                LeaseChange::Deleted(subnets) if subnets == self.lease.subnets => {
+                    warn!(%subnets, "our lease was deleted or expired; re-acquiring");
                 }
-                LeaseChange::Put(lease) if lease.subnet == self.lease.subnet => {}
+                LeaseChange::Put(lease) if lease.subnets == self.lease.subnets => {}
                 LeaseChange::Put(lease) => {
                     let moved = self.peers.put(&lease);
                     changed |= !moved.is_empty();
                     self.datapath.mark(moved);
                 }
-                LeaseChange::Deleted(subnet) => {
-                    let moved = self.peers.remove(&subnet);
+                LeaseChange::Deleted(subnets) => {
+                    let moved = self.peers.remove(&subnets);
                     changed |= !moved.is_empty();
                     self.datapath.mark(moved);
                 }
@@ -553,7 +554,7 @@ impl Agent {
         let state = std::mem::replace(&mut self.lease_state, LeaseState::Held);
         self.lease_state = state.on_listing(&self.lease, &snapshot.leases);
         if self.lease_state == LeaseState::Lost {
-            warn!(subnet = %self.lease.subnet, "our lease is not in etcd; re-acquiring");
+            warn!(subnets = %self.lease.subnets, "our lease is not in etcd; re-acquiring");
         }
         let moved = self.peers.resync(&snapshot.leases);
         if !moved.is_empty() {
@@ -624,13 +625,8 @@ impl Agent {
 
     /// subnet.env as our lease says it; None when the file already says so.
     fn subnet_env_to_write(&self) -> Option<SubnetEnv> {
-        let ipv6 = (self.config.ipv6.as_ref())
-            .zip(self.lease.attrs.ipv6_subnet)
-            .map(|(v6, subnet)| (v6.network, subnet));
         let env = SubnetEnv {
-            network: self.config.network,
-            subnet: self.lease.subnet,
-            ipv6,
+            ours: ours(&self.config, &self.lease),
             mtu: self.iface.overlay_mtu(&self.config.backend),
             ip_masq: self.args.ip_masq,
         };
@@ -641,7 +637,7 @@ impl Agent {
     fn publish_subnet(&self) -> Result<()> {
         if let Some(env) = self.subnet_env_to_write() {
             env.write(&self.args.subnet_file)?;
-            info!(path = %self.args.subnet_file.display(), subnet = %self.lease.subnet, "wrote subnet.env");
+            info!(path = %self.args.subnet_file.display(), subnets = %self.lease.subnets, "wrote subnet.env");
         }
         Ok(())
     }
@@ -672,28 +668,32 @@ impl Agent {
 
 /// Our end of the overlay, by `lease`.
 fn ours(config: &Config, lease: &OwnLease) -> Ours {
+    let (v4, v6) = (config.ipv4.as_ref(), config.ipv6.as_ref());
     Ours {
-        network: config.network,
-        subnet: lease.subnet,
-        ipv6: (config.ipv6.as_ref()).and_then(|v6| Some((v6.network, lease.attrs.ipv6_subnet?))),
+        ipv4: v4.and_then(|v4| Some((v4.network, lease.subnets.ipv4?))),
+        ipv6: v6.and_then(|v6| Some((v6.network, lease.subnets.ipv6?))),
     }
 }
 
-/// What the firewall should hold: flannel's rules as the flags ask, for IPv6 too in a
-/// dual-stack network, and (on the eBPF fast path) the FORWARD rules it bypasses named.
+/// What the firewall should hold: flannel's rules as the flags ask, for each family of the
+/// network, and (on the eBPF fast path) the FORWARD rules it bypasses named.
 fn firewall(args: &Args, config: &Config, lease: &OwnLease, datapath: &Datapath) -> Wanted {
-    let ipv6 = (config.ipv6.as_ref()).zip(lease.attrs.ipv6_subnet);
+    let ours = ours(config, lease);
     let mut rules = Vec::new();
     if args.ip_masq {
-        rules.extend(iptables::masq_rules(config.network, lease.subnet));
-        if let Some((v6, subnet)) = ipv6 {
-            rules.extend(iptables::masq_rules(v6.network, subnet));
+        if let Some((network, subnet)) = ours.ipv4 {
+            rules.extend(iptables::masq_rules(network, subnet));
+        }
+        if let Some((network, subnet)) = ours.ipv6 {
+            rules.extend(iptables::masq_rules(network, subnet));
         }
     }
     if args.iptables_forward_rules {
-        rules.extend(iptables::forward_rules(config.network));
-        if let Some((v6, _)) = ipv6 {
-            rules.extend(iptables::forward_rules(v6.network));
+        if let Some((network, _)) = ours.ipv4 {
+            rules.extend(iptables::forward_rules(network));
+        }
+        if let Some((network, _)) = ours.ipv6 {
+            rules.extend(iptables::forward_rules(network));
         }
     }
     Wanted {

@@ -70,7 +70,7 @@ pub struct DatapathConfig {
     pub network_mask_be: u32,
     pub subnet_be: u32,
     pub subnet_mask_be: u32,
-    /// [`CHECK_INNER_SOURCE`], [`THROUGH_NETFILTER`].
+    /// [`CHECK_INNER_SOURCE`], [`THROUGH_NETFILTER`], [`IPV6_ONLY`].
     pub flags: u32,
 }
 
@@ -82,6 +82,10 @@ pub const CHECK_INNER_SOURCE: u32 = 1;
 /// FORWARD chain, the bridge) instead of straight into their container, and container traffic
 /// is encapsulated only after routing: the firewall applies, as with flannel.
 pub const THROUGH_NETFILTER: u32 = 2;
+
+/// [`DatapathConfig::flags`]: the network carries no IPv4: IPv4 is neither encapsulated nor
+/// judged as a tunnel packet (the IPv4 fields are zero); IPv6 goes by [`DatapathConfig6`].
+pub const IPV6_ONLY: u32 = 4;
 
 /// The network-byte-order mask of a prefix length.
 pub const fn mask_be(prefix_len: u8) -> u32 {
@@ -248,18 +252,19 @@ pub struct Tunnel6 {
     /// The peer's IPv6 VTEP MAC: the inner Ethernet destination.
     pub remote_mac: [u8; 6],
     pub _pad: [u8; 2],
-    /// The peer's public IPv4 (network byte order): its traffic counters' key.
-    pub remote_ipv4_be: u32,
+    /// The key of the peer's traffic counters (network byte order): its public IPv4, or in
+    /// an IPv6-only network a number the agent makes of its IPv6 subnet.
+    pub traffic_key_be: u32,
 }
 
 /// Value of the `PEERS6` hash map, keyed by a peer's public IPv6: the IPv6 subnet it speaks
-/// for, and its public IPv4 (network byte order), its traffic counters' key.
+/// for, and its traffic counters' key (as `Tunnel6`'s).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerInfo6 {
     pub subnet: [u8; 16],
     pub subnet_mask: [u8; 16],
-    pub ipv4_be: u32,
+    pub traffic_key_be: u32,
 }
 
 /// Value of the `PEERS` hash map, keyed by a peer's public IPv4 (network byte order).

@@ -3,7 +3,9 @@
 //! Anything that is not a tunnel packet for us passes untouched; a packet that claims our
 //! tunnel port but fails a check is dropped with a reason; a genuine one is handed to decap.
 
-use flannel_common::{DatapathConfig, DatapathConfig6, DropReason, Encap, PeerInfo, PeerInfo6};
+use flannel_common::{
+    DatapathConfig, DatapathConfig6, DropReason, Encap, PeerInfo, PeerInfo6, IPV6_ONLY,
+};
 
 use crate::{
     maps,
@@ -33,7 +35,7 @@ pub const HEADER_LEN: u32 = (ETH_HLEN + 60 + 8 + 8 + ETH_HLEN + 24) as u32;
 /// tunnel port on our address. Anything else is not ours to judge.
 #[inline(always)]
 pub fn claimed_tunnel<'a>(pkt: Packet, cfg: &DatapathConfig) -> Option<&'a Ipv4Hdr> {
-    if cfg.port_be == 0 || !pkt.header::<EthHdr>(0)?.is_ipv4() {
+    if cfg.port_be == 0 || cfg.flags & IPV6_ONLY != 0 || !pkt.header::<EthHdr>(0)?.is_ipv4() {
         return None;
     }
     let ip = pkt.header::<Ipv4Hdr>(ETH_HLEN)?;
@@ -90,7 +92,7 @@ pub fn check6(pkt: Packet, cfg: &DatapathConfig, cfg6: &DatapathConfig6) -> Verd
         return Verdict::Drop(reason);
     }
     Verdict::Tunnel {
-        peer_be: peer.ipv4_be,
+        peer_be: peer.traffic_key_be,
         peer,
         outer_ip_len: IPV6_HLEN,
     }

@@ -17,7 +17,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use flannel_common::{DatapathConfig, DropReason, Hook, THROUGH_NETFILTER};
+use flannel_common::{DatapathConfig, DropReason, Hook, IPV6_ONLY, THROUGH_NETFILTER};
 
 use guard::Verdict;
 use parse::{in_prefix6, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPV6_HLEN};
@@ -165,7 +165,7 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
     if eth.is_ipv6() {
         return tc_encap6(&ctx, cfg);
     }
-    if !eth.is_ipv4() {
+    if !eth.is_ipv4() || cfg.flags & IPV6_ONLY != 0 {
         return TC_ACT_OK;
     }
     let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_HLEN) else {
@@ -230,10 +230,10 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     let bytes = ctx.len();
     match encap::via_kernel6(ctx, cfg, cfg6, &tunnel) {
         Ok(send) => {
-            maps::count_tx(tunnel.remote_ipv4_be, bytes);
+            maps::count_tx(tunnel.traffic_key_be, bytes);
             send
         }
-        Err(reason) => tc_drop(ctx, cfg, Hook::TcEncap, reason, tunnel.remote_ipv4_be),
+        Err(reason) => tc_drop(ctx, cfg, Hook::TcEncap, reason, tunnel.traffic_key_be),
     }
 }
 

@@ -157,9 +157,14 @@ impl Agent {
     }
 
     /// Its lease's key, as flannel names it: `<prefix>/subnets/10.1.83.0-24`, with
-    /// `&<IPv6 subnet>-<len>` appended in a dual-stack network.
+    /// `&<IPv6 subnet>-<len>` appended in a dual-stack network (and `0.0.0.0-0` for IPv4 in
+    /// an IPv6-only one).
     pub fn lease_key(&self) -> Result<String> {
-        let mut key = crate::testbed::lease_key(&self.subnet()?);
+        let subnet = match self.subnet_env("FLANNEL_SUBNET") {
+            Ok(_) => self.subnet()?,
+            Err(_) => "0.0.0.0/0".into(),
+        };
+        let mut key = crate::testbed::lease_key(&subnet);
         if let Ok(subnet6) = self.subnet_env("FLANNEL_IPV6_SUBNET") {
             let subnet6: ipnet::Ipv6Net = subnet6.parse()?;
             key.push_str(&format!("&{}-{}", subnet6.network(), subnet6.prefix_len()));

@@ -2,7 +2,7 @@
 //! stopped on drop.
 
 use std::{
-    net::{Ipv4Addr, TcpListener},
+    net::{Ipv4Addr, Ipv6Addr, TcpListener},
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
@@ -29,6 +29,8 @@ pub struct Etcd {
     /// The namespace etcd runs in, None for the test's own.
     netns: Option<String>,
     ip: Ipv4Addr,
+    /// An IPv6 address it also serves clients on, for hosts without IPv4.
+    ipv6: Option<Ipv6Addr>,
     client_port: u16,
     peer_port: u16,
     tls: Option<TlsFiles>,
@@ -46,26 +48,37 @@ fn free_ports() -> (u16, u16) {
 impl Etcd {
     /// etcd on 127.0.0.1 in the test's namespace.
     pub fn start() -> Result<Self> {
-        Self::launch(None, Ipv4Addr::LOCALHOST, None)
+        Self::launch(None, Ipv4Addr::LOCALHOST, None, None)
     }
 
     /// etcd inside `ns`, listening on `ip` (an address of that namespace).
     pub fn start_in(ns: &Netns, ip: Ipv4Addr) -> Result<Self> {
-        Self::launch(Some(ns.name.clone()), ip, None)
+        Self::launch(Some(ns.name.clone()), ip, None, None)
+    }
+
+    /// `start_in`, serving clients on `ipv6` (an address of that namespace) too.
+    pub fn start_in_dual(ns: &Netns, ip: Ipv4Addr, ipv6: Ipv6Addr) -> Result<Self> {
+        Self::launch(Some(ns.name.clone()), ip, Some(ipv6), None)
     }
 
     /// etcd on 127.0.0.1 that requires client certificates.
     pub fn start_tls(tls: TlsFiles) -> Result<Self> {
-        Self::launch(None, Ipv4Addr::LOCALHOST, Some(tls))
+        Self::launch(None, Ipv4Addr::LOCALHOST, None, Some(tls))
     }
 
-    fn launch(netns: Option<String>, ip: Ipv4Addr, tls: Option<TlsFiles>) -> Result<Self> {
+    fn launch(
+        netns: Option<String>,
+        ip: Ipv4Addr,
+        ipv6: Option<Ipv6Addr>,
+        tls: Option<TlsFiles>,
+    ) -> Result<Self> {
         let (client_port, peer_port) = free_ports();
         let mut etcd = Self {
             child: None,
             dir: tempfile::tempdir()?,
             netns,
             ip,
+            ipv6,
             client_port,
             peer_port,
             tls,
@@ -79,13 +92,26 @@ impl Etcd {
         format!("{scheme}://{}:{}", self.ip, self.client_port)
     }
 
+    /// The client URL on its IPv6 address, if it serves one.
+    pub fn ipv6_endpoint(&self) -> Option<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        (self.ipv6).map(|ip| format!("{scheme}://[{ip}]:{}", self.client_port))
+    }
+
     /// Starts etcd (again, on the same data and ports) and waits until it serves.
     pub fn resume(&mut self) -> Result<()> {
         let peer = format!("http://{}:{}", self.ip, self.peer_port);
         let mut args: Vec<String> = vec![
             "--name=test".into(),
             format!("--data-dir={}", self.dir.path().join("data").display()),
-            format!("--listen-client-urls={}", self.endpoint()),
+            format!(
+                "--listen-client-urls={}",
+                [Some(self.endpoint()), self.ipv6_endpoint()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             format!("--advertise-client-urls={}", self.endpoint()),
             format!("--listen-peer-urls={peer}"),
             format!("--initial-advertise-peer-urls={peer}"),

@@ -17,6 +17,8 @@ use crate::{
 
 pub const PREFIX: &str = "/coreos.com/network";
 pub const CONFIG_KEY: &str = "/coreos.com/network/config";
+/// The underlay's IPv6 address (etcd serves on it too): IPv6-only hosts route through it.
+pub const UNDERLAY_IPV6_GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 1);
 
 /// The lease key of `subnet` ("10.1.83.0/24" → `<prefix>/subnets/10.1.83.0-24`).
 pub fn lease_key(subnet: &str) -> String {
@@ -50,6 +52,17 @@ pub struct Testbed {
     pub etcd: Etcd,
     pub underlay: Netns,
     pub kind: Underlay,
+    /// The hosts without IPv4 (`make_ipv6_only`).
+    ipv6_only: Vec<usize>,
+}
+
+/// The families of a cluster's network (and of its hosts and containers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stack {
+    Ipv4,
+    Dual,
+    /// IPv6 only: hosts without IPv4 on the underlay, containers without IPv4.
+    Ipv6,
 }
 
 impl Testbed {
@@ -61,13 +74,19 @@ impl Testbed {
         let underlay = Netns::new("ul")?;
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
         underlay.ip(&["addr", "add", "192.168.64.1/24", "dev", "br0"])?;
+        underlay.ip(&["-6", "addr", "add", "fd64::1/64", "dev", "br0", "nodad"])?;
         underlay.ip(&["link", "set", "br0", "up"])?;
-        let etcd = Etcd::start_in(&underlay, Ipv4Addr::new(192, 168, 64, 1))?;
+        let etcd = Etcd::start_in_dual(
+            &underlay,
+            Ipv4Addr::new(192, 168, 64, 1),
+            UNDERLAY_IPV6_GATEWAY,
+        )?;
         let mut bed = Self {
             hosts: Vec::new(),
             etcd,
             underlay,
             kind,
+            ipv6_only: Vec::new(),
         };
         for _ in 0..hosts {
             bed.add_host()?;
@@ -138,13 +157,37 @@ impl Testbed {
         Ok(())
     }
 
-    /// `container` on host `index` (running `agent` in a dual-stack network) gets an IPv6
+    /// Host `index` loses IPv4 on the underlay: IPv6 only, with a default route through the
+    /// underlay (which serves etcd on IPv6 too), as an IPv6-only machine.
+    pub fn make_ipv6_only(&mut self, index: usize) -> Result<()> {
+        self.enable_ipv6(index)?;
+        let host = &self.hosts[index];
+        host.ip(&["-4", "addr", "flush", "dev", "eth0"])?;
+        let gateway = UNDERLAY_IPV6_GATEWAY.to_string();
+        host.ip(&["-6", "route", "add", "default", "via", &gateway])?;
+        self.ipv6_only.push(index);
+        Ok(())
+    }
+
+    /// `container` on host `index` (running `agent` in a network with IPv6) gets an IPv6
     /// address on the agent's `FLANNEL_IPV6_SUBNET` (`::n` for IPv4 `.n`, the bridge `::1`)
     /// and a default route through the bridge.
     pub fn add_ipv6(&self, index: usize, agent: &Agent, container: &mut Container) -> Result<()> {
+        let n = container.ip.octets()[3];
+        self.give_ipv6(index, agent, container, n)
+    }
+
+    /// `add_ipv6` as the container's `n`th address.
+    fn give_ipv6(
+        &self,
+        index: usize,
+        agent: &Agent,
+        container: &mut Container,
+        n: u8,
+    ) -> Result<()> {
         let subnet: ipnet::Ipv6Net = agent.subnet_env("FLANNEL_IPV6_SUBNET")?.parse()?;
         let base = u128::from(subnet.network());
-        let n = u128::from(container.ip.octets()[3]);
+        let n = u128::from(n);
         let (gateway, ip) = (Ipv6Addr::from(base + 1), Ipv6Addr::from(base + n));
         let len = subnet.prefix_len();
         let gateway_addr = format!("{gateway}/{len}");
@@ -179,7 +222,11 @@ impl Testbed {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Agent> {
-        let endpoints = format!("--etcd-endpoints={}", self.etcd.endpoint());
+        let endpoint = match self.ipv6_only.contains(&index) {
+            true => self.etcd.ipv6_endpoint().expect("etcd on IPv6"),
+            false => self.etcd.endpoint(),
+        };
+        let endpoints = format!("--etcd-endpoints={endpoint}");
         let mut args = vec![endpoints.as_str(), "--iface=eth0"];
         args.extend_from_slice(extra);
         Agent::spawn_with_env(&self.hosts[index], &args, env)
@@ -219,6 +266,31 @@ impl Testbed {
         ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
         Ok(Container { ns, ip, ipv6: None })
     }
+
+    /// A container with IPv6 only behind host `index`'s `cni0` bridge (an IPv6-only network
+    /// with `agent`): `::n` of its IPv6 subnet, at the agent's MTU.
+    pub fn add_ipv6_only_container(&self, index: usize, agent: &Agent, n: u8) -> Result<Container> {
+        let host = &self.hosts[index];
+        if host.ip(&["link", "show", "cni0"]).is_err() {
+            host.ip(&["link", "add", "cni0", "type", "bridge"])?;
+            host.ip(&["link", "set", "cni0", "up"])?;
+        }
+        let ns = Netns::new(&format!("c{index}-{n}"))?;
+        let veth = format!("veth{n}");
+        let mtu = agent.mtu()?.to_string();
+        host.ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ])?;
+        host.ip(&["link", "set", &veth, "master", "cni0", "up"])?;
+        ns.ip(&["link", "set", "eth0", "mtu", &mtu, "up"])?;
+        let mut container = Container {
+            ns,
+            ip: Ipv4Addr::UNSPECIFIED,
+            ipv6: None,
+        };
+        self.give_ipv6(index, agent, &mut container, n)?;
+        Ok(container)
+    }
 }
 
 impl Testbed {
@@ -237,7 +309,7 @@ impl Testbed {
         config: &str,
         flags: &[&[&str]],
     ) -> Result<(Testbed, Vec<Agent>, Vec<Container>)> {
-        Self::build(kind, config, flags, false)
+        Self::build(kind, config, flags, Stack::Ipv4)
     }
 
     /// `cluster_on` for a dual-stack `config`: the hosts have IPv6 on the underlay, and the
@@ -247,29 +319,46 @@ impl Testbed {
         config: &str,
         flags: &[&[&str]],
     ) -> Result<(Testbed, Vec<Agent>, Vec<Container>)> {
-        Self::build(kind, config, flags, true)
+        Self::build(kind, config, flags, Stack::Dual)
+    }
+
+    /// `cluster_on` for an IPv6-only `config`: the hosts have no IPv4 on the underlay (etcd
+    /// is reached over IPv6), the containers IPv6 only.
+    pub fn ipv6_only_cluster_on(
+        kind: Underlay,
+        config: &str,
+        flags: &[&[&str]],
+    ) -> Result<(Testbed, Vec<Agent>, Vec<Container>)> {
+        Self::build(kind, config, flags, Stack::Ipv6)
     }
 
     fn build(
         kind: Underlay,
         config: &str,
         flags: &[&[&str]],
-        ipv6: bool,
+        stack: Stack,
     ) -> Result<(Testbed, Vec<Agent>, Vec<Container>)> {
-        let bed = Testbed::with_underlay(flags.len(), kind)?;
+        let mut bed = Testbed::with_underlay(flags.len(), kind)?;
         bed.put_config(config)?;
         let mut agents = Vec::new();
         let mut containers = Vec::new();
         for (host, flags) in flags.iter().enumerate() {
-            if ipv6 {
-                bed.enable_ipv6(host)?;
+            match stack {
+                Stack::Ipv4 => {}
+                Stack::Dual => bed.enable_ipv6(host)?,
+                Stack::Ipv6 => bed.make_ipv6_only(host)?,
             }
             let mut agent = bed.agent(host, flags)?;
             agent.wait_ready(Duration::from_secs(30))?;
-            let mut container = bed.add_docker_container(host, &agent, 2)?;
-            if ipv6 {
-                bed.add_ipv6(host, &agent, &mut container)?;
-            }
+            let container = match stack {
+                Stack::Ipv4 => bed.add_docker_container(host, &agent, 2)?,
+                Stack::Dual => {
+                    let mut container = bed.add_docker_container(host, &agent, 2)?;
+                    bed.add_ipv6(host, &agent, &mut container)?;
+                    container
+                }
+                Stack::Ipv6 => bed.add_ipv6_only_container(host, &agent, 2)?,
+            };
             containers.push(container);
             agents.push(agent);
         }
@@ -329,12 +418,13 @@ fn napi_threads() -> Result<Vec<u32>> {
 pub fn all_reach_all(containers: &[Container], timeout: Duration) -> Result<()> {
     for from in containers {
         for to in containers {
+            let ipv4 = Some(to.ip).filter(|ip| !ip.is_unspecified() && !from.ip.is_unspecified());
             let ipv6 = from.ipv6.and(to.ipv6);
-            for target in [Some(IpAddr::V4(to.ip)), ipv6.map(IpAddr::V6)]
+            for target in [ipv4.map(IpAddr::V4), ipv6.map(IpAddr::V6)]
                 .into_iter()
                 .flatten()
             {
-                let what = format!("{} to reach {target}", from.ip);
+                let what = format!("{} to reach {target}", from.name());
                 wait_for(&what, timeout, || from.ping(target).is_ok())?;
             }
         }
@@ -344,12 +434,21 @@ pub fn all_reach_all(containers: &[Container], timeout: Duration) -> Result<()> 
 
 pub struct Container {
     pub ns: Netns,
+    /// Its IPv4 address; 0.0.0.0 in an IPv6-only network.
     pub ip: Ipv4Addr,
-    /// Its IPv6 address, in a dual-stack network.
+    /// Its IPv6 address, in a network with IPv6.
     pub ipv6: Option<Ipv6Addr>,
 }
 
 impl Container {
+    /// Its address for messages: IPv4, or IPv6 when it has no IPv4.
+    pub fn name(&self) -> String {
+        match self.ipv6.filter(|_| self.ip.is_unspecified()) {
+            Some(ipv6) => ipv6.to_string(),
+            None => self.ip.to_string(),
+        }
+    }
+
     /// A UDP socket on `port` in the container; a receive gives up after 2 s, for tests that
     /// show a packet does not arrive.
     pub fn udp_listener(&self, port: u16) -> Result<std::net::UdpSocket> {

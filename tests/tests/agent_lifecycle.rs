@@ -167,7 +167,7 @@ fn an_invalid_config_is_reported_and_a_fixed_one_is_taken() {
     wait_for("the IPv6 refusal in the log", READY, || {
         a.log().contains(
             "EnableIPv6: the udp backend carries IPv4 only, as flannel's; use vxlan or host-gw \
-             for a dual-stack network",
+             for a dual-stack or IPv6-only network",
         )
     })
     .unwrap();

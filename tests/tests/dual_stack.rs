@@ -1,6 +1,7 @@
 //! Dual-stack networks (`EnableIPv6`) on the host-gw and vxlan backends, as flannel runs
 //! them: leases carry both subnets in flannel's key and value formats, subnet.env says both,
-//! and every container reaches every other over IPv4 and IPv6.
+//! and every container reaches every other over IPv4 and IPv6. And IPv6-only networks
+//! (`EnableIPv4: false`) between hosts that have no IPv4 at all.
 
 use std::{
     io::{Read, Write},
@@ -11,6 +12,7 @@ use std::{
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
+    netns::Bpffs,
     require_root,
     testbed::{all_reach_all, Container, Testbed, Underlay, PREFIX},
 };
@@ -20,6 +22,10 @@ const DUAL_HOST_GW: &str = r#"{"Network": "10.1.0.0/16", "EnableIPv6": true,
     "IPv6Network": "fd00:10::/48", "Backend": {"Type": "host-gw"}}"#;
 const DUAL_VXLAN: &str = r#"{"Network": "10.1.0.0/16", "EnableIPv6": true,
     "IPv6Network": "fd00:10::/48", "Backend": {"Type": "vxlan"}}"#;
+const IPV6_VXLAN: &str = r#"{"EnableIPv4": false, "EnableIPv6": true,
+    "IPv6Network": "fd00:10::/48", "Backend": {"Type": "vxlan"}}"#;
+const IPV6_HOST_GW: &str = r#"{"EnableIPv4": false, "EnableIPv6": true,
+    "IPv6Network": "fd00:10::/48", "Backend": {"Type": "host-gw"}}"#;
 const READY: Duration = Duration::from_secs(30);
 
 /// A host per entry of `flags` with IPv6 on the underlay, running flanneld on `config` and
@@ -27,6 +33,14 @@ const READY: Duration = Duration::from_secs(30);
 fn dual_stack(config: &str, flags: &[&[&str]]) -> (Testbed, Vec<Agent>, Vec<Container>) {
     require_root();
     let cluster = Testbed::dual_stack_cluster_on(Underlay::Passthrough, config, flags).unwrap();
+    all_reach_all(&cluster.2, READY).unwrap();
+    cluster
+}
+
+/// `dual_stack` for an IPv6-only `config`, on hosts without IPv4 (etcd over IPv6 too).
+fn ipv6_only(config: &str, flags: &[&[&str]]) -> (Testbed, Vec<Agent>, Vec<Container>) {
+    require_root();
+    let cluster = Testbed::ipv6_only_cluster_on(Underlay::Passthrough, config, flags).unwrap();
     all_reach_all(&cluster.2, READY).unwrap();
     cluster
 }
@@ -165,26 +179,28 @@ fn ip_masq_masquerades_ipv6_leaving_the_network_as_flannel() {
     .unwrap();
 }
 
-#[test]
-fn a_dual_stack_network_without_an_ipv6_address_is_refused_clearly() {
-    require_root();
-    let bed = Testbed::new(1).unwrap();
-    bed.put_config(DUAL_HOST_GW).unwrap();
+/// The agent on `bed`'s host 0 exits with an error saying `reason`, and leases nothing.
+fn refused(bed: &Testbed, reason: &str) {
     let mut agent = bed.agent(0, &[]).unwrap();
     let status = agent.wait_exit(READY).unwrap();
     assert!(!status.success());
-    assert!(
-        agent
-            .log()
-            .contains("EnableIPv6: eth0 has no global IPv6 address to advertise"),
-        "{}",
-        agent.log()
-    );
+    assert!(agent.log().contains(reason), "{}", agent.log());
     assert!(bed
         .etcd
         .keys(&format!("{PREFIX}/subnets/"))
         .unwrap()
         .is_empty());
+}
+
+#[test]
+fn a_dual_stack_network_without_an_ipv6_address_is_refused_clearly() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.put_config(DUAL_HOST_GW).unwrap();
+    refused(
+        &bed,
+        "EnableIPv6: eth0 has no global IPv6 address to advertise",
+    );
 }
 
 /// A dual-stack vxlan cluster on `flags` per host: every container reaches every other on
@@ -240,8 +256,8 @@ fn ipv6_subnet(agent: &Agent) -> Ipv6Net {
 }
 
 /// Dual-stack vxlan on our eBPF datapath (the default): one VTEP MAC for both families,
-/// the overlay device's; decapsulated IPv6 goes straight into the container; and the IPv6
-/// network's route comes back when deleted by hand.
+/// the overlay device's, and IPv6 delivered and routed as `ebpf_delivers_ipv6_and_keeps_its_route`
+/// says.
 #[test]
 fn dual_stack_vxlan_on_ebpf_carries_both_families() {
     let resync: &[&str] = &["--iptables-resync=1"];
@@ -249,6 +265,16 @@ fn dual_stack_vxlan_on_ebpf_carries_both_families() {
         vxlan_carries_both_families(&[resync, &[], &[]], ("flannel-bpf", "flannel-bpf"));
     // Each reply crosses one routing hop, the sender's: the receiving host delivers it into
     // the container (`redirect_peer`) instead of routing it (hop limit 62).
+    assert!(bed.hosts[0].ip(&["link", "show", "flannel-gro"]).is_ok());
+    assert_steady(&agents[0]);
+    ebpf_delivers_ipv6_and_keeps_its_route(&bed, &containers);
+}
+
+/// On the eBPF datapath, with host 0 on `--iptables-resync=1`: decapsulated IPv6 goes
+/// straight into its container (hop limit 63: no routing on the receiving host, which would
+/// make it 62), and the IPv6 network's route comes back, with the tunnel's MTU, when deleted
+/// by hand.
+fn ebpf_delivers_ipv6_and_keeps_its_route(bed: &Testbed, containers: &[Container]) {
     wait_for(
         "IPv6 replies delivered straight to the container",
         READY,
@@ -259,8 +285,6 @@ fn dual_stack_vxlan_on_ebpf_carries_both_families() {
         },
     )
     .unwrap();
-    assert!(bed.hosts[0].ip(&["link", "show", "flannel-gro"]).is_ok());
-    assert_steady(&agents[0]);
     bed.hosts[0]
         .ip(&["-6", "route", "del", "fd00:10::/48", "dev", "flannel-bpf"])
         .unwrap();
@@ -302,4 +326,167 @@ fn ebpf_and_kernel_vxlan_hosts_carry_ipv6_between_them() {
         &[&[], &["--datapath=classic"]],
         ("flannel-bpf", "flannel-bpf"),
     );
+}
+
+/// An IPv6-only vxlan cluster on `flags` per host, between hosts without IPv4: every
+/// container reaches every other, 4 MB cross over TCP intact both ways between the first
+/// and the last host, host 0's lease and subnet.env are flannel's IPv6-only ones (key
+/// `0.0.0.0-0&...`, `PublicIP` 0.0.0.0, only `BackendV6Data`, naming `device`'s MAC; no
+/// IPv4 lines), and a restart of host 0's agent loses no 10 ms ping.
+fn ipv6_only_vxlan(flags: &[&[&str]], device: &str) -> (Testbed, Vec<Agent>, Vec<Container>) {
+    let (bed, mut agents, containers) = ipv6_only(IPV6_VXLAN, flags);
+    let bulk: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    tcp_over_ipv6_both_ways(&containers[0], containers.last().unwrap(), &bulk);
+
+    let key = agents[0].lease_key().unwrap();
+    assert!(
+        key.starts_with(&format!("{PREFIX}/subnets/0.0.0.0-0&fd00:10:")),
+        "{key}"
+    );
+    let path = format!("/sys/class/net/{device}/address");
+    let mac = bed.hosts[0].exec("cat", &[&path]).unwrap();
+    assert_eq!(
+        bed.etcd.get(&key).unwrap(),
+        Some(format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"fd64::10","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            mac.trim()
+        ))
+    );
+    let first = Ipv6Addr::from(u128::from(ipv6_subnet(&agents[0]).network()) + 1);
+    assert_eq!(
+        std::fs::read_to_string(agents[0].subnet_file()).unwrap(),
+        format!(
+            "FLANNEL_IPV6_NETWORK=fd00:10::/48\nFLANNEL_IPV6_SUBNET={first}/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        )
+    );
+    // Nothing of IPv4: no device, address or route for it.
+    assert!(bed.hosts[0].ip(&["link", "show", "flannel.1"]).is_err());
+    let ipv4 = bed.hosts[0]
+        .ip(&["-4", "addr", "show", "dev", device])
+        .unwrap();
+    assert!(ipv4.trim().is_empty(), "{ipv4}");
+
+    let lost = containers[0]
+        .pings_lost_while(v6(&containers[1]), 400, || agents[0].restart().unwrap())
+        .unwrap();
+    agents[0].wait_ready(READY).unwrap();
+    assert_eq!(lost, 0, "IPv6 pings lost across a restart");
+    (bed, agents, containers)
+}
+
+/// IPv6-only vxlan on our eBPF datapath: decapsulated packets go straight into their
+/// container, the IPv6 network's route comes back when deleted by hand, and `status` shows
+/// the IPv6 lease and each peer's traffic.
+#[test]
+fn ipv6_only_vxlan_on_ebpf_carries_ipv6_between_hosts_without_ipv4() {
+    require_root();
+    let bpffs = Bpffs::mount().unwrap();
+    let (_, pin) = bpffs.pin_dir("h0");
+    let flags: &[&str] = &["--iptables-resync=1", &pin];
+    let (bed, agents, containers) = ipv6_only_vxlan(&[flags, &[], &[]], "flannel-bpf");
+    assert_steady(&agents[0]);
+    ebpf_delivers_ipv6_and_keeps_its_route(&bed, &containers);
+    // `status` names the IPv6 subnets, and counts each peer's traffic under its own key
+    // (since the restart, whose maps are new: the pings above reached both peers).
+    let flanneld = flannel_tests::agent::flanneld().to_str().unwrap();
+    let endpoints = format!("--etcd-endpoints={}", bed.etcd.ipv6_endpoint().unwrap());
+    let subnet_file = format!("--subnet-file={}", agents[0].subnet_file().display());
+    let args = ["status", "--json", &endpoints, &subnet_file, &pin];
+    let status = bed.hosts[0].exec(flanneld, &args).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(json["network"], "fd00:10::/48", "{json}");
+    let own = ipv6_subnet(&agents[0]).to_string();
+    assert_eq!(json["lease"]["ipv6_subnet"], own.as_str(), "{json}");
+    assert!(json["lease"]["subnet"].is_null(), "{json}");
+    let peers = json["peers"].as_array().unwrap();
+    let mut listed: Vec<String> = (peers.iter())
+        .map(|peer| peer["ipv6_subnet"].as_str().unwrap().to_owned())
+        .collect();
+    let mut wanted: Vec<String> = agents[1..]
+        .iter()
+        .map(|a| ipv6_subnet(a).to_string())
+        .collect();
+    listed.sort();
+    wanted.sort();
+    assert_eq!(listed, wanted, "{json}");
+    for peer in peers {
+        let (tx, rx) = (peer["tx_packets"].as_u64(), peer["rx_packets"].as_u64());
+        assert!(tx > Some(0) && rx > Some(0), "{peer}");
+    }
+}
+
+/// IPv6-only vxlan on the kernel's devices, as flannel sets it up: `flannel-v6.1` only.
+#[test]
+fn ipv6_only_vxlan_on_kernel_devices_carries_ipv6() {
+    let classic: &[&str] = &["--datapath=classic"];
+    let resync: &[&str] = &["--datapath=classic", "--iptables-resync=1"];
+    let (_, agents, _) = ipv6_only_vxlan(&[resync, classic, classic], "flannel-v6.1");
+    assert_steady(&agents[0]);
+}
+
+/// Our eBPF host and a host running flannel's kernel IPv6 vxlan device, IPv6 only.
+#[test]
+fn ebpf_and_kernel_vxlan_hosts_carry_an_ipv6_only_network() {
+    ipv6_only_vxlan(&[&[], &["--datapath=classic"]], "flannel-bpf");
+}
+
+/// IPv6-only host-gw: routes via the peers' public IPv6, flannel's value.
+#[test]
+fn ipv6_only_host_gw_routes_between_hosts_without_ipv4() {
+    let (bed, agents, containers) = ipv6_only(IPV6_HOST_GW, &[&[], &[]]);
+    tcp_over_ipv6_both_ways(&containers[0], &containers[1], b"flannel over IPv6 only");
+    assert_eq!(
+        bed.etcd
+            .get(&agents[0].lease_key().unwrap())
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd64::10","BackendType":"host-gw"}"#)
+    );
+    let route = ipv6_subnet(&agents[1]).to_string();
+    let shown = bed.hosts[0].ip(&["-6", "route", "show", &route]).unwrap();
+    assert!(
+        shown.contains(&format!("via {}", Testbed::host_ipv6(1))),
+        "{shown}"
+    );
+}
+
+/// A network with IPv4 on a host without IPv4 is refused with the reason, and leases nothing.
+#[test]
+fn an_ipv4_network_on_a_host_without_ipv4_is_refused_clearly() {
+    require_root();
+    let mut bed = Testbed::new(1).unwrap();
+    bed.make_ipv6_only(0).unwrap();
+    bed.put_config(DUAL_VXLAN).unwrap();
+    refused(&bed, "Network: eth0 has no IPv4 address to advertise");
+}
+
+/// On hosts without IPv4, flannel's ways of choosing the interface find it by IPv6: the
+/// route to an IPv6 address, a regex over IPv6 addresses, and the IPv6 default route.
+#[test]
+fn the_interface_is_found_by_ipv6_on_hosts_without_ipv4() {
+    require_root();
+    let mut bed = Testbed::new(3).unwrap();
+    for host in 0..3 {
+        bed.make_ipv6_only(host).unwrap();
+    }
+    bed.put_config(IPV6_HOST_GW).unwrap();
+    let endpoints = format!("--etcd-endpoints={}", bed.etcd.ipv6_endpoint().unwrap());
+    let choices = [
+        vec!["--iface-can-reach=fd64::1"],
+        vec!["--iface-regex=^fd64::1[0-9]$"],
+        vec![],
+    ];
+    for (host, choice) in choices.iter().enumerate() {
+        let mut args = vec![endpoints.as_str()];
+        args.extend(choice);
+        let mut agent = Agent::spawn(&bed.hosts[host], &args).unwrap();
+        agent.wait_ready(READY).unwrap();
+        let value = bed.etcd.get(&agent.lease_key().unwrap()).unwrap().unwrap();
+        let ip = Testbed::host_ipv6(host);
+        assert!(
+            value.contains(&format!(r#""PublicIPv6":"{ip}""#)),
+            "{choice:?}: {value}"
+        );
+    }
 }

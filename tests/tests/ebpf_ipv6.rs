@@ -1,19 +1,19 @@
-//! The programs' IPv6 half (dual-stack vxlan) run by the kernel on crafted packets with
-//! BPF_PROG_TEST_RUN: the IPv6 tunnel guard, decapsulation (also of a frame made by a kernel
-//! IPv6 vxlan device set up as flannel's `flannel-v6.1`), and the hand-over of IPv6 to the
-//! GRO device for encapsulation.
+//! The programs' IPv6 half (dual-stack and IPv6-only vxlan) run by the kernel on crafted
+//! packets with BPF_PROG_TEST_RUN: the IPv6 tunnel guard, decapsulation (also of a frame made
+//! by a kernel IPv6 vxlan device set up as flannel's `flannel-v6.1`), the hand-over of IPv6
+//! to the GRO device for encapsulation, and an IPv6-only config leaving IPv4 alone.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
-    DatapathConfig, DatapathConfig6, DropReason, Encap, Endpoint, PeerInfo6, Tunnel6,
-    CHECK_INNER_SOURCE, VXLAN_PORT,
+    DatapathConfig, DatapathConfig6, DropReason, Encap, Endpoint, PeerInfo6, Tunnel, Tunnel6,
+    TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, VXLAN_PORT,
 };
 use flannel_tests::{
     bpf_run::run,
     netns::kernel_vxlan_frame,
-    packet::{self, udp6_frame, vxlan, ETH_P_IPV6, IPPROTO_TCP},
+    packet::{self, udp6_frame, udp_frame, vxlan, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP},
     require_root,
 };
 use ipnet::Ipv6Net;
@@ -78,7 +78,7 @@ fn dual_stack(check_inner_source: bool, overlay_ifindex: u32) -> Programs {
             PeerInfo6 {
                 subnet: peer_subnet.network().octets(),
                 subnet_mask: peer_subnet.netmask().octets(),
-                ipv4_be,
+                traffic_key_be: ipv4_be,
             },
         )
         .unwrap();
@@ -89,7 +89,7 @@ fn dual_stack(check_inner_source: bool, overlay_ifindex: u32) -> Programs {
                 remote_ip: PEER.octets(),
                 remote_mac: PEER_VTEP,
                 _pad: [0; 2],
-                remote_ipv4_be: ipv4_be,
+                traffic_key_be: ipv4_be,
             },
         )
         .unwrap();
@@ -209,6 +209,63 @@ fn ipv6_traffic_not_for_our_tunnel_passes_untouched() {
     programs.set_config6(DatapathConfig6::default()).unwrap();
     let frame = from_the_peer();
     assert_eq!(run(programs.tc_ingress(), &frame), (TC_ACT_OK, frame));
+}
+
+/// An IPv6-only network's config (IPv6_ONLY, no IPv4 address, network or subnet): IPv4
+/// tunnel packets are not judged, IPv4 is not tunnelled, IPv6 still is.
+#[test]
+fn an_ipv6_only_config_judges_and_tunnels_no_ipv4() {
+    let mut programs = dual_stack(false, LOOPBACK);
+    let ipv6_only = |flags| DatapathConfig {
+        vni: VNI,
+        port_be: VXLAN_PORT.to_be(),
+        encap: Encap::Vxlan as u16,
+        vtep_mac: OUR_VTEP,
+        inner_mtu: 1450,
+        gro_ifindex: 42,
+        flags,
+        ..Default::default()
+    };
+    // IPv4 VXLAN from no peer of ours: another tenant's on this host, not ours to drop.
+    let (stranger, us) = (
+        Ipv4Addr::new(192, 168, 64, 66),
+        Ipv4Addr::new(192, 168, 64, 2),
+    );
+    let inner = packet::ethernet(OUR_VTEP, PEER_VTEP, ETH_P_IP, &[0x45; 40]);
+    let frame = udp_frame(stranger, us, 40000, VXLAN_PORT, &vxlan(VNI, &inner));
+    // Routed to the overlay device: IPv4 for a subnet the routes map holds.
+    let dst = Ipv4Addr::new(10, 1, 74, 2);
+    let ip = packet::ipv4(Ipv4Addr::new(10, 1, 83, 2), dst, IPPROTO_TCP, &[9; 20]);
+    let outgoing = packet::ethernet([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8], ETH_P_IP, &ip);
+    let ends = TunnelEnds {
+        encap: Encap::Vxlan,
+        local_ip_be: u32::from(us).to_be(),
+        remote_ip_be: u32::from(PEER_V4).to_be(),
+        port_be: VXLAN_PORT.to_be(),
+        vni: VNI,
+        local_mac: OUR_VTEP,
+        remote_mac: PEER_VTEP,
+    };
+    let route = "10.1.74.0/24".parse().unwrap();
+    programs.insert_route(route, Tunnel::new(&ends)).unwrap();
+    // Without the flag, a config naming no local IPv4 judges (and drops) that frame and
+    // tunnels that packet...
+    programs.set_config(ipv6_only(0)).unwrap();
+    assert_eq!(run(programs.tc_ingress(), &frame).0, TC_ACT_SHOT);
+    assert_ne!(run(programs.tc_encap(), &outgoing).0, TC_ACT_OK);
+    // ...with it, both pass untouched, and IPv6 from the peer is still decapsulated.
+    programs.set_config(ipv6_only(IPV6_ONLY)).unwrap();
+    let unknown = drops(&mut programs, DropReason::UnknownPeer);
+    assert_eq!(
+        run(programs.tc_ingress(), &frame),
+        (TC_ACT_OK, frame.clone())
+    );
+    assert_eq!(run(programs.xdp_ingress(), &frame), (XDP_PASS, frame));
+    assert_eq!(drops(&mut programs, DropReason::UnknownPeer), unknown);
+    assert_eq!(run(programs.tc_encap(), &outgoing), (TC_ACT_OK, outgoing));
+    let (verdict, out) = run(programs.tc_ingress(), &from_the_peer());
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(&out[14..], &inner_ip("fd00:10:0:74::2")[..]);
 }
 
 /// A container's IPv6 packet to `dst`, as the overlay device's egress sees it.

@@ -28,7 +28,6 @@ fn options(etcd: &Etcd) -> EtcdOptions {
 
 fn attrs(n: u32) -> LeaseAttrs {
     LeaseAttrs {
-        ipv6_subnet: None,
         public_ip: Ipv4Addr::from(0x0a63_0000 + n),
         public_ipv6: Some(Ipv6Addr::from(0xfd63_u128 << 112 | u128::from(n))),
         backend: BackendAttrs::HostGw,
@@ -38,7 +37,10 @@ fn attrs(n: u32) -> LeaseAttrs {
 /// `managers` lease managers acquire at once; returns their subnets.
 async fn acquire_all(etcd: &Etcd, config_json: &str, managers: u32) -> Vec<Ipv4Net> {
     let leases = acquire_leases(etcd, config_json, managers).await;
-    leases.iter().map(|lease| lease.subnet).collect()
+    leases
+        .iter()
+        .map(|lease| lease.subnets.ipv4.unwrap())
+        .collect()
 }
 
 /// `managers` lease managers acquire at once; returns their leases.
@@ -62,11 +64,12 @@ async fn acquire_leases(etcd: &Etcd, config_json: &str, managers: u32) -> Vec<Ow
     leases
 }
 
-/// A dual-stack lease's key, as flannel names it: `<v4>-<len>&<v6>-<len>`.
+/// A dual-stack lease's key, as flannel names it: `<v4>-<len>&<v6>-<len>`; `0.0.0.0-0` for
+/// IPv4 in an IPv6-only network.
 fn dual_key(lease: &OwnLease) -> String {
     let (subnet, ipv6) = (
-        lease.subnet,
-        lease.attrs.ipv6_subnet.expect("an IPv6 subnet"),
+        lease.subnets.ipv4.unwrap_or_default(),
+        lease.subnets.ipv6.expect("an IPv6 subnet"),
     );
     format!(
         "{PREFIX}/subnets/{}-{}&{}-{}",
@@ -86,8 +89,8 @@ async fn dual_stack_managers_at_once_get_distinct_subnets_of_both_families() {
     let config = config::parse(json).unwrap();
     let v6 = config.ipv6.clone().unwrap();
     let leases = acquire_leases(&etcd, json, 20).await;
-    let v4: BTreeSet<_> = leases.iter().map(|l| l.subnet).collect();
-    let ipv6: BTreeSet<_> = leases.iter().filter_map(|l| l.attrs.ipv6_subnet).collect();
+    let v4: BTreeSet<_> = leases.iter().filter_map(|l| l.subnets.ipv4).collect();
+    let ipv6: BTreeSet<_> = leases.iter().filter_map(|l| l.subnets.ipv6).collect();
     assert_eq!((v4.len(), ipv6.len()), (20, 20), "{leases:?}");
     assert!(ipv6.iter().all(|s| v6.contains_subnet(s)), "{ipv6:?}");
     // The keys name both subnets, as flannel's do.
@@ -95,6 +98,30 @@ async fn dual_stack_managers_at_once_get_distinct_subnets_of_both_families() {
     for lease in &leases {
         assert!(keys.contains(&dual_key(lease)), "{lease:?} in {keys:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ipv6_only_managers_at_once_get_distinct_ipv6_subnets_under_flannels_keys() {
+    require_root();
+    let etcd = Etcd::start().unwrap();
+    let json = r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:1::/56",
+                   "Backend": {"Type": "host-gw"}}"#;
+    let leases = acquire_leases(&etcd, json, 20).await;
+    let ipv6: BTreeSet<_> = leases.iter().filter_map(|l| l.subnets.ipv6).collect();
+    assert_eq!(ipv6.len(), 20, "{leases:?}");
+    assert!(
+        leases.iter().all(|l| l.subnets.ipv4.is_none()),
+        "{leases:?}"
+    );
+    let keys = etcd.keys(&format!("{PREFIX}/subnets/")).unwrap();
+    for lease in &leases {
+        let key = dual_key(lease);
+        assert!(key.contains("/subnets/0.0.0.0-0&fd00:1:0:"), "{key}");
+        assert!(keys.contains(&key), "{lease:?} in {keys:?}");
+    }
+    // The value carries the public IPv6.
+    let value = etcd.get(&dual_key(&leases[0])).unwrap().unwrap();
+    assert!(value.contains(r#""PublicIPv6":"fd63::"#), "{value}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +139,7 @@ async fn turning_ipv6_on_replaces_our_ipv4_only_lease() {
     let before = acquire(&mut registry, &v4_only, &attrs(1), None, DEFAULT_LEASE_TTL)
         .await
         .unwrap();
-    let previous = Some((before.subnet, None));
+    let previous = Some(before.subnets);
     let after = acquire(&mut registry, &dual, &attrs(1), previous, DEFAULT_LEASE_TTL)
         .await
         .unwrap();
@@ -142,7 +169,7 @@ async fn thirty_managers_at_once_get_thirty_distinct_subnets() {
     require_root();
     let etcd = Etcd::start().unwrap();
     let json = r#"{"Network": "10.1.0.0/16", "SubnetMin": "10.1.10.0", "SubnetMax": "10.1.200.0"}"#;
-    let config = config::parse(json).unwrap();
+    let config = config::parse(json).unwrap().ipv4.unwrap();
     let subnets = acquire_all(&etcd, json, 30).await;
     let distinct: BTreeSet<_> = subnets.iter().collect();
     assert_eq!(distinct.len(), 30, "{subnets:?}");

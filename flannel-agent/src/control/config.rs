@@ -18,40 +18,43 @@ pub const DEFAULT_UDP_PORT: u16 = flannel_common::UDP_BACKEND_PORT;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    pub network: Ipv4Net,
-    pub subnet_len: u8,
-    pub subnet_min: Ipv4Addr,
-    pub subnet_max: Ipv4Addr,
-    /// The IPv6 half of a dual-stack network (`EnableIPv6`).
+    /// `Network` and its subnets; None in an IPv6-only network (`EnableIPv4: false`).
+    pub ipv4: Option<Ipv4Config>,
+    /// `IPv6Network` and its subnets (`EnableIPv6`).
     pub ipv6: Option<Ipv6Config>,
     pub backend: Backend,
 }
 
-/// `IPv6Network` and its subnets, with flannel's defaults.
+/// One family's network and its subnets, with flannel's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ipv6Config {
-    pub network: Ipv6Net,
+pub struct FamilyConfig<A: Family> {
+    pub network: A::Net,
     pub subnet_len: u8,
-    pub subnet_min: Ipv6Addr,
-    pub subnet_max: Ipv6Addr,
+    pub subnet_min: A,
+    pub subnet_max: A,
 }
 
-impl Ipv6Config {
-    /// Every subnet between IPv6SubnetMin and IPv6SubnetMax, in order.
-    pub fn subnets(&self) -> impl Iterator<Item = Ipv6Net> + '_ {
-        let step = 1u128 << (128 - self.subnet_len);
-        let max = u128::from(self.subnet_max);
-        std::iter::successors(Some(u128::from(self.subnet_min)), move |addr| {
+pub type Ipv4Config = FamilyConfig<Ipv4Addr>;
+pub type Ipv6Config = FamilyConfig<Ipv6Addr>;
+
+impl<A: Family> FamilyConfig<A> {
+    /// Every subnet between the SubnetMin and SubnetMax, in order.
+    pub fn subnets(&self) -> impl Iterator<Item = A::Net> + '_ {
+        let step = 1u128 << (A::BITS - self.subnet_len);
+        let max = self.subnet_max.bits();
+        std::iter::successors(Some(self.subnet_min.bits()), move |addr| {
             addr.checked_add(step).filter(|next| *next <= max)
         })
-        .map(move |addr| Ipv6Net::new(addr.into(), self.subnet_len).unwrap())
+        .map(move |addr| A::net(A::from_bits(addr), self.subnet_len))
     }
 
-    /// True when `subnet` is an IPv6 subnet this config can hand out.
-    pub fn contains_subnet(&self, subnet: &Ipv6Net) -> bool {
-        subnet.prefix_len() == self.subnet_len
-            && self.network.contains(subnet)
-            && (self.subnet_min..=self.subnet_max).contains(&subnet.network())
+    /// True when `subnet` is a subnet this config can hand out.
+    pub fn contains_subnet(&self, subnet: &A::Net) -> bool {
+        let (first, _) = A::first_and_last(subnet);
+        A::prefix_len(subnet) == self.subnet_len
+            && A::first_and_last(&self.network).0 <= first
+            && first <= A::first_and_last(&self.network).1
+            && (self.subnet_min.bits()..=self.subnet_max.bits()).contains(&first)
     }
 }
 
@@ -80,31 +83,20 @@ impl Backend {
 }
 
 impl Config {
-    /// Every subnet between SubnetMin and SubnetMax, in order.
-    pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
-        let step = 1u32 << (32 - self.subnet_len);
-        let (min, max) = (u32::from(self.subnet_min), u32::from(self.subnet_max));
-        (min..=max)
-            .step_by(step as usize)
-            .map(move |addr| Ipv4Net::new(addr.into(), self.subnet_len).unwrap())
+    /// Which families the network carries: (IPv4, IPv6).
+    pub fn families(&self) -> (bool, bool) {
+        (self.ipv4.is_some(), self.ipv6.is_some())
     }
 
-    /// What this flanneld can serve: dual stack on host-gw only, so far.
+    /// What this flanneld can serve: the udp backend carries IPv4 only, as flannel's.
     pub fn check_supported(&self) -> Result<()> {
         match (&self.ipv6, &self.backend) {
             (Some(_), Backend::Udp { .. }) => bail!(
                 "EnableIPv6: the udp backend carries IPv4 only, as flannel's; use vxlan or \
-                 host-gw for a dual-stack network"
+                 host-gw for a dual-stack or IPv6-only network"
             ),
             _ => Ok(()),
         }
-    }
-
-    /// True when `subnet` is a subnet this config can hand out.
-    pub fn contains_subnet(&self, subnet: &Ipv4Net) -> bool {
-        subnet.prefix_len() == self.subnet_len
-            && self.network.contains(subnet)
-            && (self.subnet_min..=self.subnet_max).contains(&subnet.network())
     }
 }
 
@@ -114,25 +106,17 @@ pub fn parse(json: &str) -> Result<Config> {
         .as_object()
         .ok_or_else(|| anyhow!("the config must be a JSON object"))?;
 
-    if !flag(root, "EnableIPv4")?.unwrap_or(true) {
-        bail!("EnableIPv4: IPv6-only networks are not supported yet by this flanneld");
-    }
+    let ipv4 = match flag(root, "EnableIPv4")? {
+        None | Some(true) => Some(parse_ipv4(root)?),
+        Some(false) => None,
+    };
     let ipv6 = match flag(root, "EnableIPv6")? {
         Some(true) => Some(parse_ipv6(root)?),
         _ => None,
     };
-    let network_text = string(root, "Network")?.ok_or_else(|| anyhow!("Network is required"))?;
-    let network: Ipv4Net = network_text
-        .parse()
-        .map_err(|_| anyhow!("Network: {network_text:?} is not an IPv4 CIDR"))?;
-    let network = network.trunc();
-    let prefix = network.prefix_len();
-    if prefix > 28 {
-        bail!("Network: {network} is smaller than /28");
+    if ipv4.is_none() && ipv6.is_none() {
+        bail!("EnableIPv4 is false and EnableIPv6 is not true: the network has no address family");
     }
-
-    let subnet_len = subnet_len::<Ipv4Addr>(root, prefix)?;
-    let (subnet_min, subnet_max) = bounds::<Ipv4Addr>(root, &network, subnet_len)?;
 
     let backend = match field(root, "Backend") {
         None | Some(Value::Null) => Backend::Udp {
@@ -142,12 +126,31 @@ pub fn parse(json: &str) -> Result<Config> {
         Some(_) => bail!("Backend: must be an object"),
     };
     Ok(Config {
+        ipv4,
+        ipv6,
+        backend,
+    })
+}
+
+/// `Network` and its subnets, as flannel checks them.
+fn parse_ipv4(root: &Map<String, Value>) -> Result<Ipv4Config> {
+    let text = string(root, "Network")?.ok_or_else(|| {
+        anyhow!("Network is required (or EnableIPv4: false, for an IPv6-only network)")
+    })?;
+    let network: Ipv4Net = text
+        .parse()
+        .map_err(|_| anyhow!("Network: {text:?} is not an IPv4 CIDR"))?;
+    let network = network.trunc();
+    if network.prefix_len() > 28 {
+        bail!("Network: {network} is smaller than /28");
+    }
+    let subnet_len = subnet_len::<Ipv4Addr>(root, network.prefix_len())?;
+    let (subnet_min, subnet_max) = bounds::<Ipv4Addr>(root, &network, subnet_len)?;
+    Ok(Ipv4Config {
         network,
         subnet_len,
         subnet_min,
         subnet_max,
-        ipv6,
-        backend,
     })
 }
 
@@ -174,8 +177,8 @@ fn parse_ipv6(root: &Map<String, Value>) -> Result<Ipv6Config> {
 }
 
 /// What the IPv4 and IPv6 halves of the config share: field names, widths, defaults.
-trait Family: Copy + Display + FromStr + PartialOrd {
-    type Net: Display;
+pub trait Family: Copy + Display + FromStr + PartialOrd + std::fmt::Debug + Eq {
+    type Net: Display + Copy + std::fmt::Debug + Eq;
     /// "IPv4" or "IPv6".
     const NAME: &'static str;
     /// The field prefix: "" or "IPv6".
@@ -186,6 +189,8 @@ trait Family: Copy + Display + FromStr + PartialOrd {
     fn bits(self) -> u128;
     fn from_bits(bits: u128) -> Self;
     fn first_and_last(net: &Self::Net) -> (u128, u128);
+    fn prefix_len(net: &Self::Net) -> u8;
+    fn net(addr: Self, prefix_len: u8) -> Self::Net;
 }
 
 impl Family for Ipv4Addr {
@@ -203,6 +208,12 @@ impl Family for Ipv4Addr {
     fn first_and_last(net: &Ipv4Net) -> (u128, u128) {
         (net.network().bits(), net.broadcast().bits())
     }
+    fn prefix_len(net: &Ipv4Net) -> u8 {
+        net.prefix_len()
+    }
+    fn net(addr: Self, prefix_len: u8) -> Ipv4Net {
+        Ipv4Net::new(addr, prefix_len).expect("a valid prefix length")
+    }
 }
 
 impl Family for Ipv6Addr {
@@ -219,6 +230,12 @@ impl Family for Ipv6Addr {
     }
     fn first_and_last(net: &Ipv6Net) -> (u128, u128) {
         (net.network().bits(), net.broadcast().bits())
+    }
+    fn prefix_len(net: &Ipv6Net) -> u8 {
+        net.prefix_len()
+    }
+    fn net(addr: Self, prefix_len: u8) -> Ipv6Net {
+        Ipv6Net::new(addr, prefix_len).expect("a valid prefix length")
     }
 }
 
@@ -386,34 +403,38 @@ mod tests {
         parse(json).unwrap_or_else(|e| panic!("{json}: {e:#}"))
     }
 
+    fn ipv4(json: &str) -> Ipv4Config {
+        ok(json).ipv4.expect("IPv4 on by default")
+    }
+
     fn refusal(json: &str) -> String {
         format!("{:#}", parse(json).expect_err(json))
     }
 
     #[test]
     fn defaults_for_a_slash_16() {
-        let config = ok(r#"{"Network": "10.1.0.0/16"}"#);
+        let config = ipv4(r#"{"Network": "10.1.0.0/16"}"#);
         assert_eq!(config.network.to_string(), "10.1.0.0/16");
         assert_eq!(config.subnet_len, 24);
         assert_eq!(config.subnet_min.to_string(), "10.1.1.0");
         assert_eq!(config.subnet_max.to_string(), "10.1.255.0");
+        assert_eq!(config.subnets().count(), 255);
         assert_eq!(
-            config.backend,
+            ok(r#"{"Network": "10.1.0.0/16"}"#).backend,
             Backend::Udp { port: 8285 },
             "no Backend means udp"
         );
-        assert_eq!(config.subnets().count(), 255);
     }
 
     #[test]
     fn small_networks_get_prefix_plus_two() {
-        let config = ok(r#"{"Network": "10.1.2.0/23"}"#);
+        let config = ipv4(r#"{"Network": "10.1.2.0/23"}"#);
         assert_eq!(config.subnet_len, 25);
         assert_eq!(config.subnet_min.to_string(), "10.1.2.128");
         assert_eq!(config.subnet_max.to_string(), "10.1.3.128");
-        let config = ok(r#"{"Network": "10.1.2.0/22"}"#);
+        let config = ipv4(r#"{"Network": "10.1.2.0/22"}"#);
         assert_eq!(config.subnet_len, 24);
-        let config = ok(r#"{"Network": "10.1.2.16/28"}"#);
+        let config = ipv4(r#"{"Network": "10.1.2.16/28"}"#);
         assert_eq!(config.subnet_len, 30);
     }
 
@@ -422,8 +443,9 @@ mod tests {
         let config = ok(
             r#"{"network": "10.1.7.9/16", "subnetlen": 26, "backend": {"type": "vxlan", "vni": 7, "port": 4789}, "Other": 1}"#,
         );
-        assert_eq!(config.network.to_string(), "10.1.0.0/16");
-        assert_eq!(config.subnet_len, 26);
+        let v4 = config.ipv4.as_ref().unwrap();
+        assert_eq!(v4.network.to_string(), "10.1.0.0/16");
+        assert_eq!(v4.subnet_len, 26);
         assert_eq!(
             config.backend,
             Backend::Vxlan {
@@ -453,8 +475,9 @@ mod tests {
 
     #[test]
     fn explicit_bounds() {
-        let config =
-            ok(r#"{"Network": "10.1.0.0/16", "SubnetMin": "10.1.10.0", "SubnetMax": "10.1.20.0"}"#);
+        let config = ipv4(
+            r#"{"Network": "10.1.0.0/16", "SubnetMin": "10.1.10.0", "SubnetMax": "10.1.20.0"}"#,
+        );
         assert_eq!(config.subnets().count(), 11);
         assert!(config.contains_subnet(&"10.1.15.0/24".parse().unwrap()));
         assert!(!config.contains_subnet(&"10.1.21.0/24".parse().unwrap()));
@@ -490,6 +513,15 @@ mod tests {
             ok(r#"{"Network": "10.1.0.0/16", "EnableIPv6": false}"#).ipv6,
             None
         );
+        // IPv6 only: no Network needed, and one given is not used.
+        for json in [
+            r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/48"}"#,
+            r#"{"Network": "10.1.0.0/16", "EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/48"}"#,
+        ] {
+            let config = ok(json);
+            assert_eq!(config.ipv4, None, "{json}");
+            assert_eq!(config.ipv6.unwrap().network.to_string(), "fd00::/48");
+        }
     }
 
     #[test]
@@ -499,17 +531,22 @@ mod tests {
         assert_eq!(
             format!("{:#}", dual.check_supported().unwrap_err()),
             "EnableIPv6: the udp backend carries IPv4 only, as flannel's; use vxlan or host-gw \
-             for a dual-stack network"
+             for a dual-stack or IPv6-only network"
         );
         assert!(ok(r#"{"Network": "10.1.0.0/16"}"#)
             .check_supported()
             .is_ok());
-        for backend in ["host-gw", "vxlan"] {
-            let dual = ok(&format!(
-                r#"{{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48",
-                     "Backend": {{"Type": "{backend}"}}}}"#
+        for (backend, ipv4) in [
+            ("host-gw", true),
+            ("vxlan", true),
+            ("host-gw", false),
+            ("vxlan", false),
+        ] {
+            let config = ok(&format!(
+                r#"{{"Network": "10.1.0.0/16", "EnableIPv4": {ipv4}, "EnableIPv6": true,
+                     "IPv6Network": "fd00::/48", "Backend": {{"Type": "{backend}"}}}}"#
             ));
-            assert!(dual.check_supported().is_ok());
+            assert!(config.check_supported().is_ok());
         }
     }
 
@@ -575,7 +612,15 @@ mod tests {
             ),
             (
                 r#"{"Network": "10.1.0.0/16", "EnableIPv4": false}"#,
-                "EnableIPv4: IPv6-only networks are not supported yet by this flanneld",
+                "EnableIPv4 is false and EnableIPv6 is not true: the network has no address family",
+            ),
+            (
+                r#"{"EnableIPv6": true, "IPv6Network": "fd00::/48"}"#,
+                "Network is required (or EnableIPv4: false, for an IPv6-only network)",
+            ),
+            (
+                r#"{"EnableIPv4": false, "EnableIPv6": true}"#,
+                "IPv6Network is required when EnableIPv6 is true",
             ),
             (
                 r#"{"Network": "10.1.0.0/16", "EnableIPv6": "yes"}"#,

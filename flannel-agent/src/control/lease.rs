@@ -50,8 +50,10 @@ pub enum BackendAttrs {
     Udp,
     Vxlan {
         vni: u32,
-        vtep_mac: Mac,
-        /// The IPv6 vxlan device's MAC (`BackendV6Data`), in a dual-stack network.
+        /// The IPv4 vxlan device's MAC (`BackendData`); none in an IPv6-only network.
+        vtep_mac: Option<Mac>,
+        /// The IPv6 vxlan device's MAC (`BackendV6Data`), in a dual-stack or IPv6-only
+        /// network.
         v6_vtep_mac: Option<Mac>,
     },
     HostGw,
@@ -70,11 +72,120 @@ impl BackendAttrs {
     }
 }
 
-/// What a lease says besides its IPv4 subnet: its key's IPv6 subnet, and its value.
+/// A lease's subnets, as its key names them: IPv4 (none in an IPv6-only network) and IPv6
+/// (in a dual-stack or IPv6-only network). Every table knows a lease by these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Subnets {
+    pub ipv4: Option<Ipv4Net>,
+    pub ipv6: Option<Ipv6Net>,
+}
+
+impl Subnets {
+    pub fn ipv4(subnet: Ipv4Net) -> Self {
+        Self {
+            ipv4: Some(subnet),
+            ipv6: None,
+        }
+    }
+
+    /// `<prefix>/subnets/10.1.83.0-24`; in a dual-stack network
+    /// `<prefix>/subnets/10.1.83.0-24&fd00:0:0:53::-64`, in an IPv6-only one
+    /// `<prefix>/subnets/0.0.0.0-0&fd00:0:0:53::-64`, as flannel writes them.
+    pub fn key(&self, etcd_prefix: &str) -> String {
+        let ipv4 = self.ipv4.unwrap_or_default();
+        let mut key = format!(
+            "{}{}-{}",
+            subnets_prefix(etcd_prefix),
+            ipv4.network(),
+            ipv4.prefix_len()
+        );
+        if let Some(ipv6) = self.ipv6 {
+            key.push_str(&format!("&{}-{}", ipv6.network(), ipv6.prefix_len()));
+        }
+        key
+    }
+
+    /// The subnets named by a key under `subnets/`: IPv4, and IPv6 after a `&` (flannel's
+    /// `0.0.0.0-0` names no IPv4 subnet; alone it names none, which the peer table rejects).
+    /// None for a key that does not parse.
+    pub fn parse_key(etcd_prefix: &str, key: &str) -> Option<Self> {
+        let name = key.strip_prefix(&subnets_prefix(etcd_prefix))?;
+        let (v4, v6) = match name.split_once('&') {
+            Some((v4, v6)) => (v4, Some(v6)),
+            None => (name, None),
+        };
+        let (addr, len) = v4.split_once('-')?;
+        let ipv4 = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+        let ipv6 = match v6 {
+            Some(v6) => {
+                let (addr, len) = v6.split_once('-')?;
+                let ipv6 = Ipv6Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+                if ipv6.trunc() != ipv6 {
+                    return None;
+                }
+                Some(ipv6)
+            }
+            None => None,
+        };
+        if ipv4.trunc() != ipv4 {
+            return None;
+        }
+        let ipv4 = (ipv4 != Ipv4Net::default()).then_some(ipv4);
+        Some(Self { ipv4, ipv6 })
+    }
+}
+
+impl fmt::Display for Subnets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.ipv4, self.ipv6) {
+            (Some(ipv4), Some(ipv6)) => write!(f, "{ipv4}&{ipv6}"),
+            (Some(ipv4), None) => write!(f, "{ipv4}"),
+            (None, Some(ipv6)) => write!(f, "{ipv6}"),
+            (None, None) => f.write_str("no subnet"),
+        }
+    }
+}
+
+/// The `Display` form back: `10.1.83.0/24`, `fd00::/64` or `10.1.83.0/24&fd00::/64`.
+impl FromStr for Subnets {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || anyhow!("{text:?} names no subnets");
+        let mut subnets = Self {
+            ipv4: None,
+            ipv6: None,
+        };
+        for part in text.split('&') {
+            match part.parse::<IpNet>().map_err(|_| bad())? {
+                IpNet::V4(v4) if subnets.ipv4.is_none() => subnets.ipv4 = Some(v4),
+                IpNet::V6(v6) if subnets.ipv6.is_none() => subnets.ipv6 = Some(v6),
+                _ => return Err(bad()),
+            }
+        }
+        Ok(subnets)
+    }
+}
+
+/// Our end of the overlay, once leased: per family in use, the network and our subnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ours {
+    pub ipv4: Option<(Ipv4Net, Ipv4Net)>,
+    pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
+}
+
+impl Ours {
+    pub fn subnets(&self) -> Subnets {
+        Subnets {
+            ipv4: self.ipv4.map(|(_, subnet)| subnet),
+            ipv6: self.ipv6.map(|(_, subnet)| subnet),
+        }
+    }
+}
+
+/// What a lease's value says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseAttrs {
-    /// The IPv6 subnet, in a dual-stack network; named by the key, not in the value.
-    pub ipv6_subnet: Option<Ipv6Net>,
+    /// `0.0.0.0` in an IPv6-only network, as flannel writes it.
     pub public_ip: Ipv4Addr,
     /// The host's IPv6 address, in a dual-stack network.
     pub public_ipv6: Option<Ipv6Addr>,
@@ -98,13 +209,14 @@ impl LeaseAttrs {
                 vtep_mac,
                 v6_vtep_mac,
             } => {
-                let data = |mac| format!(r#"{{"VNI":{vni},"VtepMAC":"{mac}"}}"#);
-                let v6_data = v6_vtep_mac
-                    .map(|mac| format!(r#","BackendV6Data":{}"#, data(mac)))
-                    .unwrap_or_default();
+                let data = |name, mac: Option<Mac>| {
+                    mac.map(|mac| format!(r#","{name}":{{"VNI":{vni},"VtepMAC":"{mac}"}}"#))
+                        .unwrap_or_default()
+                };
                 format!(
-                    r#"{{{head},"BackendType":"vxlan","BackendData":{}{v6_data}}}"#,
-                    data(*vtep_mac)
+                    r#"{{{head},"BackendType":"vxlan"{}{}}}"#,
+                    data("BackendData", *vtep_mac),
+                    data("BackendV6Data", *v6_vtep_mac)
                 )
             }
             BackendAttrs::HostGw => format!(r#"{{{head},"BackendType":"host-gw"}}"#),
@@ -145,20 +257,23 @@ impl LeaseAttrs {
             Some(Value::String(kind)) if kind.is_empty() || kind == "udp" => BackendAttrs::Udp,
             Some(Value::String(kind)) if kind == "host-gw" => BackendAttrs::HostGw,
             Some(Value::String(kind)) if kind == "vxlan" => {
-                let vxlan_data = |name: &str| -> Result<(u32, Mac)> {
-                    let data = get(&value, name).ok_or_else(|| anyhow!("no {name}"))?;
+                // Either may be absent (IPv4 or IPv6 only), not both.
+                let vxlan_data = |name: &str| -> Result<Option<(u32, Mac)>> {
+                    let data = match get(&value, name) {
+                        None | Some(Value::Null) => return Ok(None),
+                        Some(data) => data,
+                    };
                     let vni = get(&data, "VNI").and_then(|v| v.as_u64()).unwrap_or(1);
                     let mac = get(&data, "VtepMAC")
                         .and_then(|mac| mac.as_str().map(str::to_owned))
                         .ok_or_else(|| anyhow!("no {name}.VtepMAC"))?;
                     let vni = u32::try_from(vni).map_err(|_| anyhow!("VNI {vni} out of range"))?;
-                    Ok((vni, mac.parse()?))
+                    Ok(Some((vni, mac.parse()?)))
                 };
-                let (vni, vtep_mac) = vxlan_data("BackendData")?;
-                let v6_vtep_mac = match get(&value, "BackendV6Data") {
-                    None | Some(Value::Null) => None,
-                    Some(_) => Some(vxlan_data("BackendV6Data")?.1),
-                };
+                let (v4, v6) = (vxlan_data("BackendData")?, vxlan_data("BackendV6Data")?);
+                let vni =
+                    (v4.or(v6).map(|(vni, _)| vni)).ok_or_else(|| anyhow!("no BackendData"))?;
+                let (vtep_mac, v6_vtep_mac) = (v4.map(|d| d.1), v6.map(|d| d.1));
                 BackendAttrs::Vxlan {
                     vni,
                     vtep_mac,
@@ -169,7 +284,6 @@ impl LeaseAttrs {
             Some(other) => bail!("BackendType {other} is not a string"),
         };
         Ok(LeaseAttrs {
-            ipv6_subnet: None,
             public_ip,
             public_ipv6,
             backend,
@@ -189,45 +303,6 @@ pub fn subnets_prefix(etcd_prefix: &str) -> String {
     format!("{}/subnets/", etcd_prefix.trim_end_matches('/'))
 }
 
-/// `<prefix>/subnets/10.1.83.0-24`, or in a dual-stack network
-/// `<prefix>/subnets/10.1.83.0-24&fd00:0:0:53::-64`.
-pub fn subnet_key(etcd_prefix: &str, subnet: &Ipv4Net, ipv6: Option<&Ipv6Net>) -> String {
-    let mut key = format!(
-        "{}{}-{}",
-        subnets_prefix(etcd_prefix),
-        subnet.network(),
-        subnet.prefix_len()
-    );
-    if let Some(ipv6) = ipv6 {
-        key.push_str(&format!("&{}-{}", ipv6.network(), ipv6.prefix_len()));
-    }
-    key
-}
-
-/// The subnets named by a key under `subnets/`: IPv4, and IPv6 after a `&`. None for a key
-/// that does not parse.
-pub fn parse_subnet_key(etcd_prefix: &str, key: &str) -> Option<(Ipv4Net, Option<Ipv6Net>)> {
-    let name = key.strip_prefix(&subnets_prefix(etcd_prefix))?;
-    let (v4, v6) = match name.split_once('&') {
-        Some((v4, v6)) => (v4, Some(v6)),
-        None => (name, None),
-    };
-    let (addr, len) = v4.split_once('-')?;
-    let subnet = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
-    let ipv6 = match v6 {
-        Some(v6) => {
-            let (addr, len) = v6.split_once('-')?;
-            let ipv6 = Ipv6Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
-            if ipv6.trunc() != ipv6 {
-                return None;
-            }
-            Some(ipv6)
-        }
-        None => None,
-    };
-    (subnet.trunc() == subnet).then_some((subnet, ipv6))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,12 +312,11 @@ mod tests {
     #[test]
     fn lease_json_is_flannels_byte_for_byte() {
         let vxlan = LeaseAttrs {
-            ipv6_subnet: None,
             public_ip: IP,
             public_ipv6: None,
             backend: BackendAttrs::Vxlan {
                 vni: 1,
-                vtep_mac: "C6:D2:32:6F:8F:44".parse().unwrap(),
+                vtep_mac: Some("C6:D2:32:6F:8F:44".parse().unwrap()),
                 v6_vtep_mac: None,
             },
         };
@@ -251,7 +325,6 @@ mod tests {
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
         );
         let host_gw = LeaseAttrs {
-            ipv6_subnet: None,
             public_ip: IP,
             public_ipv6: None,
             backend: BackendAttrs::HostGw,
@@ -261,7 +334,6 @@ mod tests {
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"host-gw"}"#
         );
         let udp = LeaseAttrs {
-            ipv6_subnet: None,
             public_ip: IP,
             public_ipv6: None,
             backend: BackendAttrs::Udp,
@@ -284,7 +356,7 @@ mod tests {
             public_ipv6: Some("fd00:64::3".parse().unwrap()),
             backend: BackendAttrs::Vxlan {
                 vni: 1,
-                vtep_mac: "c6:d2:32:6f:8f:44".parse().unwrap(),
+                vtep_mac: Some("c6:d2:32:6f:8f:44".parse().unwrap()),
                 v6_vtep_mac: Some("8a:3e:10:5b:2c:01".parse().unwrap()),
             },
             ..vxlan.clone()
@@ -293,7 +365,37 @@ mod tests {
             dual_vxlan.to_json(),
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":"fd00:64::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"8a:3e:10:5b:2c:01"}}"#
         );
-        for attrs in [vxlan, host_gw, udp, dual, dual_vxlan] {
+        // IPv6 only, as flannel writes it: PublicIP 0.0.0.0, no BackendData.
+        let ipv6_vxlan = LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            backend: BackendAttrs::Vxlan {
+                vni: 1,
+                vtep_mac: None,
+                v6_vtep_mac: Some("8a:3e:10:5b:2c:01".parse().unwrap()),
+            },
+            ..dual_vxlan.clone()
+        };
+        assert_eq!(
+            ipv6_vxlan.to_json(),
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:64::3","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"8a:3e:10:5b:2c:01"}}"#
+        );
+        let ipv6_host_gw = LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            ..dual.clone()
+        };
+        assert_eq!(
+            ipv6_host_gw.to_json(),
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:64::3","BackendType":"host-gw"}"#
+        );
+        for attrs in [
+            vxlan,
+            host_gw,
+            udp,
+            dual,
+            dual_vxlan,
+            ipv6_vxlan,
+            ipv6_host_gw,
+        ] {
             assert_eq!(LeaseAttrs::from_json(&attrs.to_json()).unwrap(), attrs);
         }
     }
@@ -312,6 +414,7 @@ mod tests {
             r#"{"PublicIP":"nope"}"#,
             r#"{"PublicIPv6":null}"#,
             r#"{"PublicIP":"192.168.64.3","BackendType":"vxlan","BackendData":{"VNI":1}}"#,
+            r#"{"PublicIP":"192.168.64.3","BackendType":"vxlan"}"#,
             r#"{"PublicIP":"192.168.64.3","BackendType":"vxlan","BackendData":{"VtepMAC":"zz"}}"#,
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":"192.168.64.4"}"#,
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":6}"#,
@@ -326,35 +429,36 @@ mod tests {
         let subnet: Ipv4Net = "10.1.83.0/24".parse().unwrap();
         let ipv6: Ipv6Net = "fd00:0:0:53::/64".parse().unwrap();
         let prefix = "/coreos.com/network";
+        let dual = Subnets {
+            ipv4: Some(subnet),
+            ipv6: Some(ipv6),
+        };
+        let ipv6_only = Subnets {
+            ipv4: None,
+            ipv6: Some(ipv6),
+        };
         assert_eq!(
-            subnet_key(prefix, &subnet, None),
+            Subnets::ipv4(subnet).key(prefix),
             "/coreos.com/network/subnets/10.1.83.0-24"
         );
         assert_eq!(
-            subnet_key(prefix, &subnet, Some(&ipv6)),
+            dual.key(prefix),
             "/coreos.com/network/subnets/10.1.83.0-24&fd00:0:0:53::-64"
-        );
-        assert_eq!(
-            subnet_key("/coreos.com/network/", &subnet, None),
-            subnet_key(prefix, &subnet, None)
-        );
-        let parse = |key| parse_subnet_key(prefix, key);
-        assert_eq!(
-            parse("/coreos.com/network/subnets/10.1.83.0-24"),
-            Some((subnet, None))
-        );
-        assert_eq!(
-            parse("/coreos.com/network/subnets/10.1.83.0-24&fd00:0:0:53::-64"),
-            Some((subnet, Some(ipv6)))
         );
         // flannel's IPv6-only form names no IPv4 subnet.
         assert_eq!(
-            parse("/coreos.com/network/subnets/0.0.0.0-0&fc00::-64"),
-            Some((
-                "0.0.0.0/0".parse().unwrap(),
-                Some("fc00::/64".parse().unwrap())
-            ))
+            ipv6_only.key(prefix),
+            "/coreos.com/network/subnets/0.0.0.0-0&fd00:0:0:53::-64"
         );
+        assert_eq!(
+            Subnets::ipv4(subnet).key("/coreos.com/network/"),
+            Subnets::ipv4(subnet).key(prefix)
+        );
+        let parse = |key: &str| Subnets::parse_key(prefix, key);
+        for subnets in [Subnets::ipv4(subnet), dual, ipv6_only] {
+            assert_eq!(parse(&subnets.key(prefix)), Some(subnets));
+            assert_eq!(subnets.to_string().parse::<Subnets>().unwrap(), subnets);
+        }
         for bad in [
             "10.1.83.0-24",
             "/coreos.com/network/subnets/10.1.83.0",
@@ -367,5 +471,14 @@ mod tests {
         ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
+        // Alone, flannel's "no IPv4 subnet" names nothing (a hostile key, rejected later).
+        let nothing = Subnets {
+            ipv4: None,
+            ipv6: None,
+        };
+        assert_eq!(
+            parse("/coreos.com/network/subnets/0.0.0.0-0"),
+            Some(nothing)
+        );
     }
 }

@@ -23,15 +23,15 @@ impl LeaseState {
         match (self, change) {
             // Acquiring again settles it, whatever happens to the key meanwhile.
             (Self::Lost, _) => Self::Lost,
-            (_, LeaseChange::Deleted(subnet)) if *subnet == own.subnet => Self::Lost,
-            (_, LeaseChange::Put(lease)) if lease.subnet == own.subnet => Self::of(own, lease),
+            (_, LeaseChange::Deleted(subnets)) if *subnets == own.subnets => Self::Lost,
+            (_, LeaseChange::Put(lease)) if lease.subnets == own.subnets => Self::of(own, lease),
             (state, _) => state,
         }
     }
 
     /// After a full listing of the leases.
     pub fn on_listing(self, own: &OwnLease, leases: &[StoredLease]) -> Self {
-        match (self, leases.iter().find(|l| l.subnet == own.subnet)) {
+        match (self, leases.iter().find(|l| l.subnets == own.subnets)) {
             (Self::Lost, _) | (_, None) => Self::Lost,
             (_, Some(lease)) => Self::of(own, lease),
         }
@@ -51,11 +51,11 @@ mod tests {
     use std::{net::Ipv4Addr, time::Duration};
 
     use super::*;
-    use crate::control::lease::{BackendAttrs, LeaseAttrs};
+    use crate::control::lease::{BackendAttrs, LeaseAttrs, Subnets};
 
     fn own() -> OwnLease {
         OwnLease {
-            subnet: "10.1.5.0/24".parse().unwrap(),
+            subnets: Subnets::ipv4("10.1.5.0/24".parse().unwrap()),
             attrs: attrs(5),
             lease_id: 7,
             expires: None,
@@ -65,7 +65,6 @@ mod tests {
 
     fn attrs(ip: u8) -> LeaseAttrs {
         LeaseAttrs {
-            ipv6_subnet: None,
             public_ip: Ipv4Addr::new(192, 168, 64, ip),
             public_ipv6: None,
             backend: BackendAttrs::Udp,
@@ -74,7 +73,7 @@ mod tests {
 
     fn stored(subnet: &str, ip: u8) -> StoredLease {
         StoredLease {
-            subnet: subnet.parse().unwrap(),
+            subnets: Subnets::ipv4(subnet.parse().unwrap()),
             attrs: attrs(ip),
             lease_id: 9,
             created: 3,
@@ -94,7 +93,7 @@ mod tests {
     fn other_keys_change_nothing() {
         let other = LeaseChange::Put(stored("10.1.6.0/24", 9));
         assert_eq!(LeaseState::Held.on_change(&own(), &other), LeaseState::Held);
-        let deleted = LeaseChange::Deleted("10.1.6.0/24".parse().unwrap());
+        let deleted = LeaseChange::Deleted(Subnets::ipv4("10.1.6.0/24".parse().unwrap()));
         assert_eq!(
             LeaseState::Held.on_change(&own(), &deleted),
             LeaseState::Held
@@ -103,7 +102,7 @@ mod tests {
 
     #[test]
     fn a_deleted_key_is_lost_until_acquired_again() {
-        let deleted = LeaseChange::Deleted("10.1.5.0/24".parse().unwrap());
+        let deleted = LeaseChange::Deleted(Subnets::ipv4("10.1.5.0/24".parse().unwrap()));
         let lost = LeaseState::Held.on_change(&own(), &deleted);
         assert_eq!(lost, LeaseState::Lost);
         let put = LeaseChange::Put(stored("10.1.5.0/24", 5));

@@ -5,7 +5,7 @@
 //! a lease, over ours; a public IP that is ours, in the network, or not a unicast host
 //! address; a broadcast, multicast or zero VTEP MAC; a VNI over 24 bits), or when it
 //! collides with an older lease that is not (an overlapping subnet, or the same public IP).
-//! "Older" is etcd's create revision, then the subnet: the same on every host, so all hosts
+//! "Older" is etcd's create revision, then the subnets: the same on every host, so all hosts
 //! keep the same one of two colliding leases.
 
 use std::{
@@ -17,38 +17,60 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::warn;
 
 use crate::control::{
-    lease::{overlap, subnet_key, BackendAttrs, LeaseAttrs},
+    config::Config,
+    lease::{overlap, BackendAttrs, LeaseAttrs, Subnets},
     registry::StoredLease,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
-    pub subnet: Ipv4Net,
+    pub subnets: Subnets,
     pub attrs: LeaseAttrs,
 }
 
 /// What a lease is checked against.
 #[derive(Clone, Debug)]
 pub struct Rules {
-    pub network: Ipv4Net,
-    pub subnet_len: u8,
-    /// Ours; None for `status` on a host without a subnet file.
-    pub own_subnet: Option<Ipv4Net>,
-    pub own_ip: Option<Ipv4Addr>,
+    /// The IPv4 half; None in an IPv6-only network.
+    pub ipv4: Option<FamilyRules<Ipv4Net, Ipv4Addr>>,
+    /// The IPv6 half, in a dual-stack or IPv6-only network.
+    pub ipv6: Option<FamilyRules<Ipv6Net, Ipv6Addr>>,
     pub backend_type: String,
     /// The etcd prefix, to name the keys of rejected leases.
     pub prefix: String,
-    /// The IPv6 half, in a dual-stack network.
-    pub ipv6: Option<Ipv6Rules>,
 }
 
-/// What a lease's IPv6 half is checked against: the same rules as the IPv4 half.
+impl Rules {
+    /// The rules of `config` on a host holding the lease `own` (None: `status` on a host
+    /// without one); `prefix` is the etcd prefix.
+    pub fn of(config: &Config, prefix: &str, own: Option<(&Subnets, &LeaseAttrs)>) -> Self {
+        Self {
+            ipv4: (config.ipv4.as_ref()).map(|v4| FamilyRules {
+                network: v4.network,
+                subnet_len: v4.subnet_len,
+                own_subnet: own.and_then(|(s, _)| s.ipv4),
+                own_ip: own.map(|(_, a)| a.public_ip),
+            }),
+            ipv6: (config.ipv6.as_ref()).map(|v6| FamilyRules {
+                network: v6.network,
+                subnet_len: v6.subnet_len,
+                own_subnet: own.and_then(|(s, _)| s.ipv6),
+                own_ip: own.and_then(|(_, a)| a.public_ipv6),
+            }),
+            backend_type: config.backend.type_name().to_owned(),
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+/// What one half of a lease (IPv4 or IPv6) is checked against: the same rules for both.
 #[derive(Clone, Debug)]
-pub struct Ipv6Rules {
-    pub network: Ipv6Net,
+pub struct FamilyRules<N, A> {
+    pub network: N,
     pub subnet_len: u8,
-    pub own_subnet: Option<Ipv6Net>,
-    pub own_ip: Option<Ipv6Addr>,
+    /// Ours; None for `status` on a host without a subnet file.
+    pub own_subnet: Option<N>,
+    pub own_ip: Option<A>,
 }
 
 /// Why a lease was rejected: a short reason (a metrics label) and what exactly is wrong.
@@ -61,15 +83,47 @@ pub struct Rejection {
 pub struct PeerTable {
     rules: Rules,
     /// Every lease but ours, as etcd holds it.
-    leases: BTreeMap<Ipv4Net, StoredLease>,
-    by_ip: BTreeMap<Ipv4Addr, BTreeSet<Ipv4Net>>,
-    /// The IPv6 subnets of dual-stack leases, to their IPv4 subnets.
-    by_ipv6: BTreeMap<Ipv6Net, BTreeSet<Ipv4Net>>,
+    leases: BTreeMap<Subnets, StoredLease>,
+    /// The leases by each half's subnet, and by public address (either family).
+    by_subnet4: BTreeMap<Ipv4Net, BTreeSet<Subnets>>,
+    by_subnet6: BTreeMap<Ipv6Net, BTreeSet<Subnets>>,
+    by_ip: BTreeMap<IpAddr, BTreeSet<Subnets>>,
     /// The accepted leases of our backend type: what the datapath must hold.
-    peers: BTreeMap<Ipv4Net, LeaseAttrs>,
-    rejected: BTreeMap<Ipv4Net, Rejection>,
+    peers: BTreeMap<Subnets, LeaseAttrs>,
+    rejected: BTreeMap<Subnets, Rejection>,
     /// How many times a lease was rejected, by reason.
     rejections: BTreeMap<&'static str, u64>,
+}
+
+/// The index entries of a lease: its subnets and public addresses (IPv4's `0.0.0.0` of an
+/// IPv6-only lease names none).
+fn index_keys(lease: &StoredLease) -> (Option<Ipv4Net>, Option<Ipv6Net>, Vec<IpAddr>) {
+    let ips = [
+        Some(lease.attrs.public_ip.into()),
+        lease.attrs.public_ipv6.map(Into::into),
+    ];
+    let ips = ips
+        .into_iter()
+        .flatten()
+        .filter(|ip: &IpAddr| !ip.is_unspecified());
+    (lease.subnets.ipv4, lease.subnets.ipv6, ips.collect())
+}
+
+fn index_insert<K: Ord>(index: &mut BTreeMap<K, BTreeSet<Subnets>>, key: K, subnets: Subnets) {
+    index.entry(key).or_default().insert(subnets);
+}
+
+fn index_remove<K: Ord + Copy>(
+    index: &mut BTreeMap<K, BTreeSet<Subnets>>,
+    key: K,
+    subnets: &Subnets,
+) {
+    if let Some(set) = index.get_mut(&key) {
+        set.remove(subnets);
+        if set.is_empty() {
+            index.remove(&key);
+        }
+    }
 }
 
 impl PeerTable {
@@ -77,21 +131,22 @@ impl PeerTable {
         Self {
             rules,
             leases: BTreeMap::new(),
+            by_subnet4: BTreeMap::new(),
+            by_subnet6: BTreeMap::new(),
             by_ip: BTreeMap::new(),
-            by_ipv6: BTreeMap::new(),
             peers: BTreeMap::new(),
             rejected: BTreeMap::new(),
             rejections: BTreeMap::new(),
         }
     }
 
-    /// Every peer's subnet with its lease: what the datapath must hold.
-    pub fn desired(&self) -> &BTreeMap<Ipv4Net, LeaseAttrs> {
+    /// Every peer's subnets with its lease: what the datapath must hold.
+    pub fn desired(&self) -> &BTreeMap<Subnets, LeaseAttrs> {
         &self.peers
     }
 
     /// The rejected leases, with why.
-    pub fn rejected(&self) -> &BTreeMap<Ipv4Net, Rejection> {
+    pub fn rejected(&self) -> &BTreeMap<Subnets, Rejection> {
         &self.rejected
     }
 
@@ -108,88 +163,100 @@ impl PeerTable {
         self.peers.is_empty()
     }
 
-    /// Our subnet changed (re-acquired elsewhere): every lease is judged again. Returns the
-    /// subnets whose peer changed.
-    pub fn set_own(&mut self, own: Ipv4Net, own_ipv6: Option<Ipv6Net>) -> Vec<Ipv4Net> {
-        self.rules.own_subnet = Some(own);
-        if let Some(v6) = &mut self.rules.ipv6 {
-            v6.own_subnet = own_ipv6;
+    /// Our lease's subnets, once known.
+    fn own(&self) -> Option<Subnets> {
+        let ipv4 = self.rules.ipv4.as_ref().and_then(|r| r.own_subnet);
+        let ipv6 = self.rules.ipv6.as_ref().and_then(|r| r.own_subnet);
+        (ipv4.is_some() || ipv6.is_some()).then_some(Subnets { ipv4, ipv6 })
+    }
+
+    /// Our subnets changed (re-acquired elsewhere): every lease is judged again. Returns the
+    /// leases whose peer changed.
+    pub fn set_own(&mut self, own: Subnets) -> Vec<Subnets> {
+        if let Some(v4) = &mut self.rules.ipv4 {
+            v4.own_subnet = own.ipv4;
         }
-        self.leases.remove(&own);
+        if let Some(v6) = &mut self.rules.ipv6 {
+            v6.own_subnet = own.ipv6;
+        }
+        self.remove_lease(&own);
         self.judge_all()
     }
 
-    /// Takes a lease in; returns the subnets whose peer changed (it, and leases it collides
+    /// Takes a lease in; returns the leases whose peer changed (it, and leases it collides
     /// with).
-    pub fn put(&mut self, lease: &StoredLease) -> Vec<Ipv4Net> {
-        if Some(lease.subnet) == self.rules.own_subnet {
+    pub fn put(&mut self, lease: &StoredLease) -> Vec<Subnets> {
+        if Some(lease.subnets) == self.own() {
             return Vec::new();
         }
-        let mut affected = self.remove_lease(&lease.subnet);
-        self.by_ip
-            .entry(lease.attrs.public_ip)
-            .or_default()
-            .insert(lease.subnet);
-        if let Some(ipv6) = lease.attrs.ipv6_subnet {
-            self.by_ipv6.entry(ipv6).or_default().insert(lease.subnet);
-        }
-        self.leases.insert(lease.subnet, lease.clone());
+        let mut affected = self.remove_lease(&lease.subnets);
+        self.index(lease);
+        self.leases.insert(lease.subnets, lease.clone());
         affected.extend(self.colliding(lease));
-        affected.insert(lease.subnet);
+        affected.insert(lease.subnets);
         self.judge(affected)
     }
 
-    /// A lease is gone; returns the subnets whose peer changed.
-    pub fn remove(&mut self, subnet: &Ipv4Net) -> Vec<Ipv4Net> {
-        let affected = self.remove_lease(subnet);
+    /// A lease is gone; returns the leases whose peer changed.
+    pub fn remove(&mut self, subnets: &Subnets) -> Vec<Subnets> {
+        let affected = self.remove_lease(subnets);
         self.judge(affected)
     }
 
     /// Replaces the table with a full listing (start-up, or after a watch compaction);
-    /// returns the subnets whose peer changed.
-    pub fn resync(&mut self, leases: &[StoredLease]) -> Vec<Ipv4Net> {
+    /// returns the leases whose peer changed.
+    pub fn resync(&mut self, leases: &[StoredLease]) -> Vec<Subnets> {
+        let own = self.own();
         self.leases = leases
             .iter()
-            .filter(|l| Some(l.subnet) != self.rules.own_subnet)
-            .map(|l| (l.subnet, l.clone()))
+            .filter(|l| Some(l.subnets) != own)
+            .map(|l| (l.subnets, l.clone()))
             .collect();
+        self.by_subnet4.clear();
+        self.by_subnet6.clear();
         self.by_ip.clear();
-        self.by_ipv6.clear();
-        for lease in self.leases.values() {
-            let subnets = self.by_ip.entry(lease.attrs.public_ip).or_default();
-            subnets.insert(lease.subnet);
-            if let Some(ipv6) = lease.attrs.ipv6_subnet {
-                self.by_ipv6.entry(ipv6).or_default().insert(lease.subnet);
-            }
+        for lease in self.leases.values().cloned().collect::<Vec<_>>() {
+            self.index(&lease);
         }
         self.judge_all()
     }
 
-    /// Takes `subnet`'s lease out of the indexes; returns it and the leases it collided with.
-    fn remove_lease(&mut self, subnet: &Ipv4Net) -> BTreeSet<Ipv4Net> {
-        let Some(old) = self.leases.remove(subnet) else {
-            return BTreeSet::from([*subnet]);
-        };
-        if let Some(ipv6) = old.attrs.ipv6_subnet {
-            let subnets = self.by_ipv6.entry(ipv6).or_default();
-            subnets.remove(subnet);
-            if subnets.is_empty() {
-                self.by_ipv6.remove(&ipv6);
-            }
+    fn index(&mut self, lease: &StoredLease) {
+        let (subnet4, subnet6, ips) = index_keys(lease);
+        let subnets = lease.subnets;
+        if let Some(subnet) = subnet4 {
+            index_insert(&mut self.by_subnet4, subnet, subnets);
         }
-        if let Some(subnets) = self.by_ip.get_mut(&old.attrs.public_ip) {
-            subnets.remove(subnet);
-            if subnets.is_empty() {
-                self.by_ip.remove(&old.attrs.public_ip);
-            }
+        if let Some(subnet) = subnet6 {
+            index_insert(&mut self.by_subnet6, subnet, subnets);
+        }
+        for ip in ips {
+            index_insert(&mut self.by_ip, ip, subnets);
+        }
+    }
+
+    /// Takes a lease out of the indexes; returns it and the leases it collided with.
+    fn remove_lease(&mut self, subnets: &Subnets) -> BTreeSet<Subnets> {
+        let Some(old) = self.leases.remove(subnets) else {
+            return BTreeSet::from([*subnets]);
+        };
+        let (subnet4, subnet6, ips) = index_keys(&old);
+        if let Some(subnet) = subnet4 {
+            index_remove(&mut self.by_subnet4, subnet, subnets);
+        }
+        if let Some(subnet) = subnet6 {
+            index_remove(&mut self.by_subnet6, subnet, subnets);
+        }
+        for ip in ips {
+            index_remove(&mut self.by_ip, ip, subnets);
         }
         let mut affected = self.colliding(&old);
-        affected.insert(*subnet);
+        affected.insert(*subnets);
         affected
     }
 
-    fn judge_all(&mut self) -> Vec<Ipv4Net> {
-        let every: BTreeSet<Ipv4Net> = (self.leases.keys())
+    fn judge_all(&mut self) -> Vec<Subnets> {
+        let every: BTreeSet<Subnets> = (self.leases.keys())
             .chain(self.peers.keys())
             .chain(self.rejected.keys())
             .copied()
@@ -197,162 +264,161 @@ impl PeerTable {
         self.judge(every)
     }
 
-    /// Decides again for each of `subnets`: a peer, rejected, or neither (another backend
+    /// Decides again for each of `leases`: a peer, rejected, or neither (another backend
     /// type, or gone). Returns those whose peer changed.
-    fn judge(&mut self, subnets: BTreeSet<Ipv4Net>) -> Vec<Ipv4Net> {
+    fn judge(&mut self, leases: BTreeSet<Subnets>) -> Vec<Subnets> {
         let mut changed = Vec::new();
-        for subnet in subnets {
-            let verdict = self.leases.get(&subnet).map(|lease| {
+        for subnets in leases {
+            let verdict = self.leases.get(&subnets).map(|lease| {
                 let rejection = self.fault(lease).or_else(|| self.collision(lease));
                 (lease.attrs.clone(), rejection)
             });
             let peer = match verdict {
                 Some((attrs, None)) => {
-                    self.rejected.remove(&subnet);
+                    self.rejected.remove(&subnets);
                     (attrs.backend.type_name() == self.rules.backend_type).then_some(attrs)
                 }
                 Some((_, Some(rejection))) => {
-                    self.reject(subnet, rejection);
+                    self.reject(subnets, rejection);
                     None
                 }
                 None => {
-                    self.rejected.remove(&subnet);
+                    self.rejected.remove(&subnets);
                     None
                 }
             };
-            if self.peers.get(&subnet) != peer.as_ref() {
+            if self.peers.get(&subnets) != peer.as_ref() {
                 match peer {
-                    Some(attrs) => self.peers.insert(subnet, attrs),
-                    None => self.peers.remove(&subnet),
+                    Some(attrs) => self.peers.insert(subnets, attrs),
+                    None => self.peers.remove(&subnets),
                 };
-                changed.push(subnet);
+                changed.push(subnets);
             }
         }
         changed
     }
 
-    /// The etcd key of `subnet`'s lease.
-    pub fn key(&self, subnet: &Ipv4Net) -> String {
-        let ipv6 = self.leases.get(subnet).and_then(|l| l.attrs.ipv6_subnet);
-        subnet_key(&self.rules.prefix, subnet, ipv6.as_ref())
+    /// The etcd key of a lease.
+    pub fn key(&self, subnets: &Subnets) -> String {
+        subnets.key(&self.rules.prefix)
     }
 
-    fn reject(&mut self, subnet: Ipv4Net, rejection: Rejection) {
-        if self.rejected.get(&subnet) == Some(&rejection) {
+    fn reject(&mut self, subnets: Subnets, rejection: Rejection) {
+        if self.rejected.get(&subnets) == Some(&rejection) {
             return;
         }
-        let key = self.key(&subnet);
+        let key = self.key(&subnets);
         warn!(%key, reason = rejection.reason, "skipping a lease: {}", rejection.detail);
         *self.rejections.entry(rejection.reason).or_default() += 1;
-        self.rejected.insert(subnet, rejection);
+        self.rejected.insert(subnets, rejection);
     }
 
-    /// What is wrong with a lease on its own, if anything.
+    /// What is wrong with a lease on its own, if anything. The IPv4 half is required in a
+    /// network with IPv4, the IPv6 half in an IPv6-only one; a dual-stack network takes
+    /// IPv4-only leases (their hosts carry IPv4 only).
     fn fault(&self, lease: &StoredLease) -> Option<Rejection> {
-        let rules = &self.rules;
-        let ipv4 = FamilyRules {
-            network: rules.network.into(),
-            subnet_len: rules.subnet_len,
-            own_subnet: rules.own_subnet.map(Into::into),
-            own_ip: rules.own_ip.map(Into::into),
-            names: ("", "PublicIP"),
-        };
-        let ip = Some(lease.attrs.public_ip.into());
-        if let Some(rejection) = ipv4.fault(lease.subnet.into(), ip) {
-            return Some(rejection);
+        let (rules, attrs) = (&self.rules, &lease.attrs);
+        if let Some(v4) = &rules.ipv4 {
+            let ip = Some(attrs.public_ip.into()).filter(|ip: &IpAddr| !ip.is_unspecified());
+            let half = lease.subnets.ipv4.map(Into::into);
+            if let Some(rejection) = v4.judge(half, ip, true, ("", "PublicIP")) {
+                return Some(rejection);
+            }
         }
-        if let Some(rejection) = self.ipv6_fault(lease) {
-            return Some(rejection);
+        if let Some(v6) = &rules.ipv6 {
+            let ip = attrs.public_ipv6.map(Into::into);
+            let half = lease.subnets.ipv6.map(Into::into);
+            let required = rules.ipv4.is_none();
+            if let Some(rejection) = v6.judge(half, ip, required, ("IPv6 ", "PublicIPv6")) {
+                return Some(rejection);
+            }
         }
-        if let BackendAttrs::Vxlan {
+        let BackendAttrs::Vxlan {
             vni,
             vtep_mac,
             v6_vtep_mac,
-        } = &lease.attrs.backend
-        {
-            let macs = std::iter::once(vtep_mac).chain(v6_vtep_mac);
-            if let Some(mac) = macs.into_iter().find(|m| m.0 == [0; 6] || m.0[0] & 1 == 1) {
-                return reject(
-                    "bad_vtep_mac",
-                    format!("its VtepMAC {mac} is not a unicast address"),
-                );
-            }
-            if *vni >= 1 << 24 {
-                return reject("bad_vni", format!("its VNI {vni} does not fit 24 bits"));
-            }
-        }
-        None
-    }
-
-    /// What is wrong with a lease's IPv6 half, if it has one (a lease without carries IPv4
-    /// only).
-    fn ipv6_fault(&self, lease: &StoredLease) -> Option<Rejection> {
-        let (rules, subnet) = (self.rules.ipv6.as_ref()?, lease.attrs.ipv6_subnet?);
-        let ipv6 = FamilyRules {
-            network: rules.network.into(),
-            subnet_len: rules.subnet_len,
-            own_subnet: rules.own_subnet.map(Into::into),
-            own_ip: rules.own_ip.map(Into::into),
-            names: ("IPv6 ", "PublicIPv6"),
+        } = &attrs.backend
+        else {
+            return None;
         };
-        let ip = lease.attrs.public_ipv6.map(Into::into);
-        if let Some(rejection) = ipv6.fault(subnet.into(), ip) {
-            return Some(rejection);
+        let needs = |rules: bool, half: bool| rules && half;
+        if needs(rules.ipv4.is_some(), lease.subnets.ipv4.is_some()) && vtep_mac.is_none() {
+            return reject(
+                "bad_vtep_mac",
+                format!(
+                    "it names the subnet {} but no BackendData.VtepMAC",
+                    lease.subnets
+                ),
+            );
         }
-        if let BackendAttrs::Vxlan {
-            v6_vtep_mac: None, ..
-        } = lease.attrs.backend
+        if let (true, Some(subnet), None) = (rules.ipv6.is_some(), lease.subnets.ipv6, v6_vtep_mac)
         {
             return reject(
                 "bad_vtep_mac",
                 format!("it names the IPv6 subnet {subnet} but no BackendV6Data.VtepMAC"),
             );
         }
+        let macs = vtep_mac.iter().chain(v6_vtep_mac);
+        if let Some(mac) = macs.into_iter().find(|m| m.0 == [0; 6] || m.0[0] & 1 == 1) {
+            return reject(
+                "bad_vtep_mac",
+                format!("its VtepMAC {mac} is not a unicast address"),
+            );
+        }
+        if *vni >= 1 << 24 {
+            return reject("bad_vni", format!("its VNI {vni} does not fit 24 bits"));
+        }
         None
     }
 
     /// The older, sound lease this one collides with, if any.
     fn collision(&self, lease: &StoredLease) -> Option<Rejection> {
-        let age = |l: &StoredLease| (l.created, l.subnet);
+        let age = |l: &StoredLease| (l.created, l.subnets);
         self.colliding(lease)
             .into_iter()
-            .filter_map(|subnet| self.leases.get(&subnet))
+            .filter_map(|subnets| self.leases.get(&subnets))
             .filter(|other| age(other) < age(lease) && self.fault(other).is_none())
             .min_by_key(|other| age(other))
             .map(|older| {
-                if older.attrs.public_ip == lease.attrs.public_ip {
-                    Rejection {
+                let (_, _, ips) = index_keys(lease);
+                let (_, _, older_ips) = index_keys(older);
+                match ips.into_iter().find(|ip| older_ips.contains(ip)) {
+                    Some(ip) => Rejection {
                         reason: "public_ip_taken",
                         detail: format!(
-                            "its PublicIP {} is the older lease {}'s",
-                            older.attrs.public_ip, older.subnet
+                            "its {} {ip} is the older lease {}'s",
+                            if ip.is_ipv4() {
+                                "PublicIP"
+                            } else {
+                                "PublicIPv6"
+                            },
+                            older.subnets
                         ),
-                    }
-                } else {
-                    Rejection {
+                    },
+                    None => Rejection {
                         reason: "overlaps_older_lease",
-                        detail: format!("it overlaps the older lease {}", older.subnet),
-                    }
+                        detail: format!("it overlaps the older lease {}", older.subnets),
+                    },
                 }
             })
     }
 
-    /// The other leases whose subnet overlaps `lease`'s or that share its public IP.
-    fn colliding(&self, lease: &StoredLease) -> BTreeSet<Ipv4Net> {
-        let subnet = lease.subnet;
-        let same_ip = self
-            .by_ip
-            .get(&lease.attrs.public_ip)
+    /// The other leases whose subnets overlap `lease`'s or that share a public address.
+    fn colliding(&self, lease: &StoredLease) -> BTreeSet<Subnets> {
+        let (subnet4, subnet6, ips) = index_keys(lease);
+        let v4 = subnet4
             .into_iter()
-            .flatten()
-            .copied();
-        let ipv6 = (lease.attrs.ipv6_subnet.into_iter())
-            .flat_map(|ipv6| overlapping(&self.by_ipv6, ipv6).flat_map(|(_, subnets)| subnets))
-            .copied();
-        (overlapping(&self.leases, subnet).map(|(s, _)| *s))
+            .flat_map(|s| overlapping(&self.by_subnet4, s));
+        let v6 = subnet6
+            .into_iter()
+            .flat_map(|s| overlapping(&self.by_subnet6, s));
+        let same_ip = ips.iter().filter_map(|ip| self.by_ip.get(ip));
+        (v4.map(|(_, l)| l))
+            .chain(v6.map(|(_, l)| l))
             .chain(same_ip)
-            .chain(ipv6)
-            .filter(|s| *s != subnet)
+            .flatten()
+            .filter(|s| **s != lease.subnets)
+            .copied()
             .collect()
     }
 }
@@ -390,21 +456,28 @@ impl Prefix for Ipv6Net {
     }
 }
 
-/// What one half of a lease (IPv4, or a dual-stack lease's IPv6) is checked against; `names`
-/// name the network's family ("" or "IPv6 ") and the value's address field in messages.
-struct FamilyRules {
-    network: IpNet,
-    subnet_len: u8,
-    own_subnet: Option<IpNet>,
-    own_ip: Option<IpAddr>,
-    names: (&'static str, &'static str),
-}
-
-impl FamilyRules {
-    /// What is wrong with a half of subnet `subnet` and public address `ip`, if anything.
-    fn fault(&self, subnet: IpNet, ip: Option<IpAddr>) -> Option<Rejection> {
-        let (family, field) = self.names;
-        let network = self.network;
+impl<N: Copy + Into<IpNet>, A: Copy + Into<IpAddr>> FamilyRules<N, A> {
+    /// What is wrong with a lease's half of subnet `subnet` and public address `ip`, if
+    /// anything; `required`: a lease without this half is rejected. `names` name the
+    /// family ("" or "IPv6 ") and the value's address field in messages.
+    fn judge(
+        &self,
+        subnet: Option<IpNet>,
+        ip: Option<IpAddr>,
+        required: bool,
+        (family, field): (&str, &str),
+    ) -> Option<Rejection> {
+        let network: IpNet = self.network.into();
+        let subnet = match subnet {
+            Some(subnet) => subnet,
+            None if required => {
+                return reject(
+                    "outside_network",
+                    format!("it names no subnet of the {family}network {network}"),
+                )
+            }
+            None => return None,
+        };
         if !network.contains(&subnet) {
             return reject(
                 "outside_network",
@@ -417,7 +490,11 @@ impl FamilyRules {
                 format!("{subnet} is wider than a /{} lease", self.subnet_len),
             );
         }
-        if let Some(own) = self.own_subnet.filter(|own| overlap(subnet, *own)) {
+        if let Some(own) = self
+            .own_subnet
+            .map(Into::into)
+            .filter(|own| overlap(subnet, *own))
+        {
             return reject(
                 "overlaps_our_subnet",
                 format!("{subnet} overlaps our {family}subnet {own}"),
@@ -429,16 +506,11 @@ impl FamilyRules {
                 format!("it names the {family}subnet {subnet} but no {field}"),
             );
         };
-        if Some(ip) == self.own_ip {
+        if Some(ip) == self.own_ip.map(Into::into) {
             return reject("our_public_ip", format!("its {field} {ip} is ours"));
         }
         let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
-        if ip.is_unspecified()
-            || ip.is_loopback()
-            || ip.is_multicast()
-            || broadcast
-            || network.contains(&ip)
-        {
+        if ip.is_loopback() || ip.is_multicast() || broadcast || network.contains(&ip) {
             return reject(
                 "bad_public_ip",
                 format!("its {field} {ip} is not a unicast host address outside the network"),
@@ -468,10 +540,12 @@ mod tests {
 
     fn rules() -> Rules {
         Rules {
-            network: "10.1.0.0/16".parse().unwrap(),
-            subnet_len: 24,
-            own_subnet: Some("10.1.1.0/24".parse().unwrap()),
-            own_ip: Some(Ipv4Addr::new(192, 168, 64, 1)),
+            ipv4: Some(FamilyRules {
+                network: "10.1.0.0/16".parse().unwrap(),
+                subnet_len: 24,
+                own_subnet: Some("10.1.1.0/24".parse().unwrap()),
+                own_ip: Some(Ipv4Addr::new(192, 168, 64, 1)),
+            }),
             backend_type: "vxlan".into(),
             prefix: "/coreos.com/network".into(),
             ipv6: None,
@@ -480,14 +554,13 @@ mod tests {
 
     fn vxlan(subnet: &str, ip: [u8; 4], mac: [u8; 6], created: i64) -> StoredLease {
         StoredLease {
-            subnet: subnet.parse().unwrap(),
+            subnets: subnet.parse().unwrap(),
             attrs: LeaseAttrs {
-                ipv6_subnet: None,
                 public_ip: Ipv4Addr::from(ip),
                 public_ipv6: None,
                 backend: BackendAttrs::Vxlan {
                     vni: 1,
-                    vtep_mac: Mac(mac),
+                    vtep_mac: Some(Mac(mac)),
                     v6_vtep_mac: None,
                 },
             },
@@ -519,7 +592,7 @@ mod tests {
     fn a_sound_lease_is_a_peer_and_its_change_is_reported() {
         let mut table = PeerTable::new(rules());
         let changed = table.put(&good("10.1.2.0/24", 2, 5));
-        assert_eq!(changed, ["10.1.2.0/24".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(changed, ["10.1.2.0/24".parse::<Subnets>().unwrap()]);
         assert!(
             table.put(&good("10.1.2.0/24", 2, 5)).is_empty(),
             "no change"
@@ -577,7 +650,7 @@ mod tests {
         ];
         for (lease, rule) in &cases {
             assert!(table.put(lease).is_empty(), "{lease:?} is no peer");
-            assert_eq!(reason(&table, &lease.subnet.to_string()), Some(*rule));
+            assert_eq!(reason(&table, &lease.subnets.to_string()), Some(*rule));
         }
         assert!(table.is_empty());
         assert_eq!(table.rejections()["bad_public_ip"], 5);
@@ -588,7 +661,7 @@ mod tests {
         // Older than the /24 inside it: it wins, whatever the order they arrive in.
         let wide = good("10.1.2.0/23", 3, 4);
         let mut rules = rules();
-        rules.subnet_len = 23;
+        rules.ipv4.as_mut().unwrap().subnet_len = 23;
         let mut table_b = PeerTable::new(rules.clone());
         table_b.put(&wide);
         table_b.put(&good("10.1.2.0/24", 2, 7));
@@ -623,7 +696,7 @@ mod tests {
     fn a_rejected_lease_does_not_shut_out_a_newer_sound_one() {
         // An older lease with a broadcast MAC loses its claim on the subnet.
         let mut rules = rules();
-        rules.subnet_len = 23;
+        rules.ipv4.as_mut().unwrap().subnet_len = 23;
         let mut table = PeerTable::new(rules);
         table.put(&vxlan("10.1.2.0/23", [192, 168, 64, 3], [0xff; 6], 1));
         table.put(&good("10.1.2.0/24", 2, 5));
@@ -639,7 +712,7 @@ mod tests {
         assert!(table.put(&udp).is_empty());
         assert!(table.is_empty());
         table.put(&good("10.1.3.0/24", 3, 1));
-        let changed = table.set_own("10.1.3.0/24".parse().unwrap(), None);
+        let changed = table.set_own("10.1.3.0/24".parse().unwrap());
         assert_eq!(changed.len(), 1);
         assert!(table.is_empty());
     }
@@ -647,7 +720,7 @@ mod tests {
     #[test]
     fn a_dual_stack_leases_ipv6_half_obeys_the_same_rules() {
         let mut rules = rules();
-        rules.ipv6 = Some(Ipv6Rules {
+        rules.ipv6 = Some(FamilyRules {
             network: "fd00::/48".parse().unwrap(),
             subnet_len: 64,
             own_subnet: Some("fd00:0:0:1::/64".parse().unwrap()),
@@ -655,7 +728,7 @@ mod tests {
         });
         let dual = |subnet6: &str, ip6: Option<&str>| {
             let mut lease = good("10.1.5.0/24", 5, 1);
-            lease.attrs.ipv6_subnet = Some(subnet6.parse().unwrap());
+            lease.subnets.ipv6 = Some(subnet6.parse().unwrap());
             lease.attrs.public_ipv6 = ip6.map(|ip| ip.parse().unwrap());
             with_v6_vtep_mac(lease, Some(Mac([2, 0, 0, 0, 6, 5])))
         };
@@ -715,7 +788,7 @@ mod tests {
     #[test]
     fn the_older_of_two_leases_sharing_an_ipv6_subnet_wins() {
         let mut rules = rules();
-        rules.ipv6 = Some(Ipv6Rules {
+        rules.ipv6 = Some(FamilyRules {
             network: "fd00::/48".parse().unwrap(),
             subnet_len: 64,
             own_subnet: None,
@@ -723,7 +796,7 @@ mod tests {
         });
         let dual = |subnet: &str, host: u8, subnet6: &str, created: i64| {
             let mut lease = good(subnet, host, created);
-            lease.attrs.ipv6_subnet = Some(subnet6.parse().unwrap());
+            lease.subnets.ipv6 = Some(subnet6.parse().unwrap());
             lease.attrs.public_ipv6 = Some(format!("fd64::{host}").parse().unwrap());
             with_v6_vtep_mac(lease, Some(Mac([2, 0, 0, 0, 6, host])))
         };
@@ -731,14 +804,93 @@ mod tests {
         table.put(&dual("10.1.6.0/24", 6, "fd00:0:0:5::/64", 2));
         table.put(&dual("10.1.5.0/24", 5, "fd00:0:0:5::/64", 1));
         let peers: Vec<String> = table.desired().keys().map(|s| s.to_string()).collect();
-        assert_eq!(peers, ["10.1.5.0/24"]);
+        assert_eq!(peers, ["10.1.5.0/24&fd00:0:0:5::/64"]);
         assert_eq!(
-            table.rejected()[&"10.1.6.0/24".parse().unwrap()].reason,
+            table.rejected()[&"10.1.6.0/24&fd00:0:0:5::/64".parse().unwrap()].reason,
             "overlaps_older_lease"
         );
         // The older one goes: the other is a peer again.
-        table.remove(&"10.1.5.0/24".parse().unwrap());
+        table.remove(&"10.1.5.0/24&fd00:0:0:5::/64".parse().unwrap());
         let peers: Vec<String> = table.desired().keys().map(|s| s.to_string()).collect();
-        assert_eq!(peers, ["10.1.6.0/24"]);
+        assert_eq!(peers, ["10.1.6.0/24&fd00:0:0:5::/64"]);
+    }
+
+    /// An IPv6-only network's rules, ours being fd00:0:0:1::/64 at fd64::1.
+    fn ipv6_only_rules() -> Rules {
+        Rules {
+            ipv4: None,
+            ipv6: Some(FamilyRules {
+                network: "fd00::/48".parse().unwrap(),
+                subnet_len: 64,
+                own_subnet: Some("fd00:0:0:1::/64".parse().unwrap()),
+                own_ip: Some("fd64::1".parse().unwrap()),
+            }),
+            ..rules()
+        }
+    }
+
+    /// An IPv6-only vxlan lease, as flannel writes it (PublicIP 0.0.0.0, no BackendData).
+    fn ipv6_only(subnet6: &str, host: u8, created: i64) -> StoredLease {
+        let mut lease = with_v6_vtep_mac(
+            vxlan("10.1.0.0/24", [0; 4], [2, 0, 0, 0, 6, host], created),
+            Some(Mac([2, 0, 0, 0, 6, host])),
+        );
+        lease.subnets = subnet6.parse().unwrap();
+        lease.attrs.public_ipv6 = Some(format!("fd64::{host}").parse().unwrap());
+        if let BackendAttrs::Vxlan { vtep_mac, .. } = &mut lease.attrs.backend {
+            *vtep_mac = None;
+        }
+        lease
+    }
+
+    #[test]
+    fn an_ipv6_only_network_judges_the_ipv6_half_and_collides_on_it() {
+        let mut table = PeerTable::new(ipv6_only_rules());
+        // Many leases say PublicIP 0.0.0.0: that is no collision.
+        table.put(&ipv6_only("fd00:0:0:5::/64", 5, 1));
+        table.put(&ipv6_only("fd00:0:0:6::/64", 6, 2));
+        assert_eq!(table.len(), 2, "{:?}", table.rejected());
+        // The same IPv6 subnet, or the same public IPv6, as an older lease.
+        table.put(&ipv6_only("fd00:0:0:4::/63", 7, 3));
+        let mut same_ip = ipv6_only("fd00:0:0:8::/64", 8, 4);
+        same_ip.attrs.public_ipv6 = Some("fd64::5".parse().unwrap());
+        table.put(&same_ip);
+        fn detail(table: &PeerTable, key: &str) -> String {
+            table.rejected()[&key.parse().unwrap()].detail.clone()
+        }
+        assert_eq!(
+            detail(&table, "fd00:0:0:4::/63"),
+            "fd00:0:0:4::/63 is wider than a /64 lease"
+        );
+        assert_eq!(
+            detail(&table, "fd00:0:0:8::/64"),
+            "its PublicIPv6 fd64::5 is the older lease fd00:0:0:5::/64's"
+        );
+        // A lease that names an IPv4 subnet only is not of this network.
+        table.put(&good("10.1.9.0/24", 9, 5));
+        assert_eq!(
+            detail(&table, "10.1.9.0/24"),
+            "it names no subnet of the IPv6 network fd00::/48"
+        );
+        // One without its IPv6 device's MAC can't be reached.
+        let mut no_mac = ipv6_only("fd00:0:0:a::/64", 10, 6);
+        no_mac.attrs.backend = BackendAttrs::Vxlan {
+            vni: 1,
+            vtep_mac: None,
+            v6_vtep_mac: None,
+        };
+        table.put(&no_mac);
+        assert_eq!(
+            detail(&table, "fd00:0:0:a::/64"),
+            "it names the IPv6 subnet fd00:0:0:a::/64 but no BackendV6Data.VtepMAC"
+        );
+        assert_eq!(table.len(), 2);
+        // And an IPv4 network takes no IPv6-only lease.
+        let mut table = PeerTable::new(rules());
+        table.put(&ipv6_only("fd00:0:0:5::/64", 5, 1));
+        assert_eq!(
+            table.rejected().values().next().unwrap().detail,
+            "it names no subnet of the network 10.1.0.0/16"
+        );
     }
 }

@@ -7,10 +7,9 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
-use ipnet::Ipv4Net;
 use tracing::warn;
 
-use crate::control::lease::{parse_subnet_key, subnet_key, subnets_prefix, LeaseAttrs};
+use crate::control::lease::{subnets_prefix, LeaseAttrs, Subnets};
 
 /// How long one etcd request may take before we call etcd unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,7 +28,7 @@ pub struct EtcdOptions {
 /// A lease as stored: its subnet, its value, and its etcd lease (0: a reservation, no TTL).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredLease {
-    pub subnet: Ipv4Net,
+    pub subnets: Subnets,
     pub attrs: LeaseAttrs,
     pub lease_id: i64,
     /// etcd's create revision of the key: which of two colliding leases is older.
@@ -47,7 +46,7 @@ pub struct Snapshot {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseChange {
     Put(StoredLease),
-    Deleted(Ipv4Net),
+    Deleted(Subnets),
 }
 
 /// flannel's registry in etcd, through one endpoint at a time: etcd-client's balanced
@@ -177,11 +176,11 @@ impl Registry {
     /// Creates the lease if nobody holds the subnet; None when someone does.
     pub async fn create(
         &mut self,
-        subnet: &Ipv4Net,
+        subnets: &Subnets,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Option<i64>> {
-        let key = subnet_key(&self.prefix, subnet, attrs.ipv6_subnet.as_ref());
+        let key = subnets.key(&self.prefix);
         let lease_id = self.grant(ttl).await?;
         let txn = Txn::new()
             .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
@@ -204,12 +203,12 @@ impl Registry {
     /// (the key expired, was deleted, or was taken over).
     pub async fn refresh(
         &mut self,
-        subnet: &Ipv4Net,
+        subnets: &Subnets,
         attrs: &LeaseAttrs,
         current_lease: i64,
         ttl: Option<Duration>,
     ) -> Result<Option<i64>> {
-        let key = subnet_key(&self.prefix, subnet, attrs.ipv6_subnet.as_ref());
+        let key = subnets.key(&self.prefix);
         let lease_id = match ttl {
             Some(ttl) => self.grant(ttl).await?,
             None => 0,
@@ -243,13 +242,8 @@ impl Registry {
 
     /// Deletes a lease's key while it still carries `lease_id` (0: a reservation), and revokes
     /// that.
-    pub async fn withdraw(
-        &mut self,
-        subnet: &Ipv4Net,
-        attrs: &LeaseAttrs,
-        lease_id: i64,
-    ) -> Result<()> {
-        let key = subnet_key(&self.prefix, subnet, attrs.ipv6_subnet.as_ref());
+    pub async fn withdraw(&mut self, subnets: &Subnets, lease_id: i64) -> Result<()> {
+        let key = subnets.key(&self.prefix);
         let txn = Txn::new()
             .when([Compare::lease(key.as_str(), CompareOp::Equal, lease_id)])
             .and_then([TxnOp::delete(key.as_str(), None)]);
@@ -281,7 +275,7 @@ impl Registry {
         } else {
             self.grant(ttl).await?
         };
-        let key = subnet_key(&self.prefix, &held.subnet, held.attrs.ipv6_subnet.as_ref());
+        let key = held.subnets.key(&self.prefix);
         let options = (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
         let json = attrs.to_json();
         self.call("writing our lease back", |mut c| async move {
@@ -323,8 +317,7 @@ impl Registry {
                     EventType::Put => self.parse(kv).map(LeaseChange::Put),
                     EventType::Delete => {
                         let key = kv.key_str().ok()?;
-                        parse_subnet_key(&self.prefix, key)
-                            .map(|(subnet, _)| LeaseChange::Deleted(subnet))
+                        Subnets::parse_key(&self.prefix, key).map(LeaseChange::Deleted)
                     }
                 }
             })
@@ -352,18 +345,15 @@ impl Registry {
 
     fn parse(&self, kv: &KeyValue) -> Option<StoredLease> {
         let key = String::from_utf8_lossy(kv.key());
-        let Some((subnet, ipv6_subnet)) = parse_subnet_key(&self.prefix, &key) else {
+        let Some(subnets) = Subnets::parse_key(&self.prefix, &key) else {
             warn!(key = %key, "skipping a key under subnets/ that is not a subnet");
             return None;
         };
         let value = String::from_utf8_lossy(kv.value());
         match LeaseAttrs::from_json(&value) {
             Ok(attrs) => Some(StoredLease {
-                subnet,
-                attrs: LeaseAttrs {
-                    ipv6_subnet,
-                    ..attrs
-                },
+                subnets,
+                attrs,
                 lease_id: kv.lease(),
                 created: kv.create_revision(),
             }),

@@ -10,29 +10,31 @@ use std::{
 use anyhow::{Context, Result};
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::control::{acquire::Subnets, atomic_write::write_atomic};
+use crate::control::{
+    atomic_write::write_atomic,
+    lease::{Ours, Subnets},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubnetEnv {
-    pub network: Ipv4Net,
-    pub subnet: Ipv4Net,
-    /// The IPv6 network and our IPv6 subnet, in a dual-stack network.
-    pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
+    pub ours: Ours,
     pub mtu: u32,
     pub ip_masq: bool,
 }
 
 impl SubnetEnv {
-    /// The file's text, in flannel's order: `FLANNEL_SUBNET` (and `FLANNEL_IPV6_SUBNET`) is
-    /// the subnet's first usable address.
+    /// The file's text, in flannel's order, with the lines of the families in use:
+    /// `FLANNEL_SUBNET` and `FLANNEL_IPV6_SUBNET` are the subnet's first usable address.
     pub fn render(&self) -> String {
-        let first = Ipv4Addr::from(u32::from(self.subnet.network()) + 1);
-        let mut text = format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={first}/{}\n",
-            self.network,
-            self.subnet.prefix_len()
-        );
-        if let Some((network, subnet)) = &self.ipv6 {
+        let mut text = String::new();
+        if let Some((network, subnet)) = &self.ours.ipv4 {
+            let first = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+            text.push_str(&format!(
+                "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={first}/{}\n",
+                subnet.prefix_len()
+            ));
+        }
+        if let Some((network, subnet)) = &self.ours.ipv6 {
             let first = Ipv6Addr::from(u128::from(subnet.network()) + 1);
             text.push_str(&format!(
                 "FLANNEL_IPV6_NETWORK={network}\nFLANNEL_IPV6_SUBNET={first}/{}\n",
@@ -86,8 +88,7 @@ pub fn read_vars(path: &Path) -> io::Result<BTreeMap<String, String>> {
         .collect())
 }
 
-/// The subnets recorded in an existing subnet file, if there is a readable one with an IPv4
-/// subnet.
+/// The subnets recorded in an existing subnet file, if there is a readable one with a subnet.
 pub fn previous_subnets(path: &Path) -> Result<Option<Subnets>> {
     let vars = match read_vars(path) {
         Ok(vars) => vars,
@@ -100,7 +101,11 @@ pub fn previous_subnets(path: &Path) -> Result<Option<Subnets>> {
     let ipv6 = vars
         .get("FLANNEL_IPV6_SUBNET")
         .and_then(|subnet| subnet.parse::<Ipv6Net>().ok());
-    Ok(subnet.map(|subnet| (subnet.trunc(), ipv6.map(|net| net.trunc()))))
+    let subnets = Subnets {
+        ipv4: subnet.map(|net| net.trunc()),
+        ipv6: ipv6.map(|net| net.trunc()),
+    };
+    Ok((subnets.ipv4.is_some() || subnets.ipv6.is_some()).then_some(subnets))
 }
 
 #[cfg(test)]
@@ -111,9 +116,13 @@ mod tests {
 
     fn env() -> SubnetEnv {
         SubnetEnv {
-            network: "10.1.0.0/16".parse().unwrap(),
-            subnet: "10.1.83.0/24".parse().unwrap(),
-            ipv6: None,
+            ours: Ours {
+                ipv4: Some((
+                    "10.1.0.0/16".parse().unwrap(),
+                    "10.1.83.0/24".parse().unwrap(),
+                )),
+                ipv6: None,
+            },
             mtu: 1450,
             ip_masq: true,
         }
@@ -129,11 +138,12 @@ mod tests {
 
     #[test]
     fn dual_stack_lines_sit_between_subnet_and_mtu() {
+        let ipv6 = Some((
+            "fd00:1::/48".parse().unwrap(),
+            "fd00:1:0:53::/64".parse().unwrap(),
+        ));
         let dual = SubnetEnv {
-            ipv6: Some((
-                "fd00:1::/48".parse().unwrap(),
-                "fd00:1:0:53::/64".parse().unwrap(),
-            )),
+            ours: Ours { ipv6, ..env().ours },
             ..env()
         };
         let text = dual.render();
@@ -146,12 +156,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("subnet.env");
         dual.write(&path).unwrap();
+        assert_eq!(previous_subnets(&path).unwrap(), Some(dual.ours.subnets()));
+        // IPv6 only, as flannel writes it: no IPv4 lines.
+        let ipv6_only = SubnetEnv {
+            ours: Ours { ipv4: None, ipv6 },
+            ..env()
+        };
+        assert_eq!(
+            ipv6_only.render(),
+            "FLANNEL_IPV6_NETWORK=fd00:1::/48\nFLANNEL_IPV6_SUBNET=fd00:1:0:53::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        ipv6_only.write(&path).unwrap();
         assert_eq!(
             previous_subnets(&path).unwrap(),
-            Some((
-                "10.1.83.0/24".parse().unwrap(),
-                Some("fd00:1:0:53::/64".parse().unwrap())
-            ))
+            Some(ipv6_only.ours.subnets())
         );
     }
 
@@ -165,10 +184,7 @@ mod tests {
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o644
         );
-        assert_eq!(
-            previous_subnets(&path).unwrap(),
-            Some(("10.1.83.0/24".parse().unwrap(), None))
-        );
+        assert_eq!(previous_subnets(&path).unwrap(), Some(env().ours.subnets()));
         let leftovers = fs::read_dir(path.parent().unwrap()).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file left behind");
         assert_eq!(previous_subnets(&dir.path().join("absent")).unwrap(), None);

@@ -1,21 +1,24 @@
 //! flannel's host-gw backend: a route per peer subnet via the peer's public IP on our
-//! interface, through rtnetlink; in a dual-stack network also one per peer IPv6 subnet via
-//! its public IPv6.
+//! interface, through rtnetlink; for IPv6 (dual-stack or IPv6-only) one per peer IPv6 subnet
+//! via its public IPv6.
 
 use std::{
-    collections::BTreeSet,
-    net::{Ipv4Addr, Ipv6Addr},
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{Context, Result};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::{packet_route::route::RouteMessage, Handle, RouteMessageBuilder};
 use tracing::{info, warn};
 
 use crate::{
-    control::peers::Peer,
+    control::{
+        lease::{LeaseAttrs, Subnets},
+        peers::Peer,
+    },
     datapath::Installed,
-    host::netlink::{self, ROUTE_PROTOCOL},
+    host::netlink::{self, RouteFamily, ROUTE_PROTOCOL},
 };
 
 pub struct HostGw {
@@ -35,15 +38,17 @@ impl HostGw {
         })
     }
 
-    /// `ip route replace <subnet> via <public ip> dev <iface>`, and the same with `-6` for
-    /// a dual-stack peer.
+    /// `ip route replace <subnet> via <public ip> dev <iface>` for each family of the
+    /// peer's lease (`-6`: its IPv6 subnet via its public IPv6).
     pub async fn put(&self, peer: &Peer) -> Result<()> {
-        let (subnet, via) = (peer.subnet, peer.attrs.public_ip);
-        self.replace(self.route(&subnet, via))
-            .await
-            .with_context(|| format!("route {subnet} via {via} dev {}", self.if_name))?;
-        info!(%subnet, %via, "route added");
-        if let Some((subnet, via)) = ipv6_route(peer) {
+        let (v4, v6) = routes(&peer.subnets, &peer.attrs);
+        if let Some((subnet, via)) = v4 {
+            self.replace(self.route(&subnet, via))
+                .await
+                .with_context(|| format!("route {subnet} via {via} dev {}", self.if_name))?;
+            info!(%subnet, %via, "route added");
+        }
+        if let Some((subnet, via)) = v6 {
             self.replace(self.route6(&subnet, via))
                 .await
                 .with_context(|| format!("route {subnet} via {via} dev {}", self.if_name))?;
@@ -53,61 +58,60 @@ impl HostGw {
     }
 
     pub async fn remove(&self, peer: &Peer) -> Result<()> {
-        let route = self.route(&peer.subnet, peer.attrs.public_ip);
-        netlink::delete_route(&self.handle, route)
-            .await
-            .with_context(|| format!("route to {}", peer.subnet))?;
-        if let Some((subnet, via)) = ipv6_route(peer) {
+        let (v4, v6) = routes(&peer.subnets, &peer.attrs);
+        if let Some((subnet, via)) = v4 {
+            netlink::delete_route(&self.handle, self.route(&subnet, via))
+                .await
+                .with_context(|| format!("route to {subnet}"))?;
+        }
+        if let Some((subnet, via)) = v6 {
             netlink::delete_route(&self.handle, self.route6(&subnet, via))
                 .await
                 .with_context(|| format!("route to {subnet}"))?;
         }
-        info!(subnet = %peer.subnet, "route removed");
+        info!(subnets = %peer.subnets, "routes removed");
         Ok(())
     }
 
     /// Reads our routes on the interface back: returns the installed peers whose route (of
     /// either family) is missing or different, and deletes the routes no installed peer
     /// explains.
-    pub async fn audit(&self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
-        let mut held = BTreeSet::new();
-        for route in netlink::our_routes::<Ipv4Addr>(&self.handle).await? {
-            if route.oif != Some(self.if_index) {
-                continue;
-            }
-            let wanted = installed.get(&route.destination).map(|a| a.public_ip);
-            if wanted.is_some() && wanted == route.gateway {
-                held.insert(route.destination);
-                continue;
-            }
-            warn!(destination = %route.destination, gateway = ?route.gateway, "removing a stale route");
-            netlink::delete_route(&self.handle, route.message).await?;
-        }
-        // The IPv6 routes the installed peers need, by destination.
-        let wanted6: std::collections::BTreeMap<Ipv6Net, (Ipv4Net, Ipv6Addr)> = installed
+    pub async fn audit(&self, installed: &Installed) -> Result<BTreeSet<Subnets>> {
+        let peers = installed
             .iter()
-            .filter_map(|(subnet, attrs)| Some((attrs.ipv6_subnet?, (*subnet, attrs.public_ipv6?))))
-            .collect();
-        let mut held6 = BTreeSet::new();
-        for route in netlink::our_routes::<Ipv6Addr>(&self.handle).await? {
+            .map(|(subnets, attrs)| (subnets, routes(subnets, attrs)));
+        let wanted4 = peers
+            .clone()
+            .filter_map(|(s, (v4, _))| Some((v4?.0, (*s, v4?.1))));
+        let wanted6 = peers.filter_map(|(s, (_, v6))| Some((v6?.0, (*s, v6?.1))));
+        let mut missing = self.audit_family::<Ipv4Addr>(wanted4.collect()).await?;
+        missing.extend(self.audit_family::<Ipv6Addr>(wanted6.collect()).await?);
+        Ok(missing)
+    }
+
+    /// `audit` for one family, given the routes wanted by destination: the peers whose route
+    /// is missing or different.
+    async fn audit_family<A: RouteFamily>(
+        &self,
+        mut wanted: BTreeMap<A::Net, (Subnets, A)>,
+    ) -> Result<BTreeSet<Subnets>> {
+        for route in netlink::our_routes::<A>(&self.handle).await? {
             if route.oif != Some(self.if_index) {
                 continue;
             }
-            match wanted6.get(&route.destination) {
-                Some((subnet, via)) if route.gateway == Some(*via) => {
-                    held6.insert(*subnet);
+            match wanted.get(&route.destination) {
+                Some((_, via)) if route.gateway == Some(*via) => {
+                    wanted.remove(&route.destination);
                 }
                 _ => {
-                    warn!(destination = %route.destination, gateway = ?route.gateway, "removing a stale route");
+                    let destination: IpNet = route.destination.into();
+                    warn!(%destination, gateway = ?route.gateway.map(Into::<IpAddr>::into),
+                          "removing a stale route");
                     netlink::delete_route(&self.handle, route.message).await?;
                 }
             }
         }
-        let complete = |subnet: &Ipv4Net| {
-            held.contains(subnet)
-                && (!wanted6.values().any(|(s, _)| s == subnet) || held6.contains(subnet))
-        };
-        Ok(installed.keys().filter(|s| !complete(s)).copied().collect())
+        Ok(wanted.into_values().map(|(subnets, _)| subnets).collect())
     }
 
     async fn replace(&self, route: RouteMessage) -> Result<(), rtnetlink::Error> {
@@ -133,7 +137,10 @@ impl HostGw {
     }
 }
 
-/// A dual-stack peer's IPv6 route: its IPv6 subnet via its public IPv6.
-fn ipv6_route(peer: &Peer) -> Option<(Ipv6Net, Ipv6Addr)> {
-    Some((peer.attrs.ipv6_subnet?, peer.attrs.public_ipv6?))
+/// A peer's routes: each subnet of its lease via its public address of that family.
+type Routes = (Option<(Ipv4Net, Ipv4Addr)>, Option<(Ipv6Net, Ipv6Addr)>);
+
+fn routes(subnets: &Subnets, attrs: &LeaseAttrs) -> Routes {
+    let v4 = subnets.ipv4.map(|subnet| (subnet, attrs.public_ip));
+    (v4, subnets.ipv6.zip(attrs.public_ipv6))
 }

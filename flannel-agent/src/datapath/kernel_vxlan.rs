@@ -1,8 +1,8 @@
 //! flannel's vxlan backend on the kernel's vxlan device (`--datapath=classic`), as flanneld
 //! sets it up: device `flannel.<VNI>` (local = our address, dev = the interface, learning off,
 //! MTU = interface - 50) holding `<subnet>.0/32`, and per peer a permanent neighbour, an fdb
-//! entry and an onlink route, all through rtnetlink. A dual-stack network gets the same
-//! on `flannel-v6.<VNI>` (local = our public IPv6; the MTU 20 bytes lower, as the kernel
+//! entry and an onlink route, all through rtnetlink. IPv6 (dual-stack or IPv6-only) gets the
+//! same on `flannel-v6.<VNI>` (local = our public IPv6; the MTU 20 bytes lower, as the kernel
 //! makes flannel's) for IPv6 subnets.
 
 use std::{
@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use rtnetlink::{
     packet_route::{
         link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::{
     control::{
-        lease::{BackendAttrs, LeaseAttrs, Mac},
+        lease::{BackendAttrs, LeaseAttrs, Mac, Subnets},
         peers::Peer,
     },
     datapath::{overlay_device, Installed},
@@ -37,14 +37,23 @@ use crate::{
 };
 
 pub struct KernelVxlan {
-    v4: Device<Ipv4Addr>,
-    /// `flannel-v6.<VNI>`, in a dual-stack network.
+    vni: u32,
+    /// `flannel.<VNI>`, unless the network is IPv6-only.
+    v4: Option<Device<Ipv4Addr>>,
+    /// `flannel-v6.<VNI>`, in a dual-stack or IPv6-only network.
     v6: Option<Device<Ipv6Addr>>,
 }
 
 impl KernelVxlan {
-    /// `flannel.<VNI>`, and `flannel-v6.<VNI>` when `ipv6` (local: the public IPv6).
-    pub async fn start(vni: u32, port: u16, nic: &ExtIface, mtu: u32, ipv6: bool) -> Result<Self> {
+    /// `flannel.<VNI>` for IPv4 and `flannel-v6.<VNI>` for IPv6 (local: the public IPv6), as
+    /// the network's families ask.
+    pub async fn start(
+        vni: u32,
+        port: u16,
+        nic: &ExtIface,
+        mtu: u32,
+        (ipv4, ipv6): (bool, bool),
+    ) -> Result<Self> {
         let netlink = netlink::connect()?;
         // The eBPF datapath's GRO device, in metadata mode, would keep ours off the port.
         crate::datapath::ebpf::gro_device::remove(&netlink).await?;
@@ -63,22 +72,27 @@ impl KernelVxlan {
                 nic.name
             ),
         };
-        let v4 = Device::start(link, nic.addr, mtu).await?;
-        Ok(Self { v4, v6 })
+        let v4 = match ipv4 {
+            true => Some(Device::start(link, nic.addr, mtu).await?),
+            false => None,
+        };
+        Ok(Self { vni, v4, v6 })
     }
 
     pub fn lease_backend(&self) -> BackendAttrs {
         BackendAttrs::Vxlan {
-            vni: self.v4.link.vni,
-            vtep_mac: self.v4.mac,
+            vni: self.vni,
+            vtep_mac: self.v4.as_ref().map(|v4| v4.mac),
             v6_vtep_mac: self.v6.as_ref().map(|v6| v6.mac),
         }
     }
 
     /// The devices hold our subnets' first addresses, as flannel's.
-    pub async fn activate(&mut self, subnet: Ipv4Net, ipv6_subnet: Option<Ipv6Net>) -> Result<()> {
-        self.v4.activate(subnet).await?;
-        if let (Some(v6), Some(subnet)) = (&mut self.v6, ipv6_subnet) {
+    pub async fn activate(&mut self, ours: Subnets) -> Result<()> {
+        if let (Some(v4), Some(subnet)) = (&mut self.v4, ours.ipv4) {
+            v4.activate(subnet).await?;
+        }
+        if let (Some(v6), Some(subnet)) = (&mut self.v6, ours.ipv6) {
             v6.activate(subnet).await?;
         }
         Ok(())
@@ -86,7 +100,9 @@ impl KernelVxlan {
 
     /// Writes `peer` on each family's device; what `old` had and `peer` no longer has goes.
     pub async fn put(&self, old: Option<&Peer>, peer: &Peer) -> Result<()> {
-        self.v4.put(old.and_then(tunnel), tunnel(peer)).await?;
+        if let Some(v4) = &self.v4 {
+            v4.put(old.and_then(tunnel), tunnel(peer)).await?;
+        }
         if let Some(v6) = &self.v6 {
             v6.put(old.and_then(tunnel), tunnel(peer)).await?;
         }
@@ -94,7 +110,9 @@ impl KernelVxlan {
     }
 
     pub async fn remove(&self, peer: &Peer) -> Result<()> {
-        self.v4.put(tunnel(peer), None).await?;
+        if let Some(v4) = &self.v4 {
+            v4.put(tunnel(peer), None).await?;
+        }
         if let Some(v6) = &self.v6 {
             v6.put(tunnel(peer), None).await?;
         }
@@ -103,8 +121,11 @@ impl KernelVxlan {
 
     /// Reads both devices back (see `Device::audit`): returns the installed peers whose
     /// entries are missing or wrong on either.
-    pub async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
-        let mut drifted = self.v4.audit(installed).await?;
+    pub async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Subnets>> {
+        let mut drifted = BTreeSet::new();
+        if let Some(v4) = &mut self.v4 {
+            drifted.extend(v4.audit(installed).await?);
+        }
         if let Some(v6) = &mut self.v6 {
             drifted.extend(v6.audit(installed).await?);
         }
@@ -149,8 +170,8 @@ trait Family: RouteFamily + fmt::Display + fmt::Debug {
     const DEVICE: &'static str;
     /// The device's `local` attribute.
     fn local(self) -> InfoVxlan;
-    /// This family's half of the vxlan peer at `subnet` with `attrs`, if it has one.
-    fn tunnel(subnet: Ipv4Net, attrs: &LeaseAttrs) -> Option<Tunnel<Self>>;
+    /// This family's half of the vxlan peer at `subnets` with `attrs`, if it has one.
+    fn tunnel(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Tunnel<Self>>;
 }
 
 impl Family for Ipv4Addr {
@@ -158,10 +179,15 @@ impl Family for Ipv4Addr {
     fn local(self) -> InfoVxlan {
         InfoVxlan::Local(self)
     }
-    fn tunnel(subnet: Ipv4Net, attrs: &LeaseAttrs) -> Option<Tunnel<Self>> {
-        let BackendAttrs::Vxlan { vtep_mac, .. } = attrs.backend else {
+    fn tunnel(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Tunnel<Self>> {
+        let BackendAttrs::Vxlan {
+            vtep_mac: Some(vtep_mac),
+            ..
+        } = attrs.backend
+        else {
             return None;
         };
+        let subnet = subnets.ipv4?;
         Some(Tunnel {
             subnet,
             gateway: subnet.network(),
@@ -176,7 +202,7 @@ impl Family for Ipv6Addr {
     fn local(self) -> InfoVxlan {
         InfoVxlan::Local6(self)
     }
-    fn tunnel(_: Ipv4Net, attrs: &LeaseAttrs) -> Option<Tunnel<Self>> {
+    fn tunnel(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Tunnel<Self>> {
         let BackendAttrs::Vxlan {
             v6_vtep_mac: Some(mac),
             ..
@@ -184,7 +210,7 @@ impl Family for Ipv6Addr {
         else {
             return None;
         };
-        let subnet = attrs.ipv6_subnet?;
+        let subnet = subnets.ipv6?;
         Some(Tunnel {
             subnet,
             gateway: subnet.network(),
@@ -195,7 +221,7 @@ impl Family for Ipv6Addr {
 }
 
 fn tunnel<A: Family>(peer: &Peer) -> Option<Tunnel<A>> {
-    A::tunnel(peer.subnet, &peer.attrs)
+    A::tunnel(&peer.subnets, &peer.attrs)
 }
 
 impl<A: Family> Device<A> {
@@ -324,10 +350,10 @@ impl<A: Family> Device<A> {
     /// Reads the device, its routes, neighbours and fdb entries back: a device that went
     /// missing is recreated (every peer must then be rewritten), entries no installed peer
     /// explains are deleted. Returns the installed peers whose entries are missing or wrong.
-    async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
-        let wanted: Vec<(Ipv4Net, Tunnel<A>)> = installed
+    async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Subnets>> {
+        let wanted: Vec<(Subnets, Tunnel<A>)> = installed
             .iter()
-            .filter_map(|(subnet, attrs)| Some((*subnet, A::tunnel(*subnet, attrs)?)))
+            .filter_map(|(subnets, attrs)| Some((*subnets, A::tunnel(subnets, attrs)?)))
             .collect();
         if nix::net::if_::if_nametoindex(self.name.as_str()).ok() != Some(self.index) {
             warn!(device = %self.name, "the vxlan device is gone; recreating it");
@@ -339,15 +365,15 @@ impl<A: Family> Device<A> {
         }
         let netlink = &self.link.netlink;
         // What each route, neighbour and fdb entry should be, by its key.
-        let by_subnet: HashMap<A::Net, (Ipv4Net, A)> = wanted
+        let by_subnet: HashMap<A::Net, (Subnets, A)> = wanted
             .iter()
             .map(|(key, t)| (t.subnet, (*key, t.gateway)))
             .collect();
-        let by_gateway: HashMap<A, (Ipv4Net, Mac)> = wanted
+        let by_gateway: HashMap<A, (Subnets, Mac)> = wanted
             .iter()
             .map(|(key, t)| (t.gateway, (*key, t.mac)))
             .collect();
-        let mut by_fdb: HashMap<(Mac, A), Vec<Ipv4Net>> = HashMap::new();
+        let mut by_fdb: HashMap<(Mac, A), Vec<Subnets>> = HashMap::new();
         for (key, t) in &wanted {
             by_fdb.entry((t.mac, t.public)).or_default().push(*key);
         }
@@ -387,7 +413,7 @@ impl<A: Family> Device<A> {
                 }
             }
         }
-        let mut fdb: BTreeSet<Ipv4Net> = BTreeSet::new();
+        let mut fdb: BTreeSet<Subnets> = BTreeSet::new();
         for entry in netlink::neighbours(netlink, AddressFamily::Bridge).await? {
             if entry.header.ifindex != self.index {
                 continue;

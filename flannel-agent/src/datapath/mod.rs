@@ -10,14 +10,15 @@ pub mod udp_packet;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{anyhow, bail, Result};
-use ipnet::{Ipv4Net, Ipv6Net};
+use anyhow::{anyhow, bail, Context, Result};
 use tracing::warn;
+
+pub use crate::control::lease::Ours;
 
 use crate::{
     control::{
-        config::Backend,
-        lease::{BackendAttrs, LeaseAttrs},
+        config::{Backend, Config},
+        lease::{BackendAttrs, LeaseAttrs, Subnets},
         peers::Peer,
     },
     datapath::{
@@ -76,24 +77,16 @@ impl Options {
     }
 }
 
-/// Traffic per peer (subnet, public IP) and drops by reason.
+/// Traffic per peer (its IPv4 subnet and public IP; an IPv6-only peer's IPv6 ones) and drops
+/// by reason.
 pub type Counters = (
-    Vec<(Ipv4Net, std::net::Ipv4Addr, flannel_common::PeerTraffic)>,
+    Vec<(ipnet::IpNet, std::net::IpAddr, flannel_common::PeerTraffic)>,
     Vec<(flannel_common::DropReason, u64)>,
 );
 
-/// Our end of the overlay, once leased: the network and our subnet, and in a dual-stack
-/// network the IPv6 network and our IPv6 subnet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ours {
-    pub network: Ipv4Net,
-    pub subnet: Ipv4Net,
-    pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
-}
-
 /// The peers the kernel holds, as far as we know: an entry is added only once its writes
 /// succeeded, and `audit` takes out those the kernel no longer has.
-pub type Installed = BTreeMap<Ipv4Net, LeaseAttrs>;
+pub type Installed = BTreeMap<Subnets, LeaseAttrs>;
 
 /// A packet path, reconciled: `sync` brings the kernel from what it holds to the peer table
 /// for the subnets marked as changed, `audit` reads the kernel back so that what was removed
@@ -102,8 +95,8 @@ pub type Installed = BTreeMap<Ipv4Net, LeaseAttrs>;
 pub struct Datapath {
     kind: Kind,
     installed: Installed,
-    /// Subnets whose lease changed, or whose write failed, since the last `sync`.
-    pending: BTreeSet<Ipv4Net>,
+    /// Leases that changed, or whose write failed, since the last `sync`.
+    pending: BTreeSet<Subnets>,
 }
 
 enum Kind {
@@ -114,32 +107,28 @@ enum Kind {
 }
 
 impl Datapath {
-    /// Sets up the datapath (for IPv6 too when `ipv6`), or says clearly why this combination
+    /// Sets up the datapath for the network's families, or says clearly why this combination
     /// can't run.
-    pub async fn start(
-        options: &Options,
-        backend: &Backend,
-        iface: &ExtIface,
-        ipv6: bool,
-    ) -> Result<Self> {
+    pub async fn start(options: &Options, config: &Config, iface: &ExtIface) -> Result<Self> {
+        let (backend, families) = (&config.backend, config.families());
         let kind = match (backend, options.choice) {
             // host-gw is plain routing: nothing to encapsulate, the same on both datapaths.
             (Backend::HostGw, _) => {
-                iface.check_public_ip_is_local()?;
+                iface.check_public_ips_are_local(families)?;
                 Kind::HostGw(HostGw::new(&iface.name)?)
             }
             (Backend::Vxlan { .. } | Backend::Udp { .. }, Choice::Ebpf) => {
-                match EbpfDatapath::start(options, backend, iface, ipv6).await {
+                match EbpfDatapath::start(options, backend, iface, families).await {
                     Ok(datapath) => Kind::Ebpf(Box::new(datapath)),
                     Err(e) if e.is::<Unsupported>() => {
                         warn!("eBPF datapath unavailable ({e:#}); falling back to the classic datapath");
-                        Kind::classic(backend, iface, ipv6).await?
+                        Kind::classic(backend, iface, families).await?
                     }
                     Err(e) => return Err(e),
                 }
             }
             (Backend::Vxlan { .. } | Backend::Udp { .. }, Choice::Classic) => {
-                Kind::classic(backend, iface, ipv6).await?
+                Kind::classic(backend, iface, families).await?
             }
         };
         Ok(Self {
@@ -190,10 +179,11 @@ impl Datapath {
         match &mut self.kind {
             Kind::HostGw(_) => Ok(()),
             Kind::Ebpf(ebpf) => ebpf.activate(ours, mtu).await,
-            Kind::KernelVxlan(vxlan) => {
-                (vxlan.activate(ours.subnet, ours.ipv6.map(|(_, subnet)| subnet))).await
+            Kind::KernelVxlan(vxlan) => vxlan.activate(ours.subnets()).await,
+            Kind::TunUdp(tun) => {
+                let (network, subnet) = (ours.ipv4).context("the udp backend carries IPv4 only")?;
+                tun.activate(network, subnet).await
             }
-            Kind::TunUdp(tun) => tun.activate(ours.network, ours.subnet).await,
         }
     }
 
@@ -205,8 +195,8 @@ impl Datapath {
         }
     }
 
-    /// These subnets' leases changed: the next `sync` looks at them.
-    pub fn mark(&mut self, subnets: impl IntoIterator<Item = Ipv4Net>) {
+    /// These leases changed: the next `sync` looks at them.
+    pub fn mark(&mut self, subnets: impl IntoIterator<Item = Subnets>) {
         self.pending.extend(subnets);
     }
 
@@ -216,33 +206,33 @@ impl Datapath {
     /// change costs the same with 10 peers or 10,000.
     pub async fn sync(&mut self, desired: &Installed) -> Result<()> {
         let mut failures = Vec::new();
-        for subnet in std::mem::take(&mut self.pending) {
-            let old = self.installed.get(&subnet).map(|attrs| Peer {
-                subnet,
+        for subnets in std::mem::take(&mut self.pending) {
+            let old = self.installed.get(&subnets).map(|attrs| Peer {
+                subnets,
                 attrs: attrs.clone(),
             });
-            let result = match (old, desired.get(&subnet)) {
+            let result = match (old, desired.get(&subnets)) {
                 (old, Some(attrs)) if old.as_ref().map(|p| &p.attrs) != Some(attrs) => {
                     let new = Peer {
-                        subnet,
+                        subnets,
                         attrs: attrs.clone(),
                     };
                     let done = self.kind.put(old.as_ref(), &new, &self.installed).await;
                     done.map(|()| {
-                        self.installed.insert(subnet, new.attrs);
+                        self.installed.insert(subnets, new.attrs);
                     })
                 }
                 (Some(old), None) => {
                     let done = self.kind.remove(&old, &self.installed).await;
                     done.map(|()| {
-                        self.installed.remove(&subnet);
+                        self.installed.remove(&subnets);
                     })
                 }
                 _ => Ok(()),
             };
             if let Err(e) = result {
                 failures.push(e);
-                self.pending.insert(subnet);
+                self.pending.insert(subnets);
             }
         }
         match failures.len() {
@@ -275,10 +265,10 @@ impl Datapath {
             Kind::KernelVxlan(vxlan) => vxlan.audit(&self.installed).await?,
             Kind::TunUdp(tun) => tun.audit(&self.installed).await?,
         };
-        for subnet in drifted {
-            warn!(%subnet, "the kernel lost this peer's entries; rewriting them");
-            self.installed.remove(&subnet);
-            self.pending.insert(subnet);
+        for subnets in drifted {
+            warn!(%subnets, "the kernel lost this peer's entries; rewriting them");
+            self.installed.remove(&subnets);
+            self.pending.insert(subnets);
         }
         Ok(())
     }
@@ -307,11 +297,11 @@ impl Datapath {
 
 impl Kind {
     /// What Go flanneld does: the kernel's vxlan device, or the TUN loop for udp.
-    async fn classic(backend: &Backend, iface: &ExtIface, ipv6: bool) -> Result<Self> {
+    async fn classic(backend: &Backend, iface: &ExtIface, families: (bool, bool)) -> Result<Self> {
         let mtu = iface.overlay_mtu(backend);
         match backend {
             Backend::Vxlan { vni, port, .. } => Ok(Self::KernelVxlan(
-                KernelVxlan::start(*vni, *port, iface, mtu, ipv6).await?,
+                KernelVxlan::start(*vni, *port, iface, mtu, families).await?,
             )),
             Backend::Udp { port } => Ok(Self::TunUdp(TunUdp::start(*port, iface, mtu).await?)),
             Backend::HostGw => bail!("host-gw has no classic variant"),

@@ -19,7 +19,7 @@ use rtnetlink::Handle;
 use tracing::{error, info};
 
 use crate::{
-    control::peers::Peer,
+    control::{lease::Subnets, peers::Peer},
     datapath::{
         overlay_device,
         udp_packet::{self, Outbound, Routes},
@@ -82,20 +82,25 @@ impl TunUdp {
         Ok(())
     }
 
+    /// The udp backend carries IPv4 only: a lease's IPv4 subnet to its public IP.
     pub fn put(&mut self, peer: &Peer) {
         let mut state = self.state.write().expect("state lock");
-        state.routes.insert(peer.subnet, peer.attrs.public_ip);
+        if let Some(subnet) = peer.subnets.ipv4 {
+            state.routes.insert(subnet, peer.attrs.public_ip);
+        }
     }
 
     pub fn remove(&mut self, peer: &Peer) {
         let mut state = self.state.write().expect("state lock");
-        state.routes.remove(&peer.subnet);
+        if let Some(subnet) = peer.subnets.ipv4 {
+            state.routes.remove(&subnet);
+        }
     }
 
     /// The loop's table lives in this process, so only the device, its address and the
     /// network's route can be lost: they are restored; returns the installed peers the table
     /// lacks or holds otherwise.
-    pub async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Ipv4Net>> {
+    pub async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Subnets>> {
         let network = self.state.read().expect("state lock").network;
         if let (Some(network), Some(subnet)) = (network, self.subnet) {
             self.activate(network, subnet).await?;
@@ -103,8 +108,10 @@ impl TunUdp {
         let state = self.state.read().expect("state lock");
         Ok(installed
             .iter()
-            .filter(|(subnet, attrs)| state.routes.get(subnet) != Some(attrs.public_ip))
-            .map(|(subnet, _)| *subnet)
+            .filter(|(subnets, attrs)| {
+                (subnets.ipv4).is_some_and(|s| state.routes.get(&s) != Some(attrs.public_ip))
+            })
+            .map(|(subnets, _)| *subnets)
             .collect())
     }
 }

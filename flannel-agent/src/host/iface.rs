@@ -1,10 +1,11 @@
 //! Choosing the external interface, as flannel does: `--iface` (names or addresses, in
 //! order), then `--iface-regex` (addresses first, then names), then `--iface-can-reach`, then
-//! the interface of the default route.
+//! the interface of the default route. Addresses of either family count, so an IPv6-only host
+//! finds its interface too.
 
 use std::{
     fs,
-    net::{Ipv4Addr, Ipv6Addr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -16,12 +17,13 @@ use crate::control::config::Backend;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtIface {
     pub name: String,
-    /// The interface's own first IPv4 address.
+    /// The interface's own first IPv4 address; 0.0.0.0 on a host without IPv4 (an
+    /// IPv6-only network's, as flannel's leases write it).
     pub addr: Ipv4Addr,
     /// What we advertise: `--public-ip`, or `addr`.
     pub public_ip: Ipv4Addr,
-    /// What we advertise in a dual-stack network: `--public-ipv6`, or the interface's first
-    /// global IPv6 address.
+    /// What we advertise for IPv6: `--public-ipv6`, or the interface's first global IPv6
+    /// address.
     pub public_ipv6: Option<Ipv6Addr>,
     pub mtu: u32,
 }
@@ -30,53 +32,58 @@ pub struct ExtIface {
 pub struct IfaceOptions {
     pub iface: Vec<String>,
     pub iface_regex: Vec<String>,
-    pub iface_can_reach: Option<Ipv4Addr>,
+    pub iface_can_reach: Option<IpAddr>,
     pub public_ip: Option<Ipv4Addr>,
     pub public_ipv6: Option<Ipv6Addr>,
 }
 
-/// (interface name, IPv4 address) pairs, in the kernel's order.
-pub fn addresses() -> Result<Vec<(String, Ipv4Addr)>> {
-    Ok(getifaddrs()
+/// (interface name, address) pairs of both families, in the kernel's order (IPv4 first).
+pub fn addresses() -> Result<Vec<(String, IpAddr)>> {
+    let all: Vec<_> = getifaddrs()
         .context("listing interface addresses")?
         .filter_map(|ifa| {
-            let addr = ifa.address?.as_sockaddr_in()?.ip();
+            let address = ifa.address?;
+            let addr = match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
+                (Some(v4), _) => IpAddr::V4(v4.ip()),
+                (_, Some(v6)) => IpAddr::V6(v6.ip()),
+                _ => return None,
+            };
             Some((ifa.interface_name, addr))
         })
-        .collect())
+        .collect();
+    let (v4, v6): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, a)| a.is_ipv4());
+    Ok(v4.into_iter().chain(v6).collect())
 }
 
-/// The first IPv6 address of `name` that other hosts can reach: not link-local, loopback or
-/// multicast.
-fn global_ipv6(name: &str) -> Option<Ipv6Addr> {
-    getifaddrs().ok()?.find_map(|ifa| {
-        let addr = ifa.address?.as_sockaddr_in6()?.ip();
-        let global = !addr.is_loopback() && !addr.is_unicast_link_local() && !addr.is_multicast();
-        (ifa.interface_name == name && global).then_some(addr)
-    })
+/// An address other hosts can reach: not link-local, loopback or multicast.
+fn reachable(addr: &IpAddr) -> bool {
+    let link_local = match addr {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    !addr.is_loopback() && !addr.is_multicast() && !link_local
 }
 
-fn first_addr(all: &[(String, Ipv4Addr)], name: &str) -> Option<Ipv4Addr> {
-    all.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
-}
-
-fn owner_of(all: &[(String, Ipv4Addr)], addr: Ipv4Addr) -> Option<String> {
+fn owner_of(all: &[(String, IpAddr)], addr: IpAddr) -> Option<String> {
     all.iter().find(|(_, a)| *a == addr).map(|(n, _)| n.clone())
 }
 
+/// flannel's choice of interface: `--iface` (names or addresses of either family, in
+/// order), then `--iface-regex` (addresses first, then names), then `--iface-can-reach`,
+/// then the interface of the default route (IPv4's, else IPv6's).
 pub fn choose(options: &IfaceOptions) -> Result<ExtIface> {
     let all = addresses()?;
     let name = if !options.iface.is_empty() {
         options
             .iface
             .iter()
-            .find_map(|wanted| match wanted.parse::<Ipv4Addr>() {
+            .find_map(|wanted| match wanted.parse::<IpAddr>() {
                 Ok(addr) => owner_of(&all, addr),
                 Err(_) => all.iter().any(|(n, _)| n == wanted).then(|| wanted.clone()),
             })
             .ok_or_else(|| {
                 anyhow!(
-                    "--iface: none of {:?} is an interface with an IPv4 address",
+                    "--iface: none of {:?} is an interface with an address, or an address of one",
                     options.iface
                 )
             })?
@@ -86,17 +93,18 @@ pub fn choose(options: &IfaceOptions) -> Result<ExtIface> {
             .iter()
             .map(|r| Regex::new(r).with_context(|| format!("--iface-regex: {r:?} is not a regex")))
             .collect::<Result<Vec<_>>>()?;
+        let candidates: Vec<_> = all.iter().filter(|(_, a)| reachable(a)).collect();
         regexes
             .iter()
             .find_map(|re| {
-                all.iter()
+                (candidates.iter())
                     .find(|(_, a)| re.is_match(&a.to_string()))
-                    .or_else(|| all.iter().find(|(n, _)| re.is_match(n)))
+                    .or_else(|| candidates.iter().find(|(n, _)| re.is_match(n)))
                     .map(|(n, _)| n.clone())
             })
             .ok_or_else(|| {
                 anyhow!(
-                    "--iface-regex: no interface or IPv4 address matches {:?}",
+                    "--iface-regex: no interface or address matches {:?}",
                     options.iface_regex
                 )
             })?
@@ -108,8 +116,19 @@ pub fn choose(options: &IfaceOptions) -> Result<ExtIface> {
     } else {
         default_route_iface()?
     };
-    let addr =
-        first_addr(&all, &name).ok_or_else(|| anyhow!("interface {name} has no IPv4 address"))?;
+    let of_iface = || all.iter().filter(|(n, _)| *n == name).map(|(_, a)| *a);
+    let addr = of_iface().find_map(|a| match a {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    });
+    let global_ipv6 = of_iface().find_map(|a| match a {
+        IpAddr::V6(v6) if reachable(&a) => Some(v6),
+        _ => None,
+    });
+    if addr.is_none() && global_ipv6.is_none() {
+        bail!("interface {name} has neither an IPv4 nor a global IPv6 address");
+    }
+    let addr = addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let mtu_path = format!("/sys/class/net/{name}/mtu");
     let mtu = fs::read_to_string(&mtu_path)
         .with_context(|| format!("reading {mtu_path}"))?
@@ -118,7 +137,7 @@ pub fn choose(options: &IfaceOptions) -> Result<ExtIface> {
         .with_context(|| format!("{mtu_path} holds no number"))?;
     Ok(ExtIface {
         public_ip: options.public_ip.unwrap_or(addr),
-        public_ipv6: options.public_ipv6.or_else(|| global_ipv6(&name)),
+        public_ipv6: options.public_ipv6.or(global_ipv6),
         name,
         addr,
         mtu,
@@ -142,39 +161,44 @@ impl ExtIface {
         mtu.min(self.mtu.saturating_sub(flannel_common::VXLAN6_OVERHEAD))
     }
 
-    /// host-gw routes via the public IP on this interface: refuse anything else.
-    pub fn check_public_ip_is_local(&self) -> Result<()> {
+    /// host-gw routes via the public addresses (of the families in use, `(ipv4, ipv6)`) on
+    /// this interface: refuse anything else.
+    pub fn check_public_ips_are_local(&self, (ipv4, ipv6): (bool, bool)) -> Result<()> {
         let all = addresses()?;
-        if !all
-            .iter()
-            .any(|(n, a)| *n == self.name && *a == self.public_ip)
-        {
-            bail!(
-                "host-gw: the public IP {} is not an address of {}; host-gw routes through it",
-                self.public_ip,
-                self.name
-            );
+        let wanted = [
+            ipv4.then_some(IpAddr::V4(self.public_ip)),
+            self.public_ipv6.filter(|_| ipv6).map(IpAddr::V6),
+        ];
+        for ip in wanted.into_iter().flatten() {
+            if !all.iter().any(|(n, a)| *n == self.name && *a == ip) {
+                bail!(
+                    "host-gw: the public IP {ip} is not an address of {}; host-gw routes through it",
+                    self.name
+                );
+            }
         }
         Ok(())
     }
 }
 
 /// The local address the kernel would use to reach `target` (no packet is sent).
-fn source_for(target: Ipv4Addr) -> Result<Ipv4Addr> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+fn source_for(target: IpAddr) -> Result<IpAddr> {
+    let any: IpAddr = match target {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = UdpSocket::bind((any, 0))?;
     socket
         .connect((target, 9))
         .with_context(|| format!("--iface-can-reach: no route to {target}"))?;
-    match socket.local_addr()?.ip() {
-        std::net::IpAddr::V4(addr) => Ok(addr),
-        other => bail!("--iface-can-reach: route to {target} has source {other}"),
-    }
+    Ok(socket.local_addr()?.ip())
 }
 
-/// The interface of the IPv4 default route with the lowest metric.
+/// The interface of the default route with the lowest metric: IPv4's, else IPv6's (an
+/// IPv6-only host).
 fn default_route_iface() -> Result<String> {
     let table = fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;
-    table
+    let v4 = table
         .lines()
         .skip(1)
         .filter_map(|line| {
@@ -189,6 +213,31 @@ fn default_route_iface() -> Result<String> {
                 .then(|| (metric.parse::<u32>().unwrap_or(u32::MAX), iface.to_string()))
         })
         .min()
-        .map(|(_, iface)| iface)
+        .map(|(_, iface)| iface);
+    let v6 = || {
+        // dest, dest prefix, src, src prefix, next hop, metric, refs, use, flags, iface
+        let table = fs::read_to_string("/proc/net/ipv6_route").ok()?;
+        table
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (dest, len, metric, iface) = (
+                    fields.first()?,
+                    fields.get(1)?,
+                    fields.get(5)?,
+                    fields.get(9)?,
+                );
+                let default = dest.chars().all(|c| c == '0') && *len == "00" && *iface != "lo";
+                default.then(|| {
+                    (
+                        u32::from_str_radix(metric, 16).unwrap_or(u32::MAX),
+                        iface.to_string(),
+                    )
+                })
+            })
+            .min()
+            .map(|(_, iface)| iface)
+    };
+    v4.or_else(v6)
         .ok_or_else(|| anyhow!("no default route: name the interface with --iface"))
 }

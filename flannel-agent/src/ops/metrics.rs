@@ -1,10 +1,10 @@
 //! `/metrics` in the Prometheus text format: per-peer traffic and drops by reason from the
 //! BPF counters, lease and etcd gauges and counters, and the datapath in use.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{fmt::Write as _, net::IpAddr};
 
 use flannel_common::{DropReason, PeerTraffic};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::datapath::ebpf::ReceivePath;
 
@@ -23,8 +23,9 @@ pub struct Snapshot {
     pub etcd_errors: u64,
     pub datapath_errors: u64,
     pub lease_overwrites: u64,
-    /// Per peer (subnet, public IP), where the datapath counts (eBPF).
-    pub traffic: Vec<(Ipv4Net, Ipv4Addr, PeerTraffic)>,
+    /// Per peer (subnet, public IP; IPv6 ones for an IPv6-only peer), where the datapath
+    /// counts (eBPF).
+    pub traffic: Vec<(IpNet, IpAddr, PeerTraffic)>,
     pub drops: Vec<(DropReason, u64)>,
 }
 
@@ -179,7 +180,7 @@ mod tests {
             renewals: 2,
             traffic: vec![(
                 "10.1.74.0/24".parse().unwrap(),
-                Ipv4Addr::new(192, 168, 64, 3),
+                "192.168.64.3".parse().unwrap(),
                 PeerTraffic {
                     tx_packets: 5,
                     tx_bytes: 500,

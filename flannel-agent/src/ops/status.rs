@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -18,8 +18,9 @@ use crate::{
     cli::{EtcdArgs, PinDirArg},
     control::{
         config::{self, Config},
+        lease::Subnets,
         lease::{BackendAttrs, Mac},
-        peers::{Ipv6Rules, PeerTable, Rules},
+        peers::{PeerTable, Rules},
         registry::{EtcdOptions, Registry, Snapshot},
         subnet_env,
     },
@@ -82,9 +83,10 @@ struct EtcdState {
 
 #[derive(Serialize)]
 struct LeaseReport {
-    subnet: String,
+    /// None in an IPv6-only network.
+    subnet: Option<String>,
     public_ip: String,
-    /// Dual stack: the IPv6 subnet and public IPv6.
+    /// IPv6: the IPv6 subnet and public IPv6.
     #[serde(skip_serializing_if = "Option::is_none")]
     ipv6_subnet: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,8 +109,13 @@ struct DatapathReport {
 
 #[derive(Serialize)]
 struct PeerReport {
-    subnet: String,
+    /// None in an IPv6-only network.
+    subnet: Option<String>,
     public_ip: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipv6_subnet: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_ipv6: Option<String>,
     vtep_mac: Option<String>,
     tx_packets: Option<u64>,
     tx_bytes: Option<u64>,
@@ -118,14 +125,16 @@ struct PeerReport {
 
 impl PeerReport {
     fn new(
-        subnet: ipnet::Ipv4Net,
-        public_ip: Ipv4Addr,
+        subnets: Subnets,
+        (public_ip, public_ipv6): (Ipv4Addr, Option<Ipv6Addr>),
         vtep_mac: Option<Mac>,
         traffic: Option<PeerTraffic>,
     ) -> Self {
         Self {
-            subnet: subnet.to_string(),
+            subnet: subnets.ipv4.map(|s| s.to_string()),
             public_ip: public_ip.to_string(),
+            ipv6_subnet: subnets.ipv6.map(|s| s.to_string()),
+            public_ipv6: public_ipv6.map(|ip| ip.to_string()),
             vtep_mac: vtep_mac.map(|m| m.to_string()),
             tx_packets: traffic.map(|t| t.tx_packets),
             tx_bytes: traffic.map(|t| t.tx_bytes),
@@ -148,8 +157,7 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
     let etcd = read_etcd(&args.etcd.options()).await;
     let own = subnet_env::previous_subnets(&args.subnet_file)
         .ok()
-        .flatten()
-        .map(|(subnet, _)| subnet);
+        .flatten();
     let pinned = read_pins(&args.pins.bpf_pin_dir).ok();
     let datapath = describe_datapath(pinned.as_ref(), own, &args.pins.bpf_pin_dir).await?;
     let traffic = |ip: &Ipv4Addr| pinned.as_ref().and_then(|p| p.traffic.get(ip)).copied();
@@ -172,31 +180,28 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
     };
     match &etcd {
         Ok((config, snapshot)) => {
-            let own_lease = own.and_then(|s| snapshot.leases.iter().find(|l| l.subnet == s));
+            let own_lease = own.and_then(|s| snapshot.leases.iter().find(|l| l.subnets == s));
             // The agent's rules decide who is a peer, here as in the agent.
-            let mut table = PeerTable::new(Rules {
-                network: config.network,
-                subnet_len: config.subnet_len,
-                own_subnet: own,
-                own_ip: own_lease.map(|l| l.attrs.public_ip),
-                backend_type: config.backend.type_name().to_owned(),
-                prefix: args.etcd.etcd_prefix.clone(),
-                ipv6: (config.ipv6.as_ref()).map(|v6| Ipv6Rules {
-                    network: v6.network,
-                    subnet_len: v6.subnet_len,
-                    own_subnet: own_lease.and_then(|l| l.attrs.ipv6_subnet),
-                    own_ip: own_lease.and_then(|l| l.attrs.public_ipv6),
-                }),
-            });
+            let own = own_lease.map(|l| (&l.subnets, &l.attrs));
+            let mut table = PeerTable::new(Rules::of(config, &args.etcd.etcd_prefix, own));
             table.resync(&snapshot.leases);
             report.peers = (table.desired().iter())
-                .map(|(subnet, attrs)| {
+                .map(|(subnets, attrs)| {
                     let vtep_mac = match &attrs.backend {
-                        BackendAttrs::Vxlan { vtep_mac, .. } => Some(*vtep_mac),
+                        BackendAttrs::Vxlan {
+                            vtep_mac,
+                            v6_vtep_mac,
+                            ..
+                        } => vtep_mac.or(*v6_vtep_mac),
                         _ => None,
                     };
-                    let ip = attrs.public_ip;
-                    PeerReport::new(*subnet, ip, vtep_mac, traffic(&ip))
+                    let ips = (attrs.public_ip, attrs.public_ipv6);
+                    // IPv6-only peers count under a key of their IPv6 subnet.
+                    let key = match (subnets.ipv4, subnets.ipv6) {
+                        (None, Some(subnet)) => ebpf::ipv6::traffic_key(subnet),
+                        _ => attrs.public_ip,
+                    };
+                    PeerReport::new(*subnets, ips, vtep_mac, traffic(&key))
                 })
                 .collect();
             report.rejected = (table.rejected().iter())
@@ -207,21 +212,30 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
                 })
                 .collect();
             report.lease = own_lease.map(|l| LeaseReport {
-                subnet: l.subnet.to_string(),
+                subnet: l.subnets.ipv4.map(|s| s.to_string()),
                 public_ip: l.attrs.public_ip.to_string(),
-                ipv6_subnet: l.attrs.ipv6_subnet.map(|s| s.to_string()),
+                ipv6_subnet: l.subnets.ipv6.map(|s| s.to_string()),
                 public_ipv6: l.attrs.public_ipv6.map(|ip| ip.to_string()),
                 backend: l.attrs.backend.type_name().to_owned(),
                 reservation: l.lease_id == 0,
             });
-            report.network = Some(config.network.to_string());
+            let networks = [
+                config.ipv4.as_ref().map(|v4| v4.network.to_string()),
+                config.ipv6.as_ref().map(|v6| v6.network.to_string()),
+            ];
+            report.network = Some(networks.into_iter().flatten().collect::<Vec<_>>().join(" "));
             report.backend = Some(config.backend.type_name().to_owned());
         }
         Err(_) => {
             // What this host holds: subnet.env's network, the peers in the pinned maps.
             report.network = subnet_env::read_vars(&args.subnet_file)
                 .ok()
-                .and_then(|vars| vars.get("FLANNEL_NETWORK").cloned());
+                .and_then(|vars| {
+                    let networks = ["FLANNEL_NETWORK", "FLANNEL_IPV6_NETWORK"];
+                    let found: Vec<_> = networks.iter().filter_map(|k| vars.get(*k)).collect();
+                    (!found.is_empty())
+                        .then(|| found.into_iter().cloned().collect::<Vec<_>>().join(" "))
+                });
             let vxlan = pinned
                 .as_ref()
                 .is_some_and(|p| p.config.encap == Encap::Vxlan as u16);
@@ -230,7 +244,7 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
                     let ip = Ipv4Addr::from(u32::from_be(tunnel.remote_ip_be));
                     let mac =
                         vxlan.then(|| Mac(tunnel.header[36..42].try_into().expect("six bytes")));
-                    PeerReport::new(*subnet, ip, mac, traffic(&ip))
+                    PeerReport::new(Subnets::ipv4(*subnet), (ip, None), mac, traffic(&ip))
                 })
                 .collect();
         }
@@ -257,7 +271,7 @@ async fn read_etcd(options: &EtcdOptions) -> Result<(Config, Snapshot)> {
 /// The datapath and where the kernel has its programs attached.
 async fn describe_datapath(
     pinned: Option<&Pinned>,
-    own: Option<ipnet::Ipv4Net>,
+    own: Option<Subnets>,
     pin_dir: &Path,
 ) -> Result<DatapathReport> {
     let exists = |name: &str| Path::new("/sys/class/net").join(name).exists();
@@ -267,6 +281,7 @@ async fn describe_datapath(
         let nic = nix::net::if_::if_indextoname(nic_index)
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|_| format!("ifindex {nic_index}"));
+        let own = own.and_then(|s| s.ipv4.map(Into::into).or(s.ipv6.map(Into::into)));
         let bridge = own.and_then(ebpf::bridge_of);
         let mut points = vec![
             (nic.clone(), false, format!("tc ingress on {nic}")),
@@ -356,10 +371,10 @@ fn print_text(report: &Report) {
     if let Some(error) = &report.etcd.error {
         println!("etcd:      unreachable ({error}); what this host holds:");
     }
-    match &report.lease {
+    match report.lease.as_ref().filter(|l| l.subnet.is_some()) {
         Some(lease) => println!(
             "lease:     {} (public IP {}, {}{})",
-            lease.subnet,
+            lease.subnet.as_deref().unwrap_or("-"),
             lease.public_ip,
             lease.backend,
             if lease.reservation {
@@ -368,6 +383,7 @@ fn print_text(report: &Report) {
                 ""
             }
         ),
+        None if report.lease.is_some() => {}
         None => println!("lease:     none found for this host's subnet file"),
     }
     if let Some(lease) = &report.lease {
@@ -407,10 +423,18 @@ fn print_text(report: &Report) {
     );
     let count = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
     for peer in &report.peers {
+        // IPv6 only: the IPv6 subnet and address.
+        let (subnet, ip) = match &peer.subnet {
+            Some(subnet) => (subnet.as_str(), peer.public_ip.as_str()),
+            None => (
+                peer.ipv6_subnet.as_deref().unwrap_or("-"),
+                peer.public_ipv6.as_deref().unwrap_or("-"),
+            ),
+        };
         println!(
             "{:<18} {:<16} {:<18} {:>10} {:>12} {:>10} {:>12}",
-            peer.subnet,
-            peer.public_ip,
+            subnet,
+            ip,
             peer.vtep_mac.as_deref().unwrap_or("-"),
             count(peer.tx_packets),
             count(peer.tx_bytes),

@@ -10,17 +10,21 @@
 //! - `tc_ingress` lets in IPv6 vxlan packets from current peers only, with our VNI, and
 //!   decapsulates them for the stack.
 //! - The maps: a peer's IPv6 subnet → its tunnel (`ROUTES6`), its public IPv6 → the subnet it
-//!   speaks for (`PEERS6`). IPv6 traffic counts under the peer's public IPv4, with its IPv4.
+//!   speaks for (`PEERS6`). IPv6 traffic counts under the peer's public IPv4, with its IPv4;
+//!   in an IPv6-only network under a key made of its IPv6 subnet (`traffic_key`).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv6Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use flannel_common::{DatapathConfig6, PeerInfo6, Tunnel6};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::Ipv6Net;
 
-use crate::{control::lease::LeaseAttrs, datapath::Installed};
+use crate::{
+    control::lease::{BackendAttrs, LeaseAttrs, Subnets},
+    datapath::Installed,
+};
 
 /// Our IPv6 end: the network, our subnet and our public IPv6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +45,7 @@ pub fn config(ours: &Ours6, overlay_ifindex: u32) -> DatapathConfig6 {
     }
 }
 
-/// A dual-stack vxlan peer's IPv6 entries.
+/// A vxlan peer's IPv6 entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entries {
     pub subnet: Ipv6Net,
@@ -50,40 +54,59 @@ pub struct Entries {
     pub peer: PeerInfo6,
 }
 
+impl Entries {
+    /// The key of the peer's traffic counters (network byte order, as an address).
+    pub fn traffic_key(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from_be(self.peer.traffic_key_be))
+    }
+}
+
 /// The entries for a lease with an IPv6 half; None for an IPv4-only one.
-pub fn entries(attrs: &LeaseAttrs) -> Option<Entries> {
-    let (subnet, public_ip) = (attrs.ipv6_subnet?, attrs.public_ipv6?);
-    let crate::control::lease::BackendAttrs::Vxlan {
+pub fn entries(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Entries> {
+    let (subnet, public_ip) = (subnets.ipv6?, attrs.public_ipv6?);
+    let BackendAttrs::Vxlan {
         v6_vtep_mac: Some(mac),
         ..
     } = attrs.backend
     else {
         return None;
     };
-    let ipv4_be = u32::from(attrs.public_ip).to_be();
+    let key = match subnets.ipv4 {
+        Some(_) => attrs.public_ip,
+        None => traffic_key(subnet),
+    };
+    let key_be = u32::from(key).to_be();
     Some(Entries {
         subnet,
         tunnel: Tunnel6 {
             remote_ip: public_ip.octets(),
             remote_mac: mac.0,
             _pad: [0; 2],
-            remote_ipv4_be: ipv4_be,
+            traffic_key_be: key_be,
         },
         public_ip,
         peer: PeerInfo6 {
             subnet: subnet.network().octets(),
             subnet_mask: subnet.netmask().octets(),
-            ipv4_be,
+            traffic_key_be: key_be,
         },
     })
 }
 
+/// An IPv6-only peer's traffic key: its subnet's number, the bits between the network's
+/// prefix and the subnet's length (unique among leases that don't overlap, while at most 32
+/// bits; 16 with flannel's /48 network and /64 subnets).
+pub fn traffic_key(subnet: Ipv6Net) -> Ipv4Addr {
+    let number = u128::from(subnet.network()) >> (128 - u32::from(subnet.prefix_len()));
+    Ipv4Addr::from(number as u32)
+}
+
 /// What the IPv6 maps should hold for the installed peers: each route by its IPv6 subnet,
 /// and each public IPv6's entry, named by the smallest subnet using it (as `put` writes it);
-/// with the (IPv4-keyed) peer each comes from.
+/// with the lease each comes from.
 pub struct Wanted {
-    pub routes: BTreeMap<Ipv6Net, (Ipv4Net, Tunnel6)>,
-    pub peers: HashMap<Ipv6Addr, (Ipv4Net, PeerInfo6)>,
+    pub routes: BTreeMap<Ipv6Net, (Subnets, Tunnel6)>,
+    pub peers: HashMap<Ipv6Addr, (Subnets, PeerInfo6)>,
 }
 
 impl Wanted {
@@ -93,7 +116,7 @@ impl Wanted {
             peers: HashMap::new(),
         };
         for (key, attrs) in installed {
-            let Some(entries) = entries(attrs) else {
+            let Some(entries) = entries(key, attrs) else {
                 continue;
             };
             wanted.routes.insert(entries.subnet, (*key, entries.tunnel));
@@ -112,10 +135,10 @@ impl Wanted {
         installed: &Installed,
         routes: &BTreeMap<Ipv6Net, Tunnel6>,
         peers: &HashMap<Ipv6Addr, PeerInfo6>,
-    ) -> BTreeSet<Ipv4Net> {
+    ) -> BTreeSet<Subnets> {
         installed
             .iter()
-            .filter_map(|(key, attrs)| Some((*key, entries(attrs)?)))
+            .filter_map(|(key, attrs)| Some((*key, entries(key, attrs)?)))
             .filter(|(_, e)| {
                 routes.get(&e.subnet) != Some(&e.tunnel)
                     || peers.get(&e.public_ip) != self.peers.get(&e.public_ip).map(|w| &w.1)

@@ -32,16 +32,16 @@ use aya::{
 };
 use flannel_common::{
     mask_be, pins::Pins, DatapathConfig, DatapathConfig6, Encap, Endpoint, PeerInfo, PeerInfo6,
-    Tunnel, Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, THROUGH_NETFILTER,
+    Tunnel, Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, THROUGH_NETFILTER,
 };
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 use tracing::{info, warn};
 
 use crate::{
     control::{
         config::Backend,
-        lease::{BackendAttrs, LeaseAttrs, Mac},
+        lease::{BackendAttrs, LeaseAttrs, Mac, Subnets},
         peers::Peer,
     },
     datapath::{kernel_vxlan, overlay_device, Decap, Installed, Options, Ours},
@@ -121,7 +121,9 @@ pub struct EbpfDatapath {
     netlink: Handle,
     overlay_index: u32,
     vtep_mac: Mac,
-    /// The network is dual-stack: IPv6 too, between public IPv6 addresses.
+    /// The network carries IPv4 (all but IPv6-only ones).
+    ipv4: bool,
+    /// The network carries IPv6, between public IPv6 addresses.
     ipv6: bool,
     /// The networks, our subnets and the overlay MTU, once activated.
     active: Option<(Ours, u32)>,
@@ -140,7 +142,7 @@ impl EbpfDatapath {
         options: &Options,
         backend: &Backend,
         nic: &ExtIface,
-        ipv6: bool,
+        (ipv4, ipv6): (bool, bool),
     ) -> Result<Self> {
         let kernel = KernelVersion::current().context("reading the kernel version")?;
         if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
@@ -185,6 +187,7 @@ impl EbpfDatapath {
             netlink,
             overlay_index,
             vtep_mac,
+            ipv4,
             ipv6,
             active: None,
             bridge: None,
@@ -207,7 +210,7 @@ impl EbpfDatapath {
             // One VTEP MAC for both families: the overlay device's.
             Encap::Vxlan => BackendAttrs::Vxlan {
                 vni: self.vni,
-                vtep_mac: self.vtep_mac,
+                vtep_mac: self.ipv4.then_some(self.vtep_mac),
                 v6_vtep_mac: self.ipv6.then_some(self.vtep_mac),
             },
             Encap::Udp => BackendAttrs::Udp,
@@ -215,14 +218,13 @@ impl EbpfDatapath {
     }
 
     /// Our subnets are known: the overlay device takes `<subnet>.0/32` (the source of host
-    /// traffic, as flannel's devices), and `<subnet>::/128` in a dual-stack network, the
-    /// networks are routed to it, the maps configured.
+    /// traffic, as flannel's devices) and `<subnet>::/128` for IPv6, the networks are routed
+    /// to it, the maps configured.
     pub async fn activate(&mut self, ours: Ours, mtu: u32) -> Result<()> {
-        let Ours {
-            network, subnet, ..
-        } = ours;
         let (netlink, index) = (&self.netlink, self.overlay_index);
-        overlay_device::take_network(netlink, index, OVERLAY_DEV, (network, subnet), None).await?;
+        if let Some(networks) = ours.ipv4 {
+            overlay_device::take_network(netlink, index, OVERLAY_DEV, networks, None).await?;
+        }
         let ours6 = self.ours6(&ours)?;
         if let Some(ours6) = &ours6 {
             let mtu6 = self.nic.ipv6_tunnel_mtu(mtu);
@@ -237,11 +239,21 @@ impl EbpfDatapath {
             gro_device::remove(&self.netlink).await?;
             0
         };
+        let (network, subnet) = ours.ipv4.unwrap_or_default();
+        let flags = match (self.check_inner_source, self.fast_path) {
+            (true, true) => CHECK_INNER_SOURCE,
+            (true, false) => CHECK_INNER_SOURCE | THROUGH_NETFILTER,
+            (false, true) => 0,
+            (false, false) => THROUGH_NETFILTER,
+        };
         self.programs.set_config(DatapathConfig {
             vni: self.vni,
             port_be: self.port.to_be(),
             encap: self.encap as u16,
-            local_ip_be: u32::from(self.nic.addr).to_be(),
+            local_ip_be: match ours.ipv4 {
+                Some(_) => u32::from(self.nic.addr).to_be(),
+                None => 0,
+            },
             nic_ifindex,
             vtep_mac: self.vtep_mac.0,
             inner_mtu: mtu,
@@ -250,12 +262,7 @@ impl EbpfDatapath {
             network_mask_be: mask_be(network.prefix_len()),
             subnet_be: u32::from(subnet.network()).to_be(),
             subnet_mask_be: mask_be(subnet.prefix_len()),
-            flags: match (self.check_inner_source, self.fast_path) {
-                (true, true) => CHECK_INNER_SOURCE,
-                (true, false) => CHECK_INNER_SOURCE | THROUGH_NETFILTER,
-                (false, true) => 0,
-                (false, false) => THROUGH_NETFILTER,
-            },
+            flags: flags | if ours.ipv4.is_none() { IPV6_ONLY } else { 0 },
             ..Default::default()
         })?;
         self.programs.set_config6(match &ours6 {
@@ -266,7 +273,7 @@ impl EbpfDatapath {
         Ok(())
     }
 
-    /// Our IPv6 end, in a dual-stack network.
+    /// Our IPv6 end, in a dual-stack or IPv6-only network.
     fn ours6(&self, ours: &Ours) -> Result<Option<ipv6::Ours6>> {
         let Some((network, subnet)) = ours.ipv6.filter(|_| self.ipv6) else {
             return Ok(None);
@@ -319,7 +326,13 @@ impl EbpfDatapath {
     /// The container bridge: the interface holding an address of our subnet, and its ifindex.
     fn find_bridge(&self) -> Option<(String, u32)> {
         let (ours, _) = self.active?;
-        bridge_of(ours.subnet)
+        let subnets = ours.subnets();
+        bridge_of(
+            subnets
+                .ipv4
+                .map(Into::into)
+                .or(subnets.ipv6.map(Into::into))?,
+        )
     }
 
     /// The fast path: attach `tc_encap` to the container bridge once it exists (Docker may
@@ -340,24 +353,29 @@ impl EbpfDatapath {
         }
     }
 
-    /// Routes `peer`'s subnet through its tunnel and lets its public IP send to us; an IP
-    /// `old` had and no other peer uses stops being a peer.
+    /// Routes `peer`'s subnets through its tunnels and lets its public addresses send to
+    /// us; an IP `old` had and no other peer uses stops being a peer.
     pub fn put(&mut self, old: Option<&Peer>, peer: &Peer, installed: &Installed) -> Result<()> {
         let ip = peer.attrs.public_ip;
-        let (subnet, owner) = owner_of(installed, Some(peer), None, |a| a.public_ip == ip)
-            .unwrap_or((peer.subnet, &peer.attrs));
-        self.programs
-            .insert_peer(ip, peer_info((subnet, vtep_mac(owner))))?;
-        self.programs.track_traffic(ip)?;
-        self.programs
-            .insert_route(peer.subnet, self.tunnel(&peer.attrs))?;
+        if let Some(subnet) = peer.subnets.ipv4 {
+            let uses = |s: &Subnets, a: &LeaseAttrs| s.ipv4.is_some() && a.public_ip == ip;
+            let (owner, attrs) =
+                owner_of(installed, Some(peer), None, uses).unwrap_or((peer.subnets, &peer.attrs));
+            let owner = owner.ipv4.expect("an IPv4 peer");
+            self.programs
+                .insert_peer(ip, peer_info((owner, vtep_mac(attrs))))?;
+            self.programs.track_traffic(ip)?;
+            self.programs
+                .insert_route(subnet, self.tunnel(&peer.attrs))?;
+        }
         if self.ipv6 {
             self.put6(old, peer, installed)?;
         }
-        if let Some(old) = old.filter(|old| old.attrs.public_ip != ip) {
+        if let Some(old) = old.filter(|old| old.subnets.ipv4.is_some() && old.attrs.public_ip != ip)
+        {
             self.release(old, installed)?;
         }
-        info!(subnet = %peer.subnet, public_ip = %ip, ipv6_subnet = ?peer.attrs.ipv6_subnet,
+        info!(subnets = %peer.subnets, public_ip = %ip, public_ipv6 = ?peer.attrs.public_ipv6,
               "peer in the datapath");
         Ok(())
     }
@@ -365,36 +383,45 @@ impl EbpfDatapath {
     /// The IPv6 half of `put`: `peer`'s IPv6 subnet through its tunnel, its public IPv6 let
     /// in; what `old` had and `peer` has not goes.
     fn put6(&mut self, old: Option<&Peer>, peer: &Peer, installed: &Installed) -> Result<()> {
-        let new = ipv6::entries(&peer.attrs);
+        let new = ipv6::entries(&peer.subnets, &peer.attrs);
         if let Some(new) = &new {
-            let uses =
-                |a: &LeaseAttrs| ipv6::entries(a).is_some_and(|e| e.public_ip == new.public_ip);
+            let uses = |s: &Subnets, a: &LeaseAttrs| {
+                ipv6::entries(s, a).is_some_and(|e| e.public_ip == new.public_ip)
+            };
             let owner =
-                owner_of(installed, Some(peer), None, uses).and_then(|(_, a)| ipv6::entries(a));
+                owner_of(installed, Some(peer), None, uses).and_then(|(s, a)| ipv6::entries(&s, a));
             let owner = owner.map_or(new.peer, |owner| owner.peer);
             self.programs.insert_peer6(new.public_ip, owner)?;
             self.programs.insert_route6(new.subnet, new.tunnel)?;
+            if peer.subnets.ipv4.is_none() {
+                self.programs.track_traffic(new.traffic_key())?;
+            }
         }
-        let Some(old) = old.and_then(|old| ipv6::entries(&old.attrs)) else {
+        let Some(old) = old.and_then(|old| ipv6::entries(&old.subnets, &old.attrs)) else {
             return Ok(());
         };
         if new.map(|n| n.subnet) != Some(old.subnet) {
             self.programs.remove_route6(old.subnet)?;
         }
         if new.map(|n| n.public_ip) != Some(old.public_ip) {
-            self.release6(old.public_ip, peer.subnet, installed)?;
+            self.release6(old.public_ip, peer.subnets, installed)?;
         }
         Ok(())
     }
 
     pub fn remove(&mut self, peer: &Peer, installed: &Installed) -> Result<()> {
-        self.programs.remove_route(peer.subnet)?;
-        self.release(peer, installed)?;
-        if let Some(old) = ipv6::entries(&peer.attrs).filter(|_| self.ipv6) {
-            self.programs.remove_route6(old.subnet)?;
-            self.release6(old.public_ip, peer.subnet, installed)?;
+        if let Some(subnet) = peer.subnets.ipv4 {
+            self.programs.remove_route(subnet)?;
+            self.release(peer, installed)?;
         }
-        info!(subnet = %peer.subnet, public_ip = %peer.attrs.public_ip, "peer left the datapath");
+        if let Some(old) = ipv6::entries(&peer.subnets, &peer.attrs).filter(|_| self.ipv6) {
+            self.programs.remove_route6(old.subnet)?;
+            self.release6(old.public_ip, peer.subnets, installed)?;
+            if peer.subnets.ipv4.is_none() {
+                self.programs.untrack_traffic(old.traffic_key())?;
+            }
+        }
+        info!(subnets = %peer.subnets, "peer left the datapath");
         Ok(())
     }
 
@@ -402,10 +429,13 @@ impl EbpfDatapath {
     /// smallest remaining subnet) while another subnet uses it, else it goes.
     fn release(&mut self, peer: &Peer, installed: &Installed) -> Result<()> {
         let ip = peer.attrs.public_ip;
-        match owner_of(installed, None, Some(peer.subnet), |a| a.public_ip == ip) {
-            Some((subnet, attrs)) => self
-                .programs
-                .insert_peer(ip, peer_info((subnet, vtep_mac(attrs)))),
+        let uses = |s: &Subnets, a: &LeaseAttrs| s.ipv4.is_some() && a.public_ip == ip;
+        match owner_of(installed, None, Some(peer.subnets), uses) {
+            Some((subnets, attrs)) => {
+                let owner = subnets.ipv4.expect("an IPv4 peer");
+                self.programs
+                    .insert_peer(ip, peer_info((owner, vtep_mac(attrs))))
+            }
             None => {
                 self.programs.remove_peer(ip)?;
                 self.programs.untrack_traffic(ip)
@@ -414,9 +444,11 @@ impl EbpfDatapath {
     }
 
     /// `release` for a public IPv6 that the peer at `leaving` no longer uses.
-    fn release6(&mut self, ip: Ipv6Addr, leaving: Ipv4Net, installed: &Installed) -> Result<()> {
-        let uses = |a: &LeaseAttrs| ipv6::entries(a).is_some_and(|e| e.public_ip == ip);
-        match owner_of(installed, None, Some(leaving), uses).and_then(|(_, a)| ipv6::entries(a)) {
+    fn release6(&mut self, ip: Ipv6Addr, leaving: Subnets, installed: &Installed) -> Result<()> {
+        let uses =
+            |s: &Subnets, a: &LeaseAttrs| ipv6::entries(s, a).is_some_and(|e| e.public_ip == ip);
+        match owner_of(installed, None, Some(leaving), uses).and_then(|(s, a)| ipv6::entries(&s, a))
+        {
             Some(owner) => self.programs.insert_peer6(ip, owner.peer),
             None => self.programs.remove_peer6(ip),
         }
@@ -471,17 +503,22 @@ impl EbpfDatapath {
         &mut self,
         installed: &Installed,
         maps: Option<Maps>,
-    ) -> Result<BTreeSet<Ipv4Net>> {
+    ) -> Result<BTreeSet<Subnets>> {
         self.follow_containers().await?;
         self.restore_host().await?;
         let Some(maps) = maps else {
             return Ok(BTreeSet::new());
         };
-        let mut drifted: BTreeSet<Ipv4Net> = installed.keys().copied().collect();
+        // The IPv4 halves: each route by its subnet.
+        let installed4: BTreeMap<Ipv4Net, (&Subnets, &LeaseAttrs)> = installed
+            .iter()
+            .filter_map(|(subnets, attrs)| Some((subnets.ipv4?, (subnets, attrs))))
+            .collect();
+        let mut drifted: BTreeSet<Subnets> = installed4.values().map(|(s, _)| **s).collect();
         for (subnet, tunnel) in maps.routes {
-            match installed.get(&subnet) {
-                Some(attrs) if self.tunnel(attrs) == tunnel => {
-                    drifted.remove(&subnet);
+            match installed4.get(&subnet) {
+                Some((subnets, attrs)) if self.tunnel(attrs) == tunnel => {
+                    drifted.remove(subnets);
                 }
                 Some(_) => {}
                 None => {
@@ -493,29 +530,41 @@ impl EbpfDatapath {
         // Each public IP's peers-map entry, as `put` and `release` write it: named by the
         // smallest installed subnet using it (the map iterates in subnet order).
         let mut wanted: HashMap<Ipv4Addr, PeerInfo> = HashMap::new();
-        for (subnet, attrs) in installed {
+        for (subnet, (_, attrs)) in &installed4 {
             let owner = (*subnet, vtep_mac(attrs));
             wanted
                 .entry(attrs.public_ip)
                 .or_insert_with(|| peer_info(owner));
         }
-        for (subnet, attrs) in installed {
+        for (subnets, attrs) in installed4.values() {
             let ip = attrs.public_ip;
             if maps.peers.get(&ip) != wanted.get(&ip) || !maps.tracked.contains(&ip) {
-                drifted.insert(*subnet);
+                drifted.insert(**subnets);
             }
         }
         for ip in maps.peers.keys().filter(|ip| !wanted.contains_key(ip)) {
             warn!(public_ip = %ip, "removing a stale entry from the peers map");
             self.programs.remove_peer(*ip)?;
         }
-        for ip in maps.tracked.iter().filter(|ip| !wanted.contains_key(ip)) {
-            self.programs.untrack_traffic(*ip)?;
-        }
-        // Only a dual-stack network's peers have IPv6 entries.
+        // Only the IPv6 network's peers have IPv6 entries.
         let ipv4_only = Installed::new();
         let installed = if self.ipv6 { installed } else { &ipv4_only };
         let wanted6 = ipv6::Wanted::of(installed);
+        // IPv6-only peers count their traffic under keys of their own.
+        let tracked6: HashSet<Ipv4Addr> = (installed.iter())
+            .filter(|(subnets, _)| subnets.ipv4.is_none())
+            .filter_map(|(subnets, attrs)| Some(ipv6::entries(subnets, attrs)?.traffic_key()))
+            .collect();
+        for (subnets, attrs) in installed.iter().filter(|(s, _)| s.ipv4.is_none()) {
+            let key = ipv6::entries(subnets, attrs).map(|e| e.traffic_key());
+            if key.is_some_and(|key| !maps.tracked.contains(&key)) {
+                drifted.insert(*subnets);
+            }
+        }
+        let stale = |ip: &&Ipv4Addr| !wanted.contains_key(ip) && !tracked6.contains(ip);
+        for ip in maps.tracked.iter().filter(stale) {
+            self.programs.untrack_traffic(*ip)?;
+        }
         for subnet in maps.routes6.keys() {
             if !wanted6.routes.contains_key(subnet) {
                 warn!(%subnet, "removing a stale entry from the IPv6 routes map");
@@ -575,14 +624,20 @@ impl EbpfDatapath {
         Ok(())
     }
 
-    /// Traffic with each installed peer, and drops by reason, summed over CPUs.
+    /// Traffic with each installed peer (by its public IP, or an IPv6-only peer's public
+    /// IPv6), and drops by reason, summed over CPUs.
     pub fn counters(&mut self, installed: &Installed) -> Result<crate::datapath::Counters> {
         let traffic = installed
             .iter()
-            .map(|(subnet, attrs)| {
-                let ip = attrs.public_ip;
-                Ok((*subnet, ip, self.programs.traffic(ip)?))
+            .filter_map(|(subnets, attrs)| match subnets.ipv4 {
+                Some(subnet) => Some((subnet.into(), attrs.public_ip.into(), attrs.public_ip)),
+                None => {
+                    let entries = ipv6::entries(subnets, attrs)?;
+                    let ip = entries.public_ip.into();
+                    Some((entries.subnet.into(), ip, entries.traffic_key()))
+                }
             })
+            .map(|(subnet, ip, key)| Ok((subnet, ip, self.programs.traffic(key)?)))
             .collect::<Result<_>>()?;
         Ok((traffic, self.programs.drops()?))
     }
@@ -792,7 +847,7 @@ fn detach(iface: &str, kind: TcAttachType, priority: u16) -> bool {
 
 /// The container bridge of `subnet`: the interface (other than the overlay device) holding an
 /// address in it, with its ifindex.
-pub fn bridge_of(subnet: Ipv4Net) -> Option<(String, u32)> {
+pub fn bridge_of(subnet: IpNet) -> Option<(String, u32)> {
     let name = iface::addresses()
         .ok()?
         .into_iter()
@@ -830,22 +885,22 @@ fn attach_replacing(program: &mut SchedClassifier, iface: &str, kind: TcAttachTy
         .with_context(|| format!("attaching {kind:?} filter on {iface}"))
 }
 
-/// The peer that names a public address in a peers map: the smallest installed subnet whose
-/// lease `uses` it, `adding` counted in (over what its subnet held) and `leaving` left out.
+/// The peer that names a public address in a peers map: the smallest installed lease that
+/// `uses` it, `adding` counted in (over what its key held) and `leaving` left out.
 fn owner_of<'a>(
     installed: &'a Installed,
     adding: Option<&'a Peer>,
-    leaving: Option<Ipv4Net>,
-    uses: impl Fn(&LeaseAttrs) -> bool,
-) -> Option<(Ipv4Net, &'a LeaseAttrs)> {
-    let replaced = adding.map(|peer| peer.subnet).or(leaving);
-    let adding = adding.filter(|peer| uses(&peer.attrs));
+    leaving: Option<Subnets>,
+    uses: impl Fn(&Subnets, &LeaseAttrs) -> bool,
+) -> Option<(Subnets, &'a LeaseAttrs)> {
+    let replaced = adding.map(|peer| peer.subnets).or(leaving);
+    let adding = adding.filter(|peer| uses(&peer.subnets, &peer.attrs));
     installed
         .iter()
-        .filter(|(subnet, attrs)| uses(attrs) && Some(**subnet) != replaced)
-        .map(|(subnet, attrs)| (*subnet, attrs))
-        .chain(adding.map(|peer| (peer.subnet, &peer.attrs)))
-        .min_by_key(|(subnet, _)| *subnet)
+        .filter(|(subnets, attrs)| uses(subnets, attrs) && Some(**subnets) != replaced)
+        .map(|(subnets, attrs)| (*subnets, attrs))
+        .chain(adding.map(|peer| (peer.subnets, &peer.attrs)))
+        .min_by_key(|(subnets, _)| *subnets)
 }
 
 fn peer_info((subnet, vtep_mac): (Ipv4Net, Mac)) -> PeerInfo {
@@ -857,10 +912,10 @@ fn peer_info((subnet, vtep_mac): (Ipv4Net, Mac)) -> PeerInfo {
     }
 }
 
-/// A vxlan peer's VTEP MAC; zero for udp.
+/// A vxlan peer's (IPv4) VTEP MAC; zero for udp.
 fn vtep_mac(attrs: &LeaseAttrs) -> Mac {
     match &attrs.backend {
-        BackendAttrs::Vxlan { vtep_mac, .. } => *vtep_mac,
+        BackendAttrs::Vxlan { vtep_mac, .. } => vtep_mac.unwrap_or_default(),
         _ => Mac::default(),
     }
 }
