@@ -19,7 +19,7 @@ pub mod map_names {
     pub const ROUTES: &str = "FLANNEL_ROUTES_V2";
     pub const TRAFFIC: &str = "FLANNEL_TRAFFIC_V1";
     pub const ENDPOINTS: &str = "FLANNEL_ENDPOINTS_V1";
-    pub const EVENTS: &str = "FLANNEL_EVENTS_V1";
+    pub const EVENTS: &str = "FLANNEL_EVENTS_V2";
     pub const EVENT_RATE: &str = "FLANNEL_EVENT_RATE_V1";
     pub const CONFIG6: &str = "FLANNEL_CONFIG6_V1";
     pub const PEERS6: &str = "FLANNEL_PEERS6_V1";
@@ -372,18 +372,28 @@ pub struct DropEvent {
     pub suppressed: u32,
     /// The interface the program ran on.
     pub ifindex: u32,
-    /// The tunnel's other end: the outer source of a received packet, the remote of a sent
-    /// one; 0 when not known.
-    pub peer_be: u32,
-    /// The inner packet's addresses, protocol and (TCP, UDP) ports; 0 when not in the packet.
-    pub src_be: u32,
-    pub dst_be: u32,
-    pub sport_be: u16,
-    pub dport_be: u16,
+    /// The family (4 or 6) of `peer`, and of `src` and `dst`; 0 when not known.
+    pub peer_family: u8,
+    pub family: u8,
+    /// The inner packet's protocol and (TCP, UDP) ports, network byte order; 0 when not in
+    /// the packet.
     pub protocol: u8,
     /// A [`Hook`].
     pub hook: u8,
-    pub _pad: [u8; 2],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// The tunnel's other end: the outer source of a received packet, the remote of a sent
+    /// one. An IPv4 address takes the first four bytes.
+    pub peer: [u8; 16],
+    /// The inner packet's addresses, as `peer`.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// An address for a [`DropEvent`]: IPv4 in the first four bytes.
+pub const fn event_addr_v4(addr_be: u32) -> [u8; 16] {
+    let b = addr_be.to_ne_bytes();
+    [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 }
 
 /// Drop events each CPU reports per second at most.
@@ -413,7 +423,7 @@ const _: () = {
     assert!(size_of::<Endpoint>() == 16);
     assert!(size_of::<PeerTraffic>() == 32);
     assert!(size_of::<PeerInfo>() == 12);
-    assert!(size_of::<DropEvent>() == 32);
+    assert!(size_of::<DropEvent>() == 68);
     assert!(size_of::<DatapathConfig6>() == 84);
     assert!(size_of::<Tunnel6>() == 28);
     assert!(size_of::<PeerInfo6>() == 36);

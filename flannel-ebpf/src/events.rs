@@ -8,15 +8,25 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
 };
 use flannel_common::{
-    DatapathConfig, DropEvent, DropReason, Encap, Hook, EVENTS_BYTES, EVENTS_PER_SECOND,
+    event_addr_v4, DatapathConfig, DropEvent, DropReason, Encap, Hook, EVENTS_BYTES,
+    EVENTS_PER_SECOND,
 };
 
 use crate::{
     guard, maps,
-    parse::{Ipv4Hdr, Packet, ETH_HLEN},
+    parse::{Ipv4Hdr, Ipv6Hdr, Packet, ETH_HLEN, IPV6_HLEN},
 };
 
-#[map(name = "FLANNEL_EVENTS_V1")]
+/// The tunnel's other end, when the caller knows it.
+#[derive(Clone, Copy)]
+pub enum Peer {
+    Unknown,
+    /// Network byte order.
+    V4(u32),
+    V6([u8; 16]),
+}
+
+#[map(name = "FLANNEL_EVENTS_V2")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// This CPU's current one-second window.
@@ -35,7 +45,7 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
 /// Counts a drop of `pkt` (the per-CPU counters behind `/metrics` count them all) and reports
-/// it, as the packet is now, by `hook` on `ifindex`; `peer_be` is the tunnel's other end if
+/// it, as the packet is now, by `hook` on `ifindex`; `peer` is the tunnel's other end if
 /// the caller knows it (a received tunnel packet names its own).
 #[inline(always)]
 pub fn dropped(
@@ -44,7 +54,7 @@ pub fn dropped(
     hook: Hook,
     reason: DropReason,
     ifindex: u32,
-    peer_be: u32,
+    peer: Peer,
 ) {
     maps::count_drop(reason);
     let Some(window) = RATE.get_ptr_mut(0) else {
@@ -62,11 +72,17 @@ pub fn dropped(
         window.suppressed += 1;
         return;
     }
+    let (peer_family, peer) = match peer {
+        Peer::Unknown => (0, [0; 16]),
+        Peer::V4(addr_be) => (4, event_addr_v4(addr_be)),
+        Peer::V6(addr) => (6, addr),
+    };
     let mut event = DropEvent {
         reason: reason as u32,
         suppressed: window.suppressed,
         ifindex,
-        peer_be,
+        peer_family,
+        peer,
         hook: hook as u8,
         ..DropEvent::default()
     };
@@ -80,34 +96,54 @@ pub fn dropped(
 }
 
 /// Fills in the peer and the inner packet's addresses and ports: behind the outer headers
-/// of a tunnel packet for us, else the packet itself.
+/// of a tunnel packet for us (of either family), else the packet itself.
 #[inline(always)]
 fn describe(pkt: Packet, cfg: &DatapathConfig, event: &mut DropEvent) {
-    let inner = match guard::claimed_tunnel(pkt, cfg) {
-        Some(outer) => {
-            event.peer_be = outer.saddr_be();
-            let vxlan = if cfg.encap == Encap::Vxlan as u16 {
-                8 + ETH_HLEN
-            } else {
-                0
-            };
-            ETH_HLEN + outer.header_len() + 8 + vxlan
-        }
-        None => ETH_HLEN,
+    let vxlan = if cfg.encap == Encap::Vxlan as u16 {
+        8 + ETH_HLEN
+    } else {
+        0
     };
+    let cfg6 = maps::config6();
+    let inner = if let Some(outer) = guard::claimed_tunnel(pkt, cfg) {
+        (event.peer_family, event.peer) = (4, event_addr_v4(outer.saddr_be()));
+        ETH_HLEN + outer.header_len() + 8 + vxlan
+    } else if let Some(outer) = cfg6.and_then(|cfg6| guard::claimed_tunnel6(pkt, cfg, cfg6)) {
+        (event.peer_family, event.peer) = (6, outer.saddr);
+        ETH_HLEN + IPV6_HLEN + 8 + vxlan
+    } else {
+        ETH_HLEN
+    };
+    // Any IP packet holds an IPv4 header's worth: its first nibble says which it is.
     let Some(ip) = pkt.header::<Ipv4Hdr>(inner) else {
         return;
     };
-    if ip.version_ihl >> 4 != 4 {
+    let ports_at = match ip.version_ihl >> 4 {
+        4 => {
+            event.family = 4;
+            event.src = event_addr_v4(ip.saddr_be());
+            event.dst = event_addr_v4(ip.daddr_be());
+            event.protocol = ip.protocol;
+            if ip.is_later_fragment() {
+                return;
+            }
+            inner + ip.header_len()
+        }
+        6 => {
+            let Some(ip) = pkt.header::<Ipv6Hdr>(inner) else {
+                return;
+            };
+            event.family = 6;
+            (event.src, event.dst) = (ip.saddr, ip.daddr);
+            event.protocol = ip.next_header;
+            inner + IPV6_HLEN
+        }
+        _ => return,
+    };
+    if !matches!(event.protocol, IPPROTO_TCP | IPPROTO_UDP) {
         return;
     }
-    event.src_be = ip.saddr_be();
-    event.dst_be = ip.daddr_be();
-    event.protocol = ip.protocol;
-    if !matches!(ip.protocol, IPPROTO_TCP | IPPROTO_UDP) || ip.is_later_fragment() {
-        return;
-    }
-    if let Some(ports) = pkt.header::<[[u8; 2]; 2]>(inner + ip.header_len()) {
+    if let Some(ports) = pkt.header::<[[u8; 2]; 2]>(ports_at) {
         event.sport_be = u16::from_ne_bytes(ports[0]);
         event.dport_be = u16::from_ne_bytes(ports[1]);
     }

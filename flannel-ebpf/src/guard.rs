@@ -69,22 +69,29 @@ pub fn check(pkt: Packet, cfg: &DatapathConfig) -> Verdict {
     }
 }
 
+/// The outer IPv6 header of a packet that claims to be one of our tunnel packets: UDP (no
+/// extension headers) to our tunnel port on our public IPv6.
+#[inline(always)]
+pub fn claimed_tunnel6<'a>(
+    pkt: Packet,
+    cfg: &DatapathConfig,
+    cfg6: &DatapathConfig6,
+) -> Option<&'a Ipv6Hdr> {
+    let ip = pkt.header::<Ipv6Hdr>(ETH_HLEN)?;
+    if cfg.port_be == 0 || ip.next_header != IPPROTO_UDP || ip.daddr != cfg6.local_ip {
+        return None;
+    }
+    let udp = pkt.header::<UdpHdr>(ETH_HLEN + IPV6_HLEN)?;
+    (u16::from_ne_bytes(udp.dest) == cfg.port_be).then_some(ip)
+}
+
 /// The IPv6 guard: a VXLAN packet (UDP, no extension headers, to our port on our public
 /// IPv6) from a current dual-stack peer, with our VNI.
 #[inline(always)]
 pub fn check6(pkt: Packet, cfg: &DatapathConfig, cfg6: &DatapathConfig6) -> Verdict<PeerInfo6> {
-    let Some(ip) = pkt.header::<Ipv6Hdr>(ETH_HLEN) else {
+    let Some(ip) = claimed_tunnel6(pkt, cfg, cfg6) else {
         return Verdict::Pass;
     };
-    if cfg.port_be == 0 || ip.next_header != IPPROTO_UDP || ip.daddr != cfg6.local_ip {
-        return Verdict::Pass;
-    }
-    let Some(udp) = pkt.header::<UdpHdr>(ETH_HLEN + IPV6_HLEN) else {
-        return Verdict::Pass;
-    };
-    if u16::from_ne_bytes(udp.dest) != cfg.port_be {
-        return Verdict::Pass;
-    }
     let Some(peer) = maps::peer6(&ip.saddr) else {
         return Verdict::Drop(DropReason::UnknownPeer);
     };

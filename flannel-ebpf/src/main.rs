@@ -19,6 +19,7 @@ use aya_ebpf::{
 };
 use flannel_common::{DatapathConfig, DropReason, Hook, IPV6_ONLY, THROUGH_NETFILTER};
 
+use events::Peer;
 use guard::Verdict;
 use parse::{in_prefix6, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPV6_HLEN};
 
@@ -34,7 +35,7 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
         Err(reason) => {
             // SAFETY: reading a field of the context.
             let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-            events::dropped(ctx.packet(), cfg, Hook::Xdp, reason, ifindex, 0);
+            events::dropped(ctx.packet(), cfg, Hook::Xdp, reason, ifindex, Peer::Unknown);
             xdp_action::XDP_DROP
         }
     }
@@ -70,7 +71,7 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
     }
     match tc_receive(&ctx, cfg) {
         Ok(action) => action,
-        Err(reason) => tc_drop(&ctx, cfg, Hook::TcIngress, reason, 0),
+        Err(reason) => tc_drop(&ctx, cfg, Hook::TcIngress, reason, Peer::Unknown),
     }
 }
 
@@ -195,7 +196,13 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
             maps::count_tx(tunnel.remote_ip_be, bytes);
             send
         }
-        Err(reason) => tc_drop(&ctx, cfg, Hook::TcEncap, reason, tunnel.remote_ip_be),
+        Err(reason) => tc_drop(
+            &ctx,
+            cfg,
+            Hook::TcEncap,
+            reason,
+            Peer::V4(tunnel.remote_ip_be),
+        ),
     }
 }
 
@@ -233,7 +240,7 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
             maps::count_tx(tunnel.traffic_key_be, bytes);
             send
         }
-        Err(reason) => tc_drop(ctx, cfg, Hook::TcEncap, reason, tunnel.traffic_key_be),
+        Err(reason) => tc_drop(ctx, cfg, Hook::TcEncap, reason, Peer::V6(tunnel.remote_ip)),
     }
 }
 
@@ -250,11 +257,11 @@ fn tc_drop(
     cfg: &DatapathConfig,
     hook: Hook,
     reason: DropReason,
-    peer_be: u32,
+    peer: Peer,
 ) -> i32 {
     // SAFETY: reading a field of the skb behind the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    events::dropped(ctx.packet(), cfg, hook, reason, ifindex, peer_be);
+    events::dropped(ctx.packet(), cfg, hook, reason, ifindex, peer);
     TC_ACT_SHOT
 }
 

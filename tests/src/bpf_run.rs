@@ -1,6 +1,7 @@
 //! Programs run by the kernel on crafted packets (BPF_PROG_TEST_RUN).
 
 use aya::programs::{TestRun, TestRunOptions, TestRunResult};
+use flannel_common::{pins::Pins, DropEvent};
 
 /// Runs `program` on `frame`: its verdict and the packet it leaves.
 pub fn run<P>(program: &mut P, frame: &[u8]) -> (u32, Vec<u8>)
@@ -17,4 +18,16 @@ where
         .expect("test run");
     out.truncate(result.data_size_out as usize);
     (result.return_value, out)
+}
+
+/// The drop events waiting in the pinned ring.
+pub fn drop_events(pins: &Pins) -> Vec<DropEvent> {
+    let mut ring = pins.events().unwrap();
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), size_of::<DropEvent>());
+        // SAFETY: a whole DropEvent (length checked); any bytes are a valid value.
+        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    events
 }

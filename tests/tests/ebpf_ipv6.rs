@@ -7,12 +7,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
-    DatapathConfig, DatapathConfig6, DropReason, Encap, Endpoint, PeerInfo6, Tunnel, Tunnel6,
-    TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, VXLAN_PORT,
+    pins::Pins, DatapathConfig, DatapathConfig6, DropEvent, DropReason, Encap, Endpoint, Hook,
+    PeerInfo6, Tunnel, Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, VXLAN_PORT,
 };
 use flannel_tests::{
-    bpf_run::run,
-    netns::kernel_vxlan_frame,
+    bpf_run::{drop_events, run},
+    netns::{kernel_vxlan_frame, Bpffs},
     packet::{self, udp6_frame, udp_frame, vxlan, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP},
     require_root,
 };
@@ -162,8 +162,11 @@ fn decapsulated_ipv6_for_a_local_container_goes_straight_into_it() {
 }
 
 #[test]
-fn forged_ipv6_vxlan_is_dropped_and_counted() {
+fn forged_ipv6_vxlan_is_dropped_counted_and_reported() {
     let mut programs = dual_stack(true, LOOPBACK);
+    let bpffs = Bpffs::mount().unwrap();
+    let (dir, _) = bpffs.pin_dir("forged");
+    programs.pin_maps(&dir).unwrap();
     let ours = inner_ip("fd00:10:0:74::2");
     for (frame, reason) in [
         (
@@ -186,6 +189,37 @@ fn forged_ipv6_vxlan_is_dropped_and_counted() {
         );
         assert_eq!(drops(&mut programs, reason), before + 1, "{reason:?}");
     }
+    // `flanneld monitor` sees each with its IPv6 peer and inner addresses.
+    let events = drop_events(&Pins::new(&dir));
+    let reported: Vec<_> = events.iter().map(|e| (e.reason, e.peer)).collect();
+    assert_eq!(
+        reported,
+        [
+            (DropReason::UnknownPeer as u32, STRANGER.octets()),
+            (DropReason::WrongVni as u32, PEER.octets()),
+            (DropReason::WrongMac as u32, PEER.octets()),
+            (DropReason::WrongInnerSource as u32, PEER.octets()),
+        ]
+    );
+    let src: Ipv6Addr = "fd00:10:0:74::2".parse().unwrap();
+    let dst: Ipv6Addr = "fd00:10:0:83::2".parse().unwrap();
+    assert_eq!(
+        events[0],
+        DropEvent {
+            reason: DropReason::UnknownPeer as u32,
+            ifindex: LOOPBACK,
+            peer_family: 6,
+            family: 6,
+            protocol: IPPROTO_TCP,
+            hook: Hook::TcIngress as u8,
+            sport_be: 0x0707,
+            dport_be: 0x0707,
+            peer: STRANGER.octets(),
+            src: src.octets(),
+            dst: dst.octets(),
+            ..DropEvent::default()
+        }
+    );
     // An outside client's packet, forwarded by the peer, passes.
     let outside = vxlan6(PEER, VNI, OUR_VTEP, &inner_ip("2001:db8::7"));
     assert_eq!(run(programs.tc_ingress(), &outside).0, TC_ACT_OK);

@@ -7,11 +7,12 @@ use std::net::{Ipv4Addr, UdpSocket};
 use aya::programs::{TestRun, TestRunOptions, XdpMode};
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
-    mask_be, pins::Pins, DatapathConfig, DropEvent, DropReason, Encap, Hook, PeerInfo, Tunnel,
-    TunnelEnds, CHECK_INNER_SOURCE, EVENTS_PER_SECOND, UDP_BACKEND_PORT, VXLAN_PORT,
+    event_addr_v4, mask_be, pins::Pins, DatapathConfig, DropEvent, DropReason, Encap, Hook,
+    PeerInfo, Tunnel, TunnelEnds, CHECK_INNER_SOURCE, EVENTS_PER_SECOND, UDP_BACKEND_PORT,
+    VXLAN_PORT,
 };
 use flannel_tests::{
-    bpf_run::run,
+    bpf_run::{drop_events, run},
     netns::{kernel_vxlan_frame, link, Bpffs, Netns},
     packet::{self, udp_frame, vxlan, IPPROTO_TCP},
     require_root,
@@ -167,18 +168,6 @@ fn on_cpu_zero() {
     }
 }
 
-/// The drop events waiting in the pinned ring.
-fn drop_events(pins: &Pins) -> Vec<DropEvent> {
-    let mut ring = pins.events().unwrap();
-    let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        assert_eq!(item.len(), size_of::<DropEvent>());
-        // SAFETY: a whole DropEvent (length checked); any bytes are a valid value.
-        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-    }
-    events
-}
-
 #[test]
 fn a_flood_of_drops_is_counted_whole_and_reported_at_the_rate_limit() {
     on_cpu_zero();
@@ -200,16 +189,18 @@ fn a_flood_of_drops_is_counted_whole_and_reported_at_the_rate_limit() {
     assert_eq!(drops(&mut programs, DropReason::UnknownPeer), 1000);
     let events = drop_events(&pins);
     assert_eq!(events.len(), EVENTS_PER_SECOND as usize);
-    let be = |ip: Ipv4Addr| u32::from(ip).to_be();
+    let addr = |ip: Ipv4Addr| event_addr_v4(u32::from(ip).to_be());
     assert_eq!(
         events[0],
         DropEvent {
             reason: DropReason::UnknownPeer as u32,
             hook: Hook::TcIngress as u8,
             ifindex: 1,
-            peer_be: be(STRANGER),
-            src_be: be(Ipv4Addr::new(10, 1, 74, 2)),
-            dst_be: be(Ipv4Addr::new(10, 1, 83, 2)),
+            peer_family: 4,
+            peer: addr(STRANGER),
+            family: 4,
+            src: addr(Ipv4Addr::new(10, 1, 74, 2)),
+            dst: addr(Ipv4Addr::new(10, 1, 83, 2)),
             protocol: IPPROTO_TCP,
             sport_be: 0x0707,
             dport_be: 0x0707,

@@ -3,7 +3,11 @@
 //! `EVENTS_PER_SECOND` per CPU and say how many they left out; the per-CPU counters behind
 //! `/metrics` count every drop.
 
-use std::{io::Write, net::Ipv4Addr, os::fd::AsFd};
+use std::{
+    io::Write,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd,
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -33,9 +37,9 @@ struct Dropped {
     reason: String,
     hook: String,
     interface: Option<String>,
-    peer: Option<Ipv4Addr>,
-    src: Option<Ipv4Addr>,
-    dst: Option<Ipv4Addr>,
+    peer: Option<IpAddr>,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
     protocol: Option<String>,
     sport: Option<u16>,
     dport: Option<u16>,
@@ -45,7 +49,6 @@ struct Dropped {
 
 impl Dropped {
     fn new(event: &DropEvent) -> Self {
-        let address = |be: u32| (be != 0).then(|| Ipv4Addr::from(u32::from_be(be)));
         let port = |be: u16| (be != 0).then(|| u16::from_be(be));
         Self {
             reason: DropReason::from_u32(event.reason)
@@ -56,10 +59,11 @@ impl Dropped {
                 .ok()
                 .map(|name| name.to_string_lossy().into_owned())
                 .filter(|name| !name.is_empty()),
-            peer: address(event.peer_be),
-            src: address(event.src_be),
-            dst: address(event.dst_be),
-            protocol: (event.src_be != 0).then(|| match event.protocol {
+            peer: address(event.peer_family, event.peer),
+            src: address(event.family, event.src),
+            dst: address(event.family, event.dst),
+            protocol: (event.family != 0).then(|| match event.protocol {
+                58 => "icmpv6".to_owned(),
                 1 => "icmp".to_owned(),
                 6 => "tcp".to_owned(),
                 17 => "udp".to_owned(),
@@ -72,6 +76,15 @@ impl Dropped {
     }
 }
 
+/// An event's address of `family` (4: in the first four bytes); None when not known.
+fn address(family: u8, bytes: [u8; 16]) -> Option<IpAddr> {
+    match family {
+        4 => Some(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()),
+        6 => Some(Ipv6Addr::from(bytes).into()),
+        _ => None,
+    }
+}
+
 impl std::fmt::Display for Dropped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "drop ({}) {}", self.reason, self.hook)?;
@@ -81,8 +94,8 @@ impl std::fmt::Display for Dropped {
         if let Some(peer) = self.peer {
             write!(f, ", peer {peer}")?;
         }
-        let end = |addr: Option<Ipv4Addr>, port: Option<u16>| match (addr, port) {
-            (Some(addr), Some(port)) => format!("{addr}:{port}"),
+        let end = |addr: Option<IpAddr>, port: Option<u16>| match (addr, port) {
+            (Some(addr), Some(port)) => std::net::SocketAddr::new(addr, port).to_string(),
             (Some(addr), None) => addr.to_string(),
             (None, _) => "?".to_owned(),
         };
@@ -182,14 +195,20 @@ fn wait_readable(events: &RingBuf<MapData>) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn v4(addr: [u8; 4]) -> [u8; 16] {
+        flannel_common::event_addr_v4(u32::from_ne_bytes(addr))
+    }
+
     fn event() -> DropEvent {
         DropEvent {
             reason: DropReason::UnknownPeer as u32,
             hook: Hook::TcIngress as u8,
             ifindex: 0,
-            peer_be: u32::from(Ipv4Addr::new(192, 168, 64, 99)).to_be(),
-            src_be: u32::from(Ipv4Addr::new(10, 1, 9, 2)).to_be(),
-            dst_be: u32::from(Ipv4Addr::new(10, 1, 83, 2)).to_be(),
+            peer_family: 4,
+            peer: v4([192, 168, 64, 99]),
+            family: 4,
+            src: v4([10, 1, 9, 2]),
+            dst: v4([10, 1, 83, 2]),
             protocol: 17,
             sport_be: 40000u16.to_be(),
             dport_be: 8080u16.to_be(),
@@ -206,13 +225,26 @@ mod tests {
         );
         let flood = DropEvent {
             suppressed: 250,
-            src_be: 0,
-            dst_be: 0,
+            family: 0,
             ..event()
         };
         assert_eq!(
             Dropped::new(&flood).to_string(),
             "drop (unknown_peer) tc_ingress, peer 192.168.64.99 (after 250 unreported)"
+        );
+        let ipv6 = DropEvent {
+            peer_family: 6,
+            peer: "fd64::99".parse::<Ipv6Addr>().unwrap().octets(),
+            family: 6,
+            src: "fd00:10:0:9::2".parse::<Ipv6Addr>().unwrap().octets(),
+            dst: "fd00:10:0:53::2".parse::<Ipv6Addr>().unwrap().octets(),
+            protocol: 6,
+            ..event()
+        };
+        assert_eq!(
+            Dropped::new(&ipv6).to_string(),
+            "drop (unknown_peer) tc_ingress, peer fd64::99: [fd00:10:0:9::2]:40000 -> \
+             [fd00:10:0:53::2]:8080 tcp"
         );
     }
 

@@ -102,11 +102,12 @@ pub fn traffic_key(subnet: Ipv6Net) -> Ipv4Addr {
 }
 
 /// What the IPv6 maps should hold for the installed peers: each route by its IPv6 subnet,
-/// and each public IPv6's entry, named by the smallest subnet using it (as `put` writes it);
-/// with the lease each comes from.
+/// each public IPv6's entry, named by the smallest subnet using it (as `put` writes it), and
+/// the traffic keys of IPv6-only peers; with the lease each comes from.
 pub struct Wanted {
     pub routes: BTreeMap<Ipv6Net, (Subnets, Tunnel6)>,
     pub peers: HashMap<Ipv6Addr, (Subnets, PeerInfo6)>,
+    pub traffic: HashMap<Ipv4Addr, Subnets>,
 }
 
 impl Wanted {
@@ -114,6 +115,7 @@ impl Wanted {
         let mut wanted = Self {
             routes: BTreeMap::new(),
             peers: HashMap::new(),
+            traffic: HashMap::new(),
         };
         for (key, attrs) in installed {
             let Some(entries) = entries(key, attrs) else {
@@ -124,6 +126,9 @@ impl Wanted {
                 .peers
                 .entry(entries.public_ip)
                 .or_insert((*key, entries.peer));
+            if key.ipv4.is_none() {
+                wanted.traffic.insert(entries.traffic_key(), *key);
+            }
         }
         wanted
     }
@@ -132,18 +137,16 @@ impl Wanted {
     /// lack or hold wrong.
     pub fn drifted(
         &self,
-        installed: &Installed,
         routes: &BTreeMap<Ipv6Net, Tunnel6>,
         peers: &HashMap<Ipv6Addr, PeerInfo6>,
     ) -> BTreeSet<Subnets> {
-        installed
-            .iter()
-            .filter_map(|(key, attrs)| Some((*key, entries(key, attrs)?)))
-            .filter(|(_, e)| {
-                routes.get(&e.subnet) != Some(&e.tunnel)
-                    || peers.get(&e.public_ip) != self.peers.get(&e.public_ip).map(|w| &w.1)
+        (self.routes.iter())
+            .filter(|(subnet, (_, tunnel))| {
+                let public_ip = Ipv6Addr::from(tunnel.remote_ip);
+                routes.get(subnet) != Some(tunnel)
+                    || peers.get(&public_ip) != self.peers.get(&public_ip).map(|w| &w.1)
             })
-            .map(|(key, _)| key)
+            .map(|(_, (key, _))| *key)
             .collect()
     }
 }

@@ -551,17 +551,12 @@ impl EbpfDatapath {
         let installed = if self.ipv6 { installed } else { &ipv4_only };
         let wanted6 = ipv6::Wanted::of(installed);
         // IPv6-only peers count their traffic under keys of their own.
-        let tracked6: HashSet<Ipv4Addr> = (installed.iter())
-            .filter(|(subnets, _)| subnets.ipv4.is_none())
-            .filter_map(|(subnets, attrs)| Some(ipv6::entries(subnets, attrs)?.traffic_key()))
-            .collect();
-        for (subnets, attrs) in installed.iter().filter(|(s, _)| s.ipv4.is_none()) {
-            let key = ipv6::entries(subnets, attrs).map(|e| e.traffic_key());
-            if key.is_some_and(|key| !maps.tracked.contains(&key)) {
+        for (key, subnets) in &wanted6.traffic {
+            if !maps.tracked.contains(key) {
                 drifted.insert(*subnets);
             }
         }
-        let stale = |ip: &&Ipv4Addr| !wanted.contains_key(ip) && !tracked6.contains(ip);
+        let stale = |ip: &&Ipv4Addr| !wanted.contains_key(ip) && !wanted6.traffic.contains_key(ip);
         for ip in maps.tracked.iter().filter(stale) {
             self.programs.untrack_traffic(*ip)?;
         }
@@ -577,7 +572,7 @@ impl EbpfDatapath {
                 self.programs.remove_peer6(*ip)?;
             }
         }
-        drifted.extend(wanted6.drifted(installed, &maps.routes6, &maps.peers6));
+        drifted.extend(wanted6.drifted(&maps.routes6, &maps.peers6));
         Ok(drifted)
     }
 
