@@ -88,6 +88,11 @@ impl Subnets {
         }
     }
 
+    /// The IPv4 subnet, or the IPv6 one when there is no IPv4 (an IPv6-only network).
+    pub fn either(&self) -> Option<IpNet> {
+        (self.ipv4.map(IpNet::V4)).or(self.ipv6.map(IpNet::V6))
+    }
+
     /// `<prefix>/subnets/10.1.83.0-24`; in a dual-stack network
     /// `<prefix>/subnets/10.1.83.0-24&fd00:0:0:53::-64`, in an IPv6-only one
     /// `<prefix>/subnets/0.0.0.0-0&fd00:0:0:53::-64`, as flannel writes them.

@@ -281,8 +281,7 @@ async fn describe_datapath(
         let nic = nix::net::if_::if_indextoname(nic_index)
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|_| format!("ifindex {nic_index}"));
-        let own = own.and_then(|s| s.ipv4.map(Into::into).or(s.ipv6.map(Into::into)));
-        let bridge = own.and_then(ebpf::bridge_of);
+        let bridge = own.and_then(|own| ebpf::bridge_of(own.either()?));
         let mut points = vec![
             (nic.clone(), false, format!("tc ingress on {nic}")),
             (

@@ -326,15 +326,8 @@ impl EbpfDatapath {
     /// The container bridge: the interface holding an address of our subnet, and its ifindex.
     fn find_bridge(&self) -> Option<(String, u32)> {
         let (ours, _) = self.active?;
-        let subnets = ours.subnets();
-        bridge_of(
-            subnets
-                .ipv4
-                .map(Into::into)
-                .or(subnets.ipv6.map(Into::into))?,
-        )
+        bridge_of(ours.subnets().either()?)
     }
-
     /// The fast path: attach `tc_encap` to the container bridge once it exists (Docker may
     /// start after us, and may recreate it).
     fn attach_bridge(&mut self) {
@@ -358,9 +351,8 @@ impl EbpfDatapath {
     pub fn put(&mut self, old: Option<&Peer>, peer: &Peer, installed: &Installed) -> Result<()> {
         let ip = peer.attrs.public_ip;
         if let Some(subnet) = peer.subnets.ipv4 {
-            let uses = |s: &Subnets, a: &LeaseAttrs| s.ipv4.is_some() && a.public_ip == ip;
-            let (owner, attrs) =
-                owner_of(installed, Some(peer), None, uses).unwrap_or((peer.subnets, &peer.attrs));
+            let (owner, attrs) = owner_of(installed, Some(peer), None, uses_ip(ip))
+                .unwrap_or((peer.subnets, &peer.attrs));
             let owner = owner.ipv4.expect("an IPv4 peer");
             self.programs
                 .insert_peer(ip, peer_info((owner, vtep_mac(attrs))))?;
@@ -385,11 +377,8 @@ impl EbpfDatapath {
     fn put6(&mut self, old: Option<&Peer>, peer: &Peer, installed: &Installed) -> Result<()> {
         let new = ipv6::entries(&peer.subnets, &peer.attrs);
         if let Some(new) = &new {
-            let uses = |s: &Subnets, a: &LeaseAttrs| {
-                ipv6::entries(s, a).is_some_and(|e| e.public_ip == new.public_ip)
-            };
-            let owner =
-                owner_of(installed, Some(peer), None, uses).and_then(|(s, a)| ipv6::entries(&s, a));
+            let owner = owner_of(installed, Some(peer), None, uses_ipv6(new.public_ip))
+                .and_then(|(s, a)| ipv6::entries(&s, a));
             let owner = owner.map_or(new.peer, |owner| owner.peer);
             self.programs.insert_peer6(new.public_ip, owner)?;
             self.programs.insert_route6(new.subnet, new.tunnel)?;
@@ -429,8 +418,7 @@ impl EbpfDatapath {
     /// smallest remaining subnet) while another subnet uses it, else it goes.
     fn release(&mut self, peer: &Peer, installed: &Installed) -> Result<()> {
         let ip = peer.attrs.public_ip;
-        let uses = |s: &Subnets, a: &LeaseAttrs| s.ipv4.is_some() && a.public_ip == ip;
-        match owner_of(installed, None, Some(peer.subnets), uses) {
+        match owner_of(installed, None, Some(peer.subnets), uses_ip(ip)) {
             Some((subnets, attrs)) => {
                 let owner = subnets.ipv4.expect("an IPv4 peer");
                 self.programs
@@ -445,10 +433,8 @@ impl EbpfDatapath {
 
     /// `release` for a public IPv6 that the peer at `leaving` no longer uses.
     fn release6(&mut self, ip: Ipv6Addr, leaving: Subnets, installed: &Installed) -> Result<()> {
-        let uses =
-            |s: &Subnets, a: &LeaseAttrs| ipv6::entries(s, a).is_some_and(|e| e.public_ip == ip);
-        match owner_of(installed, None, Some(leaving), uses).and_then(|(s, a)| ipv6::entries(&s, a))
-        {
+        let owner = owner_of(installed, None, Some(leaving), uses_ipv6(ip));
+        match owner.and_then(|(s, a)| ipv6::entries(&s, a)) {
             Some(owner) => self.programs.insert_peer6(ip, owner.peer),
             None => self.programs.remove_peer6(ip),
         }
@@ -896,6 +882,16 @@ fn owner_of<'a>(
         .map(|(subnets, attrs)| (*subnets, attrs))
         .chain(adding.map(|peer| (peer.subnets, &peer.attrs)))
         .min_by_key(|(subnets, _)| *subnets)
+}
+
+/// Whether a lease's IPv4 half goes to `ip`.
+fn uses_ip(ip: Ipv4Addr) -> impl Fn(&Subnets, &LeaseAttrs) -> bool {
+    move |subnets, attrs| subnets.ipv4.is_some() && attrs.public_ip == ip
+}
+
+/// Whether a lease's IPv6 half goes to `ip`.
+fn uses_ipv6(ip: Ipv6Addr) -> impl Fn(&Subnets, &LeaseAttrs) -> bool {
+    move |subnets, attrs| ipv6::entries(subnets, attrs).is_some_and(|e| e.public_ip == ip)
 }
 
 fn peer_info((subnet, vtep_mac): (Ipv4Net, Mac)) -> PeerInfo {
