@@ -5,14 +5,17 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv6Addr, TcpListener, TcpStream},
+    net::{Ipv6Addr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
+
+use flannel_common::VXLAN_PORT;
 
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
     netns::Bpffs,
+    packet::{self, ETH_P_IPV6, IPPROTO_UDP},
     require_root,
     testbed::{all_reach_all, Container, Testbed, Underlay, PREFIX},
 };
@@ -414,6 +417,52 @@ fn ipv6_only_vxlan_on_ebpf_carries_ipv6_between_hosts_without_ipv4() {
         let (tx, rx) = (peer["tx_packets"].as_u64(), peer["rx_packets"].as_u64());
         assert!(tx > Some(0) && rx > Some(0), "{peer}");
     }
+    our_ipv6_vxlan_is_flannels_on_the_wire(&bed, &containers);
+}
+
+/// What host 0 (eBPF) puts on the wire for container 0's IPv6 datagram to container 1, as
+/// host 1 receives it, is flannel's IPv6 vxlan frame field by field: outer IPv6 between the
+/// hosts' public IPv6 addresses, UDP to 8472 with a checksum (flannel's `flannel-v6.1`
+/// drops those without), VXLAN with the I flag and VNI 1, inner Ethernet from our VTEP MAC
+/// to host 1's, and the container's packet, routed once (hop limit 63), byte for byte.
+fn our_ipv6_vxlan_is_flannels_on_the_wire(bed: &Testbed, containers: &[Container]) {
+    let (from, to) = (v6(&containers[0]), v6(&containers[1]));
+    let capture = bed.hosts[1]
+        .enter(|| packet::capture_udp(VXLAN_PORT))
+        .unwrap();
+    let payload = b"flannel's IPv6 vxlan, byte for byte";
+    (containers[0].ns)
+        .enter(|| UdpSocket::bind((from, 0)).and_then(|s| s.send_to(payload, (to, 9999))))
+        .unwrap()
+        .unwrap();
+    let frame = capture.join().unwrap().expect("a VXLAN frame on host 1");
+    let mac = |host: usize| {
+        let text = bed.hosts[host]
+            .exec("cat", &["/sys/class/net/flannel-bpf/address"])
+            .unwrap();
+        let bytes: Vec<u8> = (text.trim().split(':'))
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        bytes
+    };
+    let (outer, udp, vxlan, inner) = (&frame[14..54], &frame[54..62], &frame[62..70], &frame[70..]);
+    assert_eq!(frame[12..14], ETH_P_IPV6.to_be_bytes());
+    assert_eq!(outer[6], IPPROTO_UDP, "no extension headers");
+    assert_eq!(outer[8..24], Testbed::host_ipv6(0).octets());
+    assert_eq!(outer[24..40], Testbed::host_ipv6(1).octets());
+    assert_eq!(udp[2..4], VXLAN_PORT.to_be_bytes());
+    assert_ne!(udp[6..8], [0, 0], "IPv6 UDP needs a checksum");
+    assert_eq!(vxlan, [0x08, 0, 0, 0, 0, 0, 1, 0]);
+    assert_eq!((&inner[..6], &inner[6..12]), (&mac(1)[..], &mac(0)[..]));
+    assert_eq!(inner[12..14], ETH_P_IPV6.to_be_bytes());
+    // The container's packet (its flow label the container's own), its hop limit spent once
+    // by host 0's routing.
+    let mut sent = packet::ipv6(from, to, IPPROTO_UDP, &[0; 8 + 35]);
+    sent[7] = 63;
+    let ip = &inner[14..];
+    assert_eq!(ip[0] >> 4, 6);
+    assert_eq!(ip[4..40], sent[4..40]);
+    assert_eq!(&ip[40 + 8..], payload);
 }
 
 /// IPv6-only vxlan on the kernel's devices, as flannel sets it up: `flannel-v6.1` only.

@@ -315,9 +315,16 @@ impl PeerTable {
 
     /// What is wrong with a lease on its own, if anything. The IPv4 half is required in a
     /// network with IPv4, the IPv6 half in an IPv6-only one; a dual-stack network takes
-    /// IPv4-only leases (their hosts carry IPv4 only).
+    /// IPv4-only leases (their hosts carry IPv4 only), an IPv6-only one no IPv4 half (no
+    /// datapath would carry it).
     fn fault(&self, lease: &StoredLease) -> Option<Rejection> {
         let (rules, attrs) = (&self.rules, &lease.attrs);
+        if let (None, Some(subnet)) = (&rules.ipv4, lease.subnets.ipv4) {
+            return reject(
+                "outside_network",
+                format!("it names the IPv4 subnet {subnet}, and the network is IPv6-only"),
+            );
+        }
         if let Some(v4) = &rules.ipv4 {
             let ip = Some(attrs.public_ip.into()).filter(|ip: &IpAddr| !ip.is_unspecified());
             let half = lease.subnets.ipv4.map(Into::into);
@@ -866,11 +873,18 @@ mod tests {
             detail(&table, "fd00:0:0:8::/64"),
             "its PublicIPv6 fd64::5 is the older lease fd00:0:0:5::/64's"
         );
-        // A lease that names an IPv4 subnet only is not of this network.
+        // A lease that names an IPv4 subnet is not of this network.
         table.put(&good("10.1.9.0/24", 9, 5));
         assert_eq!(
             detail(&table, "10.1.9.0/24"),
-            "it names no subnet of the IPv6 network fd00::/48"
+            "it names the IPv4 subnet 10.1.9.0/24, and the network is IPv6-only"
+        );
+        let mut dual = ipv6_only("fd00:0:0:b::/64", 11, 7);
+        dual.subnets.ipv4 = Some("10.1.11.0/24".parse().unwrap());
+        table.put(&dual);
+        assert_eq!(
+            detail(&table, "10.1.11.0/24&fd00:0:0:b::/64"),
+            "it names the IPv4 subnet 10.1.11.0/24, and the network is IPv6-only"
         );
         // One without its IPv6 device's MAC can't be reached.
         let mut no_mac = ipv6_only("fd00:0:0:a::/64", 10, 6);
