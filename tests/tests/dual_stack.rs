@@ -539,3 +539,27 @@ fn the_interface_is_found_by_ipv6_on_hosts_without_ipv4() {
         );
     }
 }
+
+/// An IPv4 network routes only a lease's IPv4 half: the IPv6 half of a dual-stack lease is
+/// nobody's to judge there (here it claims every IPv6 address), so it is never routed.
+#[test]
+fn an_ipv4_network_never_routes_a_leases_ipv6_half() {
+    require_root();
+    let bed = Testbed::new(1).unwrap();
+    bed.enable_ipv6(0).unwrap();
+    bed.put_config(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#)
+        .unwrap();
+    let mut agent = bed.agent(0, &[]).unwrap();
+    agent.wait_ready(READY).unwrap();
+    let key = format!("{PREFIX}/subnets/10.1.77.0-24&::-0");
+    let value = r#"{"PublicIP":"192.168.64.77","PublicIPv6":"fd64::77","BackendType":"host-gw"}"#;
+    bed.etcd.put(&key, value).unwrap();
+    wait_for("the lease's IPv4 route", READY, || {
+        bed.hosts[0]
+            .ip(&["route", "show", "10.1.77.0/24"])
+            .is_ok_and(|out| out.contains("via 192.168.64.77"))
+    })
+    .unwrap();
+    let routes6 = bed.hosts[0].ip(&["-6", "route", "show"]).unwrap();
+    assert!(!routes6.contains("fd64::77"), "{routes6}");
+}

@@ -25,23 +25,27 @@ pub struct HostGw {
     handle: Handle,
     if_index: u32,
     if_name: String,
+    /// The families the network carries, (IPv4, IPv6): a lease's half of another family is
+    /// never routed (nothing judged it).
+    families: (bool, bool),
 }
 
 impl HostGw {
-    pub fn new(if_name: &str) -> Result<Self> {
+    pub fn new(if_name: &str, families: (bool, bool)) -> Result<Self> {
         let if_index = nix::net::if_::if_nametoindex(if_name)
             .with_context(|| format!("looking up interface {if_name}"))?;
         Ok(Self {
             handle: netlink::connect()?,
             if_index,
             if_name: if_name.to_owned(),
+            families,
         })
     }
 
     /// `ip route replace <subnet> via <public ip> dev <iface>` for each family of the
     /// peer's lease (`-6`: its IPv6 subnet via its public IPv6).
     pub async fn put(&self, peer: &Peer) -> Result<()> {
-        let (v4, v6) = routes(&peer.subnets, &peer.attrs);
+        let (v4, v6) = self.routes(&peer.subnets, &peer.attrs);
         if let Some((subnet, via)) = v4 {
             self.replace(self.route(&subnet, via))
                 .await
@@ -58,7 +62,7 @@ impl HostGw {
     }
 
     pub async fn remove(&self, peer: &Peer) -> Result<()> {
-        let (v4, v6) = routes(&peer.subnets, &peer.attrs);
+        let (v4, v6) = self.routes(&peer.subnets, &peer.attrs);
         if let Some((subnet, via)) = v4 {
             netlink::delete_route(&self.handle, self.route(&subnet, via))
                 .await
@@ -79,7 +83,7 @@ impl HostGw {
     pub async fn audit(&self, installed: &Installed) -> Result<BTreeSet<Subnets>> {
         let peers = installed
             .iter()
-            .map(|(subnets, attrs)| (subnets, routes(subnets, attrs)));
+            .map(|(subnets, attrs)| (subnets, self.routes(subnets, attrs)));
         let wanted4 = peers
             .clone()
             .filter_map(|(s, (v4, _))| Some((v4?.0, (*s, v4?.1))));
@@ -114,6 +118,17 @@ impl HostGw {
         Ok(wanted.into_values().map(|(subnets, _)| subnets).collect())
     }
 
+    /// A peer's routes: each subnet of its lease, of a family the network carries, via its
+    /// public address of that family.
+    fn routes(&self, subnets: &Subnets, attrs: &LeaseAttrs) -> Routes {
+        let (ipv4, ipv6) = self.families;
+        let v4 = subnets
+            .ipv4
+            .filter(|_| ipv4)
+            .map(|subnet| (subnet, attrs.public_ip));
+        (v4, subnets.ipv6.filter(|_| ipv6).zip(attrs.public_ipv6))
+    }
+
     async fn replace(&self, route: RouteMessage) -> Result<(), rtnetlink::Error> {
         self.handle.route().add(route).replace().execute().await
     }
@@ -137,10 +152,5 @@ impl HostGw {
     }
 }
 
-/// A peer's routes: each subnet of its lease via its public address of that family.
+/// A peer's IPv4 and IPv6 routes: destination and gateway.
 type Routes = (Option<(Ipv4Net, Ipv4Addr)>, Option<(Ipv6Net, Ipv6Addr)>);
-
-fn routes(subnets: &Subnets, attrs: &LeaseAttrs) -> Routes {
-    let v4 = subnets.ipv4.map(|subnet| (subnet, attrs.public_ip));
-    (v4, subnets.ipv6.zip(attrs.public_ipv6))
-}

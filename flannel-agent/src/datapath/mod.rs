@@ -115,7 +115,7 @@ impl Datapath {
             // host-gw is plain routing: nothing to encapsulate, the same on both datapaths.
             (Backend::HostGw, _) => {
                 iface.check_public_ips_are_local(families)?;
-                Kind::HostGw(HostGw::new(&iface.name)?)
+                Kind::HostGw(HostGw::new(&iface.name, families)?)
             }
             (Backend::Vxlan { .. } | Backend::Udp { .. }, Choice::Ebpf) => {
                 match EbpfDatapath::start(options, backend, iface, families).await {
