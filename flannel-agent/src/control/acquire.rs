@@ -11,7 +11,7 @@ use rand::seq::IndexedRandom;
 use tracing::info;
 
 use crate::control::{
-    config::Config,
+    config::{Config, Family, FamilyConfig},
     lease::{overlap, LeaseAttrs, Subnets},
     registry::{Registry, Snapshot, StoredLease},
 };
@@ -56,16 +56,7 @@ pub async fn acquire(
     ttl: Duration,
 ) -> Result<OwnLease> {
     let fits = |subnets: &Subnets| {
-        let ipv4 = match (&config.ipv4, &subnets.ipv4) {
-            (None, None) => true,
-            (Some(v4), Some(ipv4)) => v4.contains_subnet(ipv4),
-            _ => false,
-        };
-        ipv4 && match (&config.ipv6, &subnets.ipv6) {
-            (None, None) => true,
-            (Some(v6), Some(ipv6)) => v6.contains_subnet(ipv6),
-            _ => false,
-        }
+        fits_family(&config.ipv4, &subnets.ipv4) && fits_family(&config.ipv6, &subnets.ipv6)
     };
     for _ in 0..MAX_ATTEMPTS {
         let snapshot = registry.snapshot().await?;
@@ -141,8 +132,18 @@ async fn lost_to_an_older_lease(registry: &mut Registry, subnets: &Subnets) -> R
         .any(|l| l.subnets != *subnets && shares(&l.subnets, subnets) && l.created < ours.created))
 }
 
+/// True when a lease's half fits the config's half of its family: both absent, or a subnet
+/// the config can hand out.
+fn fits_family<A: Family>(config: &Option<FamilyConfig<A>>, subnet: &Option<A::Net>) -> bool {
+    match (config, subnet) {
+        (None, None) => true,
+        (Some(config), Some(subnet)) => config.contains_subnet(subnet),
+        _ => false,
+    }
+}
+
 /// True when two leases' subnets of either family overlap.
-pub fn shares(a: &Subnets, b: &Subnets) -> bool {
+fn shares(a: &Subnets, b: &Subnets) -> bool {
     let both = |x: Option<IpNet>, y: Option<IpNet>| x.zip(y).is_some_and(|(x, y)| overlap(x, y));
     both(a.ipv4.map(Into::into), b.ipv4.map(Into::into))
         || both(a.ipv6.map(Into::into), b.ipv6.map(Into::into))

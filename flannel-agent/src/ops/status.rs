@@ -196,12 +196,9 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
                         _ => None,
                     };
                     let ips = (attrs.public_ip, attrs.public_ipv6);
-                    // IPv6-only peers count under a key of their IPv6 subnet.
-                    let key = match (subnets.ipv4, subnets.ipv6) {
-                        (None, Some(subnet)) => ebpf::ipv6::traffic_key(subnet),
-                        _ => attrs.public_ip,
-                    };
-                    PeerReport::new(*subnets, ips, vtep_mac, traffic(&key))
+                    let key = ebpf::ipv6::traffic_key(subnets, attrs);
+                    let traffic = key.and_then(|key| traffic(&key));
+                    PeerReport::new(*subnets, ips, vtep_mac, traffic)
                 })
                 .collect();
             report.rejected = (table.rejected().iter())

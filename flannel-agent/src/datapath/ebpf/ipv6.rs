@@ -71,11 +71,7 @@ pub fn entries(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Entries> {
     else {
         return None;
     };
-    let key = match subnets.ipv4 {
-        Some(_) => attrs.public_ip,
-        None => traffic_key(subnet),
-    };
-    let key_be = u32::from(key).to_be();
+    let key_be = u32::from(traffic_key(subnets, attrs)?).to_be();
     Some(Entries {
         subnet,
         tunnel: Tunnel6 {
@@ -93,12 +89,19 @@ pub fn entries(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Entries> {
     })
 }
 
-/// An IPv6-only peer's traffic key: its subnet's number, the bits between the network's
-/// prefix and the subnet's length (unique among leases that don't overlap, while at most 32
-/// bits; 16 with flannel's /48 network and /64 subnets).
-pub fn traffic_key(subnet: Ipv6Net) -> Ipv4Addr {
-    let number = u128::from(subnet.network()) >> (128 - u32::from(subnet.prefix_len()));
-    Ipv4Addr::from(number as u32)
+/// The key a peer's traffic counts under: its public IPv4; for an IPv6-only lease, its IPv6
+/// subnet's number, the bits between the network's prefix and the subnet's length (unique
+/// among leases that don't overlap, while at most 32 bits; 16 with flannel's /48 network and
+/// /64 subnets). None for a lease that names no subnet.
+pub fn traffic_key(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Ipv4Addr> {
+    match (subnets.ipv4, subnets.ipv6) {
+        (Some(_), _) => Some(attrs.public_ip),
+        (None, Some(subnet)) => {
+            let number = u128::from(subnet.network()) >> (128 - u32::from(subnet.prefix_len()));
+            Some(Ipv4Addr::from(number as u32))
+        }
+        (None, None) => None,
+    }
 }
 
 /// What the IPv6 maps should hold for the installed peers: each route by its IPv6 subnet,
