@@ -21,7 +21,7 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "FLANNEL_ENDPOINTS_V1";
     pub const EVENTS: &str = "FLANNEL_EVENTS_V2";
     pub const EVENT_RATE: &str = "FLANNEL_EVENT_RATE_V1";
-    pub const CONFIG6: &str = "FLANNEL_CONFIG6_V1";
+    pub const CONFIG6: &str = "FLANNEL_CONFIG6_V2";
     pub const PEERS6: &str = "FLANNEL_PEERS6_V1";
     pub const ROUTES6: &str = "FLANNEL_ROUTES6_V1";
     pub const ENDPOINTS6: &str = "FLANNEL_ENDPOINTS6_V1";
@@ -236,9 +236,12 @@ pub struct DatapathConfig6 {
     pub network_mask: [u8; 16],
     pub subnet: [u8; 16],
     pub subnet_mask: [u8; 16],
-    /// The overlay device: IPv6 is encapsulated at its egress only, after the stack has
-    /// routed it and applied the tunnel's MTU (answering "packet too big").
+    /// The overlay device: IPv6 encapsulated at its egress has been routed by the stack,
+    /// which applied the tunnel's MTU (answering "packet too big").
     pub overlay_ifindex: u32,
+    /// The IPv6 tunnel's MTU: the longest IPv6 packet (or GSO segment) taken at the bridge;
+    /// 0 while the network is IPv4 only.
+    pub inner_mtu: u32,
 }
 
 /// Value of the `ROUTES6` LPM trie, keyed by a peer's IPv6 subnet: the kernel's vxlan device
@@ -424,7 +427,7 @@ const _: () = {
     assert!(size_of::<PeerTraffic>() == 32);
     assert!(size_of::<PeerInfo>() == 12);
     assert!(size_of::<DropEvent>() == 68);
-    assert!(size_of::<DatapathConfig6>() == 84);
+    assert!(size_of::<DatapathConfig6>() == 88);
     assert!(size_of::<Tunnel6>() == 28);
     assert!(size_of::<PeerInfo6>() == 36);
 };

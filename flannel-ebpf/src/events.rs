@@ -14,7 +14,7 @@ use flannel_common::{
 
 use crate::{
     guard, maps,
-    parse::{Ipv4Hdr, Ipv6Hdr, Packet, ETH_HLEN, IPV6_HLEN},
+    parse::{Ipv4Hdr, Ipv6Hdr, Packet, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN},
 };
 
 /// The tunnel's other end, when the caller knows it.
@@ -41,8 +41,6 @@ pub struct Window {
 static RATE: PerCpuArray<Window> = PerCpuArray::with_max_entries(1, 0);
 
 const SECOND_NS: u64 = 1_000_000_000;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 /// Counts a drop of `pkt` (the per-CPU counters behind `/metrics` count them all) and reports
 /// it, as the packet is now, by `hook` on `ifindex`; `peer` is the tunnel's other end if

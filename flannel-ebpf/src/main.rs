@@ -21,7 +21,9 @@ use flannel_common::{DatapathConfig, DropReason, Hook, IPV6_ONLY, THROUGH_NETFIL
 
 use events::Peer;
 use guard::Verdict;
-use parse::{in_prefix6, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPV6_HLEN};
+use parse::{
+    in_prefix6, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN,
+};
 
 /// XDP on the host NIC (`--bpf-decap=xdp`): drop forged tunnel packets before the stack
 /// allocates an skb, and decapsulate genuine ones before GRO.
@@ -148,9 +150,9 @@ fn deliver(ctx: &TcContext, ipv6: bool) -> i32 {
 }
 
 /// TC on the overlay device's egress (everything routed to the overlay) and on the
-/// container bridge's ingress (container traffic, before routing): IPv4 packets for a peer's
-/// subnet are encapsulated and sent straight out of the NIC; IPv6 ones, at the overlay
-/// device only, are handed to the kernel's vxlan encapsulation.
+/// container bridge's ingress (container traffic, before routing): packets for a peer's
+/// subnet are encapsulated and sent on their way, IPv4 straight out of the NIC by us, IPv6
+/// through the kernel's vxlan encapsulation.
 #[classifier]
 pub fn tc_encap(ctx: TcContext) -> i32 {
     let Some(cfg) = maps::config() else {
@@ -184,8 +186,7 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     // Too big to tunnel whole: the stack fragments it or answers "fragmentation needed".
-    // SAFETY: reading a field of the skb behind the context.
-    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    let gso = gso_size(&ctx) != 0;
     if !gso && u32::from(ip.total_len()) > cfg.inner_mtu {
         return TC_ACT_OK;
     }
@@ -206,19 +207,14 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
     }
 }
 
-/// IPv6 for a peer's IPv6 subnet, routed to the overlay device: the stack has applied the
-/// tunnel's MTU (a packet too big got ICMPv6 "packet too big"); the GRO device encapsulates.
+/// IPv6 for a peer's IPv6 subnet goes to the GRO device, whose kernel vxlan encapsulation
+/// gives it the UDP checksum IPv6 needs, with the peer in its tunnel key.
 #[inline(always)]
 fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     let Some(cfg6) = maps::config6() else {
         return TC_ACT_OK;
     };
-    // SAFETY: reading a field of the skb behind the context.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if ifindex != cfg6.overlay_ifindex
-        || cfg.gro_ifindex == 0
-        || !linear(ctx, (ETH_HLEN + IPV6_HLEN) as u32)
-    {
+    if cfg6.inner_mtu == 0 || cfg.gro_ifindex == 0 || !linear(ctx, ENCAP6_HEADERS as u32) {
         return TC_ACT_OK;
     }
     let Some(ip) = ctx.packet().header::<Ipv6Hdr>(ETH_HLEN) else {
@@ -233,6 +229,14 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     let Some(tunnel) = maps::tunnel6_to(dst) else {
         return TC_ACT_OK;
     };
+    // At the overlay device the stack has applied the tunnel's MTU already. At the bridge,
+    // a packet (or a GSO packet's segment) too big for it takes the stack's way, which
+    // answers "packet too big".
+    // SAFETY: reading a field of the skb behind the context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if ifindex != cfg6.overlay_ifindex && !fits6(ctx, ip, cfg6.inner_mtu) {
+        return TC_ACT_OK;
+    }
     let tunnel = *tunnel;
     let bytes = ctx.len();
     match encap::via_kernel6(ctx, cfg, cfg6, &tunnel) {
@@ -242,6 +246,35 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
         }
         Err(reason) => tc_drop(ctx, cfg, Hook::TcEncap, reason, Peer::V6(tunnel.remote_ip)),
     }
+}
+
+/// The Ethernet, IPv6 and smallest TCP header, which `fits6` reads.
+const ENCAP6_HEADERS: usize = ETH_HLEN + IPV6_HLEN + 20;
+
+/// True when the IPv6 packet `ip`, or each segment of a GSO packet, is at most `mtu` long.
+/// A GSO packet of a transport other than TCP or UDP is never taken to fit.
+#[inline(always)]
+fn fits6(ctx: &TcContext, ip: &Ipv6Hdr, mtu: u32) -> bool {
+    let gso_size = gso_size(ctx);
+    if gso_size == 0 {
+        return (IPV6_HLEN + usize::from(u16::from_be_bytes(ip.payload_len))) as u32 <= mtu;
+    }
+    let transport_len = match ip.next_header {
+        IPPROTO_TCP => match ctx.load::<u8>(ETH_HLEN + IPV6_HLEN + 12) {
+            Ok(offset) => u32::from(offset >> 4) * 4,
+            Err(_) => return false,
+        },
+        IPPROTO_UDP => 8,
+        _ => return false,
+    };
+    IPV6_HLEN as u32 + transport_len + gso_size <= mtu
+}
+
+/// The segment size of a GSO packet, to be segmented later; 0 for any other.
+#[inline(always)]
+fn gso_size(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the skb behind the context.
+    u32::from(unsafe { (*ctx.skb.skb).gso_size })
 }
 
 /// Makes sure the first `len` bytes (or the whole packet, if shorter) are linear.

@@ -8,11 +8,33 @@ pub fn run<P>(program: &mut P, frame: &[u8]) -> (u32, Vec<u8>)
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
 {
+    run_with(program, frame, None)
+}
+
+/// `run`, with `frame` a GSO packet to be cut into segments of `gso_size` bytes.
+pub fn run_gso<P>(program: &mut P, frame: &[u8], gso_size: u32) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    // The kernel's `struct __sk_buff` (UAPI, 192 bytes), zero but for the GSO fields; aya
+    // exports no binding of it, so the two offsets are written here.
+    let mut skb = [0u8; 192];
+    let segments = (frame.len() as u32).div_ceil(gso_size);
+    skb[164..168].copy_from_slice(&segments.to_ne_bytes());
+    skb[176..180].copy_from_slice(&gso_size.to_ne_bytes());
+    run_with(program, frame, Some(&skb))
+}
+
+fn run_with<P>(program: &mut P, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     let mut out = vec![0u8; frame.len() + 256];
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: ctx,
             ..Default::default()
         })
         .expect("test run");

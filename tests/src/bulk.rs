@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddrV4, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -38,11 +38,12 @@ const CHUNK: usize = 64 * 1024;
 /// stream is cut short.
 pub fn verified_transfer(
     server: &Netns,
-    listen: SocketAddrV4,
+    listen: impl Into<SocketAddr>,
     client: &Netns,
-    target: SocketAddrV4,
+    target: impl Into<SocketAddr>,
     len: usize,
 ) -> Result<()> {
+    let (listen, target) = (listen.into(), target.into());
     let (ready, listening) = mpsc::channel();
     std::thread::scope(|scope| {
         let receiver = scope.spawn(move || {
@@ -67,10 +68,10 @@ pub fn verified_transfer(
     })
 }
 
-fn send(target: SocketAddrV4, len: usize) -> Result<()> {
+fn send(target: SocketAddr, len: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut stream = loop {
-        match TcpStream::connect_timeout(&target.into(), Duration::from_secs(2)) {
+        match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
             Ok(stream) => break stream,
             Err(e) if Instant::now() > deadline => {
                 return Err(e).with_context(|| format!("connecting to {target}"))

@@ -266,16 +266,17 @@ fn dual_stack_vxlan_on_ebpf_carries_both_families() {
     let resync: &[&str] = &["--iptables-resync=1"];
     let (bed, agents, containers) =
         vxlan_carries_both_families(&[resync, &[], &[]], ("flannel-bpf", "flannel-bpf"));
-    // Each reply crosses one routing hop, the sender's: the receiving host delivers it into
-    // the container (`redirect_peer`) instead of routing it (hop limit 62).
+    // Replies cross no routing hop: the sending host tunnels them at its bridge and the
+    // receiving host delivers them into the container (`redirect_peer`); routed on both,
+    // they would arrive with hop limit 62.
     assert!(bed.hosts[0].ip(&["link", "show", "flannel-gro"]).is_ok());
     assert_steady(&agents[0]);
     ebpf_delivers_ipv6_and_keeps_its_route(&bed, &containers);
 }
 
-/// On the eBPF datapath, with host 0 on `--iptables-resync=1`: decapsulated IPv6 goes
-/// straight into its container (hop limit 63: no routing on the receiving host, which would
-/// make it 62), and the IPv6 network's route comes back, with the tunnel's MTU, when deleted
+/// On the eBPF datapath, with host 0 on `--iptables-resync=1`: IPv6 is tunnelled at the
+/// sender's bridge and decapsulated straight into its container (hop limit 64: no routing on
+/// either host), and the IPv6 network's route comes back, with the tunnel's MTU, when deleted
 /// by hand.
 fn ebpf_delivers_ipv6_and_keeps_its_route(bed: &Testbed, containers: &[Container]) {
     wait_for(
@@ -284,7 +285,7 @@ fn ebpf_delivers_ipv6_and_keeps_its_route(bed: &Testbed, containers: &[Container
         || {
             containers[0]
                 .ping(v6(&containers[1]))
-                .is_ok_and(|reply| reply.contains("ttl=63"))
+                .is_ok_and(|reply| reply.contains("ttl=64"))
         },
     )
     .unwrap();
@@ -424,7 +425,8 @@ fn ipv6_only_vxlan_on_ebpf_carries_ipv6_between_hosts_without_ipv4() {
 /// host 1 receives it, is flannel's IPv6 vxlan frame field by field: outer IPv6 between the
 /// hosts' public IPv6 addresses, UDP to 8472 with a checksum (flannel's `flannel-v6.1`
 /// drops those without), VXLAN with the I flag and VNI 1, inner Ethernet from our VTEP MAC
-/// to host 1's, and the container's packet, routed once (hop limit 63), byte for byte.
+/// to host 1's, and the container's packet, tunnelled at host 0's bridge before any routing
+/// (hop limit 64), byte for byte.
 fn our_ipv6_vxlan_is_flannels_on_the_wire(bed: &Testbed, containers: &[Container]) {
     let (from, to) = (v6(&containers[0]), v6(&containers[1]));
     let capture = bed.hosts[1]
@@ -455,10 +457,8 @@ fn our_ipv6_vxlan_is_flannels_on_the_wire(bed: &Testbed, containers: &[Container
     assert_eq!(vxlan, [0x08, 0, 0, 0, 0, 0, 1, 0]);
     assert_eq!((&inner[..6], &inner[6..12]), (&mac(1)[..], &mac(0)[..]));
     assert_eq!(inner[12..14], ETH_P_IPV6.to_be_bytes());
-    // The container's packet (its flow label the container's own), its hop limit spent once
-    // by host 0's routing.
-    let mut sent = packet::ipv6(from, to, IPPROTO_UDP, &[0; 8 + 35]);
-    sent[7] = 63;
+    // The container's packet, its flow label the container's own, its hop limit unspent.
+    let sent = packet::ipv6(from, to, IPPROTO_UDP, &[0; 8 + 35]);
     let ip = &inner[14..];
     assert_eq!(ip[0] >> 4, 6);
     assert_eq!(ip[4..40], sent[4..40]);

@@ -11,7 +11,7 @@ use flannel_common::{
     PeerInfo6, Tunnel, Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, VXLAN_PORT,
 };
 use flannel_tests::{
-    bpf_run::{drop_events, run},
+    bpf_run::{drop_events, run, run_gso},
     netns::{kernel_vxlan_frame, Bpffs},
     packet::{self, udp6_frame, udp_frame, vxlan, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP},
     require_root,
@@ -68,6 +68,7 @@ fn dual_stack(check_inner_source: bool, overlay_ifindex: u32) -> Programs {
             subnet: subnet.network().octets(),
             subnet_mask: subnet.netmask().octets(),
             overlay_ifindex,
+            inner_mtu: TUNNEL_MTU,
         })
         .unwrap();
     let peer_subnet = net("fd00:10:0:74::/64");
@@ -302,16 +303,25 @@ fn an_ipv6_only_config_judges_and_tunnels_no_ipv4() {
     assert_eq!(&out[14..], &inner_ip("fd00:10:0:74::2")[..]);
 }
 
-/// A container's IPv6 packet to `dst`, as the overlay device's egress sees it.
-fn to(dst: &str) -> Vec<u8> {
+/// The IPv6 tunnel's MTU in `dual_stack`: a 1,500-byte underlay less vxlan over IPv6.
+const TUNNEL_MTU: u32 = 1430;
+
+/// A container's IPv6 TCP packet to `dst` with `payload` bytes of data.
+fn tcp_to(dst: &str, payload: usize) -> Vec<u8> {
     let src = "fd00:10:0:83::2".parse().unwrap();
-    let ip = packet::ipv6(src, dst.parse().unwrap(), IPPROTO_TCP, &[9; 20]);
+    let mut tcp = vec![9; 20 + payload];
+    tcp[12] = 5 << 4; // data offset: 5 words, no options
+    let ip = packet::ipv6(src, dst.parse().unwrap(), IPPROTO_TCP, &tcp);
     packet::ethernet(
         [0x02, 0, 0, 0, 0, 9],
         [0x02, 0, 0, 0, 0, 8],
         ETH_P_IPV6,
         &ip,
     )
+}
+
+fn to(dst: &str) -> Vec<u8> {
+    tcp_to(dst, 0)
 }
 
 #[test]
@@ -337,11 +347,33 @@ fn ipv6_for_a_peer_is_handed_to_the_gro_device_at_the_overlay_device() {
     ] {
         assert_eq!(run(programs.tc_encap(), &frame), (TC_ACT_OK, frame.clone()));
     }
-    // Elsewhere than the overlay device (the container bridge), IPv6 is left to routing,
-    // which applies the tunnel's MTU first.
+}
+
+/// At the container bridge, before routing, IPv6 that fits the tunnel goes straight to the
+/// GRO device; bigger packets, or GSO packets whose segments would be, are left to the
+/// stack, which answers "packet too big".
+#[test]
+fn ipv6_at_the_bridge_is_tunnelled_when_it_fits_the_tunnel_mtu() {
     let mut programs = dual_stack(false, 77);
-    let frame = to("fd00:10:0:74::2");
-    assert_eq!(run(programs.tc_encap(), &frame), (TC_ACT_OK, frame));
+    let header = 40 + 20;
+    let fits = tcp_to("fd00:10:0:74::2", TUNNEL_MTU as usize - header);
+    let (verdict, out) = run(programs.tc_encap(), &fits);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, [&PEER_VTEP[..], &OUR_VTEP[..], &fits[12..]].concat());
+    let too_big = tcp_to("fd00:10:0:74::2", TUNNEL_MTU as usize - header + 1);
+    assert_eq!(run(programs.tc_encap(), &too_big), (TC_ACT_OK, too_big));
+
+    // A GSO packet: what counts is the size of the segments it will be cut into.
+    let gso = tcp_to("fd00:10:0:74::2", 3000);
+    let segment = TUNNEL_MTU - header as u32;
+    assert_eq!(
+        run_gso(programs.tc_encap(), &gso, segment).0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        run_gso(programs.tc_encap(), &gso, segment + 1),
+        (TC_ACT_OK, gso)
+    );
 }
 
 /// A frame sent by a Linux IPv6 vxlan device set up as flannel sets up `flannel-v6.1`,

@@ -1,10 +1,10 @@
 //! The eBPF datapath on the NIC-like underlay (the sender segments, the receiver merges with
 //! GRO, as real NICs do): bulk TCP arrives byte for byte in each decap mode and wire format,
 //! also through a container that routes on to another; and the GRO device that lets the NIC
-//! merge our vxlan frames behaves.
+//! merge our vxlan frames behaves. IPv6 too.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4, SocketAddrV6},
     time::Duration,
 };
 
@@ -18,6 +18,8 @@ use flannel_tests::{
 
 const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#;
 const UDP: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "udp"}}"#;
+const DUAL_VXLAN: &str = r#"{"Network": "10.1.0.0/16", "EnableIPv6": true,
+    "IPv6Network": "fd00:10::/48", "Backend": {"Type": "vxlan"}}"#;
 const READY: Duration = Duration::from_secs(20);
 const BYTES: usize = 64 << 20;
 
@@ -108,6 +110,30 @@ fn udp_bulk_tcp_is_intact_with_tc_decap() {
 #[test]
 fn udp_bulk_tcp_is_intact_with_xdp_decap() {
     bulk_transfers_arrive_intact(UDP, "--bpf-decap=xdp");
+}
+
+/// A dual-stack network's IPv6: 64 MiB each way, tunnelled at the sending host's bridge. The
+/// containers' MTU is above the IPv6 tunnel's, so the first full-size packets are too big for
+/// it and must get "packet too big" from the stack, not be tunnelled or lost.
+#[test]
+fn ipv6_bulk_tcp_is_intact() {
+    require_root();
+    let (bed, _agents, containers) = Testbed::dual_stack_cluster_on(
+        Underlay::NicLike,
+        DUAL_VXLAN,
+        &[&["--healthz-port=8471"], &["--healthz-port=8471"]],
+    )
+    .unwrap();
+    testbed::all_reach_all(&containers, READY).unwrap();
+    let [a, b] = [&containers[0], &containers[1]].map(|c| c.ipv6.expect("an IPv6 address"));
+    let at6 = |ip, port| SocketAddrV6::new(ip, port, 0, 0);
+    let (ns_a, ns_b) = (&containers[0].ns, &containers[1].ns);
+    verified_transfer(ns_b, at6(b, 5001), ns_a, at6(b, 5001), BYTES).unwrap();
+    verified_transfer(ns_a, at6(a, 5002), ns_b, at6(a, 5002), BYTES).unwrap();
+    for host in &bed.hosts {
+        let dropped = metric(host, 8471, r#"flannel_drops_total{reason="encap_failed"}"#);
+        assert_eq!(dropped, 0.0, "packets the programs could not encapsulate");
+    }
 }
 
 /// The value of the first sample of `name` (with its labels, if it has them) in `host`'s

@@ -1,10 +1,10 @@
 //! The IPv6 half of a dual-stack vxlan network on the eBPF datapath, carried as flannel
 //! carries it: between the hosts' public IPv6 addresses, to each peer's IPv6 VTEP MAC.
 //!
-//! - `tc_encap` takes IPv6 for a peer's IPv6 subnet at the overlay device's egress, after the
-//!   stack routed it (with the tunnel's MTU: bigger packets get "packet too big"), and hands
-//!   it to the GRO device, the kernel's vxlan in metadata mode, with the peer in its tunnel
-//!   key. The kernel writes the outer headers with the UDP checksum IPv6 needs: flannel's IPv6
+//! - `tc_encap` takes IPv6 for a peer's IPv6 subnet at the container bridge's ingress (when
+//!   it fits the tunnel's MTU; bigger packets take the stack's way, which answers "packet too
+//!   big") and at the overlay device's egress, and hands it to the GRO device, the kernel's
+//!   vxlan in metadata mode, with the peer in its tunnel key. The kernel writes the outer headers with the UDP checksum IPv6 needs: flannel's IPv6
 //!   vxlan device drops packets without one, and `bpf_skb_adjust_room` can't give a GSO
 //!   packet's segments theirs.
 //! - `tc_ingress` lets in IPv6 vxlan packets from current peers only, with our VNI, and
@@ -34,7 +34,8 @@ pub struct Ours6 {
     pub public_ip: Ipv6Addr,
 }
 
-pub fn config(ours: &Ours6, overlay_ifindex: u32) -> DatapathConfig6 {
+/// The programs' IPv6 configuration; `mtu`: the IPv6 tunnel's.
+pub fn config(ours: &Ours6, overlay_ifindex: u32, mtu: u32) -> DatapathConfig6 {
     DatapathConfig6 {
         local_ip: ours.public_ip.octets(),
         network: ours.network.network().octets(),
@@ -42,6 +43,7 @@ pub fn config(ours: &Ours6, overlay_ifindex: u32) -> DatapathConfig6 {
         subnet: ours.subnet.network().octets(),
         subnet_mask: ours.subnet.netmask().octets(),
         overlay_ifindex,
+        inner_mtu: mtu,
     }
 }
 

@@ -226,8 +226,8 @@ impl EbpfDatapath {
             overlay_device::take_network(netlink, index, OVERLAY_DEV, networks, None).await?;
         }
         let ours6 = self.ours6(&ours)?;
+        let mtu6 = self.nic.ipv6_tunnel_mtu(mtu);
         if let Some(ours6) = &ours6 {
-            let mtu6 = self.nic.ipv6_tunnel_mtu(mtu);
             let networks = (ours6.network, ours6.subnet);
             overlay_device::take_network(netlink, index, OVERLAY_DEV, networks, Some(mtu6)).await?;
         }
@@ -266,7 +266,7 @@ impl EbpfDatapath {
             ..Default::default()
         })?;
         self.programs.set_config6(match &ours6 {
-            Some(ours6) => ipv6::config(ours6, self.overlay_index),
+            Some(ours6) => ipv6::config(ours6, self.overlay_index, mtu6),
             None => DatapathConfig6::default(),
         })?;
         self.active = Some((ours, mtu));
