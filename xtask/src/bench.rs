@@ -128,6 +128,8 @@ impl UnderlayArg {
 /// What `cargo xtask bench` was asked to run.
 pub struct Options {
     pub quick: bool,
+    /// Rounds instead of the default 3.
+    pub rounds: Option<u32>,
     pub only: Option<Part>,
     /// The containers' TCP congestion control; the machine's by default.
     pub tcp_cc: Option<String>,
@@ -193,6 +195,7 @@ pub fn run(options: &Options) -> Result<()> {
     let cc = congestion_control(options.tcp_cc.as_deref())?;
     let quick = options.quick;
     let (rounds, seconds, changes) = if quick { (1, 2, 50) } else { (3, 5, 200) };
+    let rounds = options.rounds.unwrap_or(rounds);
     let runs = |part| options.only.is_none_or(|only| only == part);
     let underlays = match options.underlay {
         Some(one) => vec![one.underlay()],
@@ -618,11 +621,9 @@ fn report(
         .to_owned();
     let cores = std::thread::available_parallelism()?.get();
     let mut md = String::new();
-    writeln!(
-        md,
-        "# cargo xtask bench{}\n",
-        if rounds == 1 { " --quick" } else { "" }
-    )?;
+    // The command as run, options and all.
+    let args: Vec<String> = std::env::args().skip_while(|a| a != "bench").collect();
+    writeln!(md, "# cargo xtask {}\n", args.join(" "))?;
     let tools = tool_versions();
     writeln!(
         md,

@@ -59,6 +59,10 @@ enum Task {
         /// One short round of every row.
         #[arg(long)]
         quick: bool,
+        /// Interleaved rounds to take medians over (3 by default; 1 with --quick): more
+        /// settle noisy comparisons on a shared machine.
+        #[arg(long, conflicts_with = "quick", value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: Option<u32>,
         /// Run only this part.
         #[arg(long, value_enum)]
         only: Option<bench::Part>,
@@ -95,6 +99,7 @@ fn main() -> Result<()> {
         Task::Uninstall { target } => install::uninstall(&target),
         Task::Bench {
             quick,
+            rounds,
             only,
             tcp_cc,
             underlay,
@@ -103,6 +108,7 @@ fn main() -> Result<()> {
             setup::run()?;
             bench::run(&bench::Options {
                 quick,
+                rounds,
                 only,
                 tcp_cc,
                 underlay,
