@@ -214,7 +214,7 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     let Some(cfg6) = maps::config6() else {
         return TC_ACT_OK;
     };
-    if cfg6.inner_mtu == 0 || cfg.gro_ifindex == 0 || !linear(ctx, ENCAP6_HEADERS as u32) {
+    if cfg6.inner_mtu == 0 || cfg.gro_ifindex == 0 || !linear(ctx, (ETH_HLEN + IPV6_HLEN) as u32) {
         return TC_ACT_OK;
     }
     let Some(ip) = ctx.packet().header::<Ipv6Hdr>(ETH_HLEN) else {
@@ -247,9 +247,6 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
         Err(reason) => tc_drop(ctx, cfg, Hook::TcEncap, reason, Peer::V6(tunnel.remote_ip)),
     }
 }
-
-/// The Ethernet, IPv6 and smallest TCP header, which `fits6` reads.
-const ENCAP6_HEADERS: usize = ETH_HLEN + IPV6_HLEN + 20;
 
 /// True when the IPv6 packet `ip`, or each segment of a GSO packet, is at most `mtu` long.
 /// A GSO packet of a transport other than TCP or UDP is never taken to fit.

@@ -4,9 +4,9 @@
 //! - `tc_encap` takes IPv6 for a peer's IPv6 subnet at the container bridge's ingress (when
 //!   it fits the tunnel's MTU; bigger packets take the stack's way, which answers "packet too
 //!   big") and at the overlay device's egress, and hands it to the GRO device, the kernel's
-//!   vxlan in metadata mode, with the peer in its tunnel key. The kernel writes the outer headers with the UDP checksum IPv6 needs: flannel's IPv6
-//!   vxlan device drops packets without one, and `bpf_skb_adjust_room` can't give a GSO
-//!   packet's segments theirs.
+//!   vxlan in metadata mode, with the peer in its tunnel key. The kernel writes the outer
+//!   headers with the UDP checksum IPv6 needs: flannel's IPv6 vxlan device drops packets
+//!   without one, and `bpf_skb_adjust_room` can't give a GSO packet's segments theirs.
 //! - `tc_ingress` lets in IPv6 vxlan packets from current peers only, with our VNI, and
 //!   decapsulates them for the stack.
 //! - The maps: a peer's IPv6 subnet → its tunnel (`ROUTES6`), its public IPv6 → the subnet it
