@@ -91,11 +91,8 @@ fn dual_stack_host_gw_containers_reach_each_other_over_both_families() {
 
     // The lease, as flannel writes it: both subnets in the key, PublicIPv6 in the value.
     assert_eq!(
-        bed.etcd
-            .get(&agents[0].lease_key().unwrap())
-            .unwrap()
-            .as_deref(),
-        Some(r#"{"PublicIP":"192.168.64.10","PublicIPv6":"fd64::10","BackendType":"host-gw"}"#)
+        lease_value(&bed, &agents[0]),
+        r#"{"PublicIP":"192.168.64.10","PublicIPv6":"fd64::10","BackendType":"host-gw"}"#
     );
     let network6 = agents[0].subnet_env("FLANNEL_IPV6_NETWORK").unwrap();
     assert_eq!(network6, "fd00:10::/48");
@@ -226,12 +223,12 @@ fn vxlan_carries_both_families(
         mac.trim().to_owned()
     };
     assert_eq!(
-        bed.etcd.get(&agents[0].lease_key().unwrap()).unwrap(),
-        Some(format!(
+        lease_value(&bed, &agents[0]),
+        format!(
             r#"{{"PublicIP":"192.168.64.10","PublicIPv6":"fd64::10","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
             mac(v4_device),
             mac(v6_device)
-        ))
+        )
     );
 
     let lost = containers[0]
@@ -250,6 +247,12 @@ fn assert_steady(agent: &Agent) {
         !log.contains("removing a stale") && !log.contains("lost this peer"),
         "{log}"
     );
+}
+
+/// The value of `agent`'s lease in etcd.
+fn lease_value(bed: &Testbed, agent: &Agent) -> String {
+    let key = agent.lease_key().unwrap();
+    bed.etcd.get(&key).unwrap().expect("the agent's lease")
 }
 
 /// The IPv6 subnet of `agent`'s lease.
@@ -350,11 +353,11 @@ fn ipv6_only_vxlan(flags: &[&[&str]], device: &str) -> (Testbed, Vec<Agent>, Vec
     let path = format!("/sys/class/net/{device}/address");
     let mac = bed.hosts[0].exec("cat", &[&path]).unwrap();
     assert_eq!(
-        bed.etcd.get(&key).unwrap(),
-        Some(format!(
+        lease_value(&bed, &agents[0]),
+        format!(
             r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"fd64::10","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
             mac.trim()
-        ))
+        )
     );
     let first = Ipv6Addr::from(u128::from(ipv6_subnet(&agents[0]).network()) + 1);
     assert_eq!(
@@ -486,11 +489,8 @@ fn ipv6_only_host_gw_routes_between_hosts_without_ipv4() {
     let (bed, agents, containers) = ipv6_only(IPV6_HOST_GW, &[&[], &[]]);
     tcp_over_ipv6_both_ways(&containers[0], &containers[1], b"flannel over IPv6 only");
     assert_eq!(
-        bed.etcd
-            .get(&agents[0].lease_key().unwrap())
-            .unwrap()
-            .as_deref(),
-        Some(r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd64::10","BackendType":"host-gw"}"#)
+        lease_value(&bed, &agents[0]),
+        r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd64::10","BackendType":"host-gw"}"#
     );
     let route = ipv6_subnet(&agents[1]).to_string();
     let shown = bed.hosts[0].ip(&["-6", "route", "show", &route]).unwrap();
@@ -531,7 +531,7 @@ fn the_interface_is_found_by_ipv6_on_hosts_without_ipv4() {
         args.extend(choice);
         let mut agent = Agent::spawn(&bed.hosts[host], &args).unwrap();
         agent.wait_ready(READY).unwrap();
-        let value = bed.etcd.get(&agent.lease_key().unwrap()).unwrap().unwrap();
+        let value = lease_value(&bed, &agent);
         let ip = Testbed::host_ipv6(host);
         assert!(
             value.contains(&format!(r#""PublicIPv6":"{ip}""#)),

@@ -95,7 +95,8 @@ pub async fn acquire(
             None => pick_free(config, &snapshot)?,
         };
         if let Some(lease_id) = registry.create(&candidate, attrs, ttl).await? {
-            if config.ipv6.is_some() && lost_to_an_older_lease(registry, &candidate).await? {
+            let dual = candidate.ipv4.is_some() && candidate.ipv6.is_some();
+            if dual && lost_to_an_older_lease(registry, &candidate).await? {
                 registry.withdraw(&candidate, lease_id).await?;
                 info!(subnets = %candidate, "another host took one of the subnets first; trying others");
                 continue;
@@ -119,7 +120,7 @@ pub async fn renew(registry: &mut Registry, lease: &OwnLease) -> Result<Option<O
 }
 
 /// In a dual-stack network a key names both subnets, so etcd lets two hosts create keys that
-/// share one of them. Whoever created theirs first (etcd's create revision, as the peer table
+/// share one of them (a key naming one subnet is created by one host only). Whoever created theirs first (etcd's create revision, as the peer table
 /// judges collisions) keeps it; the other withdraws.
 async fn lost_to_an_older_lease(registry: &mut Registry, subnets: &Subnets) -> Result<bool> {
     let snapshot = registry.snapshot().await?;
