@@ -244,9 +244,8 @@ pub struct DatapathConfig6 {
     pub inner_mtu: u32,
 }
 
-/// Value of the `ROUTES6` LPM trie, keyed by a peer's IPv6 subnet: the kernel's vxlan device
-/// in metadata mode (the GRO device) encapsulates IPv6 for us, with the UDP checksum that
-/// IPv6 requires and flannel's IPv6 vxlan device checks.
+/// Value of the `ROUTES6` LPM trie, keyed by a peer's IPv6 subnet: where to tunnel its IPv6,
+/// by the program or by the kernel's vxlan device in metadata mode (the GRO device).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tunnel6 {

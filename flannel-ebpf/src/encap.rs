@@ -1,22 +1,28 @@
 //! Encapsulation: grow the packet in front of its IPv4 header and write the outer headers
 //! (IPv4, UDP, and for vxlan the VXLAN header and inner Ethernet) from the peer's template,
 //! the way the kernel's `test_tc_tunnel` grows it, so a GSO packet stays one packet and is
-//! segmented late.
+//! segmented late. IPv6 needs an outer UDP checksum: we write it for single packets, and
+//! leave GSO packets, whose every segment needs its own, to the kernel's vxlan.
 
 use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_tunnel_key, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
-        BPF_F_DONT_FRAGMENT, BPF_F_TUNINFO_IPV6,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_DONT_FRAGMENT, BPF_F_TUNINFO_IPV6,
     },
     helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
-use flannel_common::{DatapathConfig, DatapathConfig6, DropReason, Encap, Tunnel, Tunnel6};
+use flannel_common::{
+    DatapathConfig, DatapathConfig6, DropReason, Encap, Tunnel, Tunnel6, VXLAN6_OVERHEAD,
+};
 
 use crate::{
     csum,
-    parse::{Context, Ipv4Hdr, ETH_HLEN},
+    parse::{
+        Context, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        IPV6_HLEN,
+    },
     ttl,
 };
 
@@ -26,6 +32,11 @@ const GROW_FLAGS: u64 =
 /// macro `BPF_F_ADJ_ROOM_ENCAP_L2(len)`).
 const VXLAN_GROW_FLAGS: u64 =
     GROW_FLAGS | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64 | ((ETH_HLEN as u64) << 56);
+
+/// Outer IPv6, UDP and VXLAN and the inner Ethernet header, for an inner IPv6 packet.
+const VXLAN6_GROW_FLAGS: u64 = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP) as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
+    | ((ETH_HLEN as u64) << 56);
 
 /// What `bpf_skb_adjust_room` says of a packet already marked as tunnelled.
 const EALREADY: i64 = -114;
@@ -115,10 +126,98 @@ fn via_kernel(ctx: &TcContext, cfg: &DatapathConfig, tunnel: &Tunnel) -> Result<
     send_via_kernel(ctx, cfg, &macs, key, BPF_F_DONT_FRAGMENT as u64)
 }
 
-/// IPv6 to a dual-stack peer: always by the GRO device, whose kernel vxlan encapsulation
-/// gives the outer UDP the checksum IPv6 needs (flannel's IPv6 vxlan device drops packets
-/// without one), for a GSO packet's every segment too.
-pub fn via_kernel6(
+/// IPv6 to a peer: one packet, not to be segmented later, whose outer UDP checksum can be
+/// had from its headers alone (see `inner_sum`), is encapsulated here, in flannel's IPv6
+/// vxlan format, and sent straight out of the NIC; any other goes by the GRO device.
+pub fn encapsulate6(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    cfg6: &DatapathConfig6,
+    tunnel: &Tunnel6,
+    gso: bool,
+) -> Result<i32, DropReason> {
+    let inner = if gso { None } else { inner_sum(ctx) };
+    let Some(inner) = inner else {
+        return via_kernel6(ctx, cfg, cfg6, tunnel);
+    };
+    // SAFETY: the helper only reads the skb behind the context.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let grow = VXLAN6_OVERHEAD as i32;
+    if ctx
+        .adjust_room(grow, BPF_ADJ_ROOM_MAC, VXLAN6_GROW_FLAGS)
+        .is_err()
+    {
+        // Unchanged (still marked as tunnelled, say): the kernel's encapsulation takes it.
+        return via_kernel6(ctx, cfg, cfg6, tunnel);
+    }
+    let udp_len = (ctx.len() - (ETH_HLEN + IPV6_HLEN) as u32) as u16;
+    let mut h = [0u8; VXLAN6_OVERHEAD as usize];
+    // Outer IPv6: class and flow label 0, hop limit 64, as flannel's device sends.
+    h[0] = 0x60;
+    h[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    h[6] = IPPROTO_UDP;
+    h[7] = 64;
+    h[8..24].copy_from_slice(&cfg6.local_ip);
+    h[24..40].copy_from_slice(&tunnel.remote_ip);
+    let sport = (SPORT_MIN + hash % SPORT_RANGE) as u16;
+    h[40..42].copy_from_slice(&sport.to_be_bytes());
+    h[42..44].copy_from_slice(&cfg.port_be.to_ne_bytes());
+    h[44..46].copy_from_slice(&udp_len.to_be_bytes());
+    // VXLAN: the I flag, then the VNI in the upper 24 bits.
+    h[48] = 0x08;
+    h[52..56].copy_from_slice(&(cfg.vni << 8).to_be_bytes());
+    h[56..62].copy_from_slice(&tunnel.remote_mac);
+    h[62..68].copy_from_slice(&cfg.vtep_mac);
+    h[68..70].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+    // The pseudo-header (addresses, length, protocol), the outer UDP header on, and the
+    // inner packet's share.
+    let sum = csum::sum16(&h[8..40]) + u32::from(udp_len) + u32::from(IPPROTO_UDP);
+    let check = match csum::fold(sum + csum::sum16(&h[40..]) + inner) {
+        0 => 0xffff, // 0 means "no checksum" in UDP
+        check => check,
+    };
+    h[46..48].copy_from_slice(&check.to_be_bytes());
+    ctx.store(ETH_HLEN, &h, 0)
+        .map_err(|_| DropReason::EncapFailed)?;
+    // SAFETY: plain helper call; no pointers passed.
+    Ok(unsafe { bpf_redirect_neigh(cfg.nic_ifindex, core::ptr::null_mut(), 0, 0) as i32 })
+}
+
+/// The one's-complement sum of the inner IPv6 packet (at `ETH_HLEN`) as the outer UDP
+/// checksum covers it, from its header alone: a TCP, UDP or ICMPv6 packet with its checksum
+/// right (or for the device to fill in) sums, over its upper-layer part, to the negated sum
+/// of its pseudo-header, which shares the addresses and length with the IPv6 header (the
+/// kernel's local checksum offload rests on the same). None for other packets (extension
+/// headers, fragments) and for UDP without a checksum.
+#[inline(always)]
+fn inner_sum(ctx: &TcContext) -> Option<u32> {
+    let ip = ctx.packet().header::<Ipv6Hdr>(ETH_HLEN)?;
+    let next = ip.next_header;
+    match next {
+        IPPROTO_TCP | IPPROTO_ICMPV6 => {}
+        IPPROTO_UDP => {
+            let check = ctx.load::<[u8; 2]>(ETH_HLEN + IPV6_HLEN + 6).ok()?;
+            if check == [0, 0] {
+                return None;
+            }
+        }
+        _ => return None,
+    }
+    // Header minus pseudo-header: the addresses and the length cancel, which leaves the
+    // first word pair, the next-header/hop-limit word, and the pseudo-header's protocol
+    // word subtracted (one's complement: its complement added).
+    let v = &ip.version_class_flow;
+    Some(
+        csum::sum16(v)
+            + u32::from(u16::from_be_bytes([next, ip.hop_limit]))
+            + u32::from(!u16::from(next)),
+    )
+}
+
+/// IPv6 by the GRO device, whose kernel vxlan encapsulation gives the outer UDP the checksum
+/// IPv6 needs (flannel's IPv6 vxlan device drops packets without one), for a GSO packet's
+/// every segment too.
+fn via_kernel6(
     ctx: &TcContext,
     cfg: &DatapathConfig,
     cfg6: &DatapathConfig6,

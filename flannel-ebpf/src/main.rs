@@ -151,8 +151,8 @@ fn deliver(ctx: &TcContext, ipv6: bool) -> i32 {
 
 /// TC on the overlay device's egress (everything routed to the overlay) and on the
 /// container bridge's ingress (container traffic, before routing): packets for a peer's
-/// subnet are encapsulated and sent on their way, IPv4 straight out of the NIC by us, IPv6
-/// through the kernel's vxlan encapsulation.
+/// subnet are encapsulated and sent straight out of the NIC (IPv6 GSO packets through the
+/// kernel's vxlan encapsulation).
 #[classifier]
 pub fn tc_encap(ctx: TcContext) -> i32 {
     let Some(cfg) = maps::config() else {
@@ -207,8 +207,9 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
     }
 }
 
-/// IPv6 for a peer's IPv6 subnet goes to the GRO device, whose kernel vxlan encapsulation
-/// gives it the UDP checksum IPv6 needs, with the peer in its tunnel key.
+/// IPv6 for a peer's IPv6 subnet: encapsulated here and sent out of the NIC, or, when a GSO
+/// packet, handed to the GRO device, whose kernel vxlan encapsulation gives every segment
+/// the UDP checksum IPv6 needs.
 #[inline(always)]
 fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     let Some(cfg6) = maps::config6() else {
@@ -239,7 +240,7 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     }
     let tunnel = *tunnel;
     let bytes = ctx.len();
-    match encap::via_kernel6(ctx, cfg, cfg6, &tunnel) {
+    match encap::encapsulate6(ctx, cfg, cfg6, &tunnel, gso_size(ctx) != 0) {
         Ok(send) => {
             maps::count_tx(tunnel.traffic_key_be, bytes);
             send

@@ -14,6 +14,7 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPV6_HLEN: usize = size_of::<Ipv6Hdr>();
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 /// VXLAN flags word with only the I (valid VNI) bit set.
 pub const VXLAN_FLAGS_I: u32 = 0x0800_0000;
 

@@ -6,6 +6,7 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// The Internet checksum (RFC 1071) of `bytes`.
 pub fn checksum(bytes: &[u8]) -> u16 {
@@ -87,6 +88,21 @@ pub fn udp_frame(
 ) -> Vec<u8> {
     let ip = ipv4(src, dst, IPPROTO_UDP, &udp(src_port, dst_port, payload));
     ethernet([0x02, 0, 0, 0, 0, 2], [0x02, 0, 0, 0, 0, 1], ETH_P_IP, &ip)
+}
+
+/// The checksum of an IPv6 upper-layer packet (TCP, UDP, ICMPv6) of protocol `next_header`
+/// from `src` to `dst`: over its pseudo-header and `upper` (RFC 8200, 8.1). 0 when `upper`
+/// carries a right one.
+pub fn ipv6_upper_checksum(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, upper: &[u8]) -> u16 {
+    let len = u32::try_from(upper.len()).expect("fits in IPv6");
+    let pseudo = [
+        &src.octets()[..],
+        &dst.octets(),
+        &len.to_be_bytes(),
+        &[0, 0, 0, next_header],
+        upper,
+    ];
+    checksum(&pseudo.concat())
 }
 
 /// A whole IPv6 frame: Ethernet, IPv6 and UDP from `src` to `dst`, carrying `payload` (the

@@ -426,8 +426,8 @@ fn ipv6_only_vxlan_on_ebpf_carries_ipv6_between_hosts_without_ipv4() {
 
 /// What host 0 (eBPF) puts on the wire for container 0's IPv6 datagram to container 1, as
 /// host 1 receives it, is flannel's IPv6 vxlan frame field by field: outer IPv6 between the
-/// hosts' public IPv6 addresses, UDP to 8472 with a checksum (flannel's `flannel-v6.1`
-/// drops those without), VXLAN with the I flag and VNI 1, inner Ethernet from our VTEP MAC
+/// hosts' public IPv6 addresses, UDP to 8472 with a checksum that verifies (flannel's
+/// `flannel-v6.1` drops packets without), VXLAN with the I flag and VNI 1, inner Ethernet from our VTEP MAC
 /// to host 1's, and the container's packet, tunnelled at host 0's bridge before any routing
 /// (hop limit 64), byte for byte.
 fn our_ipv6_vxlan_is_flannels_on_the_wire(bed: &Testbed, containers: &[Container]) {
@@ -466,6 +466,25 @@ fn our_ipv6_vxlan_is_flannels_on_the_wire(bed: &Testbed, containers: &[Container
     assert_eq!(ip[0] >> 4, 6);
     assert_eq!(ip[4..40], sent[4..40]);
     assert_eq!(&ip[40 + 8..], payload);
+
+    // A ping's echo request carries its final ICMPv6 checksum (a datagram's may still be the
+    // device's to fill in): over it, the outer UDP checksum verifies, as flannel's device
+    // checks it.
+    let capture = bed.hosts[1]
+        .enter(|| packet::capture_udp(VXLAN_PORT))
+        .unwrap();
+    containers[0].ping(to).unwrap();
+    let frame = capture
+        .join()
+        .unwrap()
+        .expect("a ping's VXLAN frame on host 1");
+    let (src, dst) = (Testbed::host_ipv6(0), Testbed::host_ipv6(1));
+    assert_eq!(frame[14 + 24..14 + 40], dst.octets());
+    assert_eq!(
+        packet::ipv6_upper_checksum(src, dst, IPPROTO_UDP, &frame[54..]),
+        0,
+        "the outer UDP checksum verifies"
+    );
 }
 
 /// IPv6-only vxlan on the kernel's devices, as flannel sets it up: `flannel-v6.1` only.

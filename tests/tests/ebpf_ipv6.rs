@@ -1,7 +1,8 @@
 //! The programs' IPv6 half (dual-stack and IPv6-only vxlan) run by the kernel on crafted
 //! packets with BPF_PROG_TEST_RUN: the IPv6 tunnel guard, decapsulation (also of a frame made
-//! by a kernel IPv6 vxlan device set up as flannel's `flannel-v6.1`), the hand-over of IPv6
-//! to the GRO device for encapsulation, and an IPv6-only config leaving IPv4 alone.
+//! by a kernel IPv6 vxlan device set up as flannel's `flannel-v6.1`), encapsulation (by the
+//! program, or by the GRO device it hands packets to), and an IPv6-only config leaving IPv4
+//! alone.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -13,7 +14,10 @@ use flannel_common::{
 use flannel_tests::{
     bpf_run::{drop_events, run, run_gso},
     netns::{kernel_vxlan_frame, Bpffs},
-    packet::{self, udp6_frame, udp_frame, vxlan, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP},
+    packet::{
+        self, udp6_frame, udp_frame, vxlan, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP,
+    },
     require_root,
 };
 use ipnet::Ipv6Net;
@@ -305,13 +309,21 @@ fn an_ipv6_only_config_judges_and_tunnels_no_ipv4() {
 
 /// The IPv6 tunnel's MTU in `dual_stack`: a 1,500-byte underlay less vxlan over IPv6.
 const TUNNEL_MTU: u32 = 1430;
+/// A container on our subnet and one on the peer's.
+const CONTAINER: &str = "fd00:10:0:83::2";
+const PEER_CONTAINER: &str = "fd00:10:0:74::2";
 
-/// A container's IPv6 TCP packet to `dst` with `payload` bytes of data.
-fn tcp_to(dst: &str, payload: usize) -> Vec<u8> {
-    let src = "fd00:10:0:83::2".parse().unwrap();
-    let mut tcp = vec![9; 20 + payload];
-    tcp[12] = 5 << 4; // data offset: 5 words, no options
-    let ip = packet::ipv6(src, dst.parse().unwrap(), IPPROTO_TCP, &tcp);
+/// A container's IPv6 packet to `dst`, as the bridge or the overlay device sees it: of
+/// protocol `next_header`, its upper-layer part `upper` given a right checksum (at `check`,
+/// its offset there) unless `check` is None.
+fn frame_to(dst: &str, next_header: u8, mut upper: Vec<u8>, check: Option<usize>) -> Vec<u8> {
+    let (src, dst) = (CONTAINER.parse().unwrap(), dst.parse().unwrap());
+    if let Some(at) = check {
+        upper[at..at + 2].fill(0);
+        let sum = packet::ipv6_upper_checksum(src, dst, next_header, &upper);
+        upper[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+    let ip = packet::ipv6(src, dst, next_header, &upper);
     packet::ethernet(
         [0x02, 0, 0, 0, 0, 9],
         [0x02, 0, 0, 0, 0, 8],
@@ -320,24 +332,81 @@ fn tcp_to(dst: &str, payload: usize) -> Vec<u8> {
     )
 }
 
+/// A container's TCP segment to `dst` with `payload` bytes of data, its checksum right.
+fn tcp_to(dst: &str, payload: usize) -> Vec<u8> {
+    let mut tcp = vec![9; 20 + payload];
+    tcp[12] = 5 << 4; // data offset: 5 words, no options
+    frame_to(dst, IPPROTO_TCP, tcp, Some(16))
+}
+
 fn to(dst: &str) -> Vec<u8> {
     tcp_to(dst, 0)
 }
 
-#[test]
-fn ipv6_for_a_peer_is_handed_to_the_gro_device_at_the_overlay_device() {
-    let mut programs = dual_stack(false, LOOPBACK);
-    let frame = to("fd00:10:0:74::2");
-    let (verdict, out) = run(programs.tc_encap(), &frame);
-    // Redirected (to the GRO device, whose kernel encapsulation the tunnel key steers), with
-    // the inner Ethernet header addressed from our VTEP MAC to the peer's.
+/// `out` is `frame` (its Ethernet header then its IPv6 packet) in flannel's IPv6 vxlan to
+/// PEER: outer IPv6 from LOCAL (hop limit 64), UDP from an ephemeral port to 8472 with a
+/// checksum that verifies, VXLAN with the I flag and our VNI, inner Ethernet from our VTEP
+/// MAC to the peer's, and the packet byte for byte.
+fn assert_flannels_ipv6_vxlan(out: &[u8], frame: &[u8]) {
+    assert_eq!(out.len(), frame.len() + 70);
+    let (outer, udp, vxlan, inner_eth) = (&out[14..54], &out[54..62], &out[62..70], &out[70..84]);
+    assert_eq!(out[12..14], ETH_P_IPV6.to_be_bytes());
+    let udp_len = (out.len() - 54) as u16;
+    assert_eq!(outer[..4], [0x60, 0, 0, 0], "class and flow label 0");
+    assert_eq!(outer[4..6], udp_len.to_be_bytes());
+    assert_eq!((outer[6], outer[7]), (IPPROTO_UDP, 64));
+    assert_eq!(outer[8..24], LOCAL.octets());
+    assert_eq!(outer[24..40], PEER.octets());
+    assert!((32768..61000).contains(&u16::from_be_bytes([udp[0], udp[1]])));
+    assert_eq!(udp[2..4], VXLAN_PORT.to_be_bytes());
+    assert_eq!(udp[4..6], udp_len.to_be_bytes());
+    assert_ne!(udp[6..8], [0, 0], "IPv6 UDP needs a checksum");
+    assert_eq!(
+        packet::ipv6_upper_checksum(LOCAL, PEER, IPPROTO_UDP, &out[54..]),
+        0,
+        "the outer UDP checksum verifies"
+    );
+    assert_eq!(vxlan, [0x08, 0, 0, 0, 0, 0, VNI as u8, 0]);
+    assert_eq!(
+        inner_eth,
+        [&PEER_VTEP[..], &OUR_VTEP, &[0x86, 0xdd]].concat()
+    );
+    assert_eq!(&out[84..], &frame[14..]);
+}
+
+/// Handed to the GRO device for the kernel's encapsulation: only the inner Ethernet header
+/// is addressed, from our VTEP MAC to the peer's.
+fn assert_handed_to_the_gro_device((verdict, out): (u32, Vec<u8>), frame: &[u8]) {
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(out, [&PEER_VTEP[..], &OUR_VTEP[..], &frame[12..]].concat());
+}
+
+/// Single TCP, UDP and ICMPv6 packets for a peer are encapsulated by the program itself, in
+/// flannel's IPv6 vxlan format, with the outer UDP checksum IPv6 requires made from the
+/// inner packet's headers; traffic counts under the peer.
+#[test]
+fn single_ipv6_packets_for_a_peer_are_encapsulated_with_a_valid_udp_checksum() {
+    let mut programs = dual_stack(false, LOOPBACK);
+    let echo = vec![128, 0, 0, 0, 0, 1, 0, 1, 42, 42];
+    let frames = [
+        to(PEER_CONTAINER),
+        tcp_to(PEER_CONTAINER, 1000),
+        frame_to(
+            PEER_CONTAINER,
+            IPPROTO_UDP,
+            packet::udp(5000, 53, b"query"),
+            Some(6),
+        ),
+        frame_to(PEER_CONTAINER, IPPROTO_ICMPV6, echo, Some(2)),
+    ];
+    for frame in &frames {
+        let (verdict, out) = run(programs.tc_encap(), frame);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_flannels_ipv6_vxlan(&out, frame);
+    }
     let traffic = programs.traffic(PEER_V4).unwrap();
-    assert_eq!(
-        (traffic.tx_packets, traffic.tx_bytes),
-        (1, frame.len() as u64)
-    );
+    let bytes = frames.iter().map(|f| f.len() as u64).sum();
+    assert_eq!((traffic.tx_packets, traffic.tx_bytes), (4, bytes));
 
     // Our own subnet, outside the network, or a subnet without a peer: the stack's.
     for frame in [
@@ -349,27 +418,48 @@ fn ipv6_for_a_peer_is_handed_to_the_gro_device_at_the_overlay_device() {
     }
 }
 
-/// At the container bridge, before routing, IPv6 that fits the tunnel goes straight to the
-/// GRO device; bigger packets, or GSO packets whose segments would be, are left to the
-/// stack, which answers "packet too big".
+/// Packets whose outer checksum the program cannot make from headers alone go to the GRO
+/// device: GSO packets (each segment needs its own), UDP without a checksum, and anything
+/// behind an extension header (a fragment, here).
+#[test]
+fn other_ipv6_for_a_peer_is_handed_to_the_gro_device() {
+    let mut programs = dual_stack(false, LOOPBACK);
+    let gso = tcp_to(PEER_CONTAINER, 3000);
+    assert_handed_to_the_gro_device(run_gso(programs.tc_encap(), &gso, 1000), &gso);
+    let unchecked = frame_to(
+        PEER_CONTAINER,
+        IPPROTO_UDP,
+        packet::udp(5000, 53, b"q"),
+        None,
+    );
+    assert_handed_to_the_gro_device(run(programs.tc_encap(), &unchecked), &unchecked);
+    let fragment = frame_to(
+        PEER_CONTAINER,
+        44,
+        vec![IPPROTO_UDP, 0, 0, 1, 0, 0, 0, 7],
+        None,
+    );
+    assert_handed_to_the_gro_device(run(programs.tc_encap(), &fragment), &fragment);
+}
+
+/// At the container bridge, before routing, IPv6 that fits the tunnel is tunnelled at once;
+/// bigger packets, or GSO packets whose segments would be, are left to the stack, which
+/// answers "packet too big".
 #[test]
 fn ipv6_at_the_bridge_is_tunnelled_when_it_fits_the_tunnel_mtu() {
     let mut programs = dual_stack(false, 77);
     let header = 40 + 20;
-    let fits = tcp_to("fd00:10:0:74::2", TUNNEL_MTU as usize - header);
+    let fits = tcp_to(PEER_CONTAINER, TUNNEL_MTU as usize - header);
     let (verdict, out) = run(programs.tc_encap(), &fits);
     assert_eq!(verdict, TC_ACT_REDIRECT);
-    assert_eq!(out, [&PEER_VTEP[..], &OUR_VTEP[..], &fits[12..]].concat());
-    let too_big = tcp_to("fd00:10:0:74::2", TUNNEL_MTU as usize - header + 1);
+    assert_flannels_ipv6_vxlan(&out, &fits);
+    let too_big = tcp_to(PEER_CONTAINER, TUNNEL_MTU as usize - header + 1);
     assert_eq!(run(programs.tc_encap(), &too_big), (TC_ACT_OK, too_big));
 
     // A GSO packet: what counts is the size of the segments it will be cut into.
-    let gso = tcp_to("fd00:10:0:74::2", 3000);
+    let gso = tcp_to(PEER_CONTAINER, 3000);
     let segment = TUNNEL_MTU - header as u32;
-    assert_eq!(
-        run_gso(programs.tc_encap(), &gso, segment).0,
-        TC_ACT_REDIRECT
-    );
+    assert_handed_to_the_gro_device(run_gso(programs.tc_encap(), &gso, segment), &gso);
     assert_eq!(
         run_gso(programs.tc_encap(), &gso, segment + 1),
         (TC_ACT_OK, gso)

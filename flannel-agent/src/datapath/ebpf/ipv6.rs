@@ -3,10 +3,12 @@
 //!
 //! - `tc_encap` takes IPv6 for a peer's IPv6 subnet at the container bridge's ingress (when
 //!   it fits the tunnel's MTU; bigger packets take the stack's way, which answers "packet too
-//!   big") and at the overlay device's egress, and hands it to the GRO device, the kernel's
-//!   vxlan in metadata mode, with the peer in its tunnel key. The kernel writes the outer
-//!   headers with the UDP checksum IPv6 needs: flannel's IPv6 vxlan device drops packets
-//!   without one, and `bpf_skb_adjust_room` can't give a GSO packet's segments theirs.
+//!   big") and at the overlay device's egress. IPv6 UDP needs a checksum (flannel's IPv6
+//!   vxlan device drops packets without one): for a single TCP, UDP or ICMPv6 packet the
+//!   program makes it from the inner headers and sends the packet out of the NIC itself; a
+//!   GSO packet, whose every segment needs its own, which `bpf_skb_adjust_room` can't give,
+//!   goes to the GRO device, the kernel's vxlan in metadata mode, with the peer in its
+//!   tunnel key.
 //! - `tc_ingress` lets in IPv6 vxlan packets from current peers only, with our VNI, and
 //!   decapsulates them for the stack.
 //! - The maps: a peer's IPv6 subnet → its tunnel (`ROUTES6`), its public IPv6 → the subnet it
