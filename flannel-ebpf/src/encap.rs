@@ -44,9 +44,22 @@ const EALREADY: i64 = -114;
 /// Outer IPv4 and UDP: what the udp format puts in front.
 const OUTER_LEN: usize = 28;
 
-/// Ephemeral source ports, as the kernel's vxlan picks them, so ECMP and RSS spread flows.
+/// The kernel's vxlan picks its source ports from the ephemeral range,
+/// `net.ipv4.ip_local_port_range`, 32768-60999 unless changed (the kernel's formula spans
+/// its ends' difference).
 const SPORT_MIN: u32 = 32768;
-const SPORT_RANGE: u32 = 61000 - 32768;
+const SPORT_RANGE: u32 = 60999 - 32768;
+
+/// The outer UDP source port for a flow's `hash`, picked as the kernel's vxlan picks it
+/// (`udp_flow_src_port`), so ECMP and RSS spread flows as they do for the kernel's vxlan,
+/// and a flow whose packets take both ways (ours, and the GRO device's for GSO packets it
+/// cannot have ours) stays one outer flow: one receive queue, one GRO flow, no reordering.
+#[inline(always)]
+fn source_port(hash: u32) -> [u8; 2] {
+    let hash = hash ^ (hash << 16);
+    let port = SPORT_MIN + ((u64::from(hash) * u64::from(SPORT_RANGE)) >> 32) as u32;
+    (port as u16).to_be_bytes()
+}
 
 /// Grows the packet in front of its IPv4 header and writes the peer's prebuilt outer headers
 /// there, with this packet's lengths, IPv4 checksum and UDP source port; returns the TC
@@ -92,8 +105,7 @@ pub fn encapsulate(
     header[2..4].copy_from_slice(&outer_len.to_be_bytes());
     let check = csum::fold(tunnel.ip_sum + u32::from(outer_len));
     header[10..12].copy_from_slice(&check.to_be_bytes());
-    let sport = (SPORT_MIN + hash % SPORT_RANGE) as u16;
-    header[20..22].copy_from_slice(&sport.to_be_bytes());
+    header[20..22].copy_from_slice(&source_port(hash));
     header[24..26].copy_from_slice(&(outer_len - 20).to_be_bytes());
     let stored = if vxlan {
         ctx.store(ETH_HLEN, &header, 0)
@@ -159,8 +171,7 @@ pub fn encapsulate6(
     h[7] = 64;
     h[8..24].copy_from_slice(&cfg6.local_ip);
     h[24..40].copy_from_slice(&tunnel.remote_ip);
-    let sport = (SPORT_MIN + hash % SPORT_RANGE) as u16;
-    h[40..42].copy_from_slice(&sport.to_be_bytes());
+    h[40..42].copy_from_slice(&source_port(hash));
     h[42..44].copy_from_slice(&cfg.port_be.to_ne_bytes());
     h[44..46].copy_from_slice(&udp_len.to_be_bytes());
     // VXLAN: the I flag, then the VNI in the upper 24 bits.

@@ -165,7 +165,9 @@ pub fn capture_udp_frames(port: u16, count: usize) -> std::thread::JoinHandle<Ve
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65536];
         let mut frames = Vec::new();
-        while frames.len() < count {
+        // Other traffic wakes the socket too: the 5 s run from the last frame captured.
+        let mut last = std::time::Instant::now();
+        while frames.len() < count && last.elapsed() < std::time::Duration::from_secs(5) {
             // SAFETY: buf is valid for its length.
             let len = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
             if len < 0 {
@@ -183,6 +185,7 @@ pub fn capture_udp_frames(port: u16, count: usize) -> std::thread::JoinHandle<Ve
             let is_match = ipv4 || ipv6;
             if is_match {
                 frames.push(frame.to_vec());
+                last = std::time::Instant::now();
             }
         }
         // SAFETY: closing the fd this thread owns.

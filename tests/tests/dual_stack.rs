@@ -4,6 +4,7 @@
 //! (`EnableIPv4: false`) between hosts that have no IPv4 at all.
 
 use std::{
+    collections::{BTreeSet, HashMap},
     io::{Read, Write},
     net::{Ipv6Addr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
@@ -15,7 +16,7 @@ use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
     netns::Bpffs,
-    packet::{self, ETH_P_IPV6, IPPROTO_UDP},
+    packet::{self, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP},
     require_root,
     testbed::{all_reach_all, Container, Testbed, Underlay, PREFIX},
 };
@@ -275,6 +276,48 @@ fn dual_stack_vxlan_on_ebpf_carries_both_families() {
     assert!(bed.hosts[0].ip(&["link", "show", "flannel-gro"]).is_ok());
     assert_steady(&agents[0]);
     ebpf_delivers_ipv6_and_keeps_its_route(&bed, &containers);
+    a_connection_is_one_outer_flow(&bed, &containers);
+}
+
+/// Host 0 encapsulates a TCP connection's single packets (handshake, ACKs) itself and hands
+/// its GSO packets to the kernel's vxlan: on the wire each connection is still one outer
+/// flow, one UDP source port, so the receiver's RSS and GRO keep its packets in order.
+fn a_connection_is_one_outer_flow(bed: &Testbed, containers: &[Container]) {
+    let capture = bed.hosts[1]
+        .enter(|| packet::capture_udp_frames(VXLAN_PORT, 400))
+        .unwrap();
+    let bulk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    tcp_over_ipv6_both_ways(&containers[0], &containers[1], &bulk);
+    let from_host0 = Testbed::host_ipv6(0).octets();
+    // Per connection (its inner ports, either way round): the outer source ports seen, and
+    // whether GSO packets (whole on this underlay) and single packets were among them.
+    let mut flows: HashMap<[u16; 2], (BTreeSet<u16>, bool, bool)> = HashMap::new();
+    for frame in capture.join().unwrap() {
+        let inner_ip = 14 + 40 + 8 + 8 + 14;
+        if frame.len() < inner_ip + 44 || frame[22..38] != from_host0 {
+            continue;
+        }
+        if frame[inner_ip + 6] != IPPROTO_TCP {
+            continue;
+        }
+        let port = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+        let (a, b) = (port(inner_ip + 40), port(inner_ip + 42));
+        let flow = flows.entry([a.min(b), a.max(b)]).or_default();
+        flow.0.insert(port(54));
+        flow.1 |= frame.len() > 1500;
+        flow.2 |= frame.len() < 200;
+    }
+    assert!(
+        flows.values().any(|(_, gso, single)| *gso && *single),
+        "no connection sent both GSO and single packets: {flows:?}"
+    );
+    for (ports, (outer, ..)) in &flows {
+        assert_eq!(
+            outer.len(),
+            1,
+            "connection {ports:?} left by outer ports {outer:?}"
+        );
+    }
 }
 
 /// On the eBPF datapath, with host 0 on `--iptables-resync=1`: IPv6 is tunnelled at the
