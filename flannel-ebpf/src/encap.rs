@@ -21,7 +21,7 @@ use crate::{
     csum,
     parse::{
         Context, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-        IPV6_HLEN,
+        IPV6_HLEN, VXLAN_FLAGS_I,
     },
     ttl,
 };
@@ -175,7 +175,7 @@ pub fn encapsulate6(
     h[42..44].copy_from_slice(&cfg.port_be.to_ne_bytes());
     h[44..46].copy_from_slice(&udp_len.to_be_bytes());
     // VXLAN: the I flag, then the VNI in the upper 24 bits.
-    h[48] = 0x08;
+    h[48..52].copy_from_slice(&VXLAN_FLAGS_I.to_be_bytes());
     h[52..56].copy_from_slice(&(cfg.vni << 8).to_be_bytes());
     h[56..62].copy_from_slice(&tunnel.remote_mac);
     h[62..68].copy_from_slice(&cfg.vtep_mac);
