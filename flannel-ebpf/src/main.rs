@@ -235,12 +235,13 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     // answers "packet too big".
     // SAFETY: reading a field of the skb behind the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if ifindex != cfg6.overlay_ifindex && !fits6(ctx, ip, cfg6.inner_mtu) {
+    let gso_size = gso_size(ctx);
+    if ifindex != cfg6.overlay_ifindex && !fits6(ctx, ip, cfg6.inner_mtu, gso_size) {
         return TC_ACT_OK;
     }
     let tunnel = *tunnel;
     let bytes = ctx.len();
-    match encap::encapsulate6(ctx, cfg, cfg6, &tunnel, gso_size(ctx) != 0) {
+    match encap::encapsulate6(ctx, cfg, cfg6, &tunnel, gso_size != 0) {
         Ok(send) => {
             maps::count_tx(tunnel.traffic_key_be, bytes);
             send
@@ -249,11 +250,10 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     }
 }
 
-/// True when the IPv6 packet `ip`, or each segment of a GSO packet, is at most `mtu` long.
-/// A GSO packet of a transport other than TCP or UDP is never taken to fit.
+/// True when the IPv6 packet `ip`, or each segment of a GSO packet (`gso_size` not 0), is at
+/// most `mtu` long. A GSO packet of a transport other than TCP or UDP is never taken to fit.
 #[inline(always)]
-fn fits6(ctx: &TcContext, ip: &Ipv6Hdr, mtu: u32) -> bool {
-    let gso_size = gso_size(ctx);
+fn fits6(ctx: &TcContext, ip: &Ipv6Hdr, mtu: u32, gso_size: u32) -> bool {
     if gso_size == 0 {
         return (IPV6_HLEN + usize::from(u16::from_be_bytes(ip.payload_len))) as u32 <= mtu;
     }

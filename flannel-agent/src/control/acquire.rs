@@ -120,8 +120,9 @@ pub async fn renew(registry: &mut Registry, lease: &OwnLease) -> Result<Option<O
 }
 
 /// In a dual-stack network a key names both subnets, so etcd lets two hosts create keys that
-/// share one of them (a key naming one subnet is created by one host only). Whoever created theirs first (etcd's create revision, as the peer table
-/// judges collisions) keeps it; the other withdraws.
+/// share one of them (a key naming one subnet is created by one host only). Whoever created
+/// theirs first (etcd's create revision, as the peer table judges collisions) keeps it; the
+/// other withdraws.
 async fn lost_to_an_older_lease(registry: &mut Registry, subnets: &Subnets) -> Result<bool> {
     let snapshot = registry.snapshot().await?;
     let Some(ours) = snapshot.leases.iter().find(|l| l.subnets == *subnets) else {
