@@ -10,6 +10,10 @@
 pub const VXLAN_PORT: u16 = 8472;
 /// UDP port of flannel's udp backend.
 pub const UDP_BACKEND_PORT: u16 = 8285;
+/// The outer UDP source ports of our vxlan, both ends included: the kernel's default ephemeral
+/// range. The agent gives the GRO device this range explicitly, so the ports the kernel picks
+/// for the packets it encapsulates match ours whatever `net.ipv4.ip_local_port_range` says.
+pub const VXLAN_SOURCE_PORTS: (u16, u16) = (32768, 60999);
 
 /// Map names, versioned so that a layout change never reuses an old pinned map.
 pub mod map_names {

@@ -15,6 +15,7 @@ use aya_ebpf::{
 };
 use flannel_common::{
     DatapathConfig, DatapathConfig6, DropReason, Encap, Tunnel, Tunnel6, VXLAN6_OVERHEAD,
+    VXLAN_SOURCE_PORTS,
 };
 
 use crate::{
@@ -44,11 +45,9 @@ const EALREADY: i64 = -114;
 /// Outer IPv4 and UDP: what the udp format puts in front.
 const OUTER_LEN: usize = 28;
 
-/// The kernel's vxlan picks its source ports from the ephemeral range,
-/// `net.ipv4.ip_local_port_range`, 32768-60999 unless changed (the kernel's formula spans
-/// its ends' difference).
-const SPORT_MIN: u32 = 32768;
-const SPORT_RANGE: u32 = 60999 - 32768;
+/// The kernel's formula spans the range's ends' difference.
+const SPORT_MIN: u32 = VXLAN_SOURCE_PORTS.0 as u32;
+const SPORT_RANGE: u32 = (VXLAN_SOURCE_PORTS.1 - VXLAN_SOURCE_PORTS.0) as u32;
 
 /// The outer UDP source port for a flow's `hash`, picked as the kernel's vxlan picks it
 /// (`udp_flow_src_port`), so ECMP and RSS spread flows as they do for the kernel's vxlan,

@@ -281,8 +281,16 @@ fn dual_stack_vxlan_on_ebpf_carries_both_families() {
 
 /// Host 0 encapsulates a TCP connection's single packets (handshake, ACKs) itself and hands
 /// its GSO packets to the kernel's vxlan: on the wire each connection is still one outer
-/// flow, one UDP source port, so the receiver's RSS and GRO keep its packets in order.
+/// flow, one UDP source port, so the receiver's RSS and GRO keep its packets in order; also
+/// on a host whose ephemeral port range (where the kernel's vxlan picks its source ports
+/// unless told a range) is not the default.
 fn a_connection_is_one_outer_flow(bed: &Testbed, containers: &[Container]) {
+    bed.hosts[0]
+        .exec(
+            "sysctl",
+            &["-w", "net.ipv4.ip_local_port_range=40000 44999"],
+        )
+        .unwrap();
     let capture = bed.hosts[1]
         .enter(|| packet::capture_udp_frames(VXLAN_PORT, 400))
         .unwrap();

@@ -158,7 +158,9 @@ fn gro_merges_vxlan_frames_before_tc_decap_and_its_device_follows_the_agent() {
     let host = &bed.hosts[1];
     let details = host.ip(&["-d", "link", "show", "flannel-gro"]).unwrap();
     assert!(
-        details.contains("vxlan external") && details.contains("dstport 8472"),
+        details.contains("vxlan external")
+            && details.contains("dstport 8472")
+            && details.contains("srcport 32768 60999"),
         "{details}"
     );
     assert!(details.contains(",UP"), "{details}");
@@ -184,8 +186,28 @@ fn gro_merges_vxlan_frames_before_tc_decap_and_its_device_follows_the_agent() {
     agents[1].wait_ready(READY).unwrap();
     assert_eq!(index(host), before, "the GRO device was recreated");
 
-    // XDP decap runs before GRO: no device; back to TC: the device again.
+    // One that an older agent left, picking its source ports elsewhere, is replaced.
     agents[1].terminate().unwrap();
+    host.ip(&["link", "del", "flannel-gro"]).unwrap();
+    host.ip(&[
+        "link",
+        "add",
+        "flannel-gro",
+        "type",
+        "vxlan",
+        "external",
+        "dstport",
+        "8472",
+        "nolearning",
+    ])
+    .unwrap();
+    let mut tc = bed.agent(1, &[&pins]).unwrap();
+    tc.wait_ready(READY).unwrap();
+    let details = host.ip(&["-d", "link", "show", "flannel-gro"]).unwrap();
+    assert!(details.contains("srcport 32768 60999"), "{details}");
+    tc.terminate().unwrap();
+
+    // XDP decap runs before GRO: no device.
     let mut xdp = bed.agent(1, &[&pins, "--bpf-decap=xdp"]).unwrap();
     xdp.wait_ready(READY).unwrap();
     assert!(host.ip(&["link", "show", "flannel-gro"]).is_err());

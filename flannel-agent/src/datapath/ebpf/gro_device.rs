@@ -10,6 +10,10 @@
 //! IPv6 needs an outer UDP checksum on every segment (see `ipv6`). `tc_encap` hands those to
 //! this device with the peer in its tunnel key, and the kernel encapsulates them.
 //!
+//! It picks the outer source ports of what it encapsulates from `VXLAN_SOURCE_PORTS`, as
+//! `tc_encap` does, so a connection whose packets take both ways stays one outer flow (one
+//! receive queue, one GRO flow) even where the ephemeral port range was changed.
+//!
 //! It never takes a packet in: `tc_ingress` decapsulates or drops every packet for our port
 //! before the socket could; should that filter be removed by hand, what the device would
 //! decapsulate is not forwarded (IPv4 forwarding is off on it, IPv6 disabled), it learns
@@ -17,6 +21,7 @@
 //! a gap; `--cleanup` removes it.
 
 use anyhow::{Context, Result};
+use flannel_common::VXLAN_SOURCE_PORTS;
 use rtnetlink::{packet_route::link::InfoVxlan, Handle, LinkUnspec, LinkVxlan};
 
 use crate::datapath::{kernel_vxlan, overlay_device};
@@ -30,11 +35,13 @@ pub async fn ensure(netlink: &Handle, port: u16) -> Result<u32> {
         InfoVxlan::CollectMetadata(true),
         InfoVxlan::Port(port),
         InfoVxlan::Learning(false),
+        InfoVxlan::PortRange(VXLAN_SOURCE_PORTS),
     ];
     let link = LinkVxlan::new(GRO_DEV, 0)
         .collect_metadata(true)
         .port(port)
         .learning(false)
+        .port_range(VXLAN_SOURCE_PORTS.0, VXLAN_SOURCE_PORTS.1)
         .build();
     let index = kernel_vxlan::ensure_device(netlink, GRO_DEV, &wanted, link).await?;
     let settings = [
