@@ -5,7 +5,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use aya::maps::lpm_trie::Key;
-use flannel_common::{Encap, PeerInfo, Tunnel, TunnelEnds};
+use flannel_common::{pins::Pins, Encap, PeerInfo, Tunnel, TunnelEnds};
 use flannel_tests::{
     etcd::wait_for,
     netns::Bpffs,
@@ -88,6 +88,22 @@ fn ebpf_maps_devices_and_filters_changed_by_hand_converge() {
     let target = containers[1].ip.to_string();
     wait_for("the host to reach the peer's container", READY, || {
         host.exec("ping", &["-c1", "-W1", &target]).is_ok()
+    })
+    .unwrap();
+
+    // The GRO device deleted: it comes back as the agent makes it (its source ports too),
+    // and the programs hand packets to the new one.
+    host.ip(&["link", "del", "flannel-gro"]).unwrap();
+    wait_for("the GRO device", READY, || {
+        host.ip(&["-d", "link", "show", "flannel-gro"])
+            .is_ok_and(|d| d.contains("srcport 32768 60999") && d.contains(",UP"))
+    })
+    .unwrap();
+    let gro_index = host.exec("cat", &["/sys/class/net/flannel-gro/ifindex"]);
+    let gro_index: u32 = gro_index.unwrap().trim().parse().unwrap();
+    wait_for("the programs to know the new GRO device", READY, || {
+        let config = Pins::new(&pins).config().unwrap().get(&0, 0).unwrap();
+        config.gro_ifindex == gro_index
     })
     .unwrap();
 
