@@ -633,3 +633,50 @@ fn an_ipv4_network_never_routes_a_leases_ipv6_half() {
     let routes6 = bed.hosts[0].ip(&["-6", "route", "show"]).unwrap();
     assert!(!routes6.contains("fd64::77"), "{routes6}");
 }
+
+/// An IPv6-only network takes a dual-stack lease's IPv6 half, as flannel does (a lease that
+/// outlived a change of the network's config, or a host configured by hand): host 1's lease
+/// is handed over to a dual-stack one of the same IPv6 subnet while container 0 pings
+/// container 1, then host 0's agent restarts on it; no ping is lost, the IPv6 route stays, no
+/// IPv4 route is made, and `status` lists the peer and rejects nothing.
+#[test]
+fn an_ipv6_only_network_carries_a_dual_stack_leases_ipv6_half() {
+    let (bed, mut agents, containers) = ipv6_only(IPV6_HOST_GW, &[&[], &[]]);
+    // Host 1's routes stay when its agent is gone; its lease is left to etcd.
+    agents[1].terminate().unwrap();
+    let (old_key, old_value) = (
+        agents[1].lease_key().unwrap(),
+        lease_value(&bed, &agents[1]),
+    );
+    let key = old_key.replace("/0.0.0.0-0&", "/10.1.77.0-24&");
+    let mut value: serde_json::Value = serde_json::from_str(&old_value).unwrap();
+    value["PublicIP"] = "192.168.64.77".into();
+    let lost = containers[0]
+        .pings_lost_while(v6(&containers[1]), 300, || {
+            bed.etcd.put(&key, &value.to_string()).unwrap();
+            bed.etcd.etcdctl(&["del", &old_key]).unwrap();
+            agents[0].restart().unwrap();
+            agents[0].wait_ready(READY).unwrap();
+        })
+        .unwrap();
+    assert_eq!(lost, 0, "IPv6 pings lost while the lease was handed over");
+
+    let route = ipv6_subnet(&agents[1]).to_string();
+    let shown = bed.hosts[0].ip(&["-6", "route", "show", &route]).unwrap();
+    let via = format!("via {}", Testbed::host_ipv6(1));
+    assert!(shown.contains(&via), "{shown}");
+    let routes4 = bed.hosts[0].ip(&["-4", "route", "show"]).unwrap();
+    assert!(!routes4.contains("10.1.77.0"), "{routes4}");
+
+    let flanneld = flannel_tests::agent::flanneld().to_str().unwrap();
+    let endpoints = format!("--etcd-endpoints={}", bed.etcd.ipv6_endpoint().unwrap());
+    let subnet_file = format!("--subnet-file={}", agents[0].subnet_file().display());
+    let args = ["status", "--json", &endpoints, &subnet_file];
+    let status = bed.hosts[0].exec(flanneld, &args).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(json["rejected"], serde_json::json!([]), "{json}");
+    let peers = json["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 1, "{json}");
+    assert_eq!(peers[0]["ipv6_subnet"], route.as_str(), "{json}");
+    assert!(peers[0]["subnet"].is_null(), "{json}");
+}

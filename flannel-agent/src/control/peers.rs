@@ -1,12 +1,17 @@
 //! The peer table: the other hosts' leases, fed by the etcd watch, each checked against the
 //! same rules before any datapath sees it (and by `status`, which lists what was rejected).
 //!
-//! A lease is rejected when it is unsafe on its own (a subnet outside the network, wider than
-//! a lease, over ours; a public IP that is ours, in the network, or not a unicast host
-//! address; a broadcast, multicast or zero VTEP MAC; a VNI over 24 bits), or when it
-//! collides with an older lease that is not (an overlapping subnet, or the same public IP).
-//! "Older" is etcd's create revision, then the subnets: the same on every host, so all hosts
-//! keep the same one of two colliding leases.
+//! Only the halves of a lease (IPv4, IPv6) that the network has are looked at, as flannel
+//! does: a dual-stack lease in an IPv4 network is an IPv4 peer, in an IPv6-only network an
+//! IPv6 one, and an IPv6-only lease in a dual-stack network an IPv6 peer. That view of the
+//! lease is what the datapath holds.
+//!
+//! A lease is rejected when it is unsafe on its own (no half of the network's, a subnet
+//! outside the network, wider than a lease, over ours; a public IP that is ours, in the
+//! network, or not a unicast host address; a broadcast, multicast or zero VTEP MAC; a VNI over
+//! 24 bits), or when it collides with an older lease that is not (an overlapping subnet, or
+//! the same public IP). "Older" is etcd's create revision, then the subnets: the same on every
+//! host, so all hosts keep the same one of two colliding leases.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -61,6 +66,56 @@ impl Rules {
             prefix: prefix.to_owned(),
         }
     }
+
+    /// The halves of `subnets` that the network has.
+    fn view(&self, subnets: &Subnets) -> Subnets {
+        Subnets {
+            ipv4: subnets.ipv4.filter(|_| self.ipv4.is_some()),
+            ipv6: subnets.ipv6.filter(|_| self.ipv6.is_some()),
+        }
+    }
+
+    /// What the datapath needs of a lease seen as `view`: the other half's address and
+    /// VTEP MAC dropped.
+    fn view_attrs(view: &Subnets, attrs: &LeaseAttrs) -> LeaseAttrs {
+        let (v4, v6) = (view.ipv4.is_some(), view.ipv6.is_some());
+        let backend = match &attrs.backend {
+            BackendAttrs::Vxlan {
+                vni,
+                vtep_mac,
+                v6_vtep_mac,
+            } => BackendAttrs::Vxlan {
+                vni: *vni,
+                vtep_mac: vtep_mac.filter(|_| v4),
+                v6_vtep_mac: v6_vtep_mac.filter(|_| v6),
+            },
+            other => other.clone(),
+        };
+        LeaseAttrs {
+            public_ip: if v4 {
+                attrs.public_ip
+            } else {
+                Ipv4Addr::UNSPECIFIED
+            },
+            public_ipv6: attrs.public_ipv6.filter(|_| v6),
+            backend,
+        }
+    }
+
+    /// The index entries of a lease: the subnets and public addresses of its halves that the
+    /// network has (IPv4's `0.0.0.0` of an IPv6-only lease names none).
+    fn index_keys(&self, lease: &StoredLease) -> (Option<Ipv4Net>, Option<Ipv6Net>, Vec<IpAddr>) {
+        let view = self.view(&lease.subnets);
+        let ips = [
+            view.ipv4.map(|_| lease.attrs.public_ip.into()),
+            view.ipv6.and(lease.attrs.public_ipv6).map(Into::into),
+        ];
+        let ips = ips
+            .into_iter()
+            .flatten()
+            .filter(|ip: &IpAddr| !ip.is_unspecified());
+        (view.ipv4, view.ipv6, ips.collect())
+    }
 }
 
 /// What one half of a lease (IPv4 or IPv6) is checked against: the same rules for both.
@@ -84,29 +139,17 @@ pub struct PeerTable {
     rules: Rules,
     /// Every lease but ours, as etcd holds it.
     leases: BTreeMap<Subnets, StoredLease>,
-    /// The leases by each half's subnet, and by public address (either family).
+    /// The leases by each half's subnet, and by public address (either family), of the
+    /// halves the network has.
     by_subnet4: BTreeMap<Ipv4Net, BTreeSet<Subnets>>,
     by_subnet6: BTreeMap<Ipv6Net, BTreeSet<Subnets>>,
     by_ip: BTreeMap<IpAddr, BTreeSet<Subnets>>,
-    /// The accepted leases of our backend type: what the datapath must hold.
+    /// The accepted leases of our backend type, seen as the network sees them (keyed by
+    /// that view, which no two accepted leases share): what the datapath must hold.
     peers: BTreeMap<Subnets, LeaseAttrs>,
     rejected: BTreeMap<Subnets, Rejection>,
     /// How many times a lease was rejected, by reason.
     rejections: BTreeMap<&'static str, u64>,
-}
-
-/// The index entries of a lease: its subnets and public addresses (IPv4's `0.0.0.0` of an
-/// IPv6-only lease names none).
-fn index_keys(lease: &StoredLease) -> (Option<Ipv4Net>, Option<Ipv6Net>, Vec<IpAddr>) {
-    let ips = [
-        Some(lease.attrs.public_ip.into()),
-        lease.attrs.public_ipv6.map(Into::into),
-    ];
-    let ips = ips
-        .into_iter()
-        .flatten()
-        .filter(|ip: &IpAddr| !ip.is_unspecified());
-    (lease.subnets.ipv4, lease.subnets.ipv6, ips.collect())
 }
 
 fn index_insert<K: Ord>(index: &mut BTreeMap<K, BTreeSet<Subnets>>, key: K, subnets: Subnets) {
@@ -140,7 +183,8 @@ impl PeerTable {
         }
     }
 
-    /// Every peer's subnets with its lease: what the datapath must hold.
+    /// Every peer's subnets with its lease, of the halves the network has: what the
+    /// datapath must hold.
     pub fn desired(&self) -> &BTreeMap<Subnets, LeaseAttrs> {
         &self.peers
     }
@@ -171,7 +215,7 @@ impl PeerTable {
     }
 
     /// Our subnets changed (re-acquired elsewhere): every lease is judged again. Returns the
-    /// leases whose peer changed.
+    /// peers (by `desired`'s key) that changed.
     pub fn set_own(&mut self, own: Subnets) -> Vec<Subnets> {
         if let Some(v4) = &mut self.rules.ipv4 {
             v4.own_subnet = own.ipv4;
@@ -183,8 +227,8 @@ impl PeerTable {
         self.judge_all()
     }
 
-    /// Takes a lease in; returns the leases whose peer changed (it, and leases it collides
-    /// with).
+    /// Takes a lease in; returns the peers (by `desired`'s key) that changed: its own, and
+    /// those of leases it collides with.
     pub fn put(&mut self, lease: &StoredLease) -> Vec<Subnets> {
         if Some(lease.subnets) == self.own() {
             return Vec::new();
@@ -197,14 +241,14 @@ impl PeerTable {
         self.judge(affected)
     }
 
-    /// A lease is gone; returns the leases whose peer changed.
+    /// A lease is gone; returns the peers that changed.
     pub fn remove(&mut self, subnets: &Subnets) -> Vec<Subnets> {
         let affected = self.remove_lease(subnets);
         self.judge(affected)
     }
 
     /// Replaces the table with a full listing (start-up, or after a watch compaction);
-    /// returns the leases whose peer changed.
+    /// returns the peers that changed.
     pub fn resync(&mut self, leases: &[StoredLease]) -> Vec<Subnets> {
         let own = self.own();
         self.leases = leases
@@ -222,7 +266,7 @@ impl PeerTable {
     }
 
     fn index(&mut self, lease: &StoredLease) {
-        let (subnet4, subnet6, ips) = index_keys(lease);
+        let (subnet4, subnet6, ips) = self.rules.index_keys(lease);
         let subnets = lease.subnets;
         if let Some(subnet) = subnet4 {
             index_insert(&mut self.by_subnet4, subnet, subnets);
@@ -240,7 +284,7 @@ impl PeerTable {
         let Some(old) = self.leases.remove(subnets) else {
             return BTreeSet::from([*subnets]);
         };
-        let (subnet4, subnet6, ips) = index_keys(&old);
+        let (subnet4, subnet6, ips) = self.rules.index_keys(&old);
         if let Some(subnet) = subnet4 {
             index_remove(&mut self.by_subnet4, subnet, subnets);
         }
@@ -264,38 +308,52 @@ impl PeerTable {
         self.judge(every)
     }
 
-    /// Decides again for each of `leases`: a peer, rejected, or neither (another backend
-    /// type, or gone). Returns those whose peer changed.
+    /// Decides again for each of `leases`: accepted, or rejected; then, for each of their
+    /// views, which lease is its peer, if any (none: another backend type, or gone).
+    /// Returns the peers that changed.
     fn judge(&mut self, leases: BTreeSet<Subnets>) -> Vec<Subnets> {
-        let mut changed = Vec::new();
+        let mut views = BTreeSet::new();
         for subnets in leases {
-            let verdict = self.leases.get(&subnets).map(|lease| {
-                let rejection = self.fault(lease).or_else(|| self.collision(lease));
-                (lease.attrs.clone(), rejection)
-            });
-            let peer = match verdict {
-                Some((attrs, None)) => {
-                    self.rejected.remove(&subnets);
-                    (attrs.backend.type_name() == self.rules.backend_type).then_some(attrs)
-                }
-                Some((_, Some(rejection))) => {
-                    self.reject(subnets, rejection);
-                    None
-                }
+            let lease = self.leases.get(&subnets);
+            match lease.and_then(|lease| self.fault(lease).or_else(|| self.collision(lease))) {
+                Some(rejection) => self.reject(subnets, rejection),
                 None => {
                     self.rejected.remove(&subnets);
-                    None
                 }
-            };
-            if self.peers.get(&subnets) != peer.as_ref() {
+            }
+            views.insert(self.rules.view(&subnets));
+        }
+        let mut changed = Vec::new();
+        for view in views {
+            let peer = self.peer_seen_as(&view);
+            if self.peers.get(&view) != peer.as_ref() {
                 match peer {
-                    Some(attrs) => self.peers.insert(subnets, attrs),
-                    None => self.peers.remove(&subnets),
+                    Some(attrs) => self.peers.insert(view, attrs),
+                    None => self.peers.remove(&view),
                 };
-                changed.push(subnets);
+                changed.push(view);
             }
         }
         changed
+    }
+
+    /// The accepted lease of our backend type seen as `view`, as the datapath holds it.
+    /// Leases with the same view overlap, so at most one of them is accepted; all are in
+    /// the index of the view's first half.
+    fn peer_seen_as(&self, view: &Subnets) -> Option<LeaseAttrs> {
+        let same_subnet = match (view.ipv4, view.ipv6) {
+            (Some(subnet), _) => self.by_subnet4.get(&subnet),
+            (None, Some(subnet)) => self.by_subnet6.get(&subnet),
+            (None, None) => None,
+        };
+        same_subnet
+            .into_iter()
+            .flatten()
+            .filter(|subnets| self.rules.view(subnets) == *view)
+            .filter(|subnets| !self.rejected.contains_key(subnets))
+            .filter_map(|subnets| self.leases.get(subnets))
+            .find(|lease| lease.attrs.backend.type_name() == self.rules.backend_type)
+            .map(|lease| Rules::view_attrs(view, &lease.attrs))
     }
 
     /// The etcd key of a lease.
@@ -313,28 +371,32 @@ impl PeerTable {
         self.rejected.insert(subnets, rejection);
     }
 
-    /// What is wrong with a lease on its own, if anything. The IPv4 half is required in a
-    /// network with IPv4, the IPv6 half in an IPv6-only one; a dual-stack network takes
-    /// IPv4-only leases (their hosts carry IPv4 only), an IPv6-only one no IPv4 half (no
-    /// datapath would carry it).
+    /// What is wrong with a lease on its own, if anything. It must name a subnet of the
+    /// network (of either family in a dual-stack one); each half the network has obeys the
+    /// same rules, and a half it has not is not looked at (no datapath here carries it).
     fn fault(&self, lease: &StoredLease) -> Option<Rejection> {
         let (rules, attrs) = (&self.rules, &lease.attrs);
-        if let (None, Some(subnet)) = (&rules.ipv4, lease.subnets.ipv4) {
+        let view = rules.view(&lease.subnets);
+        if let (Some(v4), Some(v6), None, None) = (&rules.ipv4, &rules.ipv6, view.ipv4, view.ipv6) {
             return reject(
                 "outside_network",
-                format!("it names the IPv4 subnet {subnet}, and the network is IPv6-only"),
+                format!(
+                    "it names no subnet of the network {} or of the IPv6 network {}",
+                    v4.network, v6.network
+                ),
             );
         }
         if let Some(v4) = &rules.ipv4 {
             let ip = Some(attrs.public_ip.into()).filter(|ip: &IpAddr| !ip.is_unspecified());
-            let half = lease.subnets.ipv4.map(Into::into);
-            if let Some(rejection) = v4.judge(half, ip, true, ("", "PublicIP")) {
+            let half = view.ipv4.map(Into::into);
+            let required = rules.ipv6.is_none();
+            if let Some(rejection) = v4.judge(half, ip, required, ("", "PublicIP")) {
                 return Some(rejection);
             }
         }
         if let Some(v6) = &rules.ipv6 {
             let ip = attrs.public_ipv6.map(Into::into);
-            let half = lease.subnets.ipv6.map(Into::into);
+            let half = view.ipv6.map(Into::into);
             let required = rules.ipv4.is_none();
             if let Some(rejection) = v6.judge(half, ip, required, ("IPv6 ", "PublicIPv6")) {
                 return Some(rejection);
@@ -344,22 +406,17 @@ impl PeerTable {
             vni,
             vtep_mac,
             v6_vtep_mac,
-        } = &attrs.backend
+        } = &Rules::view_attrs(&view, attrs).backend
         else {
             return None;
         };
-        let needs = |rules: bool, half: bool| rules && half;
-        if needs(rules.ipv4.is_some(), lease.subnets.ipv4.is_some()) && vtep_mac.is_none() {
+        if let (Some(subnet), None) = (view.ipv4, vtep_mac) {
             return reject(
                 "bad_vtep_mac",
-                format!(
-                    "it names the subnet {} but no BackendData.VtepMAC",
-                    lease.subnets
-                ),
+                format!("it names the subnet {subnet} but no BackendData.VtepMAC"),
             );
         }
-        if let (true, Some(subnet), None) = (rules.ipv6.is_some(), lease.subnets.ipv6, v6_vtep_mac)
-        {
+        if let (Some(subnet), None) = (view.ipv6, v6_vtep_mac) {
             return reject(
                 "bad_vtep_mac",
                 format!("it names the IPv6 subnet {subnet} but no BackendV6Data.VtepMAC"),
@@ -387,8 +444,8 @@ impl PeerTable {
             .filter(|other| age(other) < age(lease) && self.fault(other).is_none())
             .min_by_key(|other| age(other))
             .map(|older| {
-                let (_, _, ips) = index_keys(lease);
-                let (_, _, older_ips) = index_keys(older);
+                let (_, _, ips) = self.rules.index_keys(lease);
+                let (_, _, older_ips) = self.rules.index_keys(older);
                 match ips.into_iter().find(|ip| older_ips.contains(ip)) {
                     Some(ip) => Rejection {
                         reason: "public_ip_taken",
@@ -412,7 +469,7 @@ impl PeerTable {
 
     /// The other leases whose subnets overlap `lease`'s or that share a public address.
     fn colliding(&self, lease: &StoredLease) -> BTreeSet<Subnets> {
-        let (subnet4, subnet6, ips) = index_keys(lease);
+        let (subnet4, subnet6, ips) = self.rules.index_keys(lease);
         let v4 = subnet4
             .into_iter()
             .flat_map(|s| overlapping(&self.by_subnet4, s));
@@ -516,7 +573,9 @@ impl<N: Copy + Into<IpNet>, A: Copy + Into<IpAddr>> FamilyRules<N, A> {
         if Some(ip) == self.own_ip.map(Into::into) {
             return reject("our_public_ip", format!("its {field} {ip} is ours"));
         }
-        let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+        // 0.0.0.0/8 names "this network", never a host to send to (and IPv6-only peers'
+        // traffic counts under keys there).
+        let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast() || v4.octets()[0] == 0);
         if ip.is_loopback() || ip.is_multicast() || broadcast || network.contains(&ip) {
             return reject(
                 "bad_public_ip",
@@ -643,6 +702,10 @@ mod tests {
                 "bad_public_ip",
             ),
             (
+                vxlan("10.1.12.0/24", [0, 0, 0, 5], [2, 0, 0, 0, 0, 16], 1),
+                "bad_public_ip",
+            ),
+            (
                 vxlan("10.1.9.0/24", [192, 168, 64, 13], [0xff; 6], 1),
                 "bad_vtep_mac",
             ),
@@ -660,7 +723,7 @@ mod tests {
             assert_eq!(reason(&table, &lease.subnets.to_string()), Some(*rule));
         }
         assert!(table.is_empty());
-        assert_eq!(table.rejections()["bad_public_ip"], 5);
+        assert_eq!(table.rejections()["bad_public_ip"], 6);
     }
 
     #[test]
@@ -873,18 +936,11 @@ mod tests {
             detail(&table, "fd00:0:0:8::/64"),
             "its PublicIPv6 fd64::5 is the older lease fd00:0:0:5::/64's"
         );
-        // A lease that names an IPv4 subnet is not of this network.
+        // A lease with an IPv4 subnet only is not of this network.
         table.put(&good("10.1.9.0/24", 9, 5));
         assert_eq!(
             detail(&table, "10.1.9.0/24"),
-            "it names the IPv4 subnet 10.1.9.0/24, and the network is IPv6-only"
-        );
-        let mut dual = ipv6_only("fd00:0:0:b::/64", 11, 7);
-        dual.subnets.ipv4 = Some("10.1.11.0/24".parse().unwrap());
-        table.put(&dual);
-        assert_eq!(
-            detail(&table, "10.1.11.0/24&fd00:0:0:b::/64"),
-            "it names the IPv4 subnet 10.1.11.0/24, and the network is IPv6-only"
+            "it names no subnet of the IPv6 network fd00::/48"
         );
         // One without its IPv6 device's MAC can't be reached.
         let mut no_mac = ipv6_only("fd00:0:0:a::/64", 10, 6);
@@ -906,5 +962,98 @@ mod tests {
             table.rejected().values().next().unwrap().detail,
             "it names no subnet of the network 10.1.0.0/16"
         );
+    }
+
+    fn key(text: &str) -> Subnets {
+        text.parse().unwrap()
+    }
+
+    /// `lease` with the IPv6 half `subnet6`, at fd64::`host`.
+    fn dual(mut lease: StoredLease, subnet6: &str, host: u8) -> StoredLease {
+        lease.subnets.ipv6 = Some(subnet6.parse().unwrap());
+        lease.attrs.public_ipv6 = Some(format!("fd64::{host}").parse().unwrap());
+        with_v6_vtep_mac(lease, Some(Mac([2, 0, 0, 0, 6, host])))
+    }
+
+    #[test]
+    fn a_lease_is_seen_as_the_halves_the_network_has() {
+        // IPv6-only network: a dual-stack lease is an IPv6 peer, without its IPv4 half's
+        // address and MAC.
+        let mut table = PeerTable::new(ipv6_only_rules());
+        let changed = table.put(&dual(good("10.1.11.0/24", 11, 1), "fd00:0:0:b::/64", 11));
+        assert_eq!(changed, [key("fd00:0:0:b::/64")], "{:?}", table.rejected());
+        let attrs = &table.desired()[&key("fd00:0:0:b::/64")];
+        assert_eq!(attrs.public_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(attrs.public_ipv6, Some("fd64::11".parse().unwrap()));
+        assert_eq!(
+            attrs.backend,
+            BackendAttrs::Vxlan {
+                vni: 1,
+                vtep_mac: None,
+                v6_vtep_mac: Some(Mac([2, 0, 0, 0, 6, 11])),
+            }
+        );
+        // Its IPv4 half is not judged: here its MAC is a broadcast one.
+        let mut odd = dual(good("10.1.12.0/24", 12, 2), "fd00:0:0:c::/64", 12);
+        if let BackendAttrs::Vxlan { vtep_mac, .. } = &mut odd.attrs.backend {
+            *vtep_mac = Some(Mac([0xff; 6]));
+        }
+        table.put(&odd);
+        assert!(table.rejected().is_empty(), "{:?}", table.rejected());
+        assert_eq!(table.len(), 2);
+
+        // IPv4 network: the IPv6 halves of two dual-stack leases may be the same.
+        let mut table = PeerTable::new(rules());
+        table.put(&dual(good("10.1.2.0/24", 2, 1), "fd00:0:0:5::/64", 5));
+        table.put(&dual(good("10.1.3.0/24", 3, 2), "fd00:0:0:5::/64", 5));
+        let peers: Vec<_> = table.desired().iter().collect();
+        assert_eq!(peers.len(), 2, "{:?}", table.rejected());
+        assert_eq!(*peers[0].0, key("10.1.2.0/24"));
+        assert_eq!(peers[0].1.public_ipv6, None);
+
+        // Dual-stack network: an IPv6-only lease is an IPv6 peer; a lease with neither half
+        // is rejected.
+        let mut rules = rules();
+        rules.ipv6 = ipv6_only_rules().ipv6;
+        let mut table = PeerTable::new(rules);
+        table.put(&ipv6_only("fd00:0:0:5::/64", 5, 1));
+        assert!(table.desired().contains_key(&key("fd00:0:0:5::/64")));
+        let mut neither = good("10.1.5.0/24", 5, 2);
+        neither.subnets.ipv4 = None;
+        table.put(&neither);
+        assert_eq!(
+            table.rejected()[&neither.subnets].detail,
+            "it names no subnet of the network 10.1.0.0/16 or of the IPv6 network fd00::/48"
+        );
+    }
+
+    #[test]
+    fn leases_seen_alike_hand_the_peer_over_when_the_older_goes() {
+        // An IPv6-only lease and a newer dual-stack one of the same IPv6 subnet: one peer.
+        let mut table = PeerTable::new(ipv6_only_rules());
+        let newer = dual(good("10.1.6.0/24", 6, 2), "fd00:0:0:5::/64", 6);
+        for lease in [&newer, &ipv6_only("fd00:0:0:5::/64", 5, 1)] {
+            table.put(lease);
+        }
+        assert_eq!(
+            reason(&table, &newer.subnets.to_string()),
+            Some("overlaps_older_lease")
+        );
+        let view = key("fd00:0:0:5::/64");
+        assert_eq!(
+            table.desired()[&view].public_ipv6,
+            Some("fd64::5".parse().unwrap())
+        );
+        // The older one goes: the same peer, now the newer lease's.
+        assert_eq!(table.remove(&view), [view]);
+        assert_eq!(table.len(), 1);
+        assert_eq!(
+            table.desired()[&view].public_ipv6,
+            Some("fd64::6".parse().unwrap())
+        );
+        assert!(table.rejected().is_empty());
+        // And it leaves when it goes.
+        assert_eq!(table.remove(&newer.subnets), [view]);
+        assert!(table.is_empty());
     }
 }

@@ -96,7 +96,8 @@ pub fn entries(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Entries> {
 /// The key a peer's traffic counts under: its public IPv4; for an IPv6-only lease, its IPv6
 /// subnet's number, the bits between the network's prefix and the subnet's length (unique
 /// among leases that don't overlap, while at most 32 bits; 16 with flannel's /48 network and
-/// /64 subnets). None for a lease that names no subnet.
+/// /64 subnets; up to 24 bits it lies in 0.0.0.0/8, which no peer's public IPv4 does). None
+/// for a lease that names no subnet.
 pub fn traffic_key(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Ipv4Addr> {
     match (subnets.ipv4, subnets.ipv6) {
         (Some(_), _) => Some(attrs.public_ip),
