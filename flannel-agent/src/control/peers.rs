@@ -647,6 +647,13 @@ mod tests {
         lease
     }
 
+    /// `lease` with the IPv6 half `subnet6`, at fd64::`host`.
+    fn dual(mut lease: StoredLease, subnet6: &str, host: u8) -> StoredLease {
+        lease.subnets.ipv6 = Some(subnet6.parse().unwrap());
+        lease.attrs.public_ipv6 = Some(format!("fd64::{host}").parse().unwrap());
+        with_v6_vtep_mac(lease, Some(Mac([2, 0, 0, 0, 6, host])))
+    }
+
     fn reason(table: &PeerTable, subnet: &str) -> Option<&'static str> {
         table
             .rejected()
@@ -864,15 +871,9 @@ mod tests {
             own_subnet: None,
             own_ip: None,
         });
-        let dual = |subnet: &str, host: u8, subnet6: &str, created: i64| {
-            let mut lease = good(subnet, host, created);
-            lease.subnets.ipv6 = Some(subnet6.parse().unwrap());
-            lease.attrs.public_ipv6 = Some(format!("fd64::{host}").parse().unwrap());
-            with_v6_vtep_mac(lease, Some(Mac([2, 0, 0, 0, 6, host])))
-        };
         let mut table = PeerTable::new(rules);
-        table.put(&dual("10.1.6.0/24", 6, "fd00:0:0:5::/64", 2));
-        table.put(&dual("10.1.5.0/24", 5, "fd00:0:0:5::/64", 1));
+        table.put(&dual(good("10.1.6.0/24", 6, 2), "fd00:0:0:5::/64", 6));
+        table.put(&dual(good("10.1.5.0/24", 5, 1), "fd00:0:0:5::/64", 5));
         let peers: Vec<String> = table.desired().keys().map(|s| s.to_string()).collect();
         assert_eq!(peers, ["10.1.5.0/24&fd00:0:0:5::/64"]);
         assert_eq!(
@@ -966,13 +967,6 @@ mod tests {
 
     fn key(text: &str) -> Subnets {
         text.parse().unwrap()
-    }
-
-    /// `lease` with the IPv6 half `subnet6`, at fd64::`host`.
-    fn dual(mut lease: StoredLease, subnet6: &str, host: u8) -> StoredLease {
-        lease.subnets.ipv6 = Some(subnet6.parse().unwrap());
-        lease.attrs.public_ipv6 = Some(format!("fd64::{host}").parse().unwrap());
-        with_v6_vtep_mac(lease, Some(Mac([2, 0, 0, 0, 6, host])))
     }
 
     #[test]
