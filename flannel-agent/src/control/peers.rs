@@ -575,8 +575,8 @@ impl<N: Copy + Into<IpNet>, A: Copy + Into<IpAddr>> FamilyRules<N, A> {
         }
         // 0.0.0.0/8 names "this network", never a host to send to (and IPv6-only peers'
         // traffic counts under keys there).
-        let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast() || v4.octets()[0] == 0);
-        if ip.is_loopback() || ip.is_multicast() || broadcast || network.contains(&ip) {
+        let no_v4_host = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast() || v4.octets()[0] == 0);
+        if ip.is_loopback() || ip.is_multicast() || no_v4_host || network.contains(&ip) {
             return reject(
                 "bad_public_ip",
                 format!("its {field} {ip} is not a unicast host address outside the network"),
