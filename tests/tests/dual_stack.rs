@@ -619,11 +619,12 @@ fn an_ipv4_network_never_routes_a_leases_ipv6_half() {
     bed.enable_ipv6(0).unwrap();
     bed.put_config(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "host-gw"}}"#)
         .unwrap();
-    let mut agent = bed.agent(0, &[]).unwrap();
-    agent.wait_ready(READY).unwrap();
+    // Leased before the agent starts, so that the agent never picks the same subnet.
     let key = format!("{PREFIX}/subnets/10.1.77.0-24&::-0");
     let value = r#"{"PublicIP":"192.168.64.77","PublicIPv6":"fd64::77","BackendType":"host-gw"}"#;
     bed.etcd.put(&key, value).unwrap();
+    let mut agent = bed.agent(0, &[]).unwrap();
+    agent.wait_ready(READY).unwrap();
     wait_for("the lease's IPv4 route", READY, || {
         bed.hosts[0]
             .ip(&["route", "show", "10.1.77.0/24"])
