@@ -1,9 +1,10 @@
 //! Hosts on one underlay: a bridge in its own namespace (which also runs etcd at
 //! 192.168.64.1), each host a namespace with `eth0` on the bridge and a default route through
-//! it. Containers sit behind a docker0-style bridge `cni0` on their host's subnet.
+//! it (on the NIC-like underlay, two hosts whose `eth0`s are joined by a cable). Containers sit behind a docker0-style bridge `cni0` on their host's subnet.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Mutex,
     time::Duration,
 };
 
@@ -34,6 +35,7 @@ pub enum Underlay {
     /// As a NIC without tunnel offloads: the sender segments every GSO packet in software
     /// and puts MTU-sized frames on the wire, the receiver merges them again with GRO (veth
     /// NAPI), and each link has one queue per CPU, as RSS spreads flows on a multi-queue NIC.
+    /// Two hosts on one cable, with no switch to forward their frames (see `cable`).
     NicLike,
 }
 
@@ -54,6 +56,8 @@ pub struct Testbed {
     pub kind: Underlay,
     /// The hosts without IPv4 (`make_ipv6_only`).
     ipv6_only: Vec<usize>,
+    /// The NAPI threads that `receive_on` placed.
+    napi_threads: Mutex<Vec<u32>>,
 }
 
 /// The families of a cluster's network (and of its hosts and containers).
@@ -83,6 +87,8 @@ impl Testbed {
         }
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
         underlay.ip(&["addr", "add", "192.168.64.1/24", "dev", "br0"])?;
+        // The NIC-like underlay's management network (see `cable`).
+        underlay.ip(&["addr", "add", "192.168.65.1/24", "dev", "br0"])?;
         underlay.ip(&["-6", "addr", "add", "fd64::1/64", "dev", "br0", "nodad"])?;
         underlay.ip(&["link", "set", "br0", "up"])?;
         let etcd = Etcd::start_in_dual(
@@ -96,6 +102,7 @@ impl Testbed {
             underlay,
             kind,
             ipv6_only: Vec::new(),
+            napi_threads: Mutex::new(Vec::new()),
         };
         for _ in 0..hosts {
             bed.add_host()?;
@@ -107,25 +114,58 @@ impl Testbed {
     pub fn add_host(&mut self) -> Result<usize> {
         let index = self.hosts.len();
         let host = Netns::new(&format!("h{index}"))?;
-        let port = format!("p{index}");
         let addr = format!("{}/24", Self::host_ip(index));
         match self.kind {
             Underlay::Passthrough => {
-                link(&host, "eth0", &addr, &self.underlay, &port, "0.0.0.0/32")?
+                self.switch_port(&host, index, "eth0", &addr)?;
+                host.ip(&["route", "add", "default", "via", "192.168.64.1"])?;
             }
-            Underlay::NicLike => nic_like_link(&host, &addr, &self.underlay, &port)?,
+            Underlay::NicLike => self.cable(&host, index, &addr)?,
         }
-        self.underlay.ip(&["addr", "flush", "dev", &port])?;
-        self.underlay.ip(&["link", "set", &port, "master", "br0"])?;
-        host.ip(&["route", "add", "default", "via", "192.168.64.1"])?;
         host.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         self.hosts.push(host);
         Ok(index)
     }
 
+    /// `host`'s `ifname`, at `addr`, on the switch's port `p<index>`.
+    fn switch_port(&self, host: &Netns, index: usize, ifname: &str, addr: &str) -> Result<()> {
+        let port = format!("p{index}");
+        link(host, ifname, addr, &self.underlay, &port, "0.0.0.0/32")?;
+        self.underlay.ip(&["addr", "flush", "dev", &port])?;
+        self.underlay.ip(&["link", "set", &port, "master", "br0"])?;
+        Ok(())
+    }
+
+    /// The NIC-like underlay: the two hosts' `eth0`s are the ends of one cable, so that no
+    /// host's CPU forwards the other's frames (a veth switch would, on the sender's CPU; a
+    /// real switch costs hosts nothing). Each reaches etcd over a management link, `eth1`
+    /// (192.168.65.0/24), on the switch.
+    fn cable(&self, host: &Netns, index: usize, addr: &str) -> Result<()> {
+        let management = format!("192.168.65.{}/24", 10 + index);
+        self.switch_port(host, index, "eth1", &management)?;
+        host.ip(&["route", "add", "192.168.64.1/32", "via", "192.168.65.1"])?;
+        match index {
+            // Its eth0 comes with the cable's other end.
+            0 => Ok(()),
+            1 => {
+                let first = &self.hosts[0];
+                let first_addr = format!("{}/24", Self::host_ip(0));
+                nic_like_cable(first, &first_addr, host, addr)?;
+                for end in [first, host] {
+                    end.ip(&["route", "add", "default", "dev", "eth0"])?;
+                }
+                Ok(())
+            }
+            _ => anyhow::bail!("the NIC-like underlay is a cable between two hosts, not {index}"),
+        }
+    }
+
     /// Runs host `index`'s receive processing on `cpu`, as if each host had CPUs of its own:
     /// on the NIC-like underlay, its eth0's NAPI (GRO and all that follows) runs in threads
-    /// pinned there, as a NIC interrupts its own host. A passthrough veth has no NAPI: it hands
+    /// pinned there, as a NIC interrupts its own host. The threads run at the highest nice
+    /// priority: a NIC's interrupt runs receive processing at once, ahead of the programs;
+    /// a thread of equal priority waits for them (this kernel does not preempt kernel code)
+    /// while the link's 256-frame ring overflows. A passthrough veth has no NAPI: it hands
     /// packets over on the sender's CPU, and steering them (RPS) costs an interrupt between
     /// CPUs per packet, which in a VM dwarfs the rest; so nothing moves there.
     pub fn receive_on(&self, index: usize, cpu: usize) -> Result<()> {
@@ -142,8 +182,20 @@ impl Testbed {
         if new.is_empty() {
             anyhow::bail!("no NAPI thread appeared for {}'s eth0", host.name);
         }
-        for pid in new {
+        for &pid in &new {
             crate::netns::run("taskset", &["-pc", &cpu.to_string(), &pid.to_string()])?;
+            renice(pid, -20)?;
+        }
+        self.napi_threads.lock().unwrap().extend(new);
+        Ok(())
+    }
+
+    /// Receive processing shares its CPU equally with the programs from now on, as the
+    /// kernel's does under overload (past 2 ms of it, `ksoftirqd` takes over at the programs'
+    /// priority): for a flood, which would otherwise starve its receiver.
+    pub fn share_receive_cpus(&self) -> Result<()> {
+        for &pid in self.napi_threads.lock().unwrap().iter() {
+            renice(pid, 0)?;
         }
         Ok(())
     }
@@ -385,25 +437,29 @@ impl Testbed {
     }
 }
 
-/// `eth0` in `host` (at `addr`) to `port` in `underlay`, NIC-like (see [`Underlay::NicLike`]).
-/// The host's end segments what it sends (no TSO or GSO) and runs GRO on what it receives;
-/// the underlay's end is the switch: it passes frames as they are, and sends nothing that
-/// veth would hand over unsegmented (a veth merges with GRO only what comes from a peer
-/// without TSO).
-fn nic_like_link(host: &Netns, addr: &str, underlay: &Netns, port: &str) -> Result<()> {
+/// A cable between `a`'s and `b`'s `eth0` (at `a_addr`, `b_addr`), NIC-like (see
+/// [`Underlay::NicLike`]): each end segments what it sends (no TSO or GSO) and runs GRO on
+/// what it receives.
+fn nic_like_cable(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> Result<()> {
     let queues = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .to_string();
     let options = ["numtxqueues", &queues, "numrxqueues", &queues];
-    link_with(host, "eth0", addr, underlay, port, "0.0.0.0/32", &options)?;
-    host.exec(
-        "ethtool",
-        &["-K", "eth0", "tso", "off", "gso", "off", "gro", "on"],
-    )?;
-    underlay.exec(
-        "ethtool",
-        &["-K", port, "tso", "off", "gso", "off", "gro", "off"],
-    )?;
+    link_with(a, "eth0", a_addr, b, "eth0", b_addr, &options)?;
+    for end in [a, b] {
+        let features = ["-K", "eth0", "tso", "off", "gso", "off", "gro", "on"];
+        end.exec("ethtool", &features)?;
+    }
+    Ok(())
+}
+
+/// Sets thread `pid`'s nice value.
+fn renice(pid: u32, nice: i32) -> Result<()> {
+    // SAFETY: a plain system call on integers.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, nice) } != 0 {
+        let error = std::io::Error::last_os_error();
+        anyhow::bail!("setting thread {pid}'s nice value to {nice}: {error}");
+    }
     Ok(())
 }
 

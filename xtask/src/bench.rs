@@ -326,6 +326,7 @@ fn measure(row: Row, underlay: Underlay, seconds: u32, cc: &str) -> Result<Sampl
     let tcp_4 = iperf(client, server, target, 4, seconds, cc)?;
     let cpus = (CLIENT_CPU, server_cpu());
     let (lat_p50, lat_p99) = rr::latency(client, server, target, seconds, cpus)?;
+    bed.share_receive_cpus()?;
     let udp_kpps = udp_rate(client, server, target, seconds)?;
     let rss: u64 = agents.iter().map(Agent::rss_kib).sum::<Result<u64>>()?;
     let converge_ms = convergence(&bed, &mut agents[1], client, server)?;
@@ -682,13 +683,18 @@ fn underlay_text(underlay: Underlay) -> &'static str {
              CPU, as a multi-queue NIC with RSS spreads flows (the 4-stream measure). Each \
              host's receive processing (its link's NAPI: GRO, decap, the container's stack) \
              runs on its measuring program's CPU, as on two machines, so the sender's and the \
-             receiver's CPU are measured apart. These are the numbers users' hosts give."
+             receiver's CPU are measured apart, and ahead of the programs there, as a NIC's \
+             interrupt runs it (for the UDP flood, at their priority: the kernel's own \
+             overload rule). The two hosts are joined by a cable: no host forwards frames for \
+             a switch. These are the numbers users' hosts give."
         }
         Underlay::Passthrough => {
             "A plain veth underlay hands the sender's 64 KB GSO packets to the receiver \
              whole, which no NIC does: an upper bound, not what users' hosts give. The \
              receiving host's processing runs on the sender's CPU here (a veth delivers on the \
-             sending CPU), so the sender and receiver CPU columns split the work only roughly."
+             sending CPU), so the sender and receiver CPU columns split the work only roughly. \
+             The hosts' links meet on a bridge in a namespace of its own, the switch: it \
+             forwards without netfilter, as a switch does, but on the sending host's CPU."
         }
     }
 }
@@ -705,10 +711,7 @@ fn datapath_section(
         md,
         "## Datapaths, {underlay} underlay\n\n{} Two hosts in network namespaces (MTU 1500), \
          one container each, container to container; {seconds} s per measure. The measuring \
-         clients run on CPU 0 and their servers on the last CPU, as on two hosts. The hosts' \
-         links meet on a bridge in a namespace of its own, the switch: it forwards without \
-         netfilter, as a switch does, but on the sending host's CPU, which a real switch never \
-         costs.\n",
+         clients run on CPU 0 and their servers on the last CPU, as on two hosts.\n",
         underlay_text(run.underlay)
     )?;
     let rows: Vec<(String, &[Sample])> = run
