@@ -1,6 +1,7 @@
 //! Hosts on one underlay: a bridge in its own namespace (which also runs etcd at
 //! 192.168.64.1), each host a namespace with `eth0` on the bridge and a default route through
-//! it (on the NIC-like underlay, two hosts whose `eth0`s are joined by a cable). Containers sit behind a docker0-style bridge `cni0` on their host's subnet.
+//! it (on the NIC-like underlay, two hosts whose `eth0`s are joined by a cable). Containers
+//! sit behind a docker0-style bridge `cni0` on their host's subnet.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
