@@ -144,10 +144,10 @@ pub struct Args {
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value_t = crate::control::acquire::DEFAULT_LEASE_TTL.as_secs(), hide = true,
           value_parser = clap::value_parser!(u64).range(61..), help_heading = OURS)]
     pub subnet_lease_ttl: u64,
-    /// where tunnel packets are decapsulated; by default the mode measured fastest for the
-    /// backend on NIC-like hosts: tc for vxlan (with a GRO socket), xdp for udp
-    #[arg(long, env = "FLANNELD_BPF_DECAP", value_enum, help_heading = OURS)]
-    pub bpf_decap: Option<Decap>,
+    /// where tunnel packets are decapsulated; tc (with a GRO device) measured fastest on
+    /// NIC-like hosts for both backends
+    #[arg(long, env = "FLANNELD_BPF_DECAP", value_enum, default_value = "tc", help_heading = OURS)]
+    pub bpf_decap: Decap,
     /// log format: human text, or one JSON object per line
     #[arg(long, env = "FLANNELD_LOG_FORMAT", value_enum, default_value = "text", help_heading = OURS)]
     pub log_format: LogFormat,

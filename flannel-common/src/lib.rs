@@ -36,6 +36,7 @@ pub mod program_names {
     pub const XDP_INGRESS: &str = "xdp_ingress";
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_ENCAP: &str = "tc_encap";
+    pub const TC_MERGED: &str = "tc_merged";
 }
 
 /// The datapath's settings: the single entry of the `CONFIG` array map.
@@ -64,8 +65,9 @@ pub struct DatapathConfig {
     /// The largest inner packet a tunnel carries (interface MTU - overhead): bigger
     /// non-GSO packets take the stack's path, which answers "fragmentation needed".
     pub inner_mtu: u32,
-    /// vxlan: the kernel vxlan device in metadata mode (the GRO device) that encapsulates
-    /// what `bpf_skb_adjust_room` refuses to; zero when there is none.
+    /// The GRO device, zero when there is none. vxlan: the kernel vxlan device in metadata
+    /// mode that encapsulates what `bpf_skb_adjust_room` refuses to; udp: the near end of the
+    /// veth through which decapsulated frames reach GRO.
     pub gro_ifindex: u32,
     /// The flannel network and our subnet, network byte order, with their masks (zero: not
     /// set). `tc_encap` never tunnels a destination in our subnet or outside the network,

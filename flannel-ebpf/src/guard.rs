@@ -3,6 +3,7 @@
 //! Anything that is not a tunnel packet for us passes untouched; a packet that claims our
 //! tunnel port but fails a check is dropped with a reason; a genuine one is handed to decap.
 
+use aya_ebpf::programs::TcContext;
 use flannel_common::{
     DatapathConfig, DatapathConfig6, DropReason, Encap, PeerInfo, PeerInfo6, IPV6_ONLY,
 };
@@ -10,8 +11,8 @@ use flannel_common::{
 use crate::{
     maps,
     parse::{
-        EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, UdpHdr, VxlanHdr, ETH_HLEN, IPPROTO_UDP, IPV6_HLEN,
-        VXLAN_FLAGS_I,
+        EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, UdpHdr, VxlanHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6,
+        IPPROTO_UDP, IPV6_HLEN, VXLAN_FLAGS_I,
     },
 };
 
@@ -27,9 +28,37 @@ pub enum Verdict<P = PeerInfo> {
     },
 }
 
-/// Bytes the guard and decap read: Ethernet, the largest outer IP header (IPv4 with
-/// options), UDP, VXLAN, the inner Ethernet header and an inner IPv6 source address.
-pub const HEADER_LEN: u32 = (ETH_HLEN + 60 + 8 + 8 + ETH_HLEN + 24) as u32;
+/// How many bytes the guard and decap read of a packet that claims our tunnel port (UDP to
+/// it): its headers up to the end of the inner IP header. Found with loads that need no
+/// linear data, so that TC pulls into the linear area only what it reads: never a byte of
+/// another packet, nor a tunnel packet's payload (which would copy it out of its pages).
+#[inline(always)]
+pub fn claimed_header_len(ctx: &TcContext, cfg: &DatapathConfig) -> Option<u32> {
+    let ipv6 = match u16::from_be(ctx.load::<u16>(12).ok()?) {
+        ETH_P_IP => false,
+        ETH_P_IPV6 => true,
+        _ => return None,
+    };
+    let (outer_ip_len, protocol_at) = if ipv6 {
+        (IPV6_HLEN, ETH_HLEN + 6)
+    } else {
+        (
+            usize::from(ctx.load::<u8>(ETH_HLEN).ok()? & 0xf) * 4,
+            ETH_HLEN + 9,
+        )
+    };
+    let port_be = ctx.load::<u16>(ETH_HLEN + outer_ip_len + 2).ok()?;
+    if ctx.load::<u8>(protocol_at).ok()? != IPPROTO_UDP || port_be != cfg.port_be {
+        return None;
+    }
+    let inner_eth = if cfg.encap == Encap::Vxlan as u16 {
+        8 + ETH_HLEN
+    } else {
+        0
+    };
+    let inner_ip_len = if ipv6 { IPV6_HLEN } else { 20 };
+    Some((ETH_HLEN + outer_ip_len + 8 + inner_eth + inner_ip_len) as u32)
+}
 
 /// The outer IPv4 header of a packet that claims to be one of our tunnel packets: UDP to our
 /// tunnel port on our address. Anything else is not ours to judge.

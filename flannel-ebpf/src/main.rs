@@ -13,11 +13,13 @@ mod ttl;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_redirect_peer,
+    helpers::{bpf_redirect, bpf_redirect_peer},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use flannel_common::{DatapathConfig, DropReason, Hook, IPV6_ONLY, THROUGH_NETFILTER};
+use flannel_common::{
+    DatapathConfig, DropReason, Encap, Endpoint, Hook, IPV6_ONLY, THROUGH_NETFILTER,
+};
 
 use events::Peer;
 use guard::Verdict;
@@ -68,7 +70,10 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
     let Some(cfg) = maps::config() else {
         return TC_ACT_OK;
     };
-    if !linear(&ctx, guard::HEADER_LEN) {
+    let Some(header_len) = guard::claimed_header_len(&ctx, cfg) else {
+        return TC_ACT_OK;
+    };
+    if !linear(&ctx, header_len) {
         return TC_ACT_OK;
     }
     match tc_receive(&ctx, cfg) {
@@ -101,7 +106,32 @@ fn tc_receive(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason> 
     if cfg.flags & THROUGH_NETFILTER != 0 {
         return Ok(TC_ACT_OK);
     }
+    if cfg.encap == Encap::Udp as u16 && cfg.gro_ifindex != 0 && gso_size(ctx) == 0 {
+        return Ok(to_gro_device(ctx, cfg));
+    }
     Ok(deliver(ctx, false))
+}
+
+/// udp: nothing merged the frames of the udp format before us, so a decapsulated frame for
+/// a local container takes the GRO device, a veth whose far end's GRO merges the inner
+/// packets; `tc_merged` there delivers them. (A packet for anyone else goes into the stack.)
+#[inline(always)]
+fn to_gro_device(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
+    if endpoint(ctx, false).is_none() {
+        return TC_ACT_OK;
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(cfg.gro_ifindex, 0) as i32 }
+}
+
+/// TC ingress on the far end of the udp GRO device: what GRO merged goes on to its container.
+#[classifier]
+pub fn tc_merged(ctx: TcContext) -> i32 {
+    let ipv6 = ctx
+        .packet()
+        .header::<EthHdr>(0)
+        .is_some_and(EthHdr::is_ipv6);
+    deliver(&ctx, ipv6)
 }
 
 /// IPv6 tunnel packets (dual stack, vxlan): decapsulated here, whatever `--bpf-decap` says,
@@ -130,13 +160,7 @@ fn tc_receive6(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason>
 /// it, as it still carries the tunnel's GSO type). Anything else goes into the stack.
 #[inline(always)]
 fn deliver(ctx: &TcContext, ipv6: bool) -> i32 {
-    let pkt = ctx.packet();
-    let endpoint = if ipv6 {
-        (pkt.header::<Ipv6Hdr>(ETH_HLEN)).and_then(|ip| maps::endpoint6(&ip.daddr))
-    } else {
-        (pkt.header::<Ipv4Hdr>(ETH_HLEN)).and_then(|ip| maps::endpoint(ip.daddr_be()))
-    };
-    let Some(endpoint) = endpoint else {
+    let Some(endpoint) = endpoint(ctx, ipv6) else {
         return TC_ACT_OK;
     };
     let mut macs = [0u8; 12];
@@ -147,6 +171,17 @@ fn deliver(ctx: &TcContext, ipv6: bool) -> i32 {
     }
     // SAFETY: plain helper call.
     unsafe { bpf_redirect_peer(endpoint.ifindex, 0) as i32 }
+}
+
+/// The local container a decapsulated packet is for, if any.
+#[inline(always)]
+fn endpoint(ctx: &TcContext, ipv6: bool) -> Option<Endpoint> {
+    let pkt = ctx.packet();
+    if ipv6 {
+        (pkt.header::<Ipv6Hdr>(ETH_HLEN)).and_then(|ip| maps::endpoint6(&ip.daddr))
+    } else {
+        (pkt.header::<Ipv4Hdr>(ETH_HLEN)).and_then(|ip| maps::endpoint(ip.daddr_be()))
+    }
 }
 
 /// TC on the overlay device's egress (everything routed to the overlay) and on the

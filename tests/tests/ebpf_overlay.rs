@@ -674,7 +674,7 @@ fn status_lists_every_peer_with_its_traffic() {
     }
     assert!(text.contains("datapath:  eBPF"), "{text}");
     assert!(
-        text.contains("decap:     tc, GRO merges tunnel frames first"),
+        text.contains("decap:     tc; GRO merges tunnel frames"),
         "{text}"
     );
 

@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, UdpSocket};
 use aya::programs::{TestRun, TestRunOptions, XdpMode};
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
-    event_addr_v4, mask_be, pins::Pins, DatapathConfig, DropEvent, DropReason, Encap, Hook,
-    PeerInfo, Tunnel, TunnelEnds, CHECK_INNER_SOURCE, EVENTS_PER_SECOND, UDP_BACKEND_PORT,
+    event_addr_v4, mask_be, pins::Pins, DatapathConfig, DropEvent, DropReason, Encap, Endpoint,
+    Hook, PeerInfo, Tunnel, TunnelEnds, CHECK_INNER_SOURCE, EVENTS_PER_SECOND, UDP_BACKEND_PORT,
     VXLAN_PORT,
 };
 use flannel_tests::{
@@ -303,6 +303,61 @@ fn udp_backend_checks_the_sender_but_has_no_vni() {
     let (verdict, out) = run(programs.tc_ingress(), &from_peer);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, [&from_peer[..14], &with_ttl(&inner, 63)[..]].concat());
+}
+
+/// udp with TC decap: a decapsulated frame for a local container goes, as it is, into the
+/// GRO device (whose GRO merges it with its flow's next ones), and `tc_merged` on the
+/// device's far end delivers it; a frame for anyone else goes into the stack. Without a GRO
+/// device, `tc_ingress` delivers it itself.
+#[test]
+fn udp_frames_for_local_containers_take_the_gro_device() {
+    let mut programs = guard(Encap::Udp);
+    let container = Ipv4Addr::new(10, 1, 83, 2);
+    let endpoint = Endpoint {
+        ifindex: 1,
+        mac: [2, 0, 0, 0, 0, 0x22],
+        bridge_mac: [2, 0, 0, 0, 0, 0x11],
+    };
+    programs
+        .insert_endpoint(container.into(), endpoint)
+        .unwrap();
+    let to = |dst| packet::ipv4(Ipv4Addr::new(10, 1, 74, 2), dst, IPPROTO_TCP, &[0; 20]);
+    let from_peer =
+        |inner: &[u8]| udp_frame(PEER, LOCAL, UDP_BACKEND_PORT, UDP_BACKEND_PORT, inner);
+    let (local, other) = (to(container), to(Ipv4Addr::new(10, 1, 83, 3)));
+    let decapsulated = |frame: &[u8], inner: &[u8]| [&frame[..14], &with_ttl(inner, 63)].concat();
+    let delivered = [
+        &[endpoint.mac, endpoint.bridge_mac].concat()[..],
+        &decapsulated(&from_peer(&local), &local)[12..],
+    ]
+    .concat();
+
+    // Without a GRO device: straight into the container.
+    let (verdict, out) = run(programs.tc_ingress(), &from_peer(&local));
+    assert_eq!((verdict, out), (TC_ACT_REDIRECT, delivered.clone()));
+
+    let mut config = config(Encap::Udp);
+    config.gro_ifindex = 1;
+    programs.set_config(config).unwrap();
+    let (verdict, out) = run(programs.tc_ingress(), &from_peer(&local));
+    let into_gro_device = decapsulated(&from_peer(&local), &local);
+    assert_eq!((verdict, &out), (TC_ACT_REDIRECT, &into_gro_device));
+    let (verdict, out) = run(programs.tc_ingress(), &from_peer(&other));
+    assert_eq!(
+        (verdict, out),
+        (TC_ACT_OK, decapsulated(&from_peer(&other), &other))
+    );
+
+    // On the far end: to the container, or (gone) into the stack.
+    assert_eq!(
+        run(programs.tc_merged(), &into_gro_device),
+        (TC_ACT_REDIRECT, delivered)
+    );
+    programs.remove_endpoint(container.into()).unwrap();
+    assert_eq!(
+        run(programs.tc_merged(), &into_gro_device),
+        (TC_ACT_OK, into_gro_device)
+    );
 }
 
 /// Real packets on a veth: XDP drops a stranger's VXLAN, decapsulates a peer's into the

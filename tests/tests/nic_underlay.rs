@@ -1,16 +1,19 @@
 //! The eBPF datapath on the NIC-like underlay (the sender segments, the receiver merges with
 //! GRO, as real NICs do): bulk TCP arrives byte for byte in each decap mode and wire format,
-//! also through a container that routes on to another; and the GRO device that lets the NIC
-//! merge our vxlan frames behaves. IPv6 too.
+//! also through a container that routes on to another; and the GRO devices behave: the one
+//! that lets the NIC merge our vxlan frames, and the one that merges decapsulated udp frames.
+//! IPv6 too.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, SocketAddrV6},
     time::Duration,
 };
 
+use flannel_common::pins::Pins;
 use flannel_tests::{
     agent::Agent,
     bulk::verified_transfer,
+    etcd::wait_for,
     netns::Bpffs,
     require_root,
     testbed::{self, Container, Testbed, Underlay},
@@ -220,6 +223,91 @@ fn gro_merges_vxlan_frames_before_tc_decap_and_its_device_follows_the_agent() {
     assert!(bed.hosts[0].ip(&["link", "show", "flannel-gro"]).is_err());
 }
 
+/// udp with TC decap: the GRO device is a veth whose far end merges what `tc_ingress`
+/// decapsulated, so a container gets aggregates, not wire frames. Deleted by hand, the device
+/// or its filter comes back and traffic flows again; a restart keeps it; XDP decap and
+/// `--cleanup` remove it.
+#[test]
+fn gro_merges_udp_frames_after_tc_decap_and_its_device_follows_the_agent() {
+    require_root();
+    let bpffs = Bpffs::mount().unwrap();
+    let (pin_dir, pins) = bpffs.pin_dir("flannel");
+    let (bed, mut agents, containers) = cluster(UDP, &[&pins, "--bpf-decap=tc"]);
+    let host = &bed.hosts[1];
+    let details = host.ip(&["-d", "link", "show", "flannel-gro"]).unwrap();
+    assert!(
+        details.contains("veth") && details.contains(",UP"),
+        "{details}"
+    );
+    let offloads = |name| host.exec("ethtool", &["-k", name]).unwrap();
+    assert!(offloads("flannel-gro-p").contains("generic-receive-offload: on"));
+    assert!(offloads("flannel-gro").contains("tx-tcp-segmentation: off"));
+
+    let (a, b) = (&containers[0], &containers[1]);
+    let received = |what: &str| -> f64 {
+        let path = format!("/sys/class/net/eth0/statistics/rx_{what}");
+        b.ns.exec("cat", &[&path]).unwrap().trim().parse().unwrap()
+    };
+    let before = (received("bytes"), received("packets"));
+    verified_transfer(&b.ns, at(b.ip, 5001), &a.ns, at(b.ip, 5001), BYTES).unwrap();
+    let merged = (received("bytes") - before.0) / (received("packets") - before.1);
+    assert!(
+        merged > 3000.0,
+        "{merged} bytes per packet the container got"
+    );
+
+    // Deleted by hand, the device comes back with its filter, and the programs use it.
+    let merging = || {
+        host.exec("tc", &["filter", "show", "dev", "flannel-gro-p", "ingress"])
+            .is_ok_and(|out| out.contains("tc_merged"))
+    };
+    let index = || {
+        let index = host.exec("cat", &["/sys/class/net/flannel-gro/ifindex"]);
+        index.ok().and_then(|i| i.trim().parse::<u32>().ok())
+    };
+    let configured = || {
+        Pins::new(&pin_dir)
+            .config()
+            .unwrap()
+            .get(&0, 0)
+            .unwrap()
+            .gro_ifindex
+    };
+    host.ip(&["link", "del", "flannel-gro"]).unwrap();
+    wait_for("the GRO device", READY, || {
+        merging() && index().is_some_and(|i| i == configured())
+    })
+    .unwrap();
+    verified_transfer(&b.ns, at(b.ip, 5002), &a.ns, at(b.ip, 5002), 8 << 20).unwrap();
+    host.exec("tc", &["filter", "del", "dev", "flannel-gro-p", "ingress"])
+        .unwrap();
+    wait_for("the GRO device's filter", READY, merging).unwrap();
+    verified_transfer(&b.ns, at(b.ip, 5003), &a.ns, at(b.ip, 5003), 8 << 20).unwrap();
+
+    // A restart keeps the device (no moment without GRO).
+    let before = index();
+    agents[1].restart().unwrap();
+    agents[1].wait_ready(READY).unwrap();
+    assert_eq!(index(), before, "the GRO device was recreated");
+    verified_transfer(&b.ns, at(b.ip, 5004), &a.ns, at(b.ip, 5004), 8 << 20).unwrap();
+    agents[1].terminate().unwrap();
+
+    // XDP decap runs before GRO: no device.
+    let mut xdp = bed.agent(1, &[&pins, "--bpf-decap=xdp"]).unwrap();
+    xdp.wait_ready(READY).unwrap();
+    assert!(index().is_none());
+    assert!(host.ip(&["link", "show", "flannel-gro-p"]).is_err());
+    xdp.terminate().unwrap();
+
+    agents[0].terminate().unwrap();
+    let mut cleanup = Agent::spawn(&bed.hosts[0], &["--cleanup", &pins]).unwrap();
+    let status = cleanup.wait_exit(READY).unwrap();
+    assert!(status.success(), "{}", cleanup.log());
+    for name in ["flannel-gro", "flannel-gro-p"] {
+        assert!(bed.hosts[0].ip(&["link", "show", name]).is_err(), "{name}");
+    }
+}
+
 /// With our filter gone (removed by hand), a peer's VXLAN packet for a container, which the
 /// GRO device's socket now gets, reaches no container: the device passes nothing on.
 #[test]
@@ -296,17 +384,17 @@ fn the_nic_gets_whole_tunnel_gso_packets_only_if_it_segments_them() {
     }
 }
 
-/// Each backend decapsulates where it measured fastest on NIC-like hosts: udp in XDP (nothing
-/// merges its frames before TC), vxlan in TC behind the GRO device.
+/// Each backend decapsulates where it measured fastest on NIC-like hosts: in TC, behind its
+/// GRO device: vxlan's kernel tunnel socket, udp's veth.
 #[test]
 fn each_backend_defaults_to_its_fastest_decap() {
-    for (config, xdp, gro_device) in [(UDP, true, false), (VXLAN, false, true)] {
+    for (config, gro_device) in [(UDP, "veth"), (VXLAN, "vxlan")] {
         let (bed, _agents, _containers) = cluster(config, &[]);
         for host in &bed.hosts {
             let eth0 = host.ip(&["link", "show", "eth0"]).unwrap();
-            assert_eq!(eth0.contains("prog/xdp"), xdp, "{config}: {eth0}");
-            let gro = host.ip(&["link", "show", "flannel-gro"]).is_ok();
-            assert_eq!(gro, gro_device, "{config}: the GRO device");
+            assert!(!eth0.contains("prog/xdp"), "{config}: {eth0}");
+            let gro = host.ip(&["-d", "link", "show", "flannel-gro"]).unwrap();
+            assert!(gro.contains(gro_device), "{config}: {gro}");
         }
     }
 }

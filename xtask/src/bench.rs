@@ -29,10 +29,10 @@ pub enum Row {
     EbpfVxlanXdp,
     /// `--bpf-fast-path=false`: through the host's FORWARD chain, as flannel's traffic goes.
     EbpfVxlanForward,
-    /// udp on eBPF, the default: XDP decap.
+    /// udp on eBPF, the default: TC decap, with the GRO device.
     EbpfUdp,
-    /// `--bpf-decap=tc`.
-    EbpfUdpTc,
+    /// `--bpf-decap=xdp`.
+    EbpfUdpXdp,
     /// A dual-stack network's IPv6, container to container: flannel's `flannel-v6.1`.
     KernelVxlan6,
     /// A dual-stack network's IPv6 on eBPF (the default).
@@ -47,7 +47,7 @@ const ROWS: [Row; 10] = [
     Row::EbpfVxlanXdp,
     Row::EbpfVxlanForward,
     Row::EbpfUdp,
-    Row::EbpfUdpTc,
+    Row::EbpfUdpXdp,
     Row::KernelVxlan6,
     Row::EbpfVxlan6,
 ];
@@ -60,8 +60,8 @@ impl Row {
             Row::EbpfVxlan => "vxlan, eBPF TC (default)",
             Row::EbpfVxlanXdp => "vxlan, eBPF XDP",
             Row::EbpfVxlanForward => "vxlan, eBPF TC, through FORWARD",
-            Row::EbpfUdp => "udp, eBPF XDP (default)",
-            Row::EbpfUdpTc => "udp, eBPF TC",
+            Row::EbpfUdp => "udp, eBPF TC (default)",
+            Row::EbpfUdpXdp => "udp, eBPF XDP",
             Row::TunUdp => "udp, TUN loop",
             Row::KernelVxlan6 => "IPv6: vxlan, kernel device",
             Row::EbpfVxlan6 => "IPv6: vxlan, eBPF (default)",
@@ -78,7 +78,7 @@ impl Row {
             Row::EbpfVxlanXdp => ("vxlan", &["--bpf-decap=xdp"]),
             Row::EbpfVxlanForward => ("vxlan", &["--bpf-fast-path=false"]),
             Row::EbpfUdp => ("udp", &[]),
-            Row::EbpfUdpTc => ("udp", &["--bpf-decap=tc"]),
+            Row::EbpfUdpXdp => ("udp", &["--bpf-decap=xdp"]),
             Row::KernelVxlan6 => ("vxlan", &["--datapath=classic"]),
             Row::EbpfVxlan6 => ("vxlan", &[]),
         }
@@ -101,7 +101,7 @@ impl Row {
                 | Row::EbpfVxlanXdp
                 | Row::EbpfVxlanForward
                 | Row::EbpfUdp
-                | Row::EbpfUdpTc
+                | Row::EbpfUdpXdp
                 | Row::EbpfVxlan6
         )
     }

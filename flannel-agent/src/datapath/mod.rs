@@ -58,8 +58,8 @@ pub struct Options {
     pub bpf_object: Option<std::path::PathBuf>,
     /// `--bpf-pin-dir`.
     pub pin_dir: std::path::PathBuf,
-    /// `--bpf-decap`; None: the backend's default.
-    pub decap: Option<Decap>,
+    /// `--bpf-decap`.
+    pub decap: Decap,
     /// `--bpf-check-inner-source`.
     pub check_inner_source: bool,
     /// `--bpf-fast-path`.
@@ -156,7 +156,7 @@ impl Datapath {
         }
     }
 
-    /// eBPF: where tunnel packets are decapsulated, and what GRO merges before that.
+    /// eBPF: where tunnel packets are decapsulated, and what GRO merges.
     pub fn receive_path(&self) -> Option<ReceivePath> {
         match &self.kind {
             Kind::Ebpf(ebpf) => Some(ebpf.receive_path()),

@@ -1,6 +1,7 @@
 //! This host: the interface we tunnel over, the firewall, the local containers.
 
 pub mod endpoints;
+pub mod ethtool;
 pub mod firewall;
 pub mod iface;
 pub mod iptables;

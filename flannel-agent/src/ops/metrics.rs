@@ -12,7 +12,7 @@ use crate::datapath::ebpf::ReceivePath;
 #[derive(Default)]
 pub struct Snapshot {
     pub datapath: &'static str,
-    /// eBPF: where tunnel packets are decapsulated, and what GRO merges before that.
+    /// eBPF: where tunnel packets are decapsulated, and what GRO merges.
     pub receive: Option<ReceivePath>,
     pub peers: usize,
     pub renewals: u64,
@@ -154,7 +154,7 @@ pub fn render(s: &Snapshot) -> String {
         family(
             "flannel_bpf_decap_info",
             "gauge",
-            "Where the eBPF datapath decapsulates, and what GRO merges before that.",
+            "Where the eBPF datapath decapsulates, and what GRO merges.",
             &[(
                 format!("{{decap=\"{}\",gro=\"{}\"}}", receive.decap, receive.gro),
                 1,

@@ -25,7 +25,11 @@ use crate::{
         subnet_env,
     },
     datapath::{
-        ebpf::{self, gro_device::GRO_DEV, programs, ReceivePath, FILTER_MINOR, OVERLAY_DEV},
+        ebpf::{
+            self,
+            gro_device::{GroDevice, GRO_PEER},
+            programs, ReceivePath, FILTER_MINOR, OVERLAY_DEV,
+        },
         kernel_vxlan,
         tun_udp::TUN_DEV,
         Decap,
@@ -287,6 +291,11 @@ async fn describe_datapath(
                 format!("tc egress on {OVERLAY_DEV}"),
             ),
         ];
+        points.push((
+            GRO_PEER.into(),
+            false,
+            format!("tc ingress on {GRO_PEER} (GRO device)"),
+        ));
         if let Some((bridge, _)) = bridge {
             points.push((
                 bridge.clone(),
@@ -314,7 +323,7 @@ async fn describe_datapath(
         } else {
             Decap::Tc
         };
-        let receive = ReceivePath::new(decap, exists(GRO_DEV));
+        let receive = ReceivePath::new(decap, GroDevice::present());
         return Ok(DatapathReport {
             kind: "eBPF",
             attached,
@@ -400,7 +409,7 @@ fn print_text(report: &Report) {
         datapath.attached.join(", ")
     );
     if let (Some(decap), Some(gro)) = (datapath.decap, datapath.gro) {
-        println!("decap:     {decap}, GRO merges {gro} first");
+        println!("decap:     {decap}; GRO merges {gro}");
     }
     match datapath.fast_path {
         Some(true) => println!("fast path: on (overlay traffic bypasses the FORWARD chain)"),

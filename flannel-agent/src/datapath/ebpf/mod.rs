@@ -51,6 +51,7 @@ use crate::{
         netlink,
     },
 };
+use gro_device::{GroDevice, GRO_PEER};
 use programs::Programs;
 
 /// The overlay device, a veth whose peer never sees a packet: `tc_encap` redirects them all.
@@ -84,9 +85,10 @@ pub struct Maps {
     peers6: HashMap<Ipv6Addr, PeerInfo6>,
 }
 
-/// Where tunnel packets are decapsulated, and what GRO merges before that: XDP strips the
-/// tunnel before GRO, which then merges the inner packets; TC decapsulates after GRO, which
-/// merges our frames only with the GRO device's socket on the port (vxlan).
+/// Where tunnel packets are decapsulated, and what GRO merges: XDP strips the tunnel before
+/// GRO, which then merges the inner packets; TC decapsulates after GRO, which merges our
+/// frames only with the GRO device's socket on the port (vxlan), or merges what TC
+/// decapsulated in the GRO veth (udp).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReceivePath {
     pub decap: &'static str,
@@ -94,21 +96,14 @@ pub struct ReceivePath {
 }
 
 impl ReceivePath {
-    pub fn new(decap: Decap, gro_device: bool) -> Self {
-        match (decap, gro_device) {
-            (Decap::Xdp, _) => Self {
-                decap: "xdp",
-                gro: "inner packets",
-            },
-            (Decap::Tc, true) => Self {
-                decap: "tc",
-                gro: "tunnel frames",
-            },
-            (Decap::Tc, false) => Self {
-                decap: "tc",
-                gro: "nothing",
-            },
-        }
+    pub fn new(decap: Decap, gro_device: Option<GroDevice>) -> Self {
+        let (decap, gro) = match (decap, gro_device) {
+            (Decap::Xdp, _) => ("xdp", "inner packets"),
+            (Decap::Tc, Some(GroDevice::Socket)) => ("tc", "tunnel frames"),
+            (Decap::Tc, Some(GroDevice::Veth)) => ("tc", "decapsulated frames"),
+            (Decap::Tc, None) => ("tc", "nothing"),
+        };
+        Self { decap, gro }
     }
 }
 
@@ -195,13 +190,7 @@ impl EbpfDatapath {
             pin_dir: options.pin_dir.clone(),
             check_inner_source: options.check_inner_source,
             fast_path: options.fast_path,
-            decap: options.decap.unwrap_or(match encap {
-                // Measured fastest on NIC-like hosts (docs/benchmarks.md): GRO merges vxlan
-                // frames for TC decap (the GRO device), but nothing merges the udp format
-                // unless XDP strips it first.
-                Encap::Vxlan => Decap::Tc,
-                Encap::Udp => Decap::Xdp,
-            }),
+            decap: options.decap,
         })
     }
 
@@ -233,11 +222,12 @@ impl EbpfDatapath {
         }
         let nic_ifindex = nix::net::if_::if_nametoindex(self.nic.name.as_str())
             .with_context(|| format!("looking up {}", self.nic.name))?;
-        let gro_ifindex = if self.wants_gro_device() {
-            gro_device::ensure(&self.netlink, self.port).await?
-        } else {
-            gro_device::remove(&self.netlink).await?;
-            0
+        let gro_ifindex = match self.gro_device() {
+            Some(kind) => gro_device::ensure(&self.netlink, kind, self.port, self.nic.mtu).await?,
+            None => {
+                gro_device::remove(&self.netlink).await?;
+                0
+            }
         };
         let (network, subnet) = ours.ipv4.unwrap_or_default();
         let flags = match (self.check_inner_source, self.fast_path) {
@@ -291,6 +281,10 @@ impl EbpfDatapath {
     /// the peers, so no packet meets an empty map.
     pub fn attach(&mut self) -> Result<()> {
         let nic = self.nic.name.clone();
+        // Before `tc_ingress` sends frames into the GRO veth.
+        if self.gro_device() == Some(GroDevice::Veth) {
+            attach_replacing(self.programs.tc_merged(), GRO_PEER, TcAttachType::Ingress)?;
+        }
         attach_replacing(self.programs.tc_ingress(), &nic, TcAttachType::Ingress)?;
         attach_replacing(self.programs.tc_encap(), OVERLAY_DEV, TcAttachType::Egress)?;
         self.programs.pin_maps(&self.pin_dir)?;
@@ -308,15 +302,20 @@ impl EbpfDatapath {
         Ok(())
     }
 
-    /// GRO merges our frames before TC decap only with a tunnel socket on the port; XDP decap
-    /// runs before GRO, and nothing in the kernel merges the udp format. IPv6 is always
-    /// encapsulated by the GRO device.
-    fn wants_gro_device(&self) -> bool {
-        self.encap == Encap::Vxlan && (self.decap == Decap::Tc || self.ipv6)
+    /// GRO merges vxlan frames before TC decap only with a tunnel socket on the port, and
+    /// what TC decapsulated of the udp format only in a veth with GRO; XDP decap runs before
+    /// GRO. IPv6 is always encapsulated by the vxlan GRO device.
+    fn gro_device(&self) -> Option<GroDevice> {
+        match (self.encap, self.decap) {
+            (Encap::Vxlan, Decap::Tc) => Some(GroDevice::Socket),
+            (Encap::Vxlan, Decap::Xdp) => self.ipv6.then_some(GroDevice::Socket),
+            (Encap::Udp, Decap::Tc) => Some(GroDevice::Veth),
+            (Encap::Udp, Decap::Xdp) => None,
+        }
     }
 
     pub fn receive_path(&self) -> ReceivePath {
-        ReceivePath::new(self.decap, self.wants_gro_device())
+        ReceivePath::new(self.decap, self.gro_device())
     }
 
     pub fn fast_path(&self) -> bool {
@@ -563,8 +562,8 @@ impl EbpfDatapath {
     }
 
     /// The overlay device (with our VTEP MAC), its address and route, the config and the
-    /// filters on the NIC and the overlay device, as `start`, `activate` and `attach` left
-    /// them, whatever was removed since.
+    /// filters on the NIC, the overlay device and the GRO veth, as `start`, `activate` and
+    /// `attach` left them, whatever was removed since.
     async fn restore_host(&mut self) -> Result<()> {
         let Some((ours, mtu)) = self.active else {
             return Ok(());
@@ -578,29 +577,25 @@ impl EbpfDatapath {
                 ensure_overlay_device(&self.netlink, mtu, Some(self.vtep_mac)).await?;
         }
         self.activate(ours, mtu).await?;
-        let nic = nix::net::if_::if_nametoindex(self.nic.name.as_str())
-            .with_context(|| format!("looking up {}", self.nic.name))?;
-        let minor = FILTER_MINOR;
-        if netlink::filter_priorities(&self.netlink, nic, false, minor)
-            .await?
-            .is_empty()
-        {
-            warn!(nic = %self.nic.name, "our TC filter is gone from the NIC; attaching it again");
-            attach_replacing(
-                self.programs.tc_ingress(),
-                &self.nic.name,
+        let netlink = &self.netlink;
+        let (programs, nic) = (&mut self.programs, self.nic.name.as_str());
+        reattach(netlink, programs.tc_ingress(), nic, TcAttachType::Ingress).await?;
+        reattach(
+            netlink,
+            programs.tc_encap(),
+            OVERLAY_DEV,
+            TcAttachType::Egress,
+        )
+        .await?;
+        if self.gro_device() == Some(GroDevice::Veth) {
+            let programs = &mut self.programs;
+            reattach(
+                netlink,
+                programs.tc_merged(),
+                GRO_PEER,
                 TcAttachType::Ingress,
-            )?;
-        }
-        if netlink::filter_priorities(&self.netlink, self.overlay_index, true, minor)
-            .await?
-            .is_empty()
-        {
-            warn!(
-                device = OVERLAY_DEV,
-                "our TC filter is gone from the overlay device; attaching it again"
-            );
-            attach_replacing(self.programs.tc_encap(), OVERLAY_DEV, TcAttachType::Egress)?;
+            )
+            .await?;
         }
         Ok(())
     }
@@ -864,6 +859,26 @@ fn attach_replacing(program: &mut SchedClassifier, iface: &str, kind: TcAttachTy
     }
     Err(anyhow!(last_error.expect("two attempts")))
         .with_context(|| format!("attaching {kind:?} filter on {iface}"))
+}
+
+/// Attaches `program` again where our filter is gone from `iface` (removed by hand).
+async fn reattach(
+    netlink: &Handle,
+    program: &mut SchedClassifier,
+    iface: &str,
+    kind: TcAttachType,
+) -> Result<()> {
+    let index =
+        nix::net::if_::if_nametoindex(iface).with_context(|| format!("looking up {iface}"))?;
+    let egress = kind == TcAttachType::Egress;
+    if netlink::filter_priorities(netlink, index, egress, FILTER_MINOR)
+        .await?
+        .is_empty()
+    {
+        warn!(%iface, "our TC filter is gone; attaching it again");
+        attach_replacing(program, iface, kind)?;
+    }
+    Ok(())
 }
 
 /// The peer that names a public address in a peers map: the smallest installed lease that

@@ -28,7 +28,7 @@ pub struct Programs {
 }
 
 impl Programs {
-    /// Loads the embedded object, or the one at `object` (`--bpf-object`), and verifies both
+    /// Loads the embedded object, or the one at `object` (`--bpf-object`), and verifies its
     /// programs in the kernel.
     pub fn load(object: Option<&Path>) -> Result<Self> {
         let mut ebpf = match object {
@@ -38,7 +38,11 @@ impl Programs {
         };
         let xdp: &mut Xdp = program(&mut ebpf, program_names::XDP_INGRESS)?;
         xdp.load().context("verifying xdp_ingress")?;
-        for name in [program_names::TC_INGRESS, program_names::TC_ENCAP] {
+        for name in [
+            program_names::TC_INGRESS,
+            program_names::TC_ENCAP,
+            program_names::TC_MERGED,
+        ] {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?;
             tc.load().with_context(|| format!("verifying {name}"))?;
         }
@@ -85,6 +89,10 @@ impl Programs {
 
     pub fn tc_encap(&mut self) -> &mut SchedClassifier {
         program(&mut self.ebpf, program_names::TC_ENCAP).expect("checked at load")
+    }
+
+    pub fn tc_merged(&mut self) -> &mut SchedClassifier {
+        program(&mut self.ebpf, program_names::TC_MERGED).expect("checked at load")
     }
 
     pub fn set_config(&mut self, config: DatapathConfig) -> Result<()> {
