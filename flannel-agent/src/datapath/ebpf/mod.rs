@@ -303,13 +303,14 @@ impl EbpfDatapath {
     }
 
     /// GRO merges vxlan frames before TC decap only with a tunnel socket on the port, and
-    /// what TC decapsulated of the udp format only in a veth with GRO; XDP decap runs before
-    /// GRO. IPv6 is always encapsulated by the vxlan GRO device.
+    /// what TC decapsulated of the udp format only in a veth with GRO, on the fast path's way
+    /// to containers; XDP decap runs before GRO. IPv6 is always encapsulated by the vxlan GRO
+    /// device.
     fn gro_device(&self) -> Option<GroDevice> {
         match (self.encap, self.decap) {
             (Encap::Vxlan, Decap::Tc) => Some(GroDevice::Socket),
             (Encap::Vxlan, Decap::Xdp) => self.ipv6.then_some(GroDevice::Socket),
-            (Encap::Udp, Decap::Tc) => Some(GroDevice::Veth),
+            (Encap::Udp, Decap::Tc) => self.fast_path.then_some(GroDevice::Veth),
             (Encap::Udp, Decap::Xdp) => None,
         }
     }
