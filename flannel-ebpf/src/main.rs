@@ -131,6 +131,10 @@ pub fn tc_merged(ctx: TcContext) -> i32 {
         .packet()
         .header::<EthHdr>(0)
         .is_some_and(EthHdr::is_ipv6);
+    let ip_len = if ipv6 { IPV6_HLEN } else { 20 };
+    if !linear(&ctx, (ETH_HLEN + ip_len) as u32) {
+        return TC_ACT_OK;
+    }
     deliver(&ctx, ipv6)
 }
 

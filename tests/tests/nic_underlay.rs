@@ -232,8 +232,11 @@ fn gro_merges_udp_frames_after_tc_decap_and_its_device_follows_the_agent() {
     require_root();
     let bpffs = Bpffs::mount().unwrap();
     let (pin_dir, pins) = bpffs.pin_dir("flannel");
-    let (bed, mut agents, containers) = cluster(UDP, &[&pins, "--bpf-decap=tc"]);
+    let flags = [&pins[..], "--bpf-decap=tc", "--healthz-port=8471"];
+    let (bed, mut agents, containers) = cluster(UDP, &flags);
     let host = &bed.hosts[1];
+    let decap = r#"flannel_bpf_decap_info{decap="tc",gro="decapsulated frames"}"#;
+    assert_eq!(metric(host, 8471, decap), 1.0);
     let details = host.ip(&["-d", "link", "show", "flannel-gro"]).unwrap();
     assert!(
         details.contains("veth") && details.contains(",UP"),
