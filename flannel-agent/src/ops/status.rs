@@ -290,12 +290,12 @@ async fn describe_datapath(
                 true,
                 format!("tc egress on {OVERLAY_DEV}"),
             ),
+            (
+                GRO_PEER.into(),
+                false,
+                format!("tc ingress on {GRO_PEER} (GRO device)"),
+            ),
         ];
-        points.push((
-            GRO_PEER.into(),
-            false,
-            format!("tc ingress on {GRO_PEER} (GRO device)"),
-        ));
         if let Some((bridge, _)) = bridge {
             points.push((
                 bridge.clone(),

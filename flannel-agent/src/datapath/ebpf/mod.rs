@@ -578,25 +578,15 @@ impl EbpfDatapath {
                 ensure_overlay_device(&self.netlink, mtu, Some(self.vtep_mac)).await?;
         }
         self.activate(ours, mtu).await?;
-        let netlink = &self.netlink;
-        let (programs, nic) = (&mut self.programs, self.nic.name.as_str());
+        let gro_veth = self.gro_device() == Some(GroDevice::Veth);
+        let (netlink, programs) = (&self.netlink, &mut self.programs);
+        let nic = self.nic.name.as_str();
         reattach(netlink, programs.tc_ingress(), nic, TcAttachType::Ingress).await?;
-        reattach(
-            netlink,
-            programs.tc_encap(),
-            OVERLAY_DEV,
-            TcAttachType::Egress,
-        )
-        .await?;
-        if self.gro_device() == Some(GroDevice::Veth) {
-            let programs = &mut self.programs;
-            reattach(
-                netlink,
-                programs.tc_merged(),
-                GRO_PEER,
-                TcAttachType::Ingress,
-            )
-            .await?;
+        let encap = programs.tc_encap();
+        reattach(netlink, encap, OVERLAY_DEV, TcAttachType::Egress).await?;
+        if gro_veth {
+            let merged = programs.tc_merged();
+            reattach(netlink, merged, GRO_PEER, TcAttachType::Ingress).await?;
         }
         Ok(())
     }
