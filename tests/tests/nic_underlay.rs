@@ -217,10 +217,7 @@ fn gro_merges_vxlan_frames_before_tc_decap_and_its_device_follows_the_agent() {
     xdp.terminate().unwrap();
 
     agents[0].terminate().unwrap();
-    let mut cleanup = Agent::spawn(&bed.hosts[0], &["--cleanup", &pins]).unwrap();
-    let status = cleanup.wait_exit(READY).unwrap();
-    assert!(status.success(), "{}", cleanup.log());
-    assert!(bed.hosts[0].ip(&["link", "show", "flannel-gro"]).is_err());
+    cleanup_removes(&bed.hosts[0], &pins, &["flannel-gro"]);
 }
 
 /// udp with TC decap: the GRO device is a veth whose far end merges what `tc_ingress`
@@ -303,11 +300,17 @@ fn gro_merges_udp_frames_after_tc_decap_and_its_device_follows_the_agent() {
     xdp.terminate().unwrap();
 
     agents[0].terminate().unwrap();
-    let mut cleanup = Agent::spawn(&bed.hosts[0], &["--cleanup", &pins]).unwrap();
+    cleanup_removes(&bed.hosts[0], &pins, &["flannel-gro", "flannel-gro-p"]);
+}
+
+/// `flanneld --cleanup` (with the `--bpf-pin-dir` flag `pins`) succeeds on `host`, whose agent
+/// has exited, and removes the `devices`.
+fn cleanup_removes(host: &flannel_tests::netns::Netns, pins: &str, devices: &[&str]) {
+    let mut cleanup = Agent::spawn(host, &["--cleanup", pins]).unwrap();
     let status = cleanup.wait_exit(READY).unwrap();
     assert!(status.success(), "{}", cleanup.log());
-    for name in ["flannel-gro", "flannel-gro-p"] {
-        assert!(bed.hosts[0].ip(&["link", "show", name]).is_err(), "{name}");
+    for name in devices {
+        assert!(host.ip(&["link", "show", name]).is_err(), "{name}");
     }
 }
 
