@@ -11,8 +11,8 @@ use flannel_common::{
 use crate::{
     maps,
     parse::{
-        EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, UdpHdr, VxlanHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6,
-        IPPROTO_UDP, IPV6_HLEN, VXLAN_FLAGS_I,
+        Context, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, UdpHdr, VxlanHdr, ETH_HLEN, ETH_P_IP,
+        ETH_P_IPV6, IPPROTO_UDP, IPV6_HLEN, VXLAN_FLAGS_I,
     },
 };
 
@@ -29,12 +29,12 @@ pub enum Verdict<P = PeerInfo> {
 }
 
 /// How many bytes the guard and decap read of a packet that claims our tunnel port (UDP to
-/// it): its headers up to the end of the inner IP header. Found with loads that need no
-/// linear data, so that TC pulls into the linear area only what it reads: never a byte of
-/// another packet, nor a tunnel packet's payload (which would copy it out of its pages).
+/// it): its headers up to the end of the inner IP header. Found without pulling, so that TC
+/// pulls into the linear area only what it reads: never a byte of another packet, nor a
+/// tunnel packet's payload (which would copy it out of its pages).
 #[inline(always)]
 pub fn claimed_header_len(ctx: &TcContext, cfg: &DatapathConfig) -> Option<u32> {
-    let ipv6 = match u16::from_be(ctx.load::<u16>(12).ok()?) {
+    let ipv6 = match u16::from_be_bytes(peek(ctx, 12)?) {
         ETH_P_IP => false,
         ETH_P_IPV6 => true,
         _ => return None,
@@ -43,12 +43,12 @@ pub fn claimed_header_len(ctx: &TcContext, cfg: &DatapathConfig) -> Option<u32> 
         (IPV6_HLEN, ETH_HLEN + 6)
     } else {
         (
-            usize::from(ctx.load::<u8>(ETH_HLEN).ok()? & 0xf) * 4,
+            usize::from(peek::<u8>(ctx, ETH_HLEN)? & 0xf) * 4,
             ETH_HLEN + 9,
         )
     };
-    let port_be = ctx.load::<u16>(ETH_HLEN + outer_ip_len + 2).ok()?;
-    if ctx.load::<u8>(protocol_at).ok()? != IPPROTO_UDP || port_be != cfg.port_be {
+    let port_be = u16::from_ne_bytes(peek(ctx, ETH_HLEN + outer_ip_len + 2)?);
+    if peek::<u8>(ctx, protocol_at)? != IPPROTO_UDP || port_be != cfg.port_be {
         return None;
     }
     let inner_eth = if cfg.encap == Encap::Vxlan as u16 {
@@ -58,6 +58,16 @@ pub fn claimed_header_len(ctx: &TcContext, cfg: &DatapathConfig) -> Option<u32> 
     };
     let inner_ip_len = if ipv6 { IPV6_HLEN } else { 20 };
     Some((ETH_HLEN + outer_ip_len + 8 + inner_eth + inner_ip_len) as u32)
+}
+
+/// A `T` at `offset`: read in place when the linear bytes hold it (a NIC's frame mostly
+/// has its headers there), else loaded from wherever it lies (a helper call).
+#[inline(always)]
+fn peek<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    match ctx.packet().header::<T>(offset) {
+        Some(value) => Some(*value),
+        None => ctx.load::<T>(offset).ok(),
+    }
 }
 
 /// The outer IPv4 header of a packet that claims to be one of our tunnel packets: UDP to our
