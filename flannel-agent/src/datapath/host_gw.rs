@@ -18,7 +18,10 @@ use crate::{
         peers::Peer,
     },
     datapath::Installed,
-    host::netlink::{self, RouteFamily, ROUTE_PROTOCOL},
+    host::{
+        iface,
+        netlink::{self, RouteFamily, ROUTE_PROTOCOL},
+    },
 };
 
 pub struct HostGw {
@@ -32,8 +35,7 @@ pub struct HostGw {
 
 impl HostGw {
     pub fn new(if_name: &str, families: (bool, bool)) -> Result<Self> {
-        let if_index = nix::net::if_::if_nametoindex(if_name)
-            .with_context(|| format!("looking up interface {if_name}"))?;
+        let if_index = iface::index(if_name)?;
         Ok(Self {
             handle: netlink::connect()?,
             if_index,

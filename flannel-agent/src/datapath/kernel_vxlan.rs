@@ -31,7 +31,7 @@ use crate::{
     },
     datapath::{overlay_device, Installed},
     host::{
-        iface::ExtIface,
+        iface::{self, ExtIface},
         netlink::{self, RouteFamily, ROUTE_PROTOCOL},
     },
 };
@@ -254,8 +254,7 @@ impl<A: Family> Device<A> {
             port,
             nic,
         } = &self.link;
-        let nic_index = nix::net::if_::if_nametoindex(nic.as_str())
-            .with_context(|| format!("looking up {nic}"))?;
+        let nic_index = iface::index(nic)?;
         let wanted = [
             InfoVxlan::Id(*vni),
             InfoVxlan::Link(nic_index),
@@ -523,7 +522,7 @@ pub async fn ensure_device(
         .await
         .with_context(|| format!("creating {name}"))?;
     info!(device = %name, "created");
-    nix::net::if_::if_nametoindex(name).with_context(|| format!("finding {name}"))
+    iface::index(name)
 }
 
 /// An existing device's ifindex and vxlan attributes, if there is one called `name`.

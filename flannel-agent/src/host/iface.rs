@@ -37,6 +37,11 @@ pub struct IfaceOptions {
     pub public_ipv6: Option<Ipv6Addr>,
 }
 
+/// The index of the device `name`; an error naming it when there is none.
+pub fn index(name: &str) -> Result<u32> {
+    nix::net::if_::if_nametoindex(name).with_context(|| format!("finding the device {name}"))
+}
+
 /// (interface name, address) pairs of both families, in the kernel's order (IPv4 first).
 pub fn addresses() -> Result<Vec<(String, IpAddr)>> {
     let all: Vec<_> = getifaddrs()

@@ -40,7 +40,7 @@ use rtnetlink::{
 
 use crate::{
     datapath::{kernel_vxlan, overlay_device},
-    host::ethtool,
+    host::{ethtool, iface},
 };
 
 pub const GRO_DEV: &str = "flannel-gro";
@@ -81,8 +81,7 @@ pub async fn ensure(netlink: &Handle, kind: GroDevice, port: u16, mtu: u32) -> R
     };
     for name in names {
         isolate(name)?;
-        let index =
-            nix::net::if_::if_nametoindex(*name).with_context(|| format!("finding {name}"))?;
+        let index = iface::index(name)?;
         netlink
             .link()
             .set(LinkUnspec::new_with_index(index).arp(false).up().build())
@@ -132,14 +131,13 @@ async fn ensure_veth(netlink: &Handle, mtu: u32) -> Result<u32> {
             .with_context(|| format!("creating {GRO_DEV}"))?;
     }
     for name in [GRO_DEV, GRO_PEER] {
-        let index =
-            nix::net::if_::if_nametoindex(name).with_context(|| format!("finding {name}"))?;
+        let index = iface::index(name)?;
         overlay_device::set_up(netlink, index, name, mtu).await?;
     }
     // veth hands a frame to its peer's GRO only if it could not have been a TSO packet.
     ethtool::disable_tso(GRO_DEV)?;
     ethtool::enable_gro(GRO_PEER)?;
-    nix::net::if_::if_nametoindex(GRO_DEV).with_context(|| format!("finding {GRO_DEV}"))
+    iface::index(GRO_DEV)
 }
 
 fn with_queues<T>(link: LinkMessageBuilder<T>, queues: u32) -> LinkMessageBuilder<T> {

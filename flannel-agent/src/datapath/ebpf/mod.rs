@@ -220,8 +220,7 @@ impl EbpfDatapath {
             let networks = (ours6.network, ours6.subnet);
             overlay_device::take_network(netlink, index, OVERLAY_DEV, networks, Some(mtu6)).await?;
         }
-        let nic_ifindex = nix::net::if_::if_nametoindex(self.nic.name.as_str())
-            .with_context(|| format!("looking up {}", self.nic.name))?;
+        let nic_ifindex = iface::index(&self.nic.name)?;
         let gro_ifindex = match self.gro_device() {
             Some(kind) => gro_device::ensure(&self.netlink, kind, self.port, self.nic.mtu).await?,
             None => {
@@ -611,8 +610,7 @@ impl EbpfDatapath {
 
     /// What moves the fast path between resyncs: containers coming and going.
     pub fn container_events(&self) -> Result<ContainerEvents> {
-        let nic = nix::net::if_::if_nametoindex(self.nic.name.as_str())
-            .with_context(|| format!("finding {}", self.nic.name))?;
+        let nic = iface::index(&self.nic.name)?;
         ContainerEvents::subscribe(nic)
     }
 
@@ -725,8 +723,7 @@ async fn ensure_overlay_device(netlink: &Handle, mtu: u32, mac: Option<Mac>) -> 
             .with_context(|| format!("creating the overlay device {OVERLAY_DEV}"))?;
     }
     for name in [OVERLAY_DEV, OVERLAY_PEER] {
-        let index =
-            nix::net::if_::if_nametoindex(name).with_context(|| format!("finding {name}"))?;
+        let index = iface::index(name)?;
         let mut settings = LinkUnspec::new_with_index(index).up().arp(false).mtu(mtu);
         // Recreated, it keeps the VTEP MAC our lease advertises.
         if let (OVERLAY_DEV, Some(mac)) = (name, mac) {
@@ -859,8 +856,7 @@ async fn reattach(
     iface: &str,
     kind: TcAttachType,
 ) -> Result<()> {
-    let index =
-        nix::net::if_::if_nametoindex(iface).with_context(|| format!("looking up {iface}"))?;
+    let index = iface::index(iface)?;
     let egress = kind == TcAttachType::Egress;
     if netlink::filter_priorities(netlink, index, egress, FILTER_MINOR)
         .await?
