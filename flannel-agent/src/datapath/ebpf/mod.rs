@@ -6,11 +6,9 @@
 //!   host routes to the overlay network and sends it straight out of the NIC; on the ingress
 //!   of the container bridge (the interface that holds an address of our subnet, docker0 or
 //!   cni0) it does the same for container traffic before routing: the fast path.
-//!
-//! Filters are netlink TC filters at a fixed handle in one of two priorities: a new agent
-//! attaches at the free one, then removes the old one, so a restart drops nothing, and the
-//! filters (with the maps they hold) stay when the agent exits.
 
+mod attach;
+mod fast_path;
 pub mod gro_device;
 pub mod ipv6;
 pub mod programs;
@@ -20,21 +18,13 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
-use aya::{
-    programs::{
-        links::{FdLink, Link, PinnedLink},
-        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
-        xdp::XdpLink,
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
-    },
-    util::KernelVersion,
-};
+use anyhow::{bail, Context, Result};
+use aya::{programs::TcAttachType, util::KernelVersion};
 use flannel_common::{
-    mask_be, pins::Pins, DatapathConfig, DatapathConfig6, Encap, Endpoint, PeerInfo, PeerInfo6,
-    Tunnel, Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, THROUGH_NETFILTER,
+    mask_be, pins::Pins, DatapathConfig, DatapathConfig6, Encap, PeerInfo, PeerInfo6, Tunnel,
+    Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, THROUGH_NETFILTER,
 };
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 use tracing::{info, warn};
 
@@ -46,21 +36,19 @@ use crate::{
     },
     datapath::{kernel_vxlan, overlay_device, Decap, Installed, Options, Ours},
     host::{
-        endpoints::{self, ContainerEvents},
         iface::{self, ExtIface},
         netlink,
     },
 };
+pub use attach::FILTER_MINOR;
+use attach::{attach_replacing, attach_xdp, detach_xdp, reattach, XDP_LINK_PIN};
+pub use fast_path::bridge_of;
 use gro_device::{GroDevice, GRO_PEER};
 use programs::Programs;
 
 /// The overlay device, a veth whose peer never sees a packet: `tc_encap` redirects them all.
 pub const OVERLAY_DEV: &str = "flannel-bpf";
 const OVERLAY_PEER: &str = "flannel-bpf-p";
-/// Our TC filters' handle, and the two priorities a restart alternates between.
-const FILTER_HANDLE: TcHandle = TcHandle::new(0, FILTER_MINOR);
-pub const FILTER_MINOR: u16 = 0xf1a;
-const PRIORITIES: [u16; 2] = [0xf1a0, 0xf1a1];
 /// `BPF_F_ADJ_ROOM_ENCAP_L2_ETH`, needed for VXLAN GSO, came with Linux 5.13.
 const MIN_KERNEL: (u8, u8) = (5, 13);
 
@@ -320,29 +308,6 @@ impl EbpfDatapath {
 
     pub fn fast_path(&self) -> bool {
         self.fast_path
-    }
-
-    /// The container bridge: the interface holding an address of our subnet, and its ifindex.
-    fn find_bridge(&self) -> Option<(String, u32)> {
-        let (ours, _) = self.active?;
-        bridge_of(ours.subnets().either()?)
-    }
-    /// The fast path: attach `tc_encap` to the container bridge once it exists (Docker may
-    /// start after us, and may recreate it).
-    fn attach_bridge(&mut self) {
-        let Some((name, index)) = self.find_bridge() else {
-            return;
-        };
-        if self.bridge.as_ref() == Some(&(name.clone(), index)) {
-            return;
-        }
-        match attach_replacing(self.programs.tc_encap(), &name, TcAttachType::Ingress) {
-            Ok(()) => {
-                info!(bridge = %name, "fast path attached to the container bridge");
-                self.bridge = Some((name, index));
-            }
-            Err(e) => warn!(bridge = %name, "fast path not attached: {e:#}"),
-        }
     }
 
     /// Routes `peer`'s subnets through its tunnels and lets its public addresses send to
@@ -607,108 +572,6 @@ impl EbpfDatapath {
             .collect::<Result<_>>()?;
         Ok((traffic, self.programs.drops()?))
     }
-
-    /// What moves the fast path between resyncs: containers coming and going.
-    pub fn container_events(&self) -> Result<ContainerEvents> {
-        let nic = iface::index(&self.nic.name)?;
-        ContainerEvents::subscribe(nic)
-    }
-
-    /// `--bpf-fast-path=false` after a run with it: our filters leave the bridge and its
-    /// ports, so container traffic is routed (through FORWARD) before it is encapsulated.
-    fn detach_fast_path(&self) {
-        let Some((bridge, _)) = self.find_bridge() else {
-            return;
-        };
-        let ports = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|entry| entry.file_name().to_string_lossy().into_owned());
-        for name in std::iter::once(bridge.clone()).chain(ports) {
-            for priority in PRIORITIES {
-                detach(&name, TcAttachType::Ingress, priority);
-            }
-        }
-        info!(bridge = %bridge, "fast path off: container traffic crosses FORWARD");
-    }
-
-    /// The fast path follows the containers: the bridge, its ports, the endpoints map.
-    pub async fn follow_containers(&mut self) -> Result<()> {
-        if !self.fast_path {
-            return Ok(());
-        }
-        self.attach_bridge();
-        self.attach_ports().await?;
-        self.sync_endpoints().await
-    }
-
-    /// The fast path's first hop: `tc_encap` at the ingress of each container's host-side
-    /// veth catches its packets before the bridge (and br_netfilter's conntrack) see them.
-    /// Until its port is attached, a new container's traffic is caught at the bridge.
-    async fn attach_ports(&mut self) -> Result<()> {
-        let Some((bridge, bridge_index)) = self.bridge.clone() else {
-            return Ok(());
-        };
-        let ports = endpoints::bridge_ports(&self.netlink, bridge_index).await?;
-        self.ports
-            .retain(|index| ports.iter().any(|(i, _)| i == index));
-        let mut attached = 0;
-        for (index, name) in ports {
-            if self.ports.contains(&index) {
-                continue;
-            }
-            match attach_replacing(self.programs.tc_encap(), &name, TcAttachType::Ingress) {
-                Ok(()) => {
-                    self.ports.insert(index);
-                    attached += 1;
-                }
-                // It may have just gone with its container; the bridge still catches it.
-                Err(e) => warn!(port = %name, "fast path not attached: {e:#}"),
-            }
-        }
-        if attached > 0 {
-            info!(bridge = %bridge, attached, ports = self.ports.len(), "fast path attached to container ports");
-        }
-        Ok(())
-    }
-
-    /// Brings the fast path's container map in line with the bridge's containers.
-    async fn sync_endpoints(&mut self) -> Result<()> {
-        let Some((bridge, bridge_index)) = self.bridge.clone() else {
-            return Ok(());
-        };
-        let path = format!("/sys/class/net/{bridge}/address");
-        let bridge_mac: Mac = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {path}"))?
-            .trim()
-            .parse()?;
-        let wanted = endpoints::discover(&self.netlink, bridge_index).await?;
-        let current = self.programs.endpoints()?;
-        let mut changed = false;
-        for (ip, _) in &current {
-            if !wanted.contains_key(ip) {
-                self.programs.remove_endpoint(*ip)?;
-                changed = true;
-            }
-        }
-        let count = wanted.len();
-        for (ip, (ifindex, mac)) in wanted {
-            let endpoint = Endpoint {
-                ifindex,
-                mac: mac.0,
-                bridge_mac: bridge_mac.0,
-            };
-            if !current.contains(&(ip, endpoint)) {
-                self.programs.insert_endpoint(ip, endpoint)?;
-                changed = true;
-            }
-        }
-        if changed {
-            info!(bridge = %bridge, containers = count, "fast path endpoints updated");
-        }
-        Ok(())
-    }
 }
 
 /// The overlay veth pair, created if missing (a restart reuses it and keeps its MAC); up,
@@ -752,11 +615,7 @@ pub async fn cleanup(netlink: &Handle, pin_dir: &std::path::Path) -> Result<()> 
     for entry in std::fs::read_dir("/sys/class/net").context("listing interfaces")? {
         let name = entry?.file_name().to_string_lossy().into_owned();
         for kind in [TcAttachType::Ingress, TcAttachType::Egress] {
-            for priority in PRIORITIES {
-                if detach(&name, kind, priority) {
-                    filters += 1;
-                }
-            }
+            filters += attach::detach(&name, kind);
         }
     }
     info!(filters, "removed our TC filters");
@@ -769,101 +628,6 @@ pub async fn cleanup(netlink: &Handle, pin_dir: &std::path::Path) -> Result<()> 
         std::fs::remove_dir_all(pin_dir)
             .with_context(|| format!("removing {}", pin_dir.display()))?;
         info!(dir = %pin_dir.display(), "removed the pinned maps");
-    }
-    Ok(())
-}
-
-/// Where the XDP program's bpf_link is pinned: a restart replaces the program in it.
-const XDP_LINK_PIN: &str = "xdp_ingress_link";
-
-/// Attaches XDP decap to `iface`, or, when a previous agent's link is pinned, atomically
-/// replaces the program in it. The pinned link outlives us.
-fn attach_xdp(program: &mut Xdp, iface: &str, pin: &std::path::Path) -> Result<()> {
-    if let Ok(pinned) = PinnedLink::from_pin(pin) {
-        let link = XdpLink::try_from(FdLink::from(pinned))?;
-        program
-            .attach_to_link(link)
-            .context("replacing the XDP program")?;
-        return Ok(());
-    }
-    let id = program
-        .attach(iface, XdpMode::Default)
-        .with_context(|| format!("attaching XDP to {iface}"))?;
-    let link = FdLink::try_from(program.take_link(id)?)?;
-    link.pin(pin)
-        .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
-    Ok(())
-}
-
-/// `--bpf-decap=tc` after an XDP run: the pinned link goes, and the XDP program with it.
-fn detach_xdp(pin: &std::path::Path) -> Result<()> {
-    if let Ok(pinned) = PinnedLink::from_pin(pin) {
-        pinned.unpin().context("unpinning the XDP link")?;
-    }
-    Ok(())
-}
-
-/// Removes our filter at `priority` of `iface`'s `kind` hook; true if there was one.
-fn detach(iface: &str, kind: TcAttachType, priority: u16) -> bool {
-    SchedClassifierLink::attached(iface, kind, priority, FILTER_HANDLE, None)
-        .is_ok_and(|link| link.detach().is_ok())
-}
-
-/// The container bridge of `subnet`: the interface (other than the overlay device) holding an
-/// address in it, with its ifindex.
-pub fn bridge_of(subnet: IpNet) -> Option<(String, u32)> {
-    let name = iface::addresses()
-        .ok()?
-        .into_iter()
-        .find(|(name, addr)| name != OVERLAY_DEV && subnet.contains(addr))
-        .map(|(name, _)| name)?;
-    let index = nix::net::if_::if_nametoindex(name.as_str()).ok()?;
-    Some((name, index))
-}
-
-/// Attaches `program` at a free one of our two priorities, then removes the filter at the
-/// other one (a previous agent's), so there is no moment without a filter. The filter stays
-/// when we exit.
-fn attach_replacing(program: &mut SchedClassifier, iface: &str, kind: TcAttachType) -> Result<()> {
-    // An existing clsact qdisc is fine.
-    let _ = tc::qdisc_add_clsact(iface);
-    let mut last_error = None;
-    for (index, &priority) in PRIORITIES.iter().enumerate() {
-        let options = NlOptions {
-            priority,
-            handle: FILTER_HANDLE,
-            classid: None,
-        };
-        match program.attach_with_options(iface, kind, TcAttachOptions::Netlink(options)) {
-            Ok(id) => {
-                let link = program.take_link(id)?;
-                std::mem::forget(link);
-                // A previous agent's filter at the other priority goes (if there is one).
-                detach(iface, kind, PRIORITIES[1 - index]);
-                return Ok(());
-            }
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(anyhow!(last_error.expect("two attempts")))
-        .with_context(|| format!("attaching {kind:?} filter on {iface}"))
-}
-
-/// Attaches `program` again where our filter is gone from `iface` (removed by hand).
-async fn reattach(
-    netlink: &Handle,
-    program: &mut SchedClassifier,
-    iface: &str,
-    kind: TcAttachType,
-) -> Result<()> {
-    let index = iface::index(iface)?;
-    let egress = kind == TcAttachType::Egress;
-    if netlink::filter_priorities(netlink, index, egress, FILTER_MINOR)
-        .await?
-        .is_empty()
-    {
-        warn!(%iface, "our TC filter is gone; attaching it again");
-        attach_replacing(program, iface, kind)?;
     }
     Ok(())
 }
