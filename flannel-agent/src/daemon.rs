@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use etcd_client::{WatchResponse, WatchStream};
 use tokio::{
     signal::unix::{signal, Signal, SignalKind},
-    time::{interval, interval_at, sleep, sleep_until, Instant, MissedTickBehavior},
+    time::{interval_at, sleep, sleep_until, Instant, MissedTickBehavior},
 };
 use tracing::{error, info, warn};
 
@@ -39,7 +39,10 @@ use crate::{
         iface::ExtIface,
         iptables,
     },
-    ops::{health, metrics},
+    ops::{
+        health, metrics,
+        systemd::{notify, probe, spawn_watchdog},
+    },
 };
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -702,32 +705,6 @@ fn firewall(args: &Args, config: &Config, lease: &OwnLease, datapath: &Datapath)
     }
 }
 
-/// Tells systemd (when it listens, on NOTIFY_SOCKET).
-///
-/// Never blocks the agent's loop (the sd-notify crate's send can, when nobody reads): a
-/// message the manager can't take right now is dropped. Written by hand for that reason.
-fn notify(states: &[sd_notify::NotifyState]) {
-    use std::os::{linux::net::SocketAddrExt, unix::ffi::OsStrExt, unix::net};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let message: String = states.iter().map(|state| format!("{state}\n")).collect();
-    let sent = net::UnixDatagram::unbound().and_then(|socket| {
-        socket.set_nonblocking(true)?;
-        // systemd's socket may be in the abstract namespace: "@name".
-        let address = match path.as_bytes().strip_prefix(b"@") {
-            Some(name) => net::SocketAddr::from_abstract_name(name)?,
-            None => net::SocketAddr::from_pathname(&path)?,
-        };
-        socket.send_to_addr(message.as_bytes(), &address)
-    });
-    match sent {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        Err(e) => warn!("sd_notify: {e}"),
-        Ok(_) => {}
-    }
-}
-
 /// The next container change, if they are followed (else: never).
 async fn container_change(events: &mut Option<ContainerEvents>) {
     match events {
@@ -740,47 +717,6 @@ async fn container_change(events: &mut Option<ContainerEvents>) {
 async fn at(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-type Probe = tokio::sync::oneshot::Sender<()>;
-
-/// systemd's watchdog (WatchdogSec=): a task pings at half the period, each time after the
-/// agent's loop has answered a probe. A loop stuck in a call stops the pings, and systemd
-/// restarts the agent; the datapath forwards meanwhile. Returns the loop's end of the probes.
-fn spawn_watchdog(period: Duration) -> tokio::sync::mpsc::Receiver<Probe> {
-    let (probes, inbox) = tokio::sync::mpsc::channel::<Probe>(1);
-    tokio::spawn(async move {
-        let mut pace = interval(period / 2);
-        loop {
-            pace.tick().await;
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            // Fails once the loop has ended.
-            if probes.send(reply).await.is_err() {
-                return;
-            }
-            match tokio::time::timeout(period / 2, answer).await {
-                Ok(Ok(())) => notify(&[sd_notify::NotifyState::Watchdog]),
-                Ok(Err(_)) => return,
-                Err(_) => error!(
-                    "the agent's loop has not answered for {:?}; withholding the watchdog \
-                     ping, so systemd restarts the agent",
-                    period / 2
-                ),
-            }
-        }
-    });
-    inbox
-}
-
-/// The watchdog's next probe, if there is a watchdog (else: never).
-async fn probe(probes: &mut Option<tokio::sync::mpsc::Receiver<Probe>>) -> Probe {
-    match probes {
-        Some(inbox) => match inbox.recv().await {
-            Some(probe) => probe,
-            None => std::future::pending().await,
-        },
         None => std::future::pending().await,
     }
 }
