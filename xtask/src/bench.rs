@@ -1,6 +1,6 @@
 //! `cargo xtask bench [--quick]`: every datapath side by side on the same two-host testbed,
 //! container to container, in interleaved rounds; medians with min-max, and ratios against
-//! the kernel's vxlan computed from the same run.
+//! the kernel's vxlan (and the other baselines) round by round in the same run.
 
 use std::{fmt::Write as _, fs, net::IpAddr, time::Duration};
 
@@ -537,6 +537,16 @@ struct Stat {
     max: f64,
 }
 
+impl Stat {
+    fn of(mut values: Vec<f64>) -> Self {
+        Self {
+            median: median(&mut values),
+            min: values[0],
+            max: values[values.len() - 1],
+        }
+    }
+}
+
 /// A table of `metrics` for `rows` (name, samples), each cell "median (min-max)"; returns the
 /// stats per row and metric, and the rows as JSON.
 fn stats_table<S>(
@@ -555,12 +565,8 @@ fn stats_table<S>(
         let mut row_stats = Vec::new();
         let mut json_metrics = serde_json::Map::new();
         for (metric, get) in metrics {
-            let mut values: Vec<f64> = samples.iter().map(get).collect();
-            let stat = Stat {
-                median: median(&mut values),
-                min: values[0],
-                max: values[values.len() - 1],
-            };
+            let values: Vec<f64> = samples.iter().map(get).collect();
+            let stat = Stat::of(values.clone());
             write!(
                 md,
                 " {:.2} ({:.2}-{:.2}) |",
@@ -568,7 +574,7 @@ fn stats_table<S>(
             )?;
             json_metrics.insert(
                 metric.to_string(),
-                json!({"median": stat.median, "all": values}),
+                json!({"median": stat.median, "rounds": values}),
             );
             row_stats.push(stat);
         }
@@ -720,7 +726,9 @@ fn datapath_section(
         .map(|(row, s)| (row.name().to_owned(), s.as_slice()))
         .collect();
     let (stats, json_rows) = stats_table(md, &rows, &METRICS)?;
-    // Ratios against plain routing and flannel's two tunnelling backends, from this same run.
+    // Ratios against plain routing and flannel's two tunnelling backends, round by round: a
+    // round's rows run minutes apart, so what slows this shared machine for a while slows the
+    // row and its baseline alike, and their ratio keeps what the datapaths differ by.
     for baseline in [
         Row::KernelVxlan,
         Row::TunUdp,
@@ -730,17 +738,25 @@ fn datapath_section(
         let Some(base) = run.rows.iter().position(|(r, _)| *r == baseline) else {
             continue;
         };
-        let base = &stats[base];
+        let base = &run.rows[base].1;
         writeln!(
             md,
-            "\nRatios to {} (higher is better for throughput and rate; lower for latency, CPU and memory):\n",
+            "\nRatios to {}, each round's measure against the same round's {}: median (min-max) \
+             over rounds (higher is better for throughput and rate; lower for latency, CPU and \
+             memory):\n",
+            baseline.name(),
             baseline.name()
         )?;
         table_header(md, &METRICS)?;
-        for ((row, _), row_stats) in run.rows.iter().zip(&stats) {
+        for (row, samples) in &run.rows {
             write!(md, "| {} |", row.name())?;
-            for (value, base) in row_stats.iter().zip(base) {
-                write!(md, " {:.2}x |", value.median / base.median)?;
+            for (_, get) in METRICS {
+                let ratio = round_ratios(samples, base, get);
+                write!(
+                    md,
+                    " {:.2}x ({:.2}-{:.2}) |",
+                    ratio.median, ratio.min, ratio.max
+                )?;
             }
             writeln!(md)?;
         }
@@ -768,6 +784,17 @@ fn datapath_section(
         writeln!(md, "![{title}]({file})")?;
     }
     Ok(json!({"underlay": underlay, "rows": json_rows}))
+}
+
+/// `get` of each round's sample against the same round's baseline, over rounds.
+fn round_ratios<S>(samples: &[S], base: &[S], get: fn(&S) -> f64) -> Stat {
+    Stat::of(
+        samples
+            .iter()
+            .zip(base)
+            .map(|(s, b)| get(s) / get(b))
+            .collect(),
+    )
 }
 
 /// The control-plane rows, one per lease count; returns them as JSON.
@@ -809,5 +836,15 @@ mod tests {
         let fraction = rfc3339_seconds("2026-11-22T16:51:39.636528Z").unwrap() - 1_795_366_299.0;
         assert!((fraction - 0.636528).abs() < 1e-6);
         assert_eq!(rfc3339_seconds("yesterday"), None);
+    }
+
+    #[test]
+    fn ratios_pair_each_round_with_its_baseline() {
+        // The machine was fast in round 2 and slow in round 3, for both rows alike: the row
+        // is twice its baseline in those rounds, whatever the medians say (4 against 4).
+        let row = [2.0, 8.0, 4.0];
+        let base = [1.0, 4.0, 8.0];
+        let ratio = round_ratios(&row, &base, |v| *v);
+        assert_eq!((ratio.median, ratio.min, ratio.max), (2.0, 0.5, 2.0));
     }
 }
