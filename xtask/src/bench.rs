@@ -840,8 +840,8 @@ mod tests {
 
     #[test]
     fn ratios_pair_each_round_with_its_baseline() {
-        // The machine was fast in round 2 and slow in round 3, for both rows alike: the row
-        // is twice its baseline in those rounds, whatever the medians say (4 against 4).
+        // The row is twice its baseline in rounds 1 and 2 (both fast in round 2) and half
+        // of it in round 3: 2x over rounds, where the two medians (4 against 4) say 1x.
         let row = [2.0, 8.0, 4.0];
         let base = [1.0, 4.0, 8.0];
         let ratio = round_ratios(&row, &base, |v| *v);
