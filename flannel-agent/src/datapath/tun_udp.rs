@@ -25,7 +25,10 @@ use crate::{
         udp_packet::{self, Outbound, Routes},
         Installed,
     },
-    host::{iface::ExtIface, netlink},
+    host::{
+        iface::{self, ExtIface},
+        netlink,
+    },
 };
 
 pub const TUN_DEV: &str = "flannel0";
@@ -48,7 +51,7 @@ impl TunUdp {
     pub async fn start(port: u16, nic: &ExtIface, mtu: u32) -> Result<Self> {
         let tun = Arc::new(open_tun(TUN_DEV)?);
         let netlink = netlink::connect()?;
-        let index = nix::net::if_::if_nametoindex(TUN_DEV)?;
+        let index = iface::index(TUN_DEV)?;
         overlay_device::set_up(&netlink, index, TUN_DEV, mtu).await?;
         let socket = Arc::new(
             UdpSocket::bind((nic.addr, port))

@@ -599,7 +599,7 @@ async fn ensure_overlay_device(netlink: &Handle, mtu: u32, mac: Option<Mac>) -> 
             .await
             .with_context(|| format!("setting {name} up"))?;
     }
-    let index = nix::net::if_::if_nametoindex(OVERLAY_DEV)?;
+    let index = iface::index(OVERLAY_DEV)?;
     let path = format!("/sys/class/net/{OVERLAY_DEV}/address");
     let mac = std::fs::read_to_string(&path)
         .with_context(|| format!("reading {path}"))?
