@@ -10,7 +10,9 @@ use aya::maps::{
     PerCpuHashMap, RingBuf,
 };
 
-use crate::{map_names, DatapathConfig, PeerInfo, PeerInfo6, PeerTraffic, Tunnel, Tunnel6};
+use crate::{
+    map_names, DatapathConfig, Endpoint, PeerInfo, PeerInfo6, PeerTraffic, Tunnel, Tunnel6,
+};
 
 /// A pin directory.
 pub struct Pins {
@@ -50,6 +52,11 @@ impl Pins {
     /// Peer public IPv6 → peer.
     pub fn peers6(&self) -> Result<HashMap<MapData, [u8; 16], PeerInfo6>, MapError> {
         self.open(map_names::PEERS6)?.try_into()
+    }
+
+    /// Local container IPv4 → where `tc_ingress` delivers its packets (the fast path).
+    pub fn endpoints(&self) -> Result<HashMap<MapData, [u8; 4], Endpoint>, MapError> {
+        self.open(map_names::ENDPOINTS)?.try_into()
     }
 
     /// Peer public IPv4, network byte order → traffic per CPU.

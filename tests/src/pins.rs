@@ -1,7 +1,7 @@
 //! The eBPF datapath's pinned maps, through the shared reader: to read what the agent holds
 //! and to change it behind the agent's back.
 
-use std::path::Path;
+use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::Result;
 use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData};
@@ -42,4 +42,12 @@ pub fn route_subnets(pins: &Path) -> Vec<String> {
 /// wider entry too).
 pub fn has_route(pins: &Path, subnet: &str) -> bool {
     route_subnets(pins).iter().any(|s| s == subnet)
+}
+
+/// True when the fast path under `pins` delivers decapsulated packets for `container`
+/// straight to it.
+pub fn has_endpoint(pins: &Path, container: Ipv4Addr) -> bool {
+    Pins::new(pins)
+        .endpoints()
+        .is_ok_and(|map| map.get(&container.octets(), 0).is_ok())
 }

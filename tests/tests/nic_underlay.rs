@@ -15,7 +15,7 @@ use flannel_tests::{
     bulk::verified_transfer,
     etcd::wait_for,
     netns::Bpffs,
-    require_root,
+    pins, require_root,
     testbed::{self, Container, Testbed, Underlay},
 };
 
@@ -228,9 +228,11 @@ fn gro_merges_vxlan_frames_before_tc_decap_and_its_device_follows_the_agent() {
 fn gro_merges_udp_frames_after_tc_decap_and_its_device_follows_the_agent() {
     require_root();
     let bpffs = Bpffs::mount().unwrap();
-    let (pin_dir, pins) = bpffs.pin_dir("flannel");
-    let flags = [&pins[..], "--bpf-decap=tc", "--healthz-port=8471"];
-    let (bed, mut agents, containers) = cluster(UDP, &flags);
+    let ((_, pins_0), (pin_dir, pins)) = (bpffs.pin_dir("host0"), bpffs.pin_dir("host1"));
+    let flags = |pins| [pins, "--bpf-decap=tc", "--healthz-port=8471"];
+    let (bed, mut agents, containers) =
+        Testbed::cluster_on(Underlay::NicLike, UDP, &[&flags(&pins_0), &flags(&pins)]).unwrap();
+    testbed::all_reach_all(&containers, READY).unwrap();
     let host = &bed.hosts[1];
     let decap = r#"flannel_bpf_decap_info{decap="tc",gro="decapsulated frames"}"#;
     assert_eq!(metric(host, 8471, decap), 1.0);
@@ -248,6 +250,12 @@ fn gro_merges_udp_frames_after_tc_decap_and_its_device_follows_the_agent() {
         let path = format!("/sys/class/net/eth0/statistics/rx_{what}");
         b.ns.exec("cat", &[&path]).unwrap().trim().parse().unwrap()
     };
+    // The agent learns a container from the host's neighbour entry, which the pings above
+    // made; until then what arrives for it takes the stack, unmerged.
+    wait_for("b in the fast path", READY, || {
+        pins::has_endpoint(&pin_dir, b.ip)
+    })
+    .unwrap();
     let before = (received("bytes"), received("packets"));
     verified_transfer(&b.ns, at(b.ip, 5001), &a.ns, at(b.ip, 5001), BYTES).unwrap();
     let merged = (received("bytes") - before.0) / (received("packets") - before.1);
@@ -300,7 +308,7 @@ fn gro_merges_udp_frames_after_tc_decap_and_its_device_follows_the_agent() {
     xdp.terminate().unwrap();
 
     agents[0].terminate().unwrap();
-    cleanup_removes(&bed.hosts[0], &pins, &["flannel-gro", "flannel-gro-p"]);
+    cleanup_removes(&bed.hosts[0], &pins_0, &["flannel-gro", "flannel-gro-p"]);
 }
 
 /// `flanneld --cleanup` (with the `--bpf-pin-dir` flag `pins`) succeeds on `host`, whose agent
