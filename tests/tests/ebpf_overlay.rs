@@ -225,6 +225,42 @@ fn a_container_recreated_with_its_ip_is_reachable_at_once() {
     .unwrap();
 }
 
+/// A container that talks only to other hosts skips its bridge (above), so the bridge's entry
+/// for it ages out, and the host's neighbour entry, unused, may be collected: it stays in the
+/// fast path while its port is on the bridge.
+#[test]
+fn a_container_the_bridge_forgot_stays_in_the_fast_path() {
+    require_root();
+    let bpffs = Bpffs::mount().unwrap();
+    let ((_, flag_0), (pins, flag_1)) = (bpffs.pin_dir("host0"), bpffs.pin_dir("host1"));
+    let (bed, agents, containers) = Testbed::cluster(VXLAN, &[&[&flag_0], &[&flag_1]]).unwrap();
+    all_reach_all(&containers);
+    let (host, b) = (&bed.hosts[1], &containers[1]);
+    let in_fast_path = |c: &Container| flannel_tests::pins::has_endpoint(&pins, c.ip);
+    wait_for("the container in the fast path", READY, || in_fast_path(b)).unwrap();
+    let mac = b.ns.exec("cat", &["/sys/class/net/eth0/address"]).unwrap();
+    host.exec(
+        "bridge",
+        &["fdb", "del", mac.trim(), "dev", "veth2", "master"],
+    )
+    .unwrap();
+    host.ip(&["neigh", "del", &b.ip.to_string(), "dev", "cni0"])
+        .unwrap();
+    // The agent's pass that takes a new container in sees the forgotten one too.
+    let new = bed.add_docker_container(1, &agents[1], 3).unwrap();
+    host.exec("ping", &["-c", "1", "-W", "2", &new.ip.to_string()])
+        .unwrap();
+    wait_for("the new container in the fast path", READY, || {
+        in_fast_path(&new)
+    })
+    .unwrap();
+    assert!(
+        in_fast_path(b),
+        "the forgotten container left the fast path"
+    );
+    containers[0].ping(b.ip).unwrap();
+}
+
 #[test]
 fn container_traffic_to_peers_skips_the_bridge() {
     require_root();

@@ -2,7 +2,7 @@
 //! starts), and for decap each container's IPv4 and IPv6 with its MAC (the bridge's neighbour
 //! tables) and its host-side veth (the bridge's forwarding database). A container the host has not
 //! yet talked to is missing from the latter until it has; its packets take the stack's path
-//! meanwhile.
+//! meanwhile. Once found, it stays while its port does, though the tables forget it.
 
 use std::{
     collections::HashMap,
@@ -28,12 +28,20 @@ use crate::{
     host::netlink::{destination, link_layer, neighbours},
 };
 
-/// IP → (host-side veth ifindex, container MAC) for the containers behind `bridge`; IPv6
-/// link-local addresses left out (tunnels carry none).
-pub async fn discover(netlink: &Handle, bridge: u32) -> Result<HashMap<IpAddr, (u32, Mac)>> {
+/// A container behind the bridge: its IP → (host-side veth ifindex, MAC).
+pub type Containers = HashMap<IpAddr, (u32, Mac)>;
+
+/// The containers behind `bridge`; IPv6 link-local addresses left out (tunnels carry none).
+/// The host's tables forget a container whose traffic takes the fast path: the bridge's
+/// entry ages out, as the container's frames skip the bridge, and the host's neighbour entry,
+/// unused, may be collected. So one of `known` (what the fast path holds) stays while its
+/// port is on the bridge, unless the tables now say otherwise: its IP at another MAC, or a
+/// neighbour entry that failed (the host asked and no one answered).
+pub async fn discover(netlink: &Handle, bridge: u32, known: &Containers) -> Result<Containers> {
     let fdb = neighbours(netlink, AddressFamily::Bridge).await?;
     let mut entries = neighbours(netlink, AddressFamily::Inet).await?;
     entries.extend(neighbours(netlink, AddressFamily::Inet6).await?);
+    let ports = bridge_ports(netlink, bridge).await?;
     let port_of: HashMap<Mac, u32> = fdb
         .iter()
         .filter(|entry| {
@@ -44,23 +52,36 @@ pub async fn discover(netlink: &Handle, bridge: u32) -> Result<HashMap<IpAddr, (
         })
         .filter_map(|entry| Some((link_layer(entry)?, entry.header.ifindex)))
         .collect();
-    Ok(entries
+    let mut found: Containers = known
         .iter()
-        .filter(|n| n.header.ifindex == bridge)
-        .filter(|n| {
-            !matches!(
-                n.header.state,
-                NeighbourState::Failed | NeighbourState::Incomplete
-            )
-        })
-        .filter_map(|n| {
-            let ip = (destination::<Ipv4Addr>(n).map(IpAddr::V4))
-                .or_else(|| destination::<Ipv6Addr>(n).map(IpAddr::V6))
-                .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))?;
-            let mac = link_layer(n)?;
-            Some((ip, (*port_of.get(&mac)?, mac)))
-        })
-        .collect())
+        .filter(|(_, (port, _))| ports.iter().any(|(index, _)| index == port))
+        .map(|(ip, endpoint)| (*ip, *endpoint))
+        .collect();
+    for n in entries.iter().filter(|n| n.header.ifindex == bridge) {
+        let Some(ip) = (destination::<Ipv4Addr>(n).map(IpAddr::V4))
+            .or_else(|| destination::<Ipv6Addr>(n).map(IpAddr::V6))
+            .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+        else {
+            continue;
+        };
+        let mac = link_layer(n).filter(|_| n.header.state != NeighbourState::Incomplete);
+        match (n.header.state, mac) {
+            (NeighbourState::Failed, _) => {
+                found.remove(&ip);
+            }
+            (_, Some(mac)) => match port_of.get(&mac) {
+                Some(port) => {
+                    found.insert(ip, (*port, mac));
+                }
+                None if found.get(&ip).is_some_and(|(_, old)| *old != mac) => {
+                    found.remove(&ip);
+                }
+                None => {}
+            },
+            (_, None) => {}
+        }
+    }
+    Ok(found)
 }
 
 /// The ports of `bridge` (ifindex, name): the containers' host-side veths.

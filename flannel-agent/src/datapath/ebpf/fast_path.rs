@@ -116,8 +116,12 @@ impl EbpfDatapath {
             .with_context(|| format!("reading {path}"))?
             .trim()
             .parse()?;
-        let wanted = endpoints::discover(&self.netlink, bridge_index).await?;
         let current = self.programs.endpoints()?;
+        let known = current
+            .iter()
+            .map(|(ip, endpoint)| (*ip, (endpoint.ifindex, Mac(endpoint.mac))))
+            .collect();
+        let wanted = endpoints::discover(&self.netlink, bridge_index, &known).await?;
         let mut changed = false;
         for (ip, _) in &current {
             if !wanted.contains_key(ip) {
