@@ -12,7 +12,7 @@ mod parse;
 mod ttl;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_redirect, bpf_redirect_peer},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -23,6 +23,9 @@ use flannel_common::{
 
 use events::Peer;
 use guard::Verdict;
+
+/// `tc_encap`'s verdict for what is not ours: the next program or filter on the hook decides.
+const NEXT: i32 = TC_ACT_UNSPEC;
 use parse::{
     in_prefix6, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN,
 };
@@ -191,27 +194,29 @@ fn endpoint(ctx: &TcContext, ipv6: bool) -> Option<Endpoint> {
 /// TC on the overlay device's egress (everything routed to the overlay) and on the
 /// container bridge's ingress (container traffic, before routing): packets for a peer's
 /// subnet are encapsulated and sent straight out of the NIC (IPv6 GSO packets through the
-/// kernel's vxlan encapsulation).
+/// kernel's vxlan encapsulation). Anything else goes on to the next program or filter on
+/// the hook ([`NEXT`]): on a container's port `tc_encap` is a TCX program, which runs before
+/// every filter there, and `TC_ACT_OK` would skip them.
 #[classifier]
 pub fn tc_encap(ctx: TcContext) -> i32 {
     let Some(cfg) = maps::config() else {
-        return TC_ACT_OK;
+        return NEXT;
     };
     if cfg.port_be == 0 || !linear(&ctx, (ETH_HLEN + 20) as u32) {
-        return TC_ACT_OK;
+        return NEXT;
     }
     let pkt = ctx.packet();
     let Some(eth) = pkt.header::<EthHdr>(0) else {
-        return TC_ACT_OK;
+        return NEXT;
     };
     if eth.is_ipv6() {
         return tc_encap6(&ctx, cfg);
     }
     if !eth.is_ipv4() || cfg.flags & IPV6_ONLY != 0 {
-        return TC_ACT_OK;
+        return NEXT;
     }
     let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_HLEN) else {
-        return TC_ACT_OK;
+        return NEXT;
     };
     // Local traffic is never ours to tunnel, whatever the routes map says: our own subnet,
     // and anything outside the network.
@@ -219,15 +224,15 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
     let ours = cfg.subnet_mask_be != 0 && dst & cfg.subnet_mask_be == cfg.subnet_be;
     let outside = cfg.network_mask_be != 0 && dst & cfg.network_mask_be != cfg.network_be;
     if ours || outside {
-        return TC_ACT_OK;
+        return NEXT;
     }
     let Some(tunnel) = maps::tunnel_to(dst) else {
-        return TC_ACT_OK;
+        return NEXT;
     };
     // Too big to tunnel whole: the stack fragments it or answers "fragmentation needed".
     let gso = gso_size(&ctx) != 0;
     if !gso && u32::from(ip.total_len()) > cfg.inner_mtu {
-        return TC_ACT_OK;
+        return NEXT;
     }
     let tunnel = *tunnel;
     let bytes = ctx.len();
@@ -252,22 +257,22 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     let Some(cfg6) = maps::config6() else {
-        return TC_ACT_OK;
+        return NEXT;
     };
     if cfg6.inner_mtu == 0 || cfg.gro_ifindex == 0 || !linear(ctx, (ETH_HLEN + IPV6_HLEN) as u32) {
-        return TC_ACT_OK;
+        return NEXT;
     }
     let Some(ip) = ctx.packet().header::<Ipv6Hdr>(ETH_HLEN) else {
-        return TC_ACT_OK;
+        return NEXT;
     };
     let dst = ip.daddr;
     let ours = in_prefix6(&dst, &cfg6.subnet, &cfg6.subnet_mask);
     let outside = !in_prefix6(&dst, &cfg6.network, &cfg6.network_mask);
     if ours || outside {
-        return TC_ACT_OK;
+        return NEXT;
     }
     let Some(tunnel) = maps::tunnel6_to(dst) else {
-        return TC_ACT_OK;
+        return NEXT;
     };
     // At the overlay device the stack has applied the tunnel's MTU already. At the bridge,
     // a packet (or a GSO packet's segment) too big for it takes the stack's way, which
@@ -276,7 +281,7 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let gso_size = gso_size(ctx);
     if ifindex != cfg6.overlay_ifindex && !fits6(ctx, ip, cfg6.inner_mtu, gso_size) {
-        return TC_ACT_OK;
+        return NEXT;
     }
     let tunnel = *tunnel;
     let bytes = ctx.len();

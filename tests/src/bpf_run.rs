@@ -3,6 +3,13 @@
 use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use flannel_common::{pins::Pins, DropEvent};
 
+/// TC verdicts as `run` returns them.
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+/// -1: the next program or filter on the hook decides.
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
+
 /// Runs `program` on `frame`: its verdict and the packet it leaves.
 pub fn run<P>(program: &mut P, frame: &[u8]) -> (u32, Vec<u8>)
 where

@@ -86,6 +86,22 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// The names of the programs on `dev`'s TCX `kind` hook (bpftool here predates TCX).
+    pub fn tcx_programs(
+        &self,
+        dev: &str,
+        kind: aya::programs::TcAttachType,
+    ) -> Result<Vec<String>> {
+        let query = self.enter(|| aya::programs::SchedClassifier::query_tcx(dev, kind))?;
+        let (_, programs) = query.with_context(|| format!("querying TCX on {dev}"))?;
+        Ok(programs
+            .iter()
+            .map(|program| program.name_as_str().unwrap_or_default().to_owned())
+            .collect())
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = run("ip", &["netns", "del", &self.name]);

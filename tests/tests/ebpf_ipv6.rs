@@ -12,7 +12,7 @@ use flannel_common::{
     PeerInfo6, Tunnel, Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, VXLAN_PORT,
 };
 use flannel_tests::{
-    bpf_run::{drop_events, run, run_gso},
+    bpf_run::{drop_events, run, run_gso, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     netns::{kernel_vxlan_frame, Bpffs},
     packet::{
         self, udp6_frame, udp_frame, vxlan, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP,
@@ -34,9 +34,6 @@ const PEER_VTEP: [u8; 6] = [0x0a, 0, 0, 0, 0, 2];
 const LOOPBACK: u32 = 1;
 
 const XDP_PASS: u32 = 2;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 
 fn net(text: &str) -> Ipv6Net {
     text.parse().unwrap()
@@ -291,7 +288,7 @@ fn an_ipv6_only_config_judges_and_tunnels_no_ipv4() {
     // tunnels that packet...
     programs.set_config(ipv6_only(0)).unwrap();
     assert_eq!(run(programs.tc_ingress(), &frame).0, TC_ACT_SHOT);
-    assert_ne!(run(programs.tc_encap(), &outgoing).0, TC_ACT_OK);
+    assert_eq!(run(programs.tc_encap(), &outgoing).0, TC_ACT_REDIRECT);
     // ...with it, both pass untouched, and IPv6 from the peer is still decapsulated.
     programs.set_config(ipv6_only(IPV6_ONLY)).unwrap();
     let unknown = drops(&mut programs, DropReason::UnknownPeer);
@@ -301,7 +298,10 @@ fn an_ipv6_only_config_judges_and_tunnels_no_ipv4() {
     );
     assert_eq!(run(programs.xdp_ingress(), &frame), (XDP_PASS, frame));
     assert_eq!(drops(&mut programs, DropReason::UnknownPeer), unknown);
-    assert_eq!(run(programs.tc_encap(), &outgoing), (TC_ACT_OK, outgoing));
+    assert_eq!(
+        run(programs.tc_encap(), &outgoing),
+        (TC_ACT_UNSPEC, outgoing)
+    );
     let (verdict, out) = run(programs.tc_ingress(), &from_the_peer());
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(&out[14..], &inner_ip("fd00:10:0:74::2")[..]);
@@ -414,7 +414,10 @@ fn single_ipv6_packets_for_a_peer_are_encapsulated_with_a_valid_udp_checksum() {
         to("2001:db8::1"),
         to("fd00:10:0:99::2"),
     ] {
-        assert_eq!(run(programs.tc_encap(), &frame), (TC_ACT_OK, frame.clone()));
+        assert_eq!(
+            run(programs.tc_encap(), &frame),
+            (TC_ACT_UNSPEC, frame.clone())
+        );
     }
 }
 
@@ -454,7 +457,7 @@ fn ipv6_at_the_bridge_is_tunnelled_when_it_fits_the_tunnel_mtu() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_flannels_ipv6_vxlan(&out, &fits);
     let too_big = tcp_to(PEER_CONTAINER, TUNNEL_MTU as usize - header + 1);
-    assert_eq!(run(programs.tc_encap(), &too_big), (TC_ACT_OK, too_big));
+    assert_eq!(run(programs.tc_encap(), &too_big), (TC_ACT_UNSPEC, too_big));
 
     // A GSO packet: what counts is the size of the segments it will be cut into.
     let gso = tcp_to(PEER_CONTAINER, 3000);
@@ -462,7 +465,7 @@ fn ipv6_at_the_bridge_is_tunnelled_when_it_fits_the_tunnel_mtu() {
     assert_handed_to_the_gro_device(run_gso(programs.tc_encap(), &gso, segment), &gso);
     assert_eq!(
         run_gso(programs.tc_encap(), &gso, segment + 1),
-        (TC_ACT_OK, gso)
+        (TC_ACT_UNSPEC, gso)
     );
 }
 

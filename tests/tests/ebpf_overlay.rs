@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use aya::programs::TcAttachType;
 use flannel_common::map_names;
 
 use flannel_tests::{
@@ -307,6 +308,63 @@ fn container_traffic_to_peers_skips_the_bridge() {
         passed_up < 20,
         "{passed_up} of 200 pings went through the bridge"
     );
+}
+
+/// A new container's port gets the fast path as a TCX link, without the `clsact` qdisc a first
+/// filter brings: while the kernel swaps qdiscs it drops what the port sends, the container's
+/// first replies. Pings into the new container from its first moments all arrive.
+#[test]
+fn a_new_containers_port_gets_the_fast_path_without_a_qdisc() {
+    let (bed, mut agents, containers) = overlay(VXLAN, 2);
+    all_reach_all(&containers);
+    let new = bed.add_docker_container(1, &agents[1], 3).unwrap();
+    let to_new = [
+        "-q",
+        "-c",
+        "300",
+        "-i",
+        "0.002",
+        "-W",
+        "2",
+        &new.ip.to_string(),
+    ];
+    let pings = containers[0].ns.exec("ping", &to_new).unwrap();
+    wait_for("the new port in the fast path", READY, || {
+        agents[1].log().contains("ports=2")
+    })
+    .unwrap();
+    let host = &bed.hosts[1];
+    let hooks = || host.tcx_programs("veth3", TcAttachType::Ingress).unwrap();
+    assert_eq!(hooks(), ["tc_encap"]);
+    let qdiscs = host.exec("tc", &["qdisc", "show", "dev", "veth3"]).unwrap();
+    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+    assert!(pings.contains(" 0% packet loss"), "{pings}");
+
+    // An older agent's filter on a port (our handle, one of our priorities) goes when the
+    // link comes: it would run again, with maps no agent updates, once the agent exits.
+    agents[1].terminate().unwrap();
+    host.exec("tc", &["qdisc", "add", "dev", "veth3", "clsact"])
+        .unwrap();
+    let old = [
+        "prio",
+        "61856",
+        "handle",
+        "0xf1a",
+        "bpf",
+        "bytecode",
+        "1,6 0 0 0,",
+    ];
+    let add = [&["filter", "add", "dev", "veth3", "ingress"][..], &old].concat();
+    host.exec("tc", &add).unwrap();
+    let mut upgraded = bed.agent(1, &[]).unwrap();
+    upgraded.wait_ready(READY).unwrap();
+    wait_for("the ports in the fast path", READY, || {
+        upgraded.log().contains("ports=2")
+    })
+    .unwrap();
+    let filters = host.exec("tc", &["filter", "show", "dev", "veth3", "ingress"]);
+    assert_eq!(filters.unwrap().trim(), "", "the old filter stayed");
+    assert_eq!(hooks(), ["tc_encap"]);
 }
 
 /// Pings `to` from `from` every 10 ms, `count` times, while every agent restarts in turn;

@@ -12,7 +12,7 @@ use flannel_common::{
     VXLAN_PORT,
 };
 use flannel_tests::{
-    bpf_run::{drop_events, run},
+    bpf_run::{drop_events, run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     netns::{kernel_vxlan_frame, link, Bpffs, Netns},
     packet::{self, udp_frame, vxlan, IPPROTO_TCP},
     require_root,
@@ -28,9 +28,6 @@ const INNER_MTU: u32 = 1450;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 
 /// The settings of a host with our address on `encap`'s port.
 fn config(encap: Encap) -> DatapathConfig {
@@ -543,7 +540,10 @@ fn encap_leaves_other_destinations_and_oversize_packets_to_the_stack() {
         // 1451 bytes of IPv4 do not fit a 1500-byte NIC once encapsulated.
         container_frame(Ipv4Addr::new(10, 1, 74, 2), INNER_MTU as usize - 20 + 1),
     ] {
-        assert_eq!(run(programs.tc_encap(), &frame), (TC_ACT_OK, frame.clone()));
+        assert_eq!(
+            run(programs.tc_encap(), &frame),
+            (TC_ACT_UNSPEC, frame.clone())
+        );
     }
     let fits = container_frame(Ipv4Addr::new(10, 1, 74, 2), INNER_MTU as usize - 20);
     assert_eq!(run(programs.tc_encap(), &fits).0, TC_ACT_REDIRECT);
@@ -666,7 +666,7 @@ fn local_traffic_is_never_tunnelled_whatever_the_routes_map_holds() {
         let frame = container_frame(dst, 100);
         assert_eq!(
             run(programs.tc_encap(), &frame),
-            (TC_ACT_OK, frame.clone()),
+            (TC_ACT_UNSPEC, frame.clone()),
             "to {dst}: left to the stack, untouched"
         );
     }

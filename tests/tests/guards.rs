@@ -24,8 +24,8 @@ fn a_bogus_route_in_the_map_never_shadows_local_traffic() {
     let (bed, agents, containers) =
         Testbed::cluster(VXLAN, &[&[&flag_a, quiet, "--ip-masq"], &[&flag_b, quiet]]).unwrap();
     let neighbour = bed.add_docker_container(0, &agents[0], 3).unwrap();
-    // Judged once the agent has the new container's port in the fast path: attaching creates
-    // the port's clsact qdisc, and the kernel drops what the port sends while it swaps qdiscs.
+    // Judged once the agent has the new container's port in the fast path: the program on
+    // the port, not the bridge's, is the one that sees the neighbour's packets first.
     wait_for("the neighbour's port in the fast path", READY, || {
         agents[0].log().contains("ports=2")
     })

@@ -1,16 +1,17 @@
 //! Where our programs hook in. TC programs are netlink TC filters at a fixed handle in one of
 //! two priorities: a new agent attaches at the free one, then removes the old one, so a
 //! restart drops nothing, and the filters (with the maps they hold) stay when the agent
-//! exits. The XDP program hangs on a pinned bpf_link, which a restart updates in place.
+//! exits. Container ports are the exception (see [`attach_port`]). The XDP program hangs on
+//! a pinned bpf_link, which a restart updates in place.
 
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use aya::programs::{
     links::{FdLink, PinnedLink},
-    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+    tc::{self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcHandle},
     xdp::XdpLink,
-    Link, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    Link, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
 };
 use rtnetlink::Handle;
 use tracing::warn;
@@ -52,6 +53,43 @@ pub(super) fn attach_replacing(
     }
     Err(anyhow!(last_error.expect("two attempts")))
         .with_context(|| format!("attaching {kind:?} filter on {iface}"))
+}
+
+/// How `tc_encap` hooks into a container's port.
+pub(super) enum PortHook {
+    /// A TCX link (Linux 6.6+) that the agent holds: unlike a first filter, it needs no
+    /// `clsact` qdisc, whose creation drops what the port sends while the kernel swaps qdiscs,
+    /// in the container's first moments (a lost DNS reply costs it seconds). It goes when the
+    /// agent exits, and the bridge's filter catches the container's traffic until the next
+    /// agent attaches again.
+    Link(SchedClassifierLinkId),
+    /// A filter, as on the other hooks, where the kernel has no TCX.
+    Filter,
+}
+
+/// Hooks `program` into the ingress of the container port `port`; a filter of an older agent
+/// there goes (a TCX program runs before any filter).
+pub(super) fn attach_port(program: &mut SchedClassifier, port: &str) -> Result<PortHook> {
+    let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
+    match program.attach_with_options(port, TcAttachType::Ingress, tcx) {
+        Ok(id) => {
+            detach(port, TcAttachType::Ingress);
+            Ok(PortHook::Link(id))
+        }
+        Err(tcx_error) => {
+            attach_replacing(program, port, TcAttachType::Ingress)
+                .with_context(|| format!("no TCX link either: {tcx_error}"))?;
+            Ok(PortHook::Filter)
+        }
+    }
+}
+
+/// Unhooks a port that left the bridge: dropping our handle on its link detaches it (from a
+/// deleted port, the kernel did already).
+pub(super) fn release_port(program: &mut SchedClassifier, hook: PortHook) {
+    if let PortHook::Link(id) = hook {
+        let _ = program.detach(id);
+    }
 }
 
 /// Attaches `program` again where our filter is gone from `iface` (removed by hand).

@@ -84,16 +84,23 @@ impl EbpfDatapath {
             return Ok(());
         };
         let ports = endpoints::bridge_ports(&self.netlink, bridge_index).await?;
-        self.ports
-            .retain(|index| ports.iter().any(|(i, _)| i == index));
+        let gone: Vec<u32> = (self.ports.keys())
+            .filter(|index| !ports.iter().any(|(i, _)| i == *index))
+            .copied()
+            .collect();
+        for index in gone {
+            if let Some(hook) = self.ports.remove(&index) {
+                attach::release_port(self.programs.tc_encap(), hook);
+            }
+        }
         let mut attached = 0;
         for (index, name) in ports {
-            if self.ports.contains(&index) {
+            if self.ports.contains_key(&index) {
                 continue;
             }
-            match attach::attach_replacing(self.programs.tc_encap(), &name, TcAttachType::Ingress) {
-                Ok(()) => {
-                    self.ports.insert(index);
+            match attach::attach_port(self.programs.tc_encap(), &name) {
+                Ok(hook) => {
+                    self.ports.insert(index, hook);
                     attached += 1;
                 }
                 // It may have just gone with its container; the bridge still catches it.

@@ -113,7 +113,7 @@ pub struct EbpfDatapath {
     /// The bridge the fast path is attached to, with its ifindex.
     bridge: Option<(String, u32)>,
     /// The bridge's ports (containers' host-side veths) with `tc_encap` at their ingress.
-    ports: HashSet<u32>,
+    ports: HashMap<u32, attach::PortHook>,
     pin_dir: std::path::PathBuf,
     decap: Decap,
     check_inner_source: bool,
@@ -174,7 +174,7 @@ impl EbpfDatapath {
             ipv6,
             active: None,
             bridge: None,
-            ports: HashSet::new(),
+            ports: HashMap::new(),
             pin_dir: options.pin_dir.clone(),
             check_inner_source: options.check_inner_source,
             fast_path: options.fast_path,
