@@ -84,20 +84,21 @@ impl Netns {
                 .expect("netns thread panicked")
         })
     }
-}
 
-impl Netns {
-    /// The names of the programs on `dev`'s TCX `kind` hook (bpftool here predates TCX).
+    /// The programs (name, id) on `dev`'s TCX `kind` hook (bpftool here predates TCX).
     pub fn tcx_programs(
         &self,
         dev: &str,
         kind: aya::programs::TcAttachType,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<(String, u32)>> {
         let query = self.enter(|| aya::programs::SchedClassifier::query_tcx(dev, kind))?;
         let (_, programs) = query.with_context(|| format!("querying TCX on {dev}"))?;
         Ok(programs
             .iter()
-            .map(|program| program.name_as_str().unwrap_or_default().to_owned())
+            .map(|program| {
+                let name = program.name_as_str().unwrap_or_default();
+                (name.to_owned(), program.id())
+            })
             .collect())
     }
 }

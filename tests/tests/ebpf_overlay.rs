@@ -9,7 +9,7 @@ use flannel_common::map_names;
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
-    netns::{kernel_vxlan, kernel_vxlan_peer, Bpffs},
+    netns::{kernel_vxlan, kernel_vxlan_peer, run, Bpffs, Netns},
     require_root,
     testbed::{self, lease_key, Container, Testbed, PREFIX},
 };
@@ -334,7 +334,7 @@ fn a_new_containers_port_gets_the_fast_path_without_a_qdisc() {
     })
     .unwrap();
     let host = &bed.hosts[1];
-    let hooks = || host.tcx_programs("veth3", TcAttachType::Ingress).unwrap();
+    let hooks = || port_programs(host, "veth3");
     assert_eq!(hooks(), ["tc_encap"]);
     let qdiscs = host.exec("tc", &["qdisc", "show", "dev", "veth3"]).unwrap();
     assert!(!qdiscs.contains("clsact"), "{qdiscs}");
@@ -365,6 +365,49 @@ fn a_new_containers_port_gets_the_fast_path_without_a_qdisc() {
     let filters = host.exec("tc", &["filter", "show", "dev", "veth3", "ingress"]);
     assert_eq!(filters.unwrap().trim(), "", "the old filter stayed");
     assert_eq!(hooks(), ["tc_encap"]);
+}
+
+/// The names of the programs on `port`'s TCX ingress.
+fn port_programs(host: &Netns, port: &str) -> Vec<String> {
+    let programs = host.tcx_programs(port, TcAttachType::Ingress).unwrap();
+    programs.into_iter().map(|(name, _)| name).collect()
+}
+
+/// The fast path's hooks removed by hand (the bridge's filter, a port's TCX link) come back at
+/// the next resync, and container traffic takes them again.
+#[test]
+fn the_fast_paths_hooks_removed_by_hand_come_back() {
+    require_root();
+    let flags: &[&str] = &["--iptables-resync=1"];
+    let (bed, agents, containers) = Testbed::cluster(VXLAN, &[flags, flags]).unwrap();
+    all_reach_all(&containers);
+    wait_for("the port in the fast path", READY, || {
+        agents[0].log().contains("ports=1")
+    })
+    .unwrap();
+    let host = &bed.hosts[0];
+    let (_, program) = host.tcx_programs("veth2", TcAttachType::Ingress).unwrap()[0].clone();
+    let links = run("bpftool", &["-j", "link", "show"]).unwrap();
+    let links: Vec<serde_json::Value> = serde_json::from_str(&links).unwrap();
+    let link = links
+        .iter()
+        .find(|link| link["prog_id"] == program)
+        .expect("the port's link")["id"]
+        .to_string();
+    run("bpftool", &["link", "detach", "id", &link]).unwrap();
+    host.exec("tc", &["filter", "del", "dev", "cni0", "ingress"])
+        .unwrap();
+    assert!(port_programs(host, "veth2").is_empty());
+    let bridge_filter = || {
+        host.exec("tc", &["filter", "show", "dev", "cni0", "ingress"])
+            .is_ok_and(|out| out.contains("tc_encap"))
+    };
+    wait_for("the hooks to come back", READY, || {
+        bridge_filter() && port_programs(host, "veth2") == ["tc_encap"]
+    })
+    .unwrap();
+    assert!(agents[0].log().contains("our TCX link on the port is gone"));
+    containers[0].ping(containers[1].ip).unwrap();
 }
 
 /// Pings `to` from `from` every 10 ms, `count` times, while every agent restarts in turn;

@@ -78,7 +78,7 @@ pub(super) fn attach_port(program: &mut SchedClassifier, port: &str) -> Result<P
         }
         Err(tcx_error) => {
             attach_replacing(program, port, TcAttachType::Ingress)
-                .with_context(|| format!("no TCX link either: {tcx_error}"))?;
+                .with_context(|| format!("no TCX link ({tcx_error}), and no filter"))?;
             Ok(PortHook::Filter)
         }
     }
@@ -90,6 +90,15 @@ pub(super) fn release_port(program: &mut SchedClassifier, hook: PortHook) {
     if let PortHook::Link(id) = hook {
         let _ = program.detach(id);
     }
+}
+
+/// True when `program` is on the TCX ingress of `port` (false also when the port is gone).
+pub(super) fn on_port(program: &SchedClassifier, port: &str) -> bool {
+    let Ok(ours) = program.info().map(|info| info.id()) else {
+        return false;
+    };
+    SchedClassifier::query_tcx(port, TcAttachType::Ingress)
+        .is_ok_and(|(_, programs)| programs.iter().any(|program| program.id() == ours))
 }
 
 /// Attaches `program` again where our filter is gone from `iface` (removed by hand).

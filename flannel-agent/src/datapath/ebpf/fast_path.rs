@@ -9,7 +9,10 @@ use flannel_common::Endpoint;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use super::{attach, EbpfDatapath, OVERLAY_DEV};
+use super::{
+    attach::{self, PortHook},
+    EbpfDatapath, OVERLAY_DEV,
+};
 use crate::{
     control::lease::Mac,
     host::{
@@ -111,6 +114,26 @@ impl EbpfDatapath {
             info!(bridge = %bridge, attached, ports = self.ports.len(), "fast path attached to container ports");
         }
         Ok(())
+    }
+
+    /// The fast path's hooks that were removed by hand come back: the bridge's filter, a
+    /// port's link.
+    pub(super) async fn restore_fast_path(&mut self) -> Result<()> {
+        let Some((bridge, bridge_index)) = self.bridge.clone() else {
+            return Ok(());
+        };
+        let encap = self.programs.tc_encap();
+        attach::reattach(&self.netlink, encap, &bridge, TcAttachType::Ingress).await?;
+        for (index, name) in endpoints::bridge_ports(&self.netlink, bridge_index).await? {
+            let linked = matches!(self.ports.get(&index), Some(PortHook::Link(_)));
+            if linked && !attach::on_port(self.programs.tc_encap(), &name) {
+                warn!(port = %name, "our TCX link on the port is gone; attaching it again");
+                if let Some(hook) = self.ports.remove(&index) {
+                    attach::release_port(self.programs.tc_encap(), hook);
+                }
+            }
+        }
+        self.attach_ports().await
     }
 
     /// Brings the fast path's container map in line with the bridge's containers.

@@ -527,8 +527,8 @@ impl EbpfDatapath {
     }
 
     /// The overlay device (with our VTEP MAC), its address and route, the config and the
-    /// filters on the NIC, the overlay device and the GRO veth, as `start`, `activate` and
-    /// `attach` left them, whatever was removed since.
+    /// filters on the NIC, the overlay device and the GRO veth, and the fast path's hooks, as
+    /// `start`, `activate`, `attach` and the fast path left them, whatever was removed since.
     async fn restore_host(&mut self) -> Result<()> {
         let Some((ours, mtu)) = self.active else {
             return Ok(());
@@ -551,6 +551,9 @@ impl EbpfDatapath {
         if gro_veth {
             let merged = programs.tc_merged();
             reattach(netlink, merged, GRO_PEER, TcAttachType::Ingress).await?;
+        }
+        if self.fast_path {
+            self.restore_fast_path().await?;
         }
         Ok(())
     }
