@@ -23,12 +23,12 @@ use flannel_common::{
 
 use events::Peer;
 use guard::Verdict;
-
-/// `tc_encap`'s verdict for what is not ours: the next program or filter on the hook decides.
-const NEXT: i32 = TC_ACT_UNSPEC;
 use parse::{
     in_prefix6, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN,
 };
+
+/// `tc_encap`'s verdict for what is not ours: the next program or filter on the hook decides.
+const NEXT: i32 = TC_ACT_UNSPEC;
 
 /// XDP on the host NIC (`--bpf-decap=xdp`): drop forged tunnel packets before the stack
 /// allocates an skb, and decapsulate genuine ones before GRO.

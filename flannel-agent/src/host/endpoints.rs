@@ -31,17 +31,22 @@ use crate::{
 /// A container behind the bridge: its IP → (host-side veth ifindex, MAC).
 pub type Containers = HashMap<IpAddr, (u32, Mac)>;
 
-/// The containers behind `bridge`; IPv6 link-local addresses left out (tunnels carry none).
+/// The containers behind `bridge`, whose ports (ifindex, name) are `ports`; IPv6 link-local
+/// addresses left out (tunnels carry none).
 /// The host's tables forget a container whose traffic takes the fast path: the bridge's
 /// entry ages out, as the container's frames skip the bridge, and the host's neighbour entry,
 /// unused, may be collected. So one of `known` (what the fast path holds) stays while its
 /// port is on the bridge, unless the tables now say otherwise: its IP at another MAC, or a
 /// neighbour entry that failed (the host asked and no one answered).
-pub async fn discover(netlink: &Handle, bridge: u32, known: &Containers) -> Result<Containers> {
+pub async fn discover(
+    netlink: &Handle,
+    bridge: u32,
+    ports: &[(u32, String)],
+    known: &Containers,
+) -> Result<Containers> {
     let fdb = neighbours(netlink, AddressFamily::Bridge).await?;
     let mut entries = neighbours(netlink, AddressFamily::Inet).await?;
     entries.extend(neighbours(netlink, AddressFamily::Inet6).await?);
-    let ports = bridge_ports(netlink, bridge).await?;
     let port_of: HashMap<Mac, u32> = fdb
         .iter()
         .filter(|entry| {

@@ -75,18 +75,18 @@ impl EbpfDatapath {
             return Ok(());
         }
         self.attach_bridge();
-        self.attach_ports().await?;
-        self.sync_endpoints().await
+        let Some((bridge, index)) = self.bridge.clone() else {
+            return Ok(());
+        };
+        let ports = endpoints::bridge_ports(&self.netlink, index).await?;
+        self.attach_ports(&bridge, &ports);
+        self.sync_endpoints(&ports).await
     }
 
     /// The fast path's first hop: `tc_encap` at the ingress of each container's host-side
     /// veth catches its packets before the bridge (and br_netfilter's conntrack) see them.
     /// Until its port is attached, a new container's traffic is caught at the bridge.
-    async fn attach_ports(&mut self) -> Result<()> {
-        let Some((bridge, bridge_index)) = self.bridge.clone() else {
-            return Ok(());
-        };
-        let ports = endpoints::bridge_ports(&self.netlink, bridge_index).await?;
+    fn attach_ports(&mut self, bridge: &str, ports: &[(u32, String)]) {
         let gone: Vec<u32> = (self.ports.keys())
             .filter(|index| !ports.iter().any(|(i, _)| i == *index))
             .copied()
@@ -98,12 +98,12 @@ impl EbpfDatapath {
         }
         let mut attached = 0;
         for (index, name) in ports {
-            if self.ports.contains_key(&index) {
+            if self.ports.contains_key(index) {
                 continue;
             }
-            match attach::attach_port(self.programs.tc_encap(), &name) {
+            match attach::attach_port(self.programs.tc_encap(), name) {
                 Ok(hook) => {
-                    self.ports.insert(index, hook);
+                    self.ports.insert(*index, hook);
                     attached += 1;
                 }
                 // It may have just gone with its container; the bridge still catches it.
@@ -113,31 +113,33 @@ impl EbpfDatapath {
         if attached > 0 {
             info!(bridge = %bridge, attached, ports = self.ports.len(), "fast path attached to container ports");
         }
-        Ok(())
     }
 
     /// The fast path's hooks that were removed by hand come back: the bridge's filter, a
     /// port's link.
     pub(super) async fn restore_fast_path(&mut self) -> Result<()> {
-        let Some((bridge, bridge_index)) = self.bridge.clone() else {
+        let Some((bridge, index)) = self.bridge.clone() else {
             return Ok(());
         };
         let encap = self.programs.tc_encap();
         attach::reattach(&self.netlink, encap, &bridge, TcAttachType::Ingress).await?;
-        for (index, name) in endpoints::bridge_ports(&self.netlink, bridge_index).await? {
-            let linked = matches!(self.ports.get(&index), Some(PortHook::Link(_)));
-            if linked && !attach::on_port(self.programs.tc_encap(), &name) {
+        let ports = endpoints::bridge_ports(&self.netlink, index).await?;
+        for (index, name) in &ports {
+            let linked = matches!(self.ports.get(index), Some(PortHook::Link(_)));
+            if linked && !attach::on_port(self.programs.tc_encap(), name) {
                 warn!(port = %name, "our TCX link on the port is gone; attaching it again");
-                if let Some(hook) = self.ports.remove(&index) {
+                if let Some(hook) = self.ports.remove(index) {
                     attach::release_port(self.programs.tc_encap(), hook);
                 }
             }
         }
-        self.attach_ports().await
+        self.attach_ports(&bridge, &ports);
+        Ok(())
     }
 
-    /// Brings the fast path's container map in line with the bridge's containers.
-    async fn sync_endpoints(&mut self) -> Result<()> {
+    /// Brings the fast path's container map in line with the containers on the bridge's
+    /// `ports`.
+    async fn sync_endpoints(&mut self, ports: &[(u32, String)]) -> Result<()> {
         let Some((bridge, bridge_index)) = self.bridge.clone() else {
             return Ok(());
         };
@@ -151,7 +153,7 @@ impl EbpfDatapath {
             .iter()
             .map(|(ip, endpoint)| (*ip, (endpoint.ifindex, Mac(endpoint.mac))))
             .collect();
-        let wanted = endpoints::discover(&self.netlink, bridge_index, &known).await?;
+        let wanted = endpoints::discover(&self.netlink, bridge_index, ports, &known).await?;
         let mut changed = false;
         for (ip, _) in &current {
             if !wanted.contains_key(ip) {
