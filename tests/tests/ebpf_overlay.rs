@@ -226,9 +226,9 @@ fn a_container_recreated_with_its_ip_is_reachable_at_once() {
     .unwrap();
 }
 
-/// A container that talks only to other hosts skips its bridge (above), so the bridge's entry
-/// for it ages out, and the host's neighbour entry, unused, may be collected: it stays in the
-/// fast path while its port is on the bridge.
+/// A container that talks only to other hosts skips its bridge (see the next test), so the
+/// bridge's entry for it ages out, and the host's neighbour entry, unused, may be collected: it
+/// stays in the fast path while its port is on the bridge.
 #[test]
 fn a_container_the_bridge_forgot_stays_in_the_fast_path() {
     require_root();
@@ -374,7 +374,7 @@ fn port_programs(host: &Netns, port: &str) -> Vec<String> {
 }
 
 /// The fast path's hooks removed by hand (the bridge's filter, a port's TCX link) come back at
-/// the next resync, and container traffic takes them again.
+/// the next resync.
 #[test]
 fn the_fast_paths_hooks_removed_by_hand_come_back() {
     require_root();
