@@ -92,9 +92,7 @@ impl EbpfDatapath {
             .copied()
             .collect();
         for index in gone {
-            if let Some(hook) = self.ports.remove(&index) {
-                attach::release_port(self.programs.tc_encap(), hook);
-            }
+            self.forget_port(index);
         }
         let mut attached = 0;
         for (index, name) in ports {
@@ -115,6 +113,13 @@ impl EbpfDatapath {
         }
     }
 
+    /// Forgets the port `index`, releasing its hook.
+    fn forget_port(&mut self, index: u32) {
+        if let Some(hook) = self.ports.remove(&index) {
+            attach::release_port(self.programs.tc_encap(), hook);
+        }
+    }
+
     /// The fast path's hooks that were removed by hand come back: the bridge's filter, a
     /// port's link.
     pub(super) async fn restore_fast_path(&mut self) -> Result<()> {
@@ -128,9 +133,7 @@ impl EbpfDatapath {
             let linked = matches!(self.ports.get(index), Some(PortHook::Link(_)));
             if linked && !attach::on_port(self.programs.tc_encap(), name) {
                 warn!(port = %name, "our TCX link on the port is gone; attaching it again");
-                if let Some(hook) = self.ports.remove(index) {
-                    attach::release_port(self.programs.tc_encap(), hook);
-                }
+                self.forget_port(*index);
             }
         }
         self.attach_ports(&bridge, &ports);
