@@ -28,8 +28,11 @@ struct Cli {
 enum Task {
     /// Install what a fresh machine lacks (Debian packages, bpf-linker); idempotent.
     Setup,
-    /// Build the eBPF programs and print the object's path.
+    /// Build the eBPF programs and print the object's path: the object flanneld embeds, and
+    /// one `flanneld --bpf-object` loads.
     BuildEbpf {
+        /// Build with the release profile; the object is the same (the verifier takes only
+        /// optimised code, so both profiles build it optimised).
         #[arg(long)]
         release: bool,
     },
