@@ -27,7 +27,9 @@ use parse::{
     in_prefix6, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN,
 };
 
-/// `tc_encap`'s verdict for what is not ours: the next program or filter on the hook decides.
+/// The TC programs' verdict for what is not ours: the next program or filter on the hook
+/// decides. Our programs are TCX links where the kernel has them, which run before every
+/// filter; `TC_ACT_OK` would skip other tools' filters there.
 const NEXT: i32 = TC_ACT_UNSPEC;
 
 /// XDP on the host NIC (`--bpf-decap=xdp`): drop forged tunnel packets before the stack
@@ -67,17 +69,18 @@ fn xdp_receive(ctx: &XdpContext, cfg: &DatapathConfig) -> Result<u32, DropReason
 }
 
 /// TC ingress on the host NIC: tunnel packets from current peers are decapsulated and go on
-/// into the stack as the inner packet; forged ones are dropped; the rest passes.
+/// into the stack as the inner packet; forged ones are dropped; the rest goes on to the next
+/// program or filter on the hook ([`NEXT`]).
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
     let Some(cfg) = maps::config() else {
-        return TC_ACT_OK;
+        return NEXT;
     };
     let Some(header_len) = guard::claimed_header_len(&ctx, cfg) else {
-        return TC_ACT_OK;
+        return NEXT;
     };
     if !linear(&ctx, header_len) {
-        return TC_ACT_OK;
+        return NEXT;
     }
     match tc_receive(&ctx, cfg) {
         Ok(action) => action,
@@ -95,7 +98,7 @@ fn tc_receive(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason> 
         return tc_receive6(ctx, cfg);
     }
     let (peer_be, peer, outer_ip_len) = match guard::check(ctx.packet(), cfg) {
-        Verdict::Pass => return Ok(TC_ACT_OK),
+        Verdict::Pass => return Ok(NEXT),
         Verdict::Drop(reason) => return Err(reason),
         Verdict::Tunnel {
             peer_be,
@@ -146,10 +149,10 @@ pub fn tc_merged(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn tc_receive6(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason> {
     let Some(cfg6) = maps::config6() else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     let (peer_be, peer) = match guard::check6(ctx.packet(), cfg, cfg6) {
-        Verdict::Pass => return Ok(TC_ACT_OK),
+        Verdict::Pass => return Ok(NEXT),
         Verdict::Drop(reason) => return Err(reason),
         Verdict::Tunnel { peer_be, peer, .. } => (peer_be, peer),
     };

@@ -43,8 +43,66 @@ pub fn flanneld() -> &'static Path {
     })
 }
 
+/// The release users ran before this one (the last commit of the previous session's work):
+/// upgrades start from its state.
+pub const PREVIOUS_RELEASE: &str = "a6f961512f70033e9c1402c331c01baa848002b3";
+
+/// flanneld built from [`PREVIOUS_RELEASE`]'s sources (from this repository's history), once
+/// per process, into `target/previous-release`. Its intermediate artifacts share our build
+/// directory, so the dependencies both releases use are built once.
+pub fn previous_flanneld() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let build_dir = flanneld()
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir");
+        let target_dir = build_dir.join("previous-release");
+        let sources = target_dir.join("src");
+        let _ = std::fs::remove_dir_all(&sources);
+        std::fs::create_dir_all(&sources).expect("creating the sources' directory");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let extract = format!(
+            "git -C '{}' archive {PREVIOUS_RELEASE} | tar -x -C '{}'",
+            root.display(),
+            sources.display()
+        );
+        // A shallow clone lacks the commit: say so rather than fail obscurely.
+        run("sh", &["-c", &extract]).unwrap_or_else(|e| {
+            panic!("the previous release {PREVIOUS_RELEASE} is not in this clone's history: {e:#}")
+        });
+        // Cargo names a workspace's artifacts by package and version, not by path: under one
+        // version the two releases' builds would overwrite each other's.
+        let manifest = std::fs::read_to_string(sources.join("Cargo.toml")).unwrap();
+        let ours = format!("version = \"{}\"", env!("CARGO_PKG_VERSION"));
+        assert!(
+            !manifest.lines().any(|line| line == ours),
+            "the previous release has our {ours}: a release needs a version of its own"
+        );
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&sources)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "flannel-agent",
+                "--bin",
+                "flanneld",
+            ])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("CARGO_BUILD_BUILD_DIR", build_dir)
+            .status()
+            .expect("running cargo build for the previous release");
+        assert!(status.success(), "building the previous release failed");
+        target_dir.join("debug/flanneld")
+    })
+}
+
 pub struct Agent {
     child: Option<Child>,
+    /// The flanneld it runs.
+    binary: PathBuf,
     dir: TempDir,
     notify: UnixDatagram,
     netns: String,
@@ -61,11 +119,22 @@ impl Agent {
 
     /// `spawn`, with extra environment variables.
     pub fn spawn_with_env(host: &Netns, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_binary(flanneld(), host, args, env)
+    }
+
+    /// `spawn_with_env`, running `binary` (another release's flanneld).
+    pub fn spawn_binary(
+        binary: &Path,
+        host: &Netns,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&socket)?;
         let mut agent = Self {
             child: None,
+            binary: binary.to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
             env: env
                 .iter()
@@ -86,7 +155,7 @@ impl Agent {
             .open(self.log_path())?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.netns])
-            .arg(flanneld())
+            .arg(&self.binary)
             .arg(format!("--subnet-file={}", self.subnet_file().display()))
             .args(&self.args)
             .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
@@ -156,6 +225,13 @@ impl Agent {
         Ok(net.trunc().to_string())
     }
 
+    /// The IPv6 subnet in its subnet.env (`FLANNEL_IPV6_SUBNET`'s network), in a network with
+    /// IPv6.
+    pub fn ipv6_subnet(&self) -> Result<ipnet::Ipv6Net> {
+        let net: ipnet::Ipv6Net = self.subnet_env("FLANNEL_IPV6_SUBNET")?.parse()?;
+        Ok(net.trunc())
+    }
+
     /// Its lease's key, as flannel names it: `<prefix>/subnets/10.1.83.0-24`, with
     /// `&<IPv6 subnet>-<len>` appended in a dual-stack network (and `0.0.0.0-0` for IPv4 in
     /// an IPv6-only one).
@@ -214,6 +290,12 @@ impl Agent {
             self.terminate()?;
         }
         self.start()
+    }
+
+    /// Restarts it as this release's flanneld, as an upgrade does.
+    pub fn upgrade(&mut self) -> Result<()> {
+        self.binary = flanneld().to_path_buf();
+        self.restart()
     }
 
     /// Waits for the process to exit by itself; returns its status.

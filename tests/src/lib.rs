@@ -7,6 +7,7 @@ pub mod agent;
 pub mod bpf_run;
 pub mod bulk;
 pub mod etcd;
+pub mod hooks;
 pub mod netns;
 pub mod packet;
 pub mod pins;

@@ -7,6 +7,7 @@ use std::{
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
     thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -83,6 +84,61 @@ impl Netns {
                 .join()
                 .expect("netns thread panicked")
         })
+    }
+
+    /// Pings `to` every 10 ms, `count` times, while `during` runs (it starts once traffic
+    /// has flowed for half a second); returns how many of them got no reply.
+    pub fn pings_lost_while(
+        &self,
+        to: impl Into<IpAddr>,
+        count: u32,
+        during: impl FnOnce(),
+    ) -> Result<u32> {
+        let (target, count_arg) = (to.into().to_string(), count.to_string());
+        let report = std::thread::scope(|scope| {
+            let pinger = scope.spawn(|| {
+                self.exec(
+                    "ping",
+                    &["-q", "-i", "0.01", "-c", &count_arg, "-W", "1", &target],
+                )
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            during();
+            pinger.join().expect("the pinging thread")
+        })?;
+        // "300 packets transmitted, 298 received, ..."
+        let received = report
+            .split(", ")
+            .find_map(|part| part.strip_suffix(" received")?.parse::<u32>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no ping summary in {report:?}"))?;
+        Ok(count - received)
+    }
+
+    /// Waits, as a container runtime does, until no IPv6 address of `devs` is tentative: the
+    /// kernel holds an interface's first IPv6 packets while duplicate address detection runs
+    /// (about a second). Fails on an address whose detection failed, or after 10 s.
+    pub fn settle_ipv6(&self, devs: &[&str]) -> Result<()> {
+        const BOUND: Duration = Duration::from_secs(10);
+        let deadline = Instant::now() + BOUND;
+        for dev in devs {
+            loop {
+                let unsettled = self.ip(&["-6", "addr", "show", "dev", dev, "tentative"])?;
+                if unsettled.contains("dadfailed") {
+                    bail!(
+                        "duplicate address detection failed on {}'s {dev}: {unsettled}",
+                        self.name
+                    );
+                }
+                if unsettled.trim().is_empty() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("{}'s {dev} still has tentative IPv6 addresses after {BOUND:?}: {unsettled}", self.name);
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 
     /// The programs (name, id) on `dev`'s TCX `kind` hook (bpftool here predates TCX).

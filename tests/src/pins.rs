@@ -23,19 +23,25 @@ pub fn route_key(subnet: &str) -> Key<u32> {
     flannel_common::pins::route_key(u32::from(net.network()), net.prefix_len())
 }
 
-/// The subnets in the routes map under `pins`, exactly as keyed ("10.1.5.0/24"); empty if
-/// it can't be read.
+/// The subnets in the routes maps under `pins` (both families), exactly as keyed
+/// ("10.1.5.0/24", "fd00:10:0:5::/64"); empty if they can't be read.
 pub fn route_subnets(pins: &Path) -> Vec<String> {
-    let Ok(map) = routes(pins) else {
-        return Vec::new();
-    };
-    map.keys()
-        .filter_map(Result::ok)
-        .map(|key| {
+    let pins = Pins::new(pins);
+    let ipv4 = pins.routes().into_iter().flat_map(|map| {
+        let keys: Vec<_> = map.keys().filter_map(Result::ok).collect();
+        keys.into_iter().map(|key| {
             let network = std::net::Ipv4Addr::from(u32::from_be(key.data()));
             format!("{network}/{}", key.prefix_len())
         })
-        .collect()
+    });
+    let ipv6 = pins.routes6().into_iter().flat_map(|map| {
+        let keys: Vec<_> = map.keys().filter_map(Result::ok).collect();
+        keys.into_iter().map(|key| {
+            let network = std::net::Ipv6Addr::from(key.data());
+            format!("{network}/{}", key.prefix_len())
+        })
+    });
+    ipv4.chain(ipv6).collect()
 }
 
 /// True when the routes map under `pins` holds exactly `subnet` (a lookup would match a

@@ -9,12 +9,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{
     agent::Agent,
     etcd::{wait_for, Etcd},
-    netns::{link, link_with, Netns},
+    netns::{link, link_with, Bpffs, Netns},
 };
 
 pub const PREFIX: &str = "/coreos.com/network";
@@ -59,6 +59,8 @@ pub struct Testbed {
     ipv6_only: Vec<usize>,
     /// The NAPI threads that `receive_on` placed.
     napi_threads: Mutex<Vec<u32>>,
+    /// Where each host's agent pins (see `pin_dir`); unmounted after the hosts are gone.
+    bpffs: Bpffs,
 }
 
 /// The families of a cluster's network (and of its hosts and containers).
@@ -104,6 +106,7 @@ impl Testbed {
             kind,
             ipv6_only: Vec::new(),
             napi_threads: Mutex::new(Vec::new()),
+            bpffs: Bpffs::mount()?,
         };
         for _ in 0..hosts {
             bed.add_host()?;
@@ -216,7 +219,7 @@ impl Testbed {
         let addr = format!("{}/64", Self::host_ipv6(index));
         host.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
         host.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
-        Ok(())
+        host.settle_ipv6(&["eth0"])
     }
 
     /// Host `index` loses IPv4 on the underlay: IPv6 only, with a default route through the
@@ -265,14 +268,38 @@ impl Testbed {
         ns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
         ns.ip(&["-6", "route", "add", "default", "via", &gateway.to_string()])?;
         container.ipv6 = Some(ip);
-        Ok(())
+        // As a runtime does before it hands the container over (link-local addresses too).
+        host.settle_ipv6(&["cni0", &container.port])?;
+        ns.settle_ipv6(&["eth0"])
+    }
+
+    /// Waits until host `index` routes `subnet` ("10.1.5.0/24", or an IPv6 one) to its peer:
+    /// in its agent's pinned routes maps (eBPF) or in its routing table (the kernel's
+    /// datapaths). A readiness signal that sends no packet.
+    pub fn wait_routed(&self, index: usize, subnet: &str, timeout: Duration) -> Result<()> {
+        let (host, pins) = (&self.hosts[index], self.pin_dir(index));
+        let family = if subnet.contains(':') { "-6" } else { "-4" };
+        let what = format!("{} to route {subnet}", host.name);
+        wait_for(&what, timeout, || {
+            crate::pins::has_route(&pins, subnet)
+                || host
+                    .ip(&[family, "route", "show", subnet])
+                    .is_ok_and(|routes| !routes.trim().is_empty())
+        })
     }
 
     pub fn put_config(&self, json: &str) -> Result<()> {
         self.etcd.put(CONFIG_KEY, json)
     }
 
-    /// Starts flanneld on host `index` with the testbed's etcd and `--iface=eth0`.
+    /// Host `index`'s pin directory, on a bpffs that outlives its agents as the host's
+    /// /sys/fs/bpf does (under `ip netns exec` an agent's own would die with it).
+    pub fn pin_dir(&self, index: usize) -> std::path::PathBuf {
+        self.bpffs.pin_dir(&format!("h{index}")).0
+    }
+
+    /// Starts flanneld on host `index` with the testbed's etcd, `--iface=eth0` and the host's
+    /// pin directory.
     pub fn agent(&self, index: usize, extra: &[&str]) -> Result<Agent> {
         self.agent_with_env(index, extra, &[])
     }
@@ -284,14 +311,26 @@ impl Testbed {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Agent> {
+        self.agent_built(crate::agent::flanneld(), index, extra, env)
+    }
+
+    /// `agent_with_env`, running `binary` (another release's flanneld).
+    pub fn agent_built(
+        &self,
+        binary: &std::path::Path,
+        index: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let endpoint = match self.ipv6_only.contains(&index) {
             true => self.etcd.ipv6_endpoint().expect("etcd on IPv6"),
             false => self.etcd.endpoint(),
         };
         let endpoints = format!("--etcd-endpoints={endpoint}");
-        let mut args = vec![endpoints.as_str(), "--iface=eth0"];
+        let (_, pins) = self.bpffs.pin_dir(&format!("h{index}"));
+        let mut args = vec![endpoints.as_str(), "--iface=eth0", pins.as_str()];
         args.extend_from_slice(extra);
-        Agent::spawn_with_env(&self.hosts[index], &args, env)
+        Agent::spawn_binary(binary, &self.hosts[index], &args, env)
     }
 
     /// A container namespace behind host `index`'s `cni0` bridge on `subnet` (e.g.
@@ -326,7 +365,12 @@ impl Testbed {
         host.ip(&["addr", "flush", "dev", &veth])?;
         host.ip(&["link", "set", &veth, "master", "cni0"])?;
         ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
-        Ok(Container { ns, ip, ipv6: None })
+        Ok(Container {
+            ns,
+            port: veth,
+            ip,
+            ipv6: None,
+        })
     }
 
     /// A container with IPv6 only behind host `index`'s `cni0` bridge (an IPv6-only network
@@ -347,6 +391,7 @@ impl Testbed {
         ns.ip(&["link", "set", "eth0", "mtu", &mtu, "up"])?;
         let mut container = Container {
             ns,
+            port: veth,
             ip: Ipv4Addr::UNSPECIFIED,
             ipv6: None,
         };
@@ -500,6 +545,8 @@ pub fn all_reach_all(containers: &[Container], timeout: Duration) -> Result<()> 
 
 pub struct Container {
     pub ns: Netns,
+    /// Its host-side veth, on the bridge.
+    pub port: String,
     /// Its IPv4 address; 0.0.0.0 in an IPv6-only network.
     pub ip: Ipv4Addr,
     /// Its IPv6 address, in a network with IPv6.
@@ -533,24 +580,18 @@ impl Container {
         count: u32,
         during: impl FnOnce(),
     ) -> Result<u32> {
-        let (target, count_arg) = (to.into().to_string(), count.to_string());
-        let report = std::thread::scope(|scope| {
-            let pinger = scope.spawn(|| {
-                self.ns.exec(
-                    "ping",
-                    &["-q", "-i", "0.01", "-c", &count_arg, "-W", "1", &target],
-                )
-            });
-            std::thread::sleep(Duration::from_millis(500));
-            during();
-            pinger.join().expect("the pinging thread")
-        })?;
-        // "300 packets transmitted, 298 received, ..."
-        let received = report
-            .split(", ")
-            .find_map(|part| part.strip_suffix(" received")?.parse::<u32>().ok())
-            .ok_or_else(|| anyhow::anyhow!("no ping summary in {report:?}"))?;
-        Ok(count - received)
+        self.ns.pings_lost_while(to, count, during)
+    }
+
+    /// One ping to `to`, waiting at most `timeout` for the reply; its round trip.
+    pub fn ping_once(&self, to: impl Into<IpAddr>, timeout: Duration) -> Result<Duration> {
+        let (to, wait) = (to.into().to_string(), timeout.as_secs_f64().to_string());
+        let out = self.ns.exec("ping", &["-c", "1", "-W", &wait, &to])?;
+        let ms: f64 = (out.split("time=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|ms| ms.parse().ok())
+            .with_context(|| format!("no round-trip time in ping's output: {out}"))?;
+        Ok(Duration::from_secs_f64(ms / 1000.0))
     }
 
     pub fn ping(&self, to: impl Into<IpAddr>) -> Result<String> {

@@ -258,8 +258,7 @@ fn lease_value(bed: &Testbed, agent: &Agent) -> String {
 
 /// The IPv6 subnet of `agent`'s lease.
 fn ipv6_subnet(agent: &Agent) -> Ipv6Net {
-    let subnet = agent.subnet_env("FLANNEL_IPV6_SUBNET").unwrap();
-    subnet.parse::<Ipv6Net>().unwrap().trunc()
+    agent.ipv6_subnet().unwrap()
 }
 
 /// Dual-stack vxlan on our eBPF datapath (the default): one VTEP MAC for both families,

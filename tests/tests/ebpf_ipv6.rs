@@ -238,13 +238,13 @@ fn ipv6_traffic_not_for_our_tunnel_passes_untouched() {
     };
     let other_port = udp6_frame(STRANGER, LOCAL, 40000, 53, b"a DNS query");
     for frame in [elsewhere, other_port] {
-        assert_eq!(run(programs.tc_ingress(), &frame), (TC_ACT_OK, frame));
+        assert_eq!(run(programs.tc_ingress(), &frame), (TC_ACT_UNSPEC, frame));
     }
     // An IPv4-only network (an all-zero IPv6 config) takes no IPv6 tunnel packet.
     let mut programs = dual_stack(false, LOOPBACK);
     programs.set_config6(DatapathConfig6::default()).unwrap();
     let frame = from_the_peer();
-    assert_eq!(run(programs.tc_ingress(), &frame), (TC_ACT_OK, frame));
+    assert_eq!(run(programs.tc_ingress(), &frame), (TC_ACT_UNSPEC, frame));
 }
 
 /// An IPv6-only network's config (IPv6_ONLY, no IPv4 address, network or subnet): IPv4
@@ -294,7 +294,7 @@ fn an_ipv6_only_config_judges_and_tunnels_no_ipv4() {
     let unknown = drops(&mut programs, DropReason::UnknownPeer);
     assert_eq!(
         run(programs.tc_ingress(), &frame),
-        (TC_ACT_OK, frame.clone())
+        (TC_ACT_UNSPEC, frame.clone())
     );
     assert_eq!(run(programs.xdp_ingress(), &frame), (XDP_PASS, frame));
     assert_eq!(drops(&mut programs, DropReason::UnknownPeer), unknown);

@@ -9,7 +9,8 @@ use flannel_common::map_names;
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
-    netns::{kernel_vxlan, kernel_vxlan_peer, run, Bpffs, Netns},
+    hooks,
+    netns::{kernel_vxlan, kernel_vxlan_peer, Bpffs, Netns},
     require_root,
     testbed::{self, lease_key, Container, Testbed, PREFIX},
 };
@@ -373,8 +374,9 @@ fn port_programs(host: &Netns, port: &str) -> Vec<String> {
     programs.into_iter().map(|(name, _)| name).collect()
 }
 
-/// The fast path's hooks removed by hand (the bridge's filter, a port's TCX link) come back at
-/// the next resync.
+/// The fast path's hooks removed by hand come back at the next resync: the bridge's and a
+/// port's TCX link detached (`bpftool link detach`), the overlay device's link gone with its
+/// pin.
 #[test]
 fn the_fast_paths_hooks_removed_by_hand_come_back() {
     require_root();
@@ -386,24 +388,22 @@ fn the_fast_paths_hooks_removed_by_hand_come_back() {
     })
     .unwrap();
     let host = &bed.hosts[0];
-    let (_, program) = host.tcx_programs("veth2", TcAttachType::Ingress).unwrap()[0].clone();
-    let links = run("bpftool", &["-j", "link", "show"]).unwrap();
-    let links: Vec<serde_json::Value> = serde_json::from_str(&links).unwrap();
-    let link = links
-        .iter()
-        .find(|link| link["prog_id"] == program)
-        .expect("the port's link")["id"]
-        .to_string();
-    run("bpftool", &["link", "detach", "id", &link]).unwrap();
-    host.exec("tc", &["filter", "del", "dev", "cni0", "ingress"])
-        .unwrap();
-    assert!(port_programs(host, "veth2").is_empty());
-    let bridge_filter = || {
-        host.exec("tc", &["filter", "show", "dev", "cni0", "ingress"])
-            .is_ok_and(|out| out.contains("tc_encap"))
-    };
+    let (ingress, egress) = (TcAttachType::Ingress, TcAttachType::Egress);
+    hooks::unhook(host, "veth2", ingress).unwrap();
+    hooks::unhook(host, "cni0", ingress).unwrap();
+    std::fs::remove_file(bed.pin_dir(0).join("tc_overlay_link")).unwrap();
+    let hooked = |dev, kind| hooks::hooked(host, dev, kind).unwrap();
+    assert!(hooked("veth2", ingress).is_empty());
+    assert!(hooked("cni0", ingress).is_empty());
+    assert!(hooked("flannel-bpf", egress).is_empty());
     wait_for("the hooks to come back", READY, || {
-        bridge_filter() && port_programs(host, "veth2") == ["tc_encap"]
+        [
+            ("veth2", ingress),
+            ("cni0", ingress),
+            ("flannel-bpf", egress),
+        ]
+        .into_iter()
+        .all(|(dev, kind)| hooked(dev, kind) == ["tc_encap"])
     })
     .unwrap();
     assert!(agents[0].log().contains("our TCX link on the port is gone"));
@@ -604,18 +604,15 @@ fn an_oversize_packet_gets_fragmentation_needed() {
 #[test]
 fn maps_are_pinned_and_cleanup_removes_everything_we_installed() {
     require_root();
-    let bpffs = Bpffs::mount().unwrap();
-    let pins = bpffs.path().join("flannel");
-    let pin_flag = format!("--bpf-pin-dir={}", pins.display());
     let bed = Testbed::new(2).unwrap();
     bed.put_config(VXLAN).unwrap();
     let mut agents: Vec<Agent> = (0..2)
-        .map(|i| bed.agent(i, &[&pin_flag, "--ip-masq"]).unwrap())
+        .map(|i| bed.agent(i, &["--ip-masq"]).unwrap())
         .collect();
     for agent in &mut agents {
         agent.wait_ready(READY).unwrap();
     }
-    // Both agents pin into the same directory here; each pin is some agent's live map.
+    let pins = bed.pin_dir(0);
     for name in [
         map_names::CONFIG,
         map_names::PEERS,
@@ -623,22 +620,22 @@ fn maps_are_pinned_and_cleanup_removes_everything_we_installed() {
         map_names::DROPS,
         map_names::TRAFFIC,
         map_names::ENDPOINTS,
+        "tc_nic_link",
+        "tc_overlay_link",
     ] {
         assert!(pins.join(name).exists(), "{name} is pinned");
     }
     let host = &bed.hosts[0];
-    let filters = |dev: &str, kind: &str| {
-        host.exec("tc", &["filter", "show", "dev", dev, kind])
-            .unwrap_or_default()
-    };
-    assert!(filters("eth0", "ingress").contains("tc_ingress"));
+    let hooked = |dev, kind| hooks::hooked(host, dev, kind).unwrap();
+    assert_eq!(hooked("eth0", TcAttachType::Ingress), ["tc_ingress"]);
     agents[0].terminate().unwrap();
 
+    let pin_flag = format!("--bpf-pin-dir={}", pins.display());
     let cleanup = Agent::spawn(host, &["--cleanup", &pin_flag]).map(|mut a| a.wait_exit(READY));
     assert!(cleanup.unwrap().unwrap().success());
     assert!(
-        !filters("eth0", "ingress").contains("tc_ingress"),
-        "NIC filter removed"
+        hooked("eth0", TcAttachType::Ingress).is_empty(),
+        "NIC hook removed"
     );
     assert!(
         host.ip(&["link", "show", "flannel-bpf"]).is_err(),
@@ -849,4 +846,32 @@ fn status_lists_every_peer_with_its_traffic() {
             .contains("tc ingress on eth0"),
         "{json}"
     );
+}
+
+/// `cargo xtask build-ebpf`, as a user types it, prints the object flanneld embeds, and
+/// agents given it with `--bpf-object` carry traffic.
+#[test]
+fn the_object_build_ebpf_prints_is_the_embedded_one_and_carries_traffic() {
+    require_root();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .current_dir(root)
+        .args(["xtask", "build-ebpf"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let object = stdout.lines().last().expect("the object's path");
+    let bytes = std::fs::read(object).unwrap();
+    assert!(
+        bytes == flannel_agent::datapath::ebpf::programs::EMBEDDED_OBJECT,
+        "{object} is not the object flanneld embeds"
+    );
+    let flag = format!("--bpf-object={object}");
+    let (_bed, agents, containers) = Testbed::cluster(VXLAN, &[&[&flag], &[&flag]]).unwrap();
+    all_reach_all(&containers);
+    assert!(agents[0].log().contains("eBPF programs attached"));
 }

@@ -9,13 +9,13 @@ use std::{
     time::Duration,
 };
 
+use aya::programs::TcAttachType;
 use flannel_common::pins::Pins;
 use flannel_tests::{
     agent::Agent,
     bulk::verified_transfer,
     etcd::wait_for,
-    netns::Bpffs,
-    pins, require_root,
+    hooks, pins, require_root,
     testbed::{self, Container, Testbed, Underlay},
 };
 
@@ -155,9 +155,7 @@ fn metric(host: &flannel_tests::netns::Netns, port: u16, name: &str) -> f64 {
 #[test]
 fn gro_merges_vxlan_frames_before_tc_decap_and_its_device_follows_the_agent() {
     require_root();
-    let bpffs = Bpffs::mount().unwrap();
-    let pins = format!("--bpf-pin-dir={}", bpffs.path().join("flannel").display());
-    let (bed, mut agents, containers) = cluster(VXLAN, &[&pins, "--healthz-port=8471"]);
+    let (bed, mut agents, containers) = cluster(VXLAN, &["--healthz-port=8471"]);
     let host = &bed.hosts[1];
     let details = host.ip(&["-d", "link", "show", "flannel-gro"]).unwrap();
     assert!(
@@ -204,20 +202,20 @@ fn gro_merges_vxlan_frames_before_tc_decap_and_its_device_follows_the_agent() {
         "nolearning",
     ])
     .unwrap();
-    let mut tc = bed.agent(1, &[&pins]).unwrap();
+    let mut tc = bed.agent(1, &[]).unwrap();
     tc.wait_ready(READY).unwrap();
     let details = host.ip(&["-d", "link", "show", "flannel-gro"]).unwrap();
     assert!(details.contains("srcport 32768 60999"), "{details}");
     tc.terminate().unwrap();
 
     // XDP decap runs before GRO: no device.
-    let mut xdp = bed.agent(1, &[&pins, "--bpf-decap=xdp"]).unwrap();
+    let mut xdp = bed.agent(1, &["--bpf-decap=xdp"]).unwrap();
     xdp.wait_ready(READY).unwrap();
     assert!(host.ip(&["link", "show", "flannel-gro"]).is_err());
     xdp.terminate().unwrap();
 
     agents[0].terminate().unwrap();
-    cleanup_removes(&bed.hosts[0], &pins, &["flannel-gro"]);
+    cleanup_removes(&bed, 0, &["flannel-gro"]);
 }
 
 /// udp with TC decap: the GRO device is a veth whose far end merges what `tc_ingress`
@@ -227,13 +225,8 @@ fn gro_merges_vxlan_frames_before_tc_decap_and_its_device_follows_the_agent() {
 #[test]
 fn gro_merges_udp_frames_after_tc_decap_and_its_device_follows_the_agent() {
     require_root();
-    let bpffs = Bpffs::mount().unwrap();
-    let ((_, pins_0), (pin_dir, pins)) = (bpffs.pin_dir("host0"), bpffs.pin_dir("host1"));
-    let flags = |pins| [pins, "--bpf-decap=tc", "--healthz-port=8471"];
-    let (bed, mut agents, containers) =
-        Testbed::cluster_on(Underlay::NicLike, UDP, &[&flags(&pins_0), &flags(&pins)]).unwrap();
-    testbed::all_reach_all(&containers, READY).unwrap();
-    let host = &bed.hosts[1];
+    let (bed, mut agents, containers) = cluster(UDP, &["--bpf-decap=tc", "--healthz-port=8471"]);
+    let (host, pin_dir) = (&bed.hosts[1], bed.pin_dir(1));
     let decap = r#"flannel_bpf_decap_info{decap="tc",gro="decapsulated frames"}"#;
     assert_eq!(metric(host, 8471, decap), 1.0);
     let details = host.ip(&["-d", "link", "show", "flannel-gro"]).unwrap();
@@ -264,11 +257,10 @@ fn gro_merges_udp_frames_after_tc_decap_and_its_device_follows_the_agent() {
         "{merged} bytes per packet the container got"
     );
 
-    // Deleted by hand, the device comes back with its filter, and the programs use it.
-    let merging = || {
-        host.exec("tc", &["filter", "show", "dev", "flannel-gro-p", "ingress"])
-            .is_ok_and(|out| out.contains("tc_merged"))
-    };
+    // Deleted by hand, the device comes back with its hook, and the programs use it.
+    let ingress = TcAttachType::Ingress;
+    let merging =
+        || hooks::hooked(host, "flannel-gro-p", ingress).is_ok_and(|h| h == ["tc_merged"]);
     let index = || {
         let index = host.exec("cat", &["/sys/class/net/flannel-gro/ifindex"]);
         index.ok().and_then(|i| i.trim().parse::<u32>().ok())
@@ -287,9 +279,8 @@ fn gro_merges_udp_frames_after_tc_decap_and_its_device_follows_the_agent() {
     })
     .unwrap();
     verified_transfer(&b.ns, at(b.ip, 5002), &a.ns, at(b.ip, 5002), 8 << 20).unwrap();
-    host.exec("tc", &["filter", "del", "dev", "flannel-gro-p", "ingress"])
-        .unwrap();
-    wait_for("the GRO device's filter", READY, merging).unwrap();
+    hooks::unhook(host, "flannel-gro-p", ingress).unwrap();
+    wait_for("the GRO device's hook", READY, merging).unwrap();
     verified_transfer(&b.ns, at(b.ip, 5003), &a.ns, at(b.ip, 5003), 8 << 20).unwrap();
 
     // A restart keeps the device (no moment without GRO).
@@ -301,20 +292,22 @@ fn gro_merges_udp_frames_after_tc_decap_and_its_device_follows_the_agent() {
     agents[1].terminate().unwrap();
 
     // XDP decap runs before GRO: no device.
-    let mut xdp = bed.agent(1, &[&pins, "--bpf-decap=xdp"]).unwrap();
+    let mut xdp = bed.agent(1, &["--bpf-decap=xdp"]).unwrap();
     xdp.wait_ready(READY).unwrap();
     assert!(index().is_none());
     assert!(host.ip(&["link", "show", "flannel-gro-p"]).is_err());
     xdp.terminate().unwrap();
 
     agents[0].terminate().unwrap();
-    cleanup_removes(&bed.hosts[0], &pins_0, &["flannel-gro", "flannel-gro-p"]);
+    cleanup_removes(&bed, 0, &["flannel-gro", "flannel-gro-p"]);
 }
 
-/// `flanneld --cleanup` (with the `--bpf-pin-dir` flag `pins`) succeeds on `host`, whose agent
-/// has exited, and removes the `devices`.
-fn cleanup_removes(host: &flannel_tests::netns::Netns, pins: &str, devices: &[&str]) {
-    let mut cleanup = Agent::spawn(host, &["--cleanup", pins]).unwrap();
+/// `flanneld --cleanup` succeeds on host `index`, whose agent has exited, and removes the
+/// `devices`.
+fn cleanup_removes(bed: &Testbed, index: usize, devices: &[&str]) {
+    let (host, pins) = (&bed.hosts[index], bed.pin_dir(index));
+    let pins = format!("--bpf-pin-dir={}", pins.display());
+    let mut cleanup = Agent::spawn(host, &["--cleanup", &pins]).unwrap();
     let status = cleanup.wait_exit(READY).unwrap();
     assert!(status.success(), "{}", cleanup.log());
     for name in devices {
@@ -322,14 +315,13 @@ fn cleanup_removes(host: &flannel_tests::netns::Netns, pins: &str, devices: &[&s
     }
 }
 
-/// With our filter gone (removed by hand), a peer's VXLAN packet for a container, which the
+/// With our hook gone (removed by hand), a peer's VXLAN packet for a container, which the
 /// GRO device's socket now gets, reaches no container: the device passes nothing on.
 #[test]
 fn the_gro_device_never_takes_a_packet_in() {
     let (bed, _agents, containers) = cluster(VXLAN, &[]);
     let host = &bed.hosts[1];
-    host.exec("tc", &["filter", "del", "dev", "eth0", "ingress"])
-        .unwrap();
+    hooks::unhook(host, "eth0", TcAttachType::Ingress).unwrap();
     let gro_mac = host
         .exec("cat", &["/sys/class/net/flannel-gro/address"])
         .unwrap()

@@ -4,10 +4,11 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use aya::maps::lpm_trie::Key;
+use aya::{maps::lpm_trie::Key, programs::TcAttachType};
 use flannel_common::{pins::Pins, Encap, PeerInfo, Tunnel, TunnelEnds};
 use flannel_tests::{
     etcd::wait_for,
+    hooks,
     netns::Bpffs,
     pins, require_root,
     testbed::{lease_key, Testbed},
@@ -107,12 +108,10 @@ fn ebpf_maps_devices_and_filters_changed_by_hand_converge() {
     })
     .unwrap();
 
-    // Our filter on the NIC deleted: attached again, containers reach each other.
-    host.exec("tc", &["filter", "del", "dev", "eth0", "ingress"])
-        .unwrap();
-    wait_for("the NIC filter", READY, || {
-        host.exec("tc", &["filter", "show", "dev", "eth0", "ingress"])
-            .is_ok_and(|out| out.contains("tc_ingress"))
+    // Our hook on the NIC removed: attached again, containers reach each other.
+    hooks::unhook(host, "eth0", TcAttachType::Ingress).unwrap();
+    wait_for("the NIC's hook", READY, || {
+        hooks::hooked(host, "eth0", TcAttachType::Ingress).unwrap() == ["tc_ingress"]
     })
     .unwrap();
     containers[0].ping(containers[1].ip).unwrap();

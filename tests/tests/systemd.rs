@@ -197,6 +197,12 @@ fn installed_unit_under_systemd_starts_restarts_and_stops_without_dropping_traff
         systemd.journal(UNIT).unwrap()
     );
     assert_eq!(subnet(&systemd), subnet_before);
+    // Bounded to its capabilities, the agent still sees its own hooks: it never takes them
+    // for gone and attaches them again.
+    let journal = systemd
+        .exec("journalctl", &["-u", UNIT, "--no-pager"])
+        .unwrap();
+    assert!(!journal.contains("attaching it again"), "{journal}");
 
     // stop: exit 0, the lease and traffic stay.
     systemd

@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: etcd and three hosts in network namespaces on one underlay, a
 //! dual-stack vxlan network, each host with a docker0-style bridge on its FLANNEL_SUBNET and
 //! FLANNEL_IPV6_SUBNET and two containers, flanneld on every host; then every container pings
-//! every other over IPv4 and IPv6, and iperf3 runs across. Cleans up on exit and Ctrl-C.
+//! every other once over IPv4 and IPv6 (each its pair's first contact, which must answer
+//! within 100 ms), and iperf3 runs across. Cleans up on exit and Ctrl-C.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -13,6 +14,8 @@ use flannel_tests::{
 };
 
 const HOSTS: usize = 3;
+/// The slowest a first ping may answer.
+const FIRST_CONTACT: Duration = Duration::from_millis(100);
 const CONFIG: &str = r#"{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10::/48", "Backend": {"Type": "vxlan"}}"#;
 
 pub fn run() -> Result<()> {
@@ -59,29 +62,49 @@ pub fn run() -> Result<()> {
         agents.push(agent);
     }
 
+    // Every host routes every other's subnets before the first ping (nothing is sent to
+    // find out): each ping below is its pair's first contact.
+    for host in 0..agents.len() {
+        for (_, other) in agents
+            .iter()
+            .enumerate()
+            .filter(|(other, _)| *other != host)
+        {
+            for subnet in [other.subnet()?, other.ipv6_subnet()?.to_string()] {
+                bed.wait_routed(host, &subnet, Duration::from_secs(20))?;
+            }
+        }
+    }
     let mut failures = 0;
     for family in ["IPv4", "IPv6"] {
-        println!("\nping over {family} (round trip ms), every container to every other:");
-        print!("{:<12}", "from \\ to");
+        let address = |container: &Container| match (family, container.ipv6) {
+            ("IPv6", Some(ipv6)) => IpAddr::V6(ipv6),
+            _ => IpAddr::V4(container.ip),
+        };
+        let width = if family == "IPv6" { 20 } else { 12 };
+        println!("\nfirst ping over {family} (round trip ms), every container to every other:");
+        print!("{:<width$}", "from \\ to");
         for (_, to) in &containers {
-            print!("{:>11}", to.ip.to_string());
+            print!("{:>width$}", address(to).to_string());
         }
         println!();
         for (_, from) in &containers {
-            print!("{:<12}", from.ip.to_string());
+            print!("{:<width$}", address(from).to_string());
             for (_, to) in &containers {
-                let target = match (family, to.ipv6) {
-                    ("IPv6", Some(ipv6)) => IpAddr::V6(ipv6),
-                    _ => IpAddr::V4(to.ip),
-                };
-                let cell = match ping_ms(from, target) {
-                    Ok(ms) => format!("{ms:.3}"),
+                // A first packet held back (an unsettled address, a missing entry) costs
+                // about a second; resolving neighbours on the way, well under a millisecond.
+                let cell = match from.ping_once(address(to), Duration::from_secs(2)) {
+                    Ok(rtt) if rtt <= FIRST_CONTACT => format!("{:.3}", rtt.as_secs_f64() * 1e3),
+                    Ok(rtt) => {
+                        failures += 1;
+                        format!("SLOW {:.0}", rtt.as_secs_f64() * 1e3)
+                    }
                     Err(_) => {
                         failures += 1;
                         "FAIL".into()
                     }
                 };
-                print!("{cell:>11}");
+                print!("{cell:>width$}");
             }
             println!();
         }
@@ -102,22 +125,13 @@ pub fn run() -> Result<()> {
     println!("datapath: dual-stack vxlan on our eBPF programs (flanneld --datapath=ebpf)");
     drop(agents);
     if failures > 0 {
-        bail!("{failures} container pairs could not reach each other");
+        bail!("{failures} first pings failed or took over {FIRST_CONTACT:?}");
     }
     println!(
         "\nall {} containers reach each other over IPv4 and IPv6; cleaning up",
         containers.len()
     );
     Ok(())
-}
-
-fn ping_ms(from: &Container, to: IpAddr) -> Result<f64> {
-    let out = from.ping(to)?;
-    out.split("time=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|ms| ms.parse().ok())
-        .context("no round-trip time in ping's output")
 }
 
 fn iperf(server: &Container, client: &Container) -> Result<f64> {

@@ -8,9 +8,12 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use aya::programs::TcAttachType;
 use clap::Parser;
 use flannel_common::{
-    pins::Pins, DatapathConfig, DropReason, Encap, PeerTraffic, Tunnel, THROUGH_NETFILTER,
+    pins::Pins,
+    program_names::{TC_ENCAP, TC_INGRESS, TC_MERGED},
+    DatapathConfig, DropReason, Encap, PeerTraffic, Tunnel, THROUGH_NETFILTER,
 };
 use serde::Serialize;
 
@@ -308,11 +311,22 @@ async fn describe_datapath(
             let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) else {
                 continue;
             };
-            if !netlink::filter_priorities(&netlink, index, egress, FILTER_MINOR)
+            let kind = if egress {
+                TcAttachType::Egress
+            } else {
+                TcAttachType::Ingress
+            };
+            let ours = [TC_INGRESS, TC_ENCAP, TC_MERGED];
+            if ebpf::tcx_programs(&name, kind)
+                .iter()
+                .any(|program| ours.contains(&program.as_str()))
+            {
+                attached.push(format!("{label}, TCX link"));
+            } else if !netlink::filter_priorities(&netlink, index, egress, FILTER_MINOR)
                 .await?
                 .is_empty()
             {
-                attached.push(label);
+                attached.push(format!("{label}, filter"));
             }
         }
         let xdp = netlink::xdp_program(&netlink, nic_index).await?.is_some()

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use tracing::{info, warn};
 
 use super::{
-    attach::{self, PortHook},
+    attach::{self, Lasting, PortHook},
     EbpfDatapath, OVERLAY_DEV,
 };
 use crate::{
@@ -37,7 +37,10 @@ impl EbpfDatapath {
         if self.bridge.as_ref() == Some(&(name.clone(), index)) {
             return;
         }
-        match attach::attach_replacing(self.programs.tc_encap(), &name, TcAttachType::Ingress) {
+        match self
+            .hooks
+            .attach(self.programs.tc_encap(), bridge_hook(&name))
+        {
             Ok(()) => {
                 info!(bridge = %name, "fast path attached to the container bridge");
                 self.bridge = Some((name, index));
@@ -57,7 +60,8 @@ impl EbpfDatapath {
             .flatten()
             .flatten()
             .map(|entry| entry.file_name().to_string_lossy().into_owned());
-        for name in std::iter::once(bridge.clone()).chain(ports) {
+        self.hooks.detach(bridge_hook(&bridge));
+        for name in ports {
             attach::detach(&name, TcAttachType::Ingress);
         }
         info!(bridge = %bridge, "fast path off: container traffic crosses FORWARD");
@@ -126,12 +130,13 @@ impl EbpfDatapath {
         let Some((bridge, index)) = self.bridge.clone() else {
             return Ok(());
         };
-        let encap = self.programs.tc_encap();
-        attach::reattach(&self.netlink, encap, &bridge, TcAttachType::Ingress).await?;
+        let (encap, hook) = (self.programs.tc_encap(), bridge_hook(&bridge));
+        self.hooks.restore(&self.netlink, encap, hook).await?;
         let ports = endpoints::bridge_ports(&self.netlink, index).await?;
         for (index, name) in &ports {
             let linked = matches!(self.ports.get(index), Some(PortHook::Link(_)));
-            if linked && !attach::on_port(self.programs.tc_encap(), name) {
+            let ingress = TcAttachType::Ingress;
+            if linked && !attach::on_hook(self.programs.tc_encap(), name, ingress) {
                 warn!(port = %name, "our TCX link on the port is gone; attaching it again");
                 self.forget_port(*index);
             }
@@ -180,6 +185,15 @@ impl EbpfDatapath {
             info!(bridge = %bridge, containers = count, "fast path endpoints updated");
         }
         Ok(())
+    }
+}
+
+/// The container bridge's hook, where `tc_encap` catches what a port has not yet.
+fn bridge_hook(bridge: &str) -> Lasting<'_> {
+    Lasting {
+        iface: bridge,
+        kind: TcAttachType::Ingress,
+        pin: "tc_bridge_link",
     }
 }
 

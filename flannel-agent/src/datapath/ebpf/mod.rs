@@ -40,8 +40,8 @@ use crate::{
         netlink,
     },
 };
-pub use attach::FILTER_MINOR;
-use attach::{attach_replacing, attach_xdp, detach_xdp, reattach, XDP_LINK_PIN};
+use attach::{attach_xdp, detach_xdp, Hooks, Lasting, XDP_LINK_PIN};
+pub use attach::{tcx_programs, FILTER_MINOR};
 pub use fast_path::bridge_of;
 use gro_device::{GroDevice, GRO_PEER};
 use programs::Programs;
@@ -49,6 +49,17 @@ use programs::Programs;
 /// The overlay device, a veth whose peer never sees a packet: `tc_encap` redirects them all.
 pub const OVERLAY_DEV: &str = "flannel-bpf";
 const OVERLAY_PEER: &str = "flannel-bpf-p";
+/// The overlay device's and the GRO veth's hooks.
+const OVERLAY_HOOK: Lasting = Lasting {
+    iface: OVERLAY_DEV,
+    kind: TcAttachType::Egress,
+    pin: "tc_overlay_link",
+};
+const GRO_HOOK: Lasting = Lasting {
+    iface: GRO_PEER,
+    kind: TcAttachType::Ingress,
+    pin: "tc_gro_link",
+};
 /// `BPF_F_ADJ_ROOM_ENCAP_L2_ETH`, needed for VXLAN GSO, came with Linux 5.13.
 const MIN_KERNEL: (u8, u8) = (5, 13);
 
@@ -114,6 +125,8 @@ pub struct EbpfDatapath {
     bridge: Option<(String, u32)>,
     /// The bridge's ports (containers' host-side veths) with `tc_encap` at their ingress.
     ports: HashMap<u32, attach::PortHook>,
+    /// How the hooks that outlive us are made.
+    hooks: Hooks,
     pin_dir: std::path::PathBuf,
     decap: Decap,
     check_inner_source: bool,
@@ -154,6 +167,8 @@ impl EbpfDatapath {
                 return Err(Unsupported(format!("the kernel refused our programs: {e:#}")).into())
             }
         };
+        let pins_outlive_us = programs::ensure_bpffs(&options.pin_dir)?;
+        let hooks = Hooks::choose(pins_outlive_us, &options.pin_dir)?;
         let netlink = netlink::connect()?;
         if encap == Encap::Vxlan {
             kernel_vxlan::remove_classic_device(&netlink, vni).await?;
@@ -175,6 +190,7 @@ impl EbpfDatapath {
             active: None,
             bridge: None,
             ports: HashMap::new(),
+            hooks,
             pin_dir: options.pin_dir.clone(),
             check_inner_source: options.check_inner_source,
             fast_path: options.fast_path,
@@ -268,12 +284,13 @@ impl EbpfDatapath {
     /// the peers, so no packet meets an empty map.
     pub fn attach(&mut self) -> Result<()> {
         let nic = self.nic.name.clone();
+        let hooks = &self.hooks;
         // Before `tc_ingress` sends frames into the GRO veth.
         if self.gro_device() == Some(GroDevice::Veth) {
-            attach_replacing(self.programs.tc_merged(), GRO_PEER, TcAttachType::Ingress)?;
+            hooks.attach(self.programs.tc_merged(), GRO_HOOK)?;
         }
-        attach_replacing(self.programs.tc_ingress(), &nic, TcAttachType::Ingress)?;
-        attach_replacing(self.programs.tc_encap(), OVERLAY_DEV, TcAttachType::Egress)?;
+        hooks.attach(self.programs.tc_ingress(), nic_hook(&nic))?;
+        hooks.attach(self.programs.tc_encap(), OVERLAY_HOOK)?;
         self.programs.pin_maps(&self.pin_dir)?;
         let xdp_pin = self.pin_dir.join(XDP_LINK_PIN);
         match self.decap {
@@ -543,14 +560,16 @@ impl EbpfDatapath {
         }
         self.activate(ours, mtu).await?;
         let gro_veth = self.gro_device() == Some(GroDevice::Veth);
-        let (netlink, programs) = (&self.netlink, &mut self.programs);
-        let nic = self.nic.name.as_str();
-        reattach(netlink, programs.tc_ingress(), nic, TcAttachType::Ingress).await?;
-        let encap = programs.tc_encap();
-        reattach(netlink, encap, OVERLAY_DEV, TcAttachType::Egress).await?;
+        let (netlink, programs, hooks) = (&self.netlink, &mut self.programs, &self.hooks);
+        let nic = nic_hook(&self.nic.name);
+        hooks.restore(netlink, programs.tc_ingress(), nic).await?;
+        hooks
+            .restore(netlink, programs.tc_encap(), OVERLAY_HOOK)
+            .await?;
         if gro_veth {
-            let merged = programs.tc_merged();
-            reattach(netlink, merged, GRO_PEER, TcAttachType::Ingress).await?;
+            hooks
+                .restore(netlink, programs.tc_merged(), GRO_HOOK)
+                .await?;
         }
         if self.fast_path {
             self.restore_fast_path().await?;
@@ -574,6 +593,15 @@ impl EbpfDatapath {
             .map(|(subnet, ip, key)| Ok((subnet, ip, self.programs.traffic(key)?)))
             .collect::<Result<_>>()?;
         Ok((traffic, self.programs.drops()?))
+    }
+}
+
+/// The NIC's hook, where `tc_ingress` decapsulates.
+fn nic_hook(nic: &str) -> Lasting<'_> {
+    Lasting {
+        iface: nic,
+        kind: TcAttachType::Ingress,
+        pin: "tc_nic_link",
     }
 }
 
@@ -612,7 +640,7 @@ async fn ensure_overlay_device(netlink: &Handle, mtu: u32, mac: Option<Mac>) -> 
 }
 
 /// `--cleanup`: our TC filters on every interface, the overlay and GRO devices, and the pin
-/// directory (maps and the XDP link, which goes with its pin).
+/// directory (maps, and the TCX and XDP links, which go with their pins).
 pub async fn cleanup(netlink: &Handle, pin_dir: &std::path::Path) -> Result<()> {
     let mut filters = 0;
     for entry in std::fs::read_dir("/sys/class/net").context("listing interfaces")? {

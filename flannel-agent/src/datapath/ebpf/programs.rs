@@ -18,8 +18,9 @@ use flannel_common::{
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 
-/// The object built from `flannel-ebpf` when this binary was compiled.
-static EMBEDDED_OBJECT: &[u8] =
+/// The object built from `flannel-ebpf` when this binary was compiled (the one `cargo xtask
+/// build-ebpf` prints).
+pub static EMBEDDED_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flannel.bpf.o"));
 
 /// The loaded programs and their maps.
@@ -285,10 +286,14 @@ pub fn check_object(path: &Path) -> Result<()> {
 
 /// Makes `dir` a directory on a bpf filesystem, mounting bpffs at /sys/fs/bpf when `dir` is
 /// below it and nothing is mounted there (`ip netns exec` gives a fresh /sys).
-fn ensure_bpffs(dir: &Path) -> Result<()> {
+/// Makes sure `dir` is on a bpffs, mounting one at /sys/fs/bpf where the host has none.
+/// Returns whether its pins outlive us: not when we mounted that bpffs in a mount namespace
+/// of our own (`ip netns exec` makes one), which dies with us.
+pub(super) fn ensure_bpffs(dir: &Path) -> Result<bool> {
     use nix::sys::statfs::{statfs, BPF_FS_MAGIC};
     let root = Path::new("/sys/fs/bpf");
     let on_bpffs = |path: &Path| statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC);
+    let mut outlives_us = true;
     if dir.starts_with(root) && !on_bpffs(root) {
         nix::mount::mount(
             Some("bpf"),
@@ -298,12 +303,19 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
             None::<&str>,
         )
         .context("mounting bpffs at /sys/fs/bpf")?;
+        outlives_us = shares_init_mounts();
     }
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if !on_bpffs(dir) {
         bail!("--bpf-pin-dir {} is not on a bpf filesystem", dir.display());
     }
-    Ok(())
+    Ok(outlives_us)
+}
+
+/// Whether we are in init's mount namespace (false where we may not tell).
+fn shares_init_mounts() -> bool {
+    let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    namespace("self").is_some_and(|ours| Some(ours) == namespace("1"))
 }
 
 /// Every entry of a routes map (the agent's, or a pinned one): peer subnet → tunnel.
