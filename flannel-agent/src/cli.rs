@@ -115,6 +115,17 @@ pub struct Args {
           default_value = "false", default_missing_value = "true",
           value_parser = BoolishValueParser::new(), help_heading = FLANNEL)]
     pub ip_masq: bool,
+    /// disable fully-random mode for MASQUERADE
+    #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), help_heading = FLANNEL)]
+    pub ip_masq_fully_random_disable: bool,
+    /// add a blackhole route for this host's subnet: what no container here holds is dropped,
+    /// not sent out of the default route
+    #[arg(long, env = "FLANNELD_IP_BLACKHOLE_ROUTE", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), help_heading = FLANNEL)]
+    pub ip_blackhole_route: bool,
     /// resync period for iptables rules, in seconds
     #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..), help_heading = FLANNEL)]
@@ -172,6 +183,34 @@ pub struct Args {
     /// load the eBPF programs from this object instead of the embedded one
     #[arg(long, env = "FLANNELD_BPF_OBJECT", help_heading = OURS)]
     pub bpf_object: Option<PathBuf>,
+    #[command(flatten)]
+    kubernetes: KubernetesFlags,
+}
+
+/// flannel's Kubernetes mode, which this flanneld does not have: given, each is refused by name
+/// (flannel would quietly ignore the others without `--kube-subnet-mgr`).
+#[derive(clap::Args, Debug, Clone)]
+struct KubernetesFlags {
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true", value_parser = kubernetes_only)]
+    kube_subnet_mgr: Option<String>,
+    #[arg(long, hide = true, value_parser = kubernetes_only)]
+    kube_api_url: Option<String>,
+    #[arg(long, hide = true, value_parser = kubernetes_only)]
+    kube_annotation_prefix: Option<String>,
+    #[arg(long, hide = true, value_parser = kubernetes_only)]
+    kubeconfig_file: Option<String>,
+    #[arg(long, hide = true, value_parser = kubernetes_only)]
+    net_config_path: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true", value_parser = kubernetes_only)]
+    set_node_network_unavailable: Option<String>,
+}
+
+fn kubernetes_only(_: &str) -> Result<String, String> {
+    Err(
+        "flannel's Kubernetes mode is not supported by this flanneld, which leases subnets \
+         from etcd (--etcd-endpoints)"
+            .into(),
+    )
 }
 
 impl Args {
@@ -323,6 +362,38 @@ mod tests {
         assert_eq!(args.verbosity, 2);
         assert!(parse(&["-ip-masq=true"]).unwrap().ip_masq);
         assert!(!parse(&["--ip-masq=false"]).unwrap().ip_masq);
+        // flannel v0.28's flags.
+        let args = parse(&["-ip-masq-fully-random-disable", "-ip-blackhole-route"]).unwrap();
+        assert!(args.ip_masq_fully_random_disable && args.ip_blackhole_route);
+        let args = parse(&[]).unwrap();
+        assert!(!args.ip_masq_fully_random_disable && !args.ip_blackhole_route);
+    }
+
+    #[test]
+    fn flannels_kubernetes_mode_is_refused_by_name() {
+        for (args, flag) in [
+            (&["-kube-subnet-mgr"][..], "--kube-subnet-mgr"),
+            (&["--kube-api-url=https://k8s:6443"], "--kube-api-url"),
+            (
+                &["--kubeconfig-file", "/etc/kubeconfig"],
+                "--kubeconfig-file",
+            ),
+            (&["--kube-annotation-prefix=x"], "--kube-annotation-prefix"),
+            (
+                &["--net-config-path=/etc/kube-flannel/net-conf.json"],
+                "--net-config-path",
+            ),
+            (
+                &["--set-node-network-unavailable=false"],
+                "--set-node-network-unavailable",
+            ),
+        ] {
+            let message = parse(args).unwrap_err().to_string();
+            assert!(
+                message.contains(flag) && message.contains("Kubernetes mode is not supported"),
+                "{args:?}: {message}"
+            );
+        }
     }
 
     #[test]

@@ -33,11 +33,12 @@ use crate::{
     },
     datapath::{ebpf::Maps, Datapath, Ours},
     host::{
+        blackhole,
         endpoints::ContainerEvents,
-        firewall::{Firewall, Wanted},
+        firewall::{self, Firewall, Wanted},
         iface,
         iface::ExtIface,
-        iptables,
+        netlink, rules,
     },
     ops::{
         health, metrics,
@@ -88,6 +89,9 @@ pub async fn run(args: Args) -> Result<()> {
             iface.name
         ),
     };
+    let (ipv4, ipv6) = config.families();
+    let rules = args.ip_masq || args.iptables_forward_rules;
+    firewall::check_tools(config.nftables, (ipv4 && rules, ipv6 && rules)).await?;
     let mut datapath = Datapath::start(&datapath_options, &config, &iface).await?;
     let attrs = LeaseAttrs {
         // flannel's IPv6-only leases say 0.0.0.0.
@@ -135,8 +139,10 @@ pub async fn run(args: Args) -> Result<()> {
         reading_maps: false,
         etcd_down: false,
         last_status: String::new(),
+        netlink: netlink::connect()?,
     };
     agent.publish_subnet()?;
+    agent.ensure_blackholes().await;
     while let Err(e) = agent.relist().await {
         warn!("listing peers: {e:#}; retrying");
         sleep(RETRY).await;
@@ -215,6 +221,8 @@ struct Agent {
     sync_retry: Option<(Instant, Duration)>,
     /// The last STATUS= sent to systemd.
     last_status: String,
+    /// For the host's routes of ours that no datapath owns (blackholes).
+    netlink: rtnetlink::Handle,
 }
 
 /// SIGTERM and SIGINT, once the agent is up.
@@ -665,7 +673,26 @@ impl Agent {
         }
         self.ensure_subnet_env();
         self.firewall.keep(self.firewall());
+        self.ensure_blackholes().await;
         self.resync_datapath().await;
+    }
+
+    /// `--ip-blackhole-route`: a blackhole route for each of our subnets (none without it).
+    async fn ensure_blackholes(&self) {
+        let ours = ours(&self.config, &self.lease);
+        let subnets: Vec<ipnet::IpNet> = match self.args.ip_blackhole_route {
+            true => [
+                ours.ipv4.map(|(_, s)| s.into()),
+                ours.ipv6.map(|(_, s)| s.into()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            false => Vec::new(),
+        };
+        if let Err(e) = blackhole::ensure(&self.netlink, &subnets).await {
+            error!("{e:#}; retrying at the next resync");
+        }
     }
 }
 
@@ -682,25 +709,23 @@ fn ours(config: &Config, lease: &OwnLease) -> Ours {
 /// network, and (on the eBPF fast path) the FORWARD rules it bypasses named.
 fn firewall(args: &Args, config: &Config, lease: &OwnLease, datapath: &Datapath) -> Wanted {
     let ours = ours(config, lease);
-    let mut rules = Vec::new();
-    if args.ip_masq {
-        if let Some((network, subnet)) = ours.ipv4 {
-            rules.extend(iptables::masq_rules(network, subnet));
+    let families = [
+        ours.ipv4.map(|(n, s)| (n.into(), s.into())),
+        ours.ipv6.map(|(n, s)| (n.into(), s.into())),
+    ];
+    let mut chains = Vec::new();
+    for (network, subnet) in families.into_iter().flatten() {
+        if args.ip_masq {
+            let fully_random = !args.ip_masq_fully_random_disable;
+            chains.push(rules::masquerade(network, subnet, fully_random));
         }
-        if let Some((network, subnet)) = ours.ipv6 {
-            rules.extend(iptables::masq_rules(network, subnet));
-        }
-    }
-    if args.iptables_forward_rules {
-        if let Some((network, _)) = ours.ipv4 {
-            rules.extend(iptables::forward_rules(network));
-        }
-        if let Some((network, _)) = ours.ipv6 {
-            rules.extend(iptables::forward_rules(network));
+        if args.iptables_forward_rules {
+            chains.push(rules::forward(network));
         }
     }
     Wanted {
-        rules,
+        chains,
+        nftables: config.nftables,
         fast_path: datapath.bypasses_forward(),
     }
 }

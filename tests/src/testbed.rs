@@ -583,6 +583,19 @@ impl Container {
         self.ns.pings_lost_while(to, count, during)
     }
 
+    /// The source address a TCP connection from this container to `target` arrives with, as
+    /// a listener there (in `listener_ns`) sees it: the container's own, or a masquerading
+    /// host's.
+    pub fn source_seen_by(&self, listener_ns: &Netns, target: IpAddr) -> Result<IpAddr> {
+        let listener = listener_ns.enter(|| std::net::TcpListener::bind((target, 7778)))??;
+        std::thread::scope(|scope| {
+            let accept = scope.spawn(|| listener.accept().map(|(_, from)| from.ip()));
+            self.ns
+                .enter(|| std::net::TcpStream::connect((target, 7778)).map(drop))??;
+            Ok(accept.join().expect("the accepting thread")?)
+        })
+    }
+
     /// One ping to `to`, waiting at most `timeout` for the reply; its round trip.
     pub fn ping_once(&self, to: impl Into<IpAddr>, timeout: Duration) -> Result<Duration> {
         let (to, wait) = (to.into().to_string(), timeout.as_secs_f64().to_string());

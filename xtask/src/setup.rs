@@ -25,6 +25,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("etcd-client", "tests and demo (etcdctl)"),
     ("iproute2", "network namespaces"),
     ("iptables", "--ip-masq rules"),
+    ("nftables", "tests (nft reads the EnableNFTables tables)"),
     ("iperf3", "demo and bench"),
     ("bpftool", "inspecting programs"),
     ("iputils-ping", "tests"),

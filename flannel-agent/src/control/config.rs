@@ -23,6 +23,8 @@ pub struct Config {
     /// `IPv6Network` and its subnets (`EnableIPv6`).
     pub ipv6: Option<Ipv6Config>,
     pub backend: Backend,
+    /// `EnableNFTables`: the rules go to nftables tables rather than iptables chains.
+    pub nftables: bool,
 }
 
 /// One family's network and its subnets, with flannel's defaults.
@@ -67,6 +69,8 @@ pub enum Backend {
         vni: u32,
         port: u16,
         mtu: Option<u32>,
+        /// `DirectRouting`: peers on our interface's subnet are routed to, not tunnelled.
+        direct_routing: bool,
     },
     HostGw,
 }
@@ -129,6 +133,7 @@ pub fn parse(json: &str) -> Result<Config> {
         ipv4,
         ipv6,
         backend,
+        nftables: flag(root, "EnableNFTables")?.unwrap_or(false),
     })
 }
 
@@ -290,12 +295,16 @@ fn parse_backend(backend: &Map<String, Value>) -> Result<Backend> {
             port: port(backend)?.unwrap_or(DEFAULT_UDP_PORT),
         }),
         "vxlan" => {
-            if field(backend, "GBP").and_then(Value::as_bool) == Some(true) {
+            if flag(backend, "GBP").context("Backend")? == Some(true) {
                 bail!("Backend.GBP: VXLAN group policy is not supported by this flanneld");
             }
-            if field(backend, "DirectRouting").and_then(Value::as_bool) == Some(true) {
-                bail!("Backend.DirectRouting: not supported by this flanneld");
+            if flag(backend, "Learning").context("Backend")? == Some(true) {
+                bail!(
+                    "Backend.Learning: address learning on the vxlan device is not supported by \
+                     this flanneld (peers come from etcd)"
+                );
             }
+            let direct_routing = flag(backend, "DirectRouting").context("Backend")?;
             let vni = match integer(backend, "VNI").context("Backend")? {
                 None => 1,
                 Some(vni) if vni >= 1 << 24 => bail!("Backend.VNI: {vni} does not fit in 24 bits"),
@@ -312,7 +321,12 @@ fn parse_backend(backend: &Map<String, Value>) -> Result<Backend> {
                 None | Some(0) => DEFAULT_VXLAN_PORT,
                 Some(port) => port,
             };
-            Ok(Backend::Vxlan { vni, port, mtu })
+            Ok(Backend::Vxlan {
+                vni,
+                port,
+                mtu,
+                direct_routing: direct_routing.unwrap_or(false),
+            })
         }
         "host-gw" => Ok(Backend::HostGw),
         "ipip" | "wireguard" | "alloc" | "ipsec" | "tencent-vpc" | "ali-vpc" | "aws-vpc"
@@ -451,9 +465,27 @@ mod tests {
             Backend::Vxlan {
                 vni: 7,
                 port: 4789,
-                mtu: None
+                mtu: None,
+                direct_routing: false,
             }
         );
+    }
+
+    #[test]
+    fn flannel_v0_28_keys_are_taken() {
+        let config = ok(r#"{"Network": "10.1.0.0/16", "EnableNFTables": true,
+            "Backend": {"Type": "vxlan", "DirectRouting": true, "GBP": false, "Learning": false}}"#);
+        assert!(config.nftables);
+        assert_eq!(
+            config.backend,
+            Backend::Vxlan {
+                vni: 1,
+                port: 8472,
+                mtu: None,
+                direct_routing: true,
+            }
+        );
+        assert!(!ok(r#"{"Network": "10.1.0.0/16"}"#).nftables);
     }
 
     #[test]
@@ -464,7 +496,8 @@ mod tests {
             Backend::Vxlan {
                 vni: 1,
                 port: 8472,
-                mtu: None
+                mtu: None,
+                direct_routing: false,
             }
         );
         let config = ok(r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "udp"}}"#);
@@ -607,8 +640,21 @@ mod tests {
                 "Backend.Port: 70000 is not a UDP port",
             ),
             (
-                r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}}"#,
-                "Backend.DirectRouting: not supported by this flanneld",
+                r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan", "GBP": true}}"#,
+                "Backend.GBP: VXLAN group policy is not supported by this flanneld",
+            ),
+            (
+                r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan", "Learning": true}}"#,
+                "Backend.Learning: address learning on the vxlan device is not supported by \
+                 this flanneld (peers come from etcd)",
+            ),
+            (
+                r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": 1}}"#,
+                "Backend: DirectRouting: expected true or false, got 1",
+            ),
+            (
+                r#"{"Network": "10.1.0.0/16", "EnableNFTables": "yes"}"#,
+                r#"EnableNFTables: expected true or false, got "yes""#,
             ),
             (
                 r#"{"Network": "10.1.0.0/16", "EnableIPv4": false}"#,

@@ -1,11 +1,14 @@
-//! `--ip-masq` and `--iptables-forward-rules`: flannel's chains and rules, exactly as flannel
-//! writes them, through the `iptables` and `ip6tables` commands (no library speaks nftables'
-//! iptables-compat).
+//! `--ip-masq` and `--iptables-forward-rules` in iptables mode: flannel's chains and rules,
+//! exactly as flannel writes them, through the `iptables` and `ip6tables` commands (no library
+//! speaks nftables' iptables-compat). Our chains are written whole, atomically, with
+//! `iptables-restore --noflush`: no moment without them.
 
-use tokio::process::Command;
+use std::process::Stdio;
 
+use tokio::{io::AsyncWriteExt, process::Command};
+
+use crate::host::rules::{self, Hook, Match, Verdict};
 use anyhow::{bail, Context, Result};
-use ipnet::IpNet;
 
 pub const MASQ_CHAIN: &str = "FLANNEL-POSTRTG";
 pub const FORWARD_CHAIN: &str = "FLANNEL-FWD";
@@ -23,6 +26,13 @@ pub struct Rule {
 type Chain = (&'static str, &'static str, &'static str, &'static str);
 const MASQ: Chain = ("nat", "POSTROUTING", MASQ_CHAIN, "flanneld masq");
 const FORWARD: Chain = ("filter", "FORWARD", FORWARD_CHAIN, "flanneld forward");
+
+fn chain_of(hook: Hook) -> &'static Chain {
+    match hook {
+        Hook::Postrouting => &MASQ,
+        Hook::Forward => &FORWARD,
+    }
+}
 
 /// `<matches> -m comment --comment "<comment>" <target>`, as flannel writes its rules.
 fn rule(ipv6: bool, chain: &Chain, in_chain: &'static str, matches: &str, target: &str) -> Rule {
@@ -43,37 +53,41 @@ fn jump(ipv6: bool, chain: &Chain) -> Rule {
     rule(ipv6, chain, chain.1, "", &format!("-j {}", chain.2))
 }
 
-/// flannel's masquerade rules for network `n` and our subnet `s` of one family, jump first.
-pub fn masq_rules(n: impl Into<IpNet>, s: impl Into<IpNet>) -> Vec<Rule> {
-    let (n, s) = (n.into(), s.into());
-    let ipv6 = matches!(n, IpNet::V6(_));
-    let multicast = if ipv6 { "ff00::/8" } else { "224.0.0.0/4" };
-    let own = |matches: String, target: &str| rule(ipv6, &MASQ, MASQ_CHAIN, &matches, target);
-    vec![
-        jump(ipv6, &MASQ),
-        own("-m mark --mark 0x4000/0x4000".into(), "-j RETURN"),
-        own(format!("-s {s} -d {n}"), "-j RETURN"),
-        own(format!("-s {n} -d {s}"), "-j RETURN"),
-        own(format!("! -s {n} -d {s}"), "-j RETURN"),
-        own(
-            format!("-s {n} ! -d {multicast}"),
-            "-j MASQUERADE --random-fully",
-        ),
-        own(format!("! -s {n} -d {n}"), "-j MASQUERADE --random-fully"),
-    ]
+/// `chain` as iptables rules, the built-in chain's jump first.
+pub fn rules(chain: &rules::Chain) -> Vec<Rule> {
+    let ours = chain_of(chain.hook);
+    let own = chain.rules.iter().map(|r| {
+        let matches: Vec<String> = r.matches.iter().map(match_text).collect();
+        let target = match r.verdict {
+            Verdict::Return => "-j RETURN",
+            Verdict::Accept => "-j ACCEPT",
+            Verdict::Masquerade { fully_random: true } => "-j MASQUERADE --random-fully",
+            Verdict::Masquerade {
+                fully_random: false,
+            } => "-j MASQUERADE",
+        };
+        rule(chain.ipv6, ours, ours.2, &matches.join(" "), target)
+    });
+    std::iter::once(jump(chain.ipv6, ours)).chain(own).collect()
 }
 
-/// flannel's forward rules for network `n` of one family, jump first (Docker sets FORWARD's
-/// policy to DROP).
-pub fn forward_rules(n: impl Into<IpNet>) -> Vec<Rule> {
-    let n = n.into();
-    let ipv6 = matches!(n, IpNet::V6(_));
-    let own = |matches: String| rule(ipv6, &FORWARD, FORWARD_CHAIN, &matches, "-j ACCEPT");
-    vec![
-        jump(ipv6, &FORWARD),
-        own(format!("-s {n}")),
-        own(format!("-d {n}")),
-    ]
+fn match_text(matched: &Match) -> String {
+    match matched {
+        Match::Mark(bits) => format!("-m mark --mark {bits:#x}/{bits:#x}"),
+        Match::Source(n) => format!("-s {n}"),
+        Match::NotSource(n) => format!("! -s {n}"),
+        Match::Destination(n) => format!("-d {n}"),
+        Match::NotDestination(n) => format!("! -d {n}"),
+    }
+}
+
+/// Whether `iptables` (`ip6tables` for IPv6) runs here.
+pub async fn available(ipv6: bool) -> bool {
+    Command::new(command(ipv6))
+        .arg("--version")
+        .output()
+        .await
+        .is_ok_and(|output| output.status.success())
 }
 
 /// The rules in FORWARD and DOCKER-USER that overlay traffic on the eBPF fast path never
@@ -127,9 +141,9 @@ pub async fn remove_all() -> Result<()> {
 
 /// Makes the rules present and in order; returns true when something had to be (re)written.
 ///
-/// Our own chains are rewritten whole when any rule is missing or out of place, so a changed
-/// subnet or a rule deleted by hand comes back in flannel's order; jumps from built-in chains
-/// are added when missing.
+/// Our own chains are rewritten whole, in one `iptables-restore --noflush` transaction, when
+/// any rule is missing or out of place, so a changed subnet or a rule deleted by hand comes
+/// back in flannel's order; jumps from built-in chains are added when missing.
 pub async fn ensure(rules: &[Rule]) -> Result<bool> {
     let mut changed = false;
     let mut own_chains: Vec<(bool, &str, &str)> = Vec::new();
@@ -151,17 +165,15 @@ pub async fn ensure(rules: &[Rule]) -> Result<bool> {
             .filter(|line| line.starts_with("-A "))
             .map(str::to_owned)
             .collect();
-        if present == wanted {
-            continue;
-        }
-        changed = true;
-        if listed.is_none() {
-            iptables(ipv6, table, &["-N", chain]).await?;
-        } else {
-            iptables(ipv6, table, &["-F", chain]).await?;
-        }
-        for rule in mine {
-            append(rule).await?;
+        if present != wanted {
+            changed = true;
+            // Declared in a --noflush restore, the chain is created or emptied, and filled,
+            // in one commit.
+            let input = format!(
+                "*{table}\n:{chain} - [0:0]\n{}\nCOMMIT\n",
+                wanted.join("\n")
+            );
+            restore(ipv6, &input).await?;
         }
     }
     for rule in rules.iter().filter(|r| !r.chain.starts_with("FLANNEL-")) {
@@ -169,13 +181,15 @@ pub async fn ensure(rules: &[Rule]) -> Result<bool> {
         check.extend(rule.spec.iter().map(String::as_str));
         if iptables(rule.ipv6, rule.table, &check).await.is_err() {
             changed = true;
-            append(rule).await?;
+            let mut append = vec!["-A", rule.chain];
+            append.extend(rule.spec.iter().map(String::as_str));
+            iptables(rule.ipv6, rule.table, &append).await?;
         }
     }
     Ok(changed)
 }
 
-/// How `iptables -S` prints a rule.
+/// How `iptables -S` prints a rule (and `iptables-restore` reads it).
 fn listing(rule: &Rule) -> String {
     let spec: Vec<String> = rule
         .spec
@@ -191,15 +205,17 @@ fn listing(rule: &Rule) -> String {
     format!("-A {} {}", rule.chain, spec.join(" "))
 }
 
-async fn append(rule: &Rule) -> Result<()> {
-    let mut args = vec!["-A", rule.chain];
-    args.extend(rule.spec.iter().map(String::as_str));
-    iptables(rule.ipv6, rule.table, &args).await.map(drop)
+fn command(ipv6: bool) -> &'static str {
+    if ipv6 {
+        "ip6tables"
+    } else {
+        "iptables"
+    }
 }
 
 /// Runs `iptables`, or `ip6tables` when `ipv6`.
 async fn iptables(ipv6: bool, table: &str, args: &[&str]) -> Result<String> {
-    let command = if ipv6 { "ip6tables" } else { "iptables" };
+    let command = command(ipv6);
     let output = Command::new(command)
         .args(["-w", "5", "-t", table])
         .args(args)
@@ -214,6 +230,29 @@ async fn iptables(ipv6: bool, table: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Feeds `input` to `iptables-restore --noflush` (`ip6tables-restore` when `ipv6`).
+async fn restore(ipv6: bool, input: &str) -> Result<()> {
+    let command = format!("{}-restore", command(ipv6));
+    let mut child = Command::new(&command)
+        .args(["--noflush", "-w", "5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {command}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(input.as_bytes()).await?;
+    drop(stdin);
+    let output = child.wait_with_output().await?;
+    if !output.status.success() {
+        bail!(
+            "{command} --noflush failed: {}; its input:\n{input}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -247,7 +286,8 @@ mod tests {
     fn rule_text_is_flannels() {
         let n: ipnet::Ipv4Net = "10.1.0.0/16".parse().unwrap();
         let s: ipnet::Ipv4Net = "10.1.83.0/24".parse().unwrap();
-        let text: Vec<String> = masq_rules(n, s).iter().map(listing).collect();
+        let masq = |fully_random| rules(&rules::masquerade(n.into(), s.into(), fully_random));
+        let text: Vec<String> = masq(true).iter().map(listing).collect();
         assert_eq!(
             text,
             [
@@ -260,7 +300,10 @@ mod tests {
                 r#"-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
             ]
         );
-        let text: Vec<String> = forward_rules(n).iter().map(listing).collect();
+        let text: Vec<String> = rules(&rules::forward(n.into()))
+            .iter()
+            .map(listing)
+            .collect();
         assert_eq!(
             text,
             [
@@ -269,16 +312,25 @@ mod tests {
                 r#"-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#,
             ]
         );
-        assert!(masq_rules(n, s).iter().all(|rule| !rule.ipv6));
+        assert!(masq(true).iter().all(|rule| !rule.ipv6));
+        // --ip-masq-fully-random-disable: flannel's MASQUERADE without --random-fully.
+        let plain: Vec<String> = masq(false).iter().map(listing).collect();
+        assert_eq!(
+            plain[5..],
+            [
+                r#"-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE"#,
+                r#"-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE"#,
+            ]
+        );
     }
 
     #[test]
     fn ipv6_rule_text_is_flannels() {
         let n: ipnet::Ipv6Net = "fd00:10::/48".parse().unwrap();
         let s: ipnet::Ipv6Net = "fd00:10:0:53::/64".parse().unwrap();
-        let rules = masq_rules(n, s);
-        assert!(rules.iter().all(|rule| rule.ipv6));
-        let text: Vec<String> = rules.iter().map(listing).collect();
+        let masq = rules(&rules::masquerade(n.into(), s.into(), true));
+        assert!(masq.iter().all(|rule| rule.ipv6));
+        let text: Vec<String> = masq.iter().map(listing).collect();
         assert_eq!(
             text,
             [
@@ -291,7 +343,10 @@ mod tests {
                 r#"-A FLANNEL-POSTRTG ! -s fd00:10::/48 -d fd00:10::/48 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#,
             ]
         );
-        let text: Vec<String> = forward_rules(n).iter().map(listing).collect();
+        let text: Vec<String> = rules(&rules::forward(n.into()))
+            .iter()
+            .map(listing)
+            .collect();
         assert_eq!(
             text,
             [

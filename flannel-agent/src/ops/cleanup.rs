@@ -1,6 +1,7 @@
 //! `flanneld --cleanup`: removes what flanneld installed on this host: our TC filters, the
 //! overlay devices (`flannel-bpf`, `flannel.<VNI>`, the GRO device `flannel-gro`), our routes
-//! (host-gw, overlay, classic vxlan), our iptables chains and the pinned maps.
+//! (host-gw, overlay, classic vxlan, blackhole), our iptables chains and nftables tables, and
+//! the pinned maps.
 //! The lease stays in etcd until its TTL runs out, as when flannel stops for good.
 
 use std::{
@@ -13,7 +14,7 @@ use tracing::info;
 
 use crate::{
     datapath::{ebpf, kernel_vxlan},
-    host::{iptables, netlink},
+    host::{iptables, netlink, nftables},
 };
 
 pub async fn run(pin_dir: &Path) -> Result<()> {
@@ -35,6 +36,7 @@ pub async fn run(pin_dir: &Path) -> Result<()> {
     }
     info!(routes = count, "removed our routes");
     iptables::remove_all().await?;
-    info!("removed our iptables chains");
+    nftables::remove_all().await?;
+    info!("removed our iptables chains and nftables tables");
     Ok(())
 }
