@@ -284,6 +284,12 @@ impl Agent {
         self.wait_exit(Duration::from_secs(30))
     }
 
+    /// Kills it (SIGKILL): nothing of its own runs at exit.
+    pub fn kill(&mut self) -> Result<()> {
+        run("kill", &["-KILL", &self.pid()?.to_string()])?;
+        self.wait_exit(Duration::from_secs(30)).map(drop)
+    }
+
     /// Starts it again with the same arguments and files.
     pub fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {

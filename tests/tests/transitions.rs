@@ -230,3 +230,52 @@ fn map_ids(pins: &std::path::Path) -> Vec<u32> {
     maps.map(|entry| aya::maps::MapInfo::from_pin(entry.path()).unwrap().id())
         .collect()
 }
+
+/// A host "reboots" (its agent killed, /run emptied, its pins, devices, hooks and routes
+/// gone) and comes back with the same subnet and VTEP MAC, so its lease does not change and no
+/// peer rewrites anything: traffic is back within a second of the agent's READY.
+fn a_reboot_keeps_the_subnet_and_the_vtep_mac(flags: &[&str], devices: &[&str]) {
+    require_root();
+    let kind = Underlay::Passthrough;
+    let (bed, mut agents, containers) =
+        Testbed::dual_stack_cluster_on(kind, DUAL_VXLAN, &[flags, flags]).unwrap();
+    routed_between(&bed, &agents, 0, 1);
+    let (c0, c1) = (&containers[0], &containers[1]);
+    answers_at_once(c1, c0);
+    let key = agents[0].lease_key().unwrap();
+    let lease = bed.etcd.get(&key).unwrap().expect("host 0's lease");
+
+    let host = &bed.hosts[0];
+    agents[0].kill().unwrap();
+    std::fs::remove_file(agents[0].subnet_file()).unwrap();
+    // (The classic datapath pins nothing.)
+    let pins = bed.pin_dir(0);
+    if pins.exists() {
+        std::fs::remove_dir_all(pins).unwrap();
+    }
+    for device in devices {
+        host.ip(&["link", "del", device]).unwrap();
+    }
+    assert!(c1.ping(c0.ip).is_err(), "host 0 still forwards");
+
+    agents[0].restart().unwrap();
+    agents[0].wait_ready(READY).unwrap();
+    assert_eq!(bed.etcd.get(&key).unwrap().as_deref(), Some(lease.as_str()));
+    for target in addresses(c0) {
+        flannel_tests::etcd::wait_for("traffic back", Duration::from_secs(1), || {
+            c1.ping_once(target, Duration::from_millis(200)).is_ok()
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_reboot_keeps_the_subnet_and_the_vtep_mac_on_ebpf() {
+    a_reboot_keeps_the_subnet_and_the_vtep_mac(&[], &["flannel-bpf", "flannel-gro"]);
+}
+
+#[test]
+fn a_reboot_keeps_the_subnet_and_the_vtep_mac_on_kernel_vxlan() {
+    let devices = ["flannel.1", "flannel-v6.1"];
+    a_reboot_keeps_the_subnet_and_the_vtep_mac(&["--datapath=classic"], &devices);
+}

@@ -33,6 +33,7 @@ use crate::{
     host::{
         iface::{self, ExtIface},
         netlink::{self, RouteFamily, ROUTE_PROTOCOL},
+        vtep_mac,
     },
 };
 
@@ -226,11 +227,18 @@ fn tunnel<A: Family>(peer: &Peer) -> Option<Tunnel<A>> {
 
 impl<A: Family> Device<A> {
     async fn start(link: Link, local: A, mtu: u32) -> Result<Self> {
+        let name = format!("{}{}", A::DEVICE, link.vni);
+        // A new device (after a reboot, say) gets this host's VTEP MAC; one that is there
+        // keeps the MAC its peers know.
+        let mac = match nix::net::if_::if_nametoindex(name.as_str()) {
+            Ok(_) => None,
+            Err(_) => vtep_mac::for_device(&name, local.into()),
+        };
         let mut device = Self {
-            name: format!("{}{}", A::DEVICE, link.vni),
+            name,
             link,
             index: 0,
-            mac: Mac::default(),
+            mac: mac.unwrap_or_default(),
             local,
             mtu,
             subnet: None,
@@ -245,8 +253,8 @@ impl<A: Family> Device<A> {
         Ok(device)
     }
 
-    /// The device with flannel's parameters, up; one recreated after it went missing gets
-    /// back the MAC our lease advertises.
+    /// The device with flannel's parameters, up, with our MAC (the one our lease advertises,
+    /// also when it was recreated after it went missing).
     async fn ensure(&mut self) -> Result<()> {
         let Link {
             netlink,

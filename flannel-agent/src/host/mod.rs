@@ -9,3 +9,4 @@ pub mod iptables;
 pub mod netlink;
 pub mod nftables;
 pub mod rules;
+pub mod vtep_mac;

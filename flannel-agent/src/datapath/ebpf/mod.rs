@@ -15,7 +15,7 @@ pub mod programs;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{bail, Context, Result};
@@ -37,7 +37,7 @@ use crate::{
     datapath::{kernel_vxlan, overlay_device, Decap, Installed, Options, Ours},
     host::{
         iface::{self, ExtIface},
-        netlink,
+        netlink, vtep_mac,
     },
 };
 use attach::{attach_xdp, detach_xdp, Hooks, Lasting, XDP_LINK_PIN};
@@ -174,7 +174,19 @@ impl EbpfDatapath {
             kernel_vxlan::remove_classic_device(&netlink, vni).await?;
         }
         let mtu = nic.overlay_mtu(backend);
-        let (overlay_index, vtep_mac) = ensure_overlay_device(&netlink, mtu, None).await?;
+        // A new overlay device (after a reboot, say) gets this host's VTEP MAC; one that is
+        // there keeps the MAC its peers know.
+        let public_ip = match ipv4 {
+            true => IpAddr::V4(nic.public_ip),
+            false => nic
+                .public_ipv6
+                .map_or(IpAddr::V4(nic.public_ip), IpAddr::V6),
+        };
+        let mac = match nix::net::if_::if_nametoindex(OVERLAY_DEV) {
+            Ok(_) => None,
+            Err(_) => vtep_mac::for_device(OVERLAY_DEV, public_ip),
+        };
+        let (overlay_index, vtep_mac) = ensure_overlay_device(&netlink, mtu, mac).await?;
         info!(device = OVERLAY_DEV, mtu, vtep_mac = %vtep_mac, "overlay device");
         Ok(Self {
             programs,
