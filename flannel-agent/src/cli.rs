@@ -187,8 +187,9 @@ pub struct Args {
     kubernetes: KubernetesFlags,
 }
 
-/// flannel's Kubernetes mode, which this flanneld does not have: given, each is refused by name
-/// (flannel would quietly ignore the others without `--kube-subnet-mgr`).
+/// flannel's flags for what this flanneld does not have, its Kubernetes mode and klog's
+/// per-file logging: given, each is refused by name (flannel would quietly ignore the
+/// Kubernetes ones without `--kube-subnet-mgr`).
 #[derive(clap::Args, Debug, Clone)]
 struct KubernetesFlags {
     #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true", value_parser = kubernetes_only)]
@@ -203,6 +204,19 @@ struct KubernetesFlags {
     net_config_path: Option<String>,
     #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true", value_parser = kubernetes_only)]
     set_node_network_unavailable: Option<String>,
+    /// klog's flags that flannel copies besides `-v`.
+    #[arg(long, hide = true, value_parser = klog_only)]
+    vmodule: Option<String>,
+    #[arg(long = "log_backtrace_at", hide = true, value_parser = klog_only)]
+    log_backtrace_at: Option<String>,
+}
+
+fn klog_only(_: &str) -> Result<String, String> {
+    Err(
+        "klog's per-file logging is not supported by this flanneld: -v sets the level, and \
+         RUST_LOG (e.g. RUST_LOG=flannel_agent::datapath=debug) filters by module"
+            .into(),
+    )
 }
 
 fn kubernetes_only(_: &str) -> Result<String, String> {

@@ -20,14 +20,14 @@ pub mod map_names {
     pub const CONFIG: &str = "FLANNEL_CONFIG_V3";
     pub const PEERS: &str = "FLANNEL_PEERS_V1";
     pub const DROPS: &str = "FLANNEL_DROPS_V2";
-    pub const ROUTES: &str = "FLANNEL_ROUTES_V2";
+    pub const ROUTES: &str = "FLANNEL_ROUTES_V3";
     pub const TRAFFIC: &str = "FLANNEL_TRAFFIC_V1";
     pub const ENDPOINTS: &str = "FLANNEL_ENDPOINTS_V1";
     pub const EVENTS: &str = "FLANNEL_EVENTS_V2";
     pub const EVENT_RATE: &str = "FLANNEL_EVENT_RATE_V1";
     pub const CONFIG6: &str = "FLANNEL_CONFIG6_V2";
     pub const PEERS6: &str = "FLANNEL_PEERS6_V1";
-    pub const ROUTES6: &str = "FLANNEL_ROUTES6_V1";
+    pub const ROUTES6: &str = "FLANNEL_ROUTES6_V2";
     pub const ENDPOINTS6: &str = "FLANNEL_ENDPOINTS6_V1";
 }
 
@@ -93,6 +93,14 @@ pub const THROUGH_NETFILTER: u32 = 2;
 /// judged as a tunnel packet (the IPv4 fields are zero); IPv6 goes by [`DatapathConfig6`].
 pub const IPV6_ONLY: u32 = 4;
 
+/// [`DatapathConfig::flags`]: vxlan's `DirectRouting`: some routes are [`DIRECT`], and a
+/// plain packet from such a peer's subnet to a local container goes straight into it.
+pub const DIRECT_ROUTING: u32 = 8;
+
+/// [`Tunnel::flags`], [`Tunnel6::flags`]: the peer is on our interface's subnet
+/// (`DirectRouting`): its traffic is sent to its public address as it is, unencapsulated.
+pub const DIRECT: u16 = 1;
+
 /// The network-byte-order mask of a prefix length.
 pub const fn mask_be(prefix_len: u8) -> u32 {
     match prefix_len {
@@ -130,7 +138,8 @@ pub struct Tunnel {
     /// vxlan the VXLAN header and the inner Ethernet header. Per packet the program fills in
     /// the IPv4 total length and checksum, and the UDP source port and length.
     pub header: [u8; HEADER_LEN],
-    pub _pad: [u8; 2],
+    /// [`DIRECT`]: no header; `remote_ip_be` is the next hop.
+    pub flags: u16,
 }
 
 /// Both ends of a tunnel, for [`Tunnel::new`]. Addresses and port in network byte order.
@@ -174,7 +183,18 @@ impl Tunnel {
             remote_ip_be: ends.remote_ip_be,
             ip_sum,
             header,
-            _pad: [0; 2],
+            flags: 0,
+        }
+    }
+
+    /// A route to a peer on our interface's subnet (`DirectRouting`): its public IPv4 is the
+    /// next hop, nothing is encapsulated.
+    pub const fn direct(remote_ip_be: u32) -> Self {
+        Self {
+            remote_ip_be,
+            ip_sum: 0,
+            header: [0; HEADER_LEN],
+            flags: DIRECT,
         }
     }
 }
@@ -259,7 +279,8 @@ pub struct Tunnel6 {
     pub remote_ip: [u8; 16],
     /// The peer's IPv6 VTEP MAC: the inner Ethernet destination.
     pub remote_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// [`DIRECT`]: sent to `remote_ip` unencapsulated.
+    pub flags: u16,
     /// The key of the peer's traffic counters (network byte order): its public IPv4, or in
     /// an IPv6-only network a number the agent makes of its IPv6 subnet.
     pub traffic_key_be: u32,

@@ -4,6 +4,7 @@
 
 mod csum;
 mod decap;
+mod direct;
 mod encap;
 mod events;
 mod guard;
@@ -18,7 +19,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use flannel_common::{
-    DatapathConfig, DropReason, Encap, Endpoint, Hook, IPV6_ONLY, THROUGH_NETFILTER,
+    DatapathConfig, DropReason, Encap, Endpoint, Hook, DIRECT, DIRECT_ROUTING, IPV6_ONLY,
+    THROUGH_NETFILTER,
 };
 
 use events::Peer;
@@ -77,7 +79,7 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
         return NEXT;
     };
     let Some(header_len) = guard::claimed_header_len(&ctx, cfg) else {
-        return NEXT;
+        return direct_receive(&ctx, cfg);
     };
     if !linear(&ctx, header_len) {
         return NEXT;
@@ -116,6 +118,46 @@ fn tc_receive(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason> 
         return Ok(to_gro_device(ctx, cfg));
     }
     Ok(deliver(ctx, false))
+}
+
+/// `DirectRouting`: a plain packet from a direct peer's subnet to a local container goes
+/// straight into it, as a decapsulated one does; anything else goes on to the next program.
+#[inline(always)]
+fn direct_receive(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
+    if cfg.flags & DIRECT_ROUTING == 0 || cfg.flags & THROUGH_NETFILTER != 0 {
+        return NEXT;
+    }
+    let Some(eth) = ctx.packet().header::<EthHdr>(0) else {
+        return NEXT;
+    };
+    let (ipv4, ipv6) = (eth.is_ipv4(), eth.is_ipv6());
+    // (Pulling data invalidates what was read of the packet before.)
+    if !(ipv4 || ipv6) || !linear(ctx, (ETH_HLEN + if ipv6 { IPV6_HLEN } else { 20 }) as u32) {
+        return NEXT;
+    }
+    let pkt = ctx.packet();
+    let peer_be = if ipv6 {
+        let Some(ip) = pkt.header::<Ipv6Hdr>(ETH_HLEN) else {
+            return NEXT;
+        };
+        match maps::tunnel6_to(ip.saddr) {
+            Some(tunnel) if tunnel.flags & DIRECT != 0 => tunnel.traffic_key_be,
+            _ => return NEXT,
+        }
+    } else {
+        let Some(ip) = pkt.header::<Ipv4Hdr>(ETH_HLEN) else {
+            return NEXT;
+        };
+        match maps::tunnel_to(ip.saddr_be()) {
+            Some(tunnel) if tunnel.flags & DIRECT != 0 => tunnel.remote_ip_be,
+            _ => return NEXT,
+        }
+    };
+    if endpoint(ctx, ipv6).is_none() {
+        return NEXT;
+    }
+    maps::count_rx(peer_be, ctx.len());
+    deliver(ctx, ipv6)
 }
 
 /// udp: nothing merged the frames of the udp format before us, so a decapsulated frame for
@@ -232,6 +274,10 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
     let Some(tunnel) = maps::tunnel_to(dst) else {
         return NEXT;
     };
+    if tunnel.flags & DIRECT != 0 {
+        maps::count_tx(tunnel.remote_ip_be, ctx.len());
+        return direct::send(cfg.nic_ifindex, tunnel.remote_ip_be);
+    }
     // Too big to tunnel whole: the stack fragments it or answers "fragmentation needed".
     let gso = gso_size(&ctx) != 0;
     if !gso && u32::from(ip.total_len()) > cfg.inner_mtu {
@@ -277,6 +323,10 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     let Some(tunnel) = maps::tunnel6_to(dst) else {
         return NEXT;
     };
+    if tunnel.flags & DIRECT != 0 {
+        maps::count_tx(tunnel.traffic_key_be, ctx.len());
+        return direct::send6(cfg.nic_ifindex, &tunnel.remote_ip);
+    }
     // At the overlay device the stack has applied the tunnel's MTU already. At the bridge,
     // a packet (or a GSO packet's segment) too big for it takes the stack's way, which
     // answers "packet too big".

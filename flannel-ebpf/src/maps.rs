@@ -17,7 +17,7 @@ pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 pub static PEERS: HashMap<u32, PeerInfo> = HashMap::with_max_entries(MAX_PEERS, 0);
 
 /// Peer subnets (network byte order, longest prefix) to their tunnel.
-#[map(name = "FLANNEL_ROUTES_V2")]
+#[map(name = "FLANNEL_ROUTES_V3")]
 pub static ROUTES: LpmTrie<u32, Tunnel> = LpmTrie::with_max_entries(MAX_PEERS, 0);
 
 /// The IPv6 half of a dual-stack network; all zero while IPv4 only.
@@ -29,7 +29,7 @@ pub static CONFIG6: Array<DatapathConfig6> = Array::with_max_entries(1, 0);
 pub static PEERS6: HashMap<[u8; 16], PeerInfo6> = HashMap::with_max_entries(MAX_PEERS, 0);
 
 /// Peer IPv6 subnets (longest prefix) to their tunnel.
-#[map(name = "FLANNEL_ROUTES6_V1")]
+#[map(name = "FLANNEL_ROUTES6_V2")]
 pub static ROUTES6: LpmTrie<[u8; 16], Tunnel6> = LpmTrie::with_max_entries(MAX_PEERS, 0);
 
 /// Traffic per peer public IPv4; the agent creates the entries.

@@ -114,6 +114,44 @@ impl Netns {
         Ok(count - received)
     }
 
+    /// How many packets matching the tcpdump `filter` cross `dev` while `during` runs.
+    pub fn packets_seen(&self, dev: &str, filter: &str, during: impl FnOnce()) -> Result<usize> {
+        use std::io::{BufRead, BufReader, Read};
+        let mut tcpdump = Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "tcpdump", "-i", dev, "-n", "-l", "-q",
+            ])
+            .arg("--immediate-mode")
+            .args(filter.split_whitespace())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running tcpdump")?;
+        // It says so on stderr once it captures.
+        let mut stderr = BufReader::new(tcpdump.stderr.take().expect("piped"));
+        let mut line = String::new();
+        while !line.contains("listening on") {
+            line.clear();
+            if stderr.read_line(&mut line)? == 0 {
+                bail!("tcpdump on {}'s {dev} stopped: {line}", self.name);
+            }
+        }
+        during();
+        // What was captured is flushed as it exits on SIGINT.
+        run("kill", &["-INT", &tcpdump.id().to_string()])?;
+        let mut captured = String::new();
+        tcpdump
+            .stdout
+            .take()
+            .expect("piped")
+            .read_to_string(&mut captured)?;
+        tcpdump.wait()?;
+        Ok(captured
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .count())
+    }
+
     /// Waits, as a container runtime does, until no IPv6 address of `devs` is tentative: the
     /// kernel holds an interface's first IPv6 packets while duplicate address detection runs
     /// (about a second). Fails on an address whose detection failed, or after 10 s.

@@ -213,11 +213,60 @@ impl Testbed {
         Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 0x10 + index as u16)
     }
 
-    /// Host `index` gets its IPv6 address on the underlay, and forwards IPv6.
+    /// Moves host `index` (on the passthrough underlay) to another subnet behind the
+    /// underlay's router: 192.168.66.<10 + index>/24 (and fd66::<10 + index>/64 where it had
+    /// IPv6), whose hosts reach the others through a gateway, not on their link. Returns its
+    /// new addresses.
+    pub fn move_off_link(&self, index: usize) -> Result<(Ipv4Addr, Option<Ipv6Addr>)> {
+        let host = &self.hosts[index];
+        for (gateway, sysctl) in [
+            ("192.168.66.1/24", "net.ipv4.ip_forward=1"),
+            ("fd66::1/64", "net.ipv6.conf.all.forwarding=1"),
+        ] {
+            if !self
+                .underlay
+                .ip(&["addr", "show", "dev", "br0"])?
+                .contains(gateway)
+            {
+                let family = if gateway.contains(':') { "-6" } else { "-4" };
+                self.underlay
+                    .ip(&[family, "addr", "add", gateway, "dev", "br0", "nodad"])?;
+                self.underlay.exec("sysctl", &["-qw", sysctl])?;
+            }
+        }
+        let ipv4 = Ipv4Addr::new(192, 168, 66, 10 + index as u8);
+        // (Deleting the primary address first: the kernel would take secondaries with it.)
+        host.ip(&["-4", "addr", "flush", "dev", "eth0"])?;
+        host.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
+        host.ip(&["route", "replace", "default", "via", "192.168.66.1"])?;
+        let had_ipv6 = host
+            .ip(&["-6", "addr", "show", "dev", "eth0", "scope", "global"])?
+            .contains("inet6");
+        let ipv6 = had_ipv6.then(|| Ipv6Addr::new(0xfd66, 0, 0, 0, 0, 0, 0, 0x10 + index as u16));
+        if let Some(ipv6) = ipv6 {
+            host.ip(&["-6", "addr", "flush", "dev", "eth0", "scope", "global"])?;
+            host.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ipv6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            host.ip(&["-6", "route", "replace", "default", "via", "fd66::1"])?;
+        }
+        Ok((ipv4, ipv6))
+    }
+
+    /// Host `index` gets its IPv6 address on the underlay (and a default route through it,
+    /// as IPv4 has), and forwards IPv6.
     pub fn enable_ipv6(&self, index: usize) -> Result<()> {
         let host = &self.hosts[index];
         let addr = format!("{}/64", Self::host_ipv6(index));
         host.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
+        let gateway = UNDERLAY_IPV6_GATEWAY.to_string();
+        host.ip(&["-6", "route", "replace", "default", "via", &gateway])?;
         host.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
         host.settle_ipv6(&["eth0"])
     }
@@ -228,8 +277,6 @@ impl Testbed {
         self.enable_ipv6(index)?;
         let host = &self.hosts[index];
         host.ip(&["-4", "addr", "flush", "dev", "eth0"])?;
-        let gateway = UNDERLAY_IPV6_GATEWAY.to_string();
-        host.ip(&["-6", "route", "add", "default", "via", &gateway])?;
         self.ipv6_only.push(index);
         Ok(())
     }

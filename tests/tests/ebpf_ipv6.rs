@@ -90,7 +90,7 @@ fn dual_stack(check_inner_source: bool, overlay_ifindex: u32) -> Programs {
             Tunnel6 {
                 remote_ip: PEER.octets(),
                 remote_mac: PEER_VTEP,
-                _pad: [0; 2],
+                flags: 0,
                 traffic_key_be: ipv4_be,
             },
         )

@@ -8,8 +8,8 @@ use aya::programs::{TestRun, TestRunOptions, XdpMode};
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
     event_addr_v4, mask_be, pins::Pins, DatapathConfig, DropEvent, DropReason, Encap, Endpoint,
-    Hook, PeerInfo, Tunnel, TunnelEnds, CHECK_INNER_SOURCE, EVENTS_PER_SECOND, UDP_BACKEND_PORT,
-    VXLAN_PORT,
+    Hook, PeerInfo, Tunnel, TunnelEnds, CHECK_INNER_SOURCE, DIRECT_ROUTING, EVENTS_PER_SECOND,
+    THROUGH_NETFILTER, UDP_BACKEND_PORT, VXLAN_PORT,
 };
 use flannel_tests::{
     bpf_run::{drop_events, run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -674,4 +674,75 @@ fn local_traffic_is_never_tunnelled_whatever_the_routes_map_holds() {
     }
     let to_peer = container_frame(Ipv4Addr::new(10, 1, 74, 2), 100);
     assert_eq!(run(programs.tc_encap(), &to_peer).0, TC_ACT_REDIRECT);
+}
+
+/// `DirectRouting`: a container's packet for a peer on our interface's subnet leaves as it
+/// is, redirected to the NIC with no outer headers; a plain packet from that peer's subnet to
+/// a local container goes straight into it; one from a tunnelled peer's subnet, or without
+/// DirectRouting, goes on to the stack.
+#[test]
+fn direct_routing_sends_and_delivers_packets_as_they_are() {
+    let mut programs = guard(Encap::Vxlan);
+    let neighbour = Ipv4Addr::new(192, 168, 64, 4);
+    let direct_subnet = "10.1.75.0/24".parse().unwrap();
+    programs
+        .insert_route(direct_subnet, Tunnel::direct(u32::from(neighbour).to_be()))
+        .unwrap();
+    programs.track_traffic(neighbour).unwrap();
+    let frame = container_frame(Ipv4Addr::new(10, 1, 75, 2), 100);
+    assert_eq!(
+        run(programs.tc_encap(), &frame),
+        (TC_ACT_REDIRECT, frame.clone())
+    );
+    assert_eq!(programs.traffic(neighbour).unwrap().tx_packets, 1);
+
+    let container = Ipv4Addr::new(10, 1, 83, 2);
+    let endpoint = Endpoint {
+        ifindex: 1,
+        mac: [2, 0, 0, 0, 0, 0x22],
+        bridge_mac: [2, 0, 0, 0, 0, 0x11],
+    };
+    programs
+        .insert_endpoint(container.into(), endpoint)
+        .unwrap();
+    let from = |src| {
+        let ip = packet::ipv4(src, container, IPPROTO_TCP, &[0; 20]);
+        packet::ethernet(
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 2],
+            packet::ETH_P_IP,
+            &ip,
+        )
+    };
+    let plain = from(Ipv4Addr::new(10, 1, 75, 2));
+    let tunnelled_subnet = from(Ipv4Addr::new(10, 1, 74, 2));
+    // Without DirectRouting, a plain packet is the stack's.
+    assert_eq!(
+        run(programs.tc_ingress(), &plain),
+        (TC_ACT_UNSPEC, plain.clone())
+    );
+    let mut config = config_in_network(Encap::Vxlan, true);
+    config.flags |= DIRECT_ROUTING;
+    programs.set_config(config).unwrap();
+    let delivered = [
+        &[endpoint.mac, endpoint.bridge_mac].concat()[..],
+        &plain[12..],
+    ]
+    .concat();
+    assert_eq!(
+        run(programs.tc_ingress(), &plain),
+        (TC_ACT_REDIRECT, delivered)
+    );
+    assert_eq!(programs.traffic(neighbour).unwrap().rx_packets, 1);
+    assert_eq!(
+        run(programs.tc_ingress(), &tunnelled_subnet),
+        (TC_ACT_UNSPEC, tunnelled_subnet.clone())
+    );
+    // Through netfilter (--bpf-fast-path=false), the stack routes it.
+    config.flags |= THROUGH_NETFILTER;
+    programs.set_config(config).unwrap();
+    assert_eq!(
+        run(programs.tc_ingress(), &plain),
+        (TC_ACT_UNSPEC, plain.clone())
+    );
 }

@@ -37,9 +37,11 @@ pub enum Row {
     KernelVxlan6,
     /// A dual-stack network's IPv6 on eBPF (the default).
     EbpfVxlan6,
+    /// vxlan's `DirectRouting` on eBPF: the hosts share a subnet, so no tunnel.
+    EbpfDirect,
 }
 
-const ROWS: [Row; 10] = [
+const ROWS: [Row; 11] = [
     Row::HostGw,
     Row::KernelVxlan,
     Row::TunUdp,
@@ -50,6 +52,7 @@ const ROWS: [Row; 10] = [
     Row::EbpfUdpXdp,
     Row::KernelVxlan6,
     Row::EbpfVxlan6,
+    Row::EbpfDirect,
 ];
 
 impl Row {
@@ -65,22 +68,26 @@ impl Row {
             Row::TunUdp => "udp, TUN loop",
             Row::KernelVxlan6 => "IPv6: vxlan, kernel device",
             Row::EbpfVxlan6 => "IPv6: vxlan, eBPF (default)",
+            Row::EbpfDirect => "vxlan DirectRouting, eBPF",
         }
     }
 
-    /// The backend type and flanneld's flags for this row.
+    /// The config's backend (its JSON members) and flanneld's flags for this row.
     fn setup(self) -> (&'static str, &'static [&'static str]) {
+        const VXLAN: &str = r#""Type": "vxlan""#;
+        const UDP: &str = r#""Type": "udp""#;
         match self {
-            Row::HostGw => ("host-gw", &[]),
-            Row::KernelVxlan => ("vxlan", &["--datapath=classic"]),
-            Row::TunUdp => ("udp", &["--datapath=classic"]),
-            Row::EbpfVxlan => ("vxlan", &[]),
-            Row::EbpfVxlanXdp => ("vxlan", &["--bpf-decap=xdp"]),
-            Row::EbpfVxlanForward => ("vxlan", &["--bpf-fast-path=false"]),
-            Row::EbpfUdp => ("udp", &[]),
-            Row::EbpfUdpXdp => ("udp", &["--bpf-decap=xdp"]),
-            Row::KernelVxlan6 => ("vxlan", &["--datapath=classic"]),
-            Row::EbpfVxlan6 => ("vxlan", &[]),
+            Row::HostGw => (r#""Type": "host-gw""#, &[]),
+            Row::KernelVxlan => (VXLAN, &["--datapath=classic"]),
+            Row::TunUdp => (UDP, &["--datapath=classic"]),
+            Row::EbpfVxlan => (VXLAN, &[]),
+            Row::EbpfVxlanXdp => (VXLAN, &["--bpf-decap=xdp"]),
+            Row::EbpfVxlanForward => (VXLAN, &["--bpf-fast-path=false"]),
+            Row::EbpfUdp => (UDP, &[]),
+            Row::EbpfUdpXdp => (UDP, &["--bpf-decap=xdp"]),
+            Row::KernelVxlan6 => (VXLAN, &["--datapath=classic"]),
+            Row::EbpfVxlan6 => (VXLAN, &[]),
+            Row::EbpfDirect => (r#""Type": "vxlan", "DirectRouting": true"#, &[]),
         }
     }
 
@@ -103,6 +110,7 @@ impl Row {
                 | Row::EbpfUdp
                 | Row::EbpfUdpXdp
                 | Row::EbpfVxlan6
+                | Row::EbpfDirect
         )
     }
 }
@@ -289,8 +297,7 @@ fn measure(row: Row, underlay: Underlay, seconds: u32, cc: &str) -> Result<Sampl
     } else {
         ""
     };
-    let config =
-        format!(r#"{{"Network": "10.1.0.0/16", {ipv6}"Backend": {{"Type": "{backend}"}}}}"#);
+    let config = format!(r#"{{"Network": "10.1.0.0/16", {ipv6}"Backend": {{{backend}}}}}"#);
     let cluster = if row.ipv6() {
         Testbed::dual_stack_cluster_on
     } else {

@@ -19,7 +19,7 @@ use crate::{
     },
     datapath::Installed,
     host::{
-        iface,
+        iface::{self, OnLink},
         netlink::{self, RouteFamily, ROUTE_PROTOCOL},
     },
 };
@@ -31,6 +31,8 @@ pub struct HostGw {
     /// The families the network carries, (IPv4, IPv6): a lease's half of another family is
     /// never routed (nothing judged it).
     families: (bool, bool),
+    /// vxlan's `DirectRouting`: only peers whose public address is on these prefixes.
+    only: Option<OnLink>,
 }
 
 impl HostGw {
@@ -41,7 +43,25 @@ impl HostGw {
             if_index,
             if_name: if_name.to_owned(),
             families,
+            only: None,
         })
+    }
+
+    /// The routes of vxlan's `DirectRouting`: those of the peers (of each family) whose
+    /// public address is on our interface's subnet, as flannel routes them.
+    pub fn direct(if_name: &str, families: (bool, bool)) -> Result<Self> {
+        let on_link = OnLink::of(if_name)?;
+        Ok(Self {
+            only: Some(on_link),
+            ..Self::new(if_name, families)?
+        })
+    }
+
+    /// Whether a peer at `public_ip` is routed here (always, but for `direct`).
+    pub fn carries(&self, public_ip: impl Into<IpAddr>) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|on_link| on_link.contains(public_ip))
     }
 
     /// `ip route replace <subnet> via <public ip> dev <iface>` for each family of the
@@ -128,7 +148,11 @@ impl HostGw {
             .ipv4
             .filter(|_| ipv4)
             .map(|subnet| (subnet, attrs.public_ip));
-        (v4, subnets.ipv6.filter(|_| ipv6).zip(attrs.public_ipv6))
+        let v6 = subnets.ipv6.filter(|_| ipv6).zip(attrs.public_ipv6);
+        (
+            v4.filter(|(_, via)| self.carries(*via)),
+            v6.filter(|(_, via)| self.carries(*via)),
+        )
     }
 
     async fn replace(&self, route: RouteMessage) -> Result<(), rtnetlink::Error> {

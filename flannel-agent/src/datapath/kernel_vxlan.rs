@@ -29,6 +29,7 @@ use crate::{
         lease::{BackendAttrs, LeaseAttrs, Mac, Subnets},
         peers::Peer,
     },
+    datapath::host_gw::HostGw,
     datapath::{overlay_device, Installed},
     host::{
         iface::{self, ExtIface},
@@ -43,6 +44,9 @@ pub struct KernelVxlan {
     v4: Option<Device<Ipv4Addr>>,
     /// `flannel-v6.<VNI>`, in a dual-stack or IPv6-only network.
     v6: Option<Device<Ipv6Addr>>,
+    /// `DirectRouting`: routes via the peers on our interface's subnet, which the devices
+    /// then leave alone.
+    direct: Option<HostGw>,
 }
 
 impl KernelVxlan {
@@ -54,6 +58,7 @@ impl KernelVxlan {
         nic: &ExtIface,
         mtu: u32,
         (ipv4, ipv6): (bool, bool),
+        direct_routing: bool,
     ) -> Result<Self> {
         let netlink = netlink::connect()?;
         // The eBPF datapath's GRO device, in metadata mode, would keep ours off the port.
@@ -77,7 +82,25 @@ impl KernelVxlan {
             true => Some(Device::start(link, nic.addr, mtu).await?),
             false => None,
         };
-        Ok(Self { vni, v4, v6 })
+        let direct = direct_routing
+            .then(|| HostGw::direct(&nic.name, (ipv4, ipv6)))
+            .transpose()?;
+        Ok(Self {
+            vni,
+            v4,
+            v6,
+            direct,
+        })
+    }
+
+    /// A peer's tunnel of family `A` on its device: none where it is routed directly.
+    fn tunnel<A: Family>(&self, subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Tunnel<A>> {
+        let direct = |t: &Tunnel<A>| self.direct.as_ref().is_some_and(|d| d.carries(t.public));
+        A::tunnel(subnets, attrs).filter(|t| !direct(t))
+    }
+
+    fn tunnel_of<A: Family>(&self, peer: &Peer) -> Option<Tunnel<A>> {
+        self.tunnel(&peer.subnets, &peer.attrs)
     }
 
     pub fn lease_backend(&self) -> BackendAttrs {
@@ -99,23 +122,33 @@ impl KernelVxlan {
         Ok(())
     }
 
-    /// Writes `peer` on each family's device; what `old` had and `peer` no longer has goes.
+    /// Writes `peer` on each family's device, or routes it directly; what `old` had and
+    /// `peer` no longer has goes. A direct route replaces the device's route to the same
+    /// subnet, and the other way round, so a peer moving on or off our subnet never lacks one.
     pub async fn put(&self, old: Option<&Peer>, peer: &Peer) -> Result<()> {
+        if let Some(direct) = &self.direct {
+            direct.put(peer).await?;
+        }
         if let Some(v4) = &self.v4 {
-            v4.put(old.and_then(tunnel), tunnel(peer)).await?;
+            v4.put(old.and_then(|o| self.tunnel_of(o)), self.tunnel_of(peer))
+                .await?;
         }
         if let Some(v6) = &self.v6 {
-            v6.put(old.and_then(tunnel), tunnel(peer)).await?;
+            v6.put(old.and_then(|o| self.tunnel_of(o)), self.tunnel_of(peer))
+                .await?;
         }
         Ok(())
     }
 
     pub async fn remove(&self, peer: &Peer) -> Result<()> {
         if let Some(v4) = &self.v4 {
-            v4.put(tunnel(peer), None).await?;
+            v4.put(self.tunnel_of(peer), None).await?;
         }
         if let Some(v6) = &self.v6 {
-            v6.put(tunnel(peer), None).await?;
+            v6.put(self.tunnel_of(peer), None).await?;
+        }
+        if let Some(direct) = &self.direct {
+            direct.remove(peer).await?;
         }
         Ok(())
     }
@@ -124,13 +157,26 @@ impl KernelVxlan {
     /// entries are missing or wrong on either.
     pub async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Subnets>> {
         let mut drifted = BTreeSet::new();
-        if let Some(v4) = &mut self.v4 {
-            drifted.extend(v4.audit(installed).await?);
+        let v4 = self.wanted::<Ipv4Addr>(installed);
+        if let Some(device) = &mut self.v4 {
+            drifted.extend(device.audit(v4).await?);
         }
-        if let Some(v6) = &mut self.v6 {
-            drifted.extend(v6.audit(installed).await?);
+        let v6 = self.wanted::<Ipv6Addr>(installed);
+        if let Some(device) = &mut self.v6 {
+            drifted.extend(device.audit(v6).await?);
+        }
+        if let Some(direct) = &self.direct {
+            drifted.extend(direct.audit(installed).await?);
         }
         Ok(drifted)
+    }
+
+    /// The tunnels of family `A` the installed peers want on its device.
+    fn wanted<A: Family>(&self, installed: &Installed) -> Vec<(Subnets, Tunnel<A>)> {
+        installed
+            .iter()
+            .filter_map(|(subnets, attrs)| Some((*subnets, self.tunnel(subnets, attrs)?)))
+            .collect()
     }
 }
 
@@ -219,10 +265,6 @@ impl Family for Ipv6Addr {
             public: attrs.public_ipv6?,
         })
     }
-}
-
-fn tunnel<A: Family>(peer: &Peer) -> Option<Tunnel<A>> {
-    A::tunnel(&peer.subnets, &peer.attrs)
 }
 
 impl<A: Family> Device<A> {
@@ -357,11 +399,7 @@ impl<A: Family> Device<A> {
     /// Reads the device, its routes, neighbours and fdb entries back: a device that went
     /// missing is recreated (every peer must then be rewritten), entries no installed peer
     /// explains are deleted. Returns the installed peers whose entries are missing or wrong.
-    async fn audit(&mut self, installed: &Installed) -> Result<BTreeSet<Subnets>> {
-        let wanted: Vec<(Subnets, Tunnel<A>)> = installed
-            .iter()
-            .filter_map(|(subnets, attrs)| Some((*subnets, A::tunnel(subnets, attrs)?)))
-            .collect();
+    async fn audit(&mut self, wanted: Vec<(Subnets, Tunnel<A>)>) -> Result<BTreeSet<Subnets>> {
         if nix::net::if_::if_nametoindex(self.name.as_str()).ok() != Some(self.index) {
             warn!(device = %self.name, "the vxlan device is gone; recreating it");
             self.ensure().await?;

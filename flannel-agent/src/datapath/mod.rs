@@ -300,8 +300,13 @@ impl Kind {
     async fn classic(backend: &Backend, iface: &ExtIface, families: (bool, bool)) -> Result<Self> {
         let mtu = iface.overlay_mtu(backend);
         match backend {
-            Backend::Vxlan { vni, port, .. } => Ok(Self::KernelVxlan(
-                KernelVxlan::start(*vni, *port, iface, mtu, families).await?,
+            Backend::Vxlan {
+                vni,
+                port,
+                direct_routing,
+                ..
+            } => Ok(Self::KernelVxlan(
+                KernelVxlan::start(*vni, *port, iface, mtu, families, *direct_routing).await?,
             )),
             Backend::Udp { port } => Ok(Self::TunUdp(TunUdp::start(*port, iface, mtu).await?)),
             Backend::HostGw => bail!("host-gw has no classic variant"),

@@ -246,3 +246,35 @@ fn default_route_iface() -> Result<String> {
     v4.or_else(v6)
         .ok_or_else(|| anyhow!("no default route: name the interface with --iface"))
 }
+
+/// Where `DirectRouting` routes without a tunnel: the prefixes of the interface's own
+/// addresses, whose hosts it reaches without a router. (Empty: nothing is direct.)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OnLink(Vec<ipnet::IpNet>);
+
+impl OnLink {
+    /// The prefixes of `iface`'s addresses, of both families.
+    pub fn of(iface: &str) -> Result<Self> {
+        let prefixes = getifaddrs()
+            .context("listing interface addresses")?
+            .filter(|ifa| ifa.interface_name == iface)
+            .filter_map(|ifa| {
+                let (address, mask) = (ifa.address?, ifa.netmask?);
+                let net = match (address.as_sockaddr_in(), mask.as_sockaddr_in()) {
+                    (Some(a), Some(m)) => ipnet::Ipv4Net::with_netmask(a.ip(), m.ip()).ok()?.into(),
+                    _ => {
+                        let (a, m) = (address.as_sockaddr_in6()?, mask.as_sockaddr_in6()?);
+                        ipnet::Ipv6Net::with_netmask(a.ip(), m.ip()).ok()?.into()
+                    }
+                };
+                Some(ipnet::IpNet::trunc(&net))
+            })
+            .collect();
+        Ok(Self(prefixes))
+    }
+
+    pub fn contains(&self, ip: impl Into<IpAddr>) -> bool {
+        let ip = ip.into();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}

@@ -20,12 +20,13 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use flannel_common::{DatapathConfig6, PeerInfo6, Tunnel6};
+use flannel_common::{DatapathConfig6, PeerInfo6, Tunnel6, DIRECT};
 use ipnet::Ipv6Net;
 
 use crate::{
     control::lease::{BackendAttrs, LeaseAttrs, Subnets},
     datapath::Installed,
+    host::iface::OnLink,
 };
 
 /// Our IPv6 end: the network, our subnet and our public IPv6.
@@ -59,6 +60,14 @@ pub struct Entries {
 }
 
 impl Entries {
+    /// The entries with the route `DirectRouting` gives a peer on our interface's subnet.
+    pub fn routed(mut self, on_link: &OnLink) -> Self {
+        if on_link.contains(self.public_ip) {
+            self.tunnel.flags = DIRECT;
+        }
+        self
+    }
+
     /// The key of the peer's traffic counters (network byte order, as an address).
     pub fn traffic_key(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from_be(self.peer.traffic_key_be))
@@ -81,7 +90,7 @@ pub fn entries(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Entries> {
         tunnel: Tunnel6 {
             remote_ip: public_ip.octets(),
             remote_mac: mac.0,
-            _pad: [0; 2],
+            flags: 0,
             traffic_key_be: key_be,
         },
         public_ip,
@@ -119,14 +128,14 @@ pub struct Wanted {
 }
 
 impl Wanted {
-    pub fn of(installed: &Installed) -> Self {
+    pub fn of(installed: &Installed, on_link: &OnLink) -> Self {
         let mut wanted = Self {
             routes: BTreeMap::new(),
             peers: HashMap::new(),
             traffic: HashMap::new(),
         };
         for (key, attrs) in installed {
-            let Some(entries) = entries(key, attrs) else {
+            let Some(entries) = entries(key, attrs).map(|e| e.routed(on_link)) else {
                 continue;
             };
             wanted.routes.insert(entries.subnet, (*key, entries.tunnel));

@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use aya::{programs::TcAttachType, util::KernelVersion};
 use flannel_common::{
     mask_be, pins::Pins, DatapathConfig, DatapathConfig6, Encap, PeerInfo, PeerInfo6, Tunnel,
-    Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, THROUGH_NETFILTER,
+    Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, DIRECT_ROUTING, IPV6_ONLY, THROUGH_NETFILTER,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth};
@@ -36,7 +36,7 @@ use crate::{
     },
     datapath::{kernel_vxlan, overlay_device, Decap, Installed, Options, Ours},
     host::{
-        iface::{self, ExtIface},
+        iface::{self, ExtIface, OnLink},
         netlink, vtep_mac,
     },
 };
@@ -131,6 +131,9 @@ pub struct EbpfDatapath {
     decap: Decap,
     check_inner_source: bool,
     fast_path: bool,
+    /// vxlan's `DirectRouting`: the prefixes whose peers are routed to, unencapsulated
+    /// (empty without it).
+    on_link: OnLink,
 }
 
 impl EbpfDatapath {
@@ -149,10 +152,19 @@ impl EbpfDatapath {
             ))
             .into());
         }
-        let (encap, vni, port) = match backend {
-            Backend::Vxlan { vni, port, .. } => (Encap::Vxlan, *vni, *port),
-            Backend::Udp { port } => (Encap::Udp, 0, *port),
+        let (encap, vni, port, direct_routing) = match backend {
+            Backend::Vxlan {
+                vni,
+                port,
+                direct_routing,
+                ..
+            } => (Encap::Vxlan, *vni, *port, *direct_routing),
+            Backend::Udp { port } => (Encap::Udp, 0, *port, false),
             Backend::HostGw => bail!("host-gw has nothing to encapsulate"),
+        };
+        let on_link = match direct_routing {
+            true => OnLink::of(&nic.name)?,
+            false => OnLink::default(),
         };
         let programs = match (
             Programs::load(options.bpf_object.as_deref()),
@@ -207,6 +219,7 @@ impl EbpfDatapath {
             check_inner_source: options.check_inner_source,
             fast_path: options.fast_path,
             decap: options.decap,
+            on_link,
         })
     }
 
@@ -267,7 +280,13 @@ impl EbpfDatapath {
             network_mask_be: mask_be(network.prefix_len()),
             subnet_be: u32::from(subnet.network()).to_be(),
             subnet_mask_be: mask_be(subnet.prefix_len()),
-            flags: flags | if ours.ipv4.is_none() { IPV6_ONLY } else { 0 },
+            flags: flags
+                | if ours.ipv4.is_none() { IPV6_ONLY } else { 0 }
+                | if self.on_link == OnLink::default() {
+                    0
+                } else {
+                    DIRECT_ROUTING
+                },
             ..Default::default()
         })?;
         self.programs.set_config6(match &ours6 {
@@ -368,7 +387,7 @@ impl EbpfDatapath {
     /// The IPv6 half of `put`: `peer`'s IPv6 subnet through its tunnel, its public IPv6 let
     /// in; what `old` had and `peer` has not goes.
     fn put6(&mut self, old: Option<&Peer>, peer: &Peer, installed: &Installed) -> Result<()> {
-        let new = ipv6::entries(&peer.subnets, &peer.attrs);
+        let new = ipv6::entries(&peer.subnets, &peer.attrs).map(|e| e.routed(&self.on_link));
         if let Some(new) = &new {
             let owner = owner_of(installed, Some(peer), None, uses_ipv6(new.public_ip))
                 .and_then(|(s, a)| ipv6::entries(&s, a));
@@ -434,6 +453,9 @@ impl EbpfDatapath {
     }
 
     fn tunnel(&self, attrs: &LeaseAttrs) -> Tunnel {
+        if self.on_link.contains(attrs.public_ip) {
+            return Tunnel::direct(u32::from(attrs.public_ip).to_be());
+        }
         Tunnel::new(&TunnelEnds {
             encap: self.encap,
             local_ip_be: u32::from(self.nic.public_ip).to_be(),
@@ -528,7 +550,7 @@ impl EbpfDatapath {
         // Only the IPv6 network's peers have IPv6 entries.
         let ipv4_only = Installed::new();
         let installed = if self.ipv6 { installed } else { &ipv4_only };
-        let wanted6 = ipv6::Wanted::of(installed);
+        let wanted6 = ipv6::Wanted::of(installed, &self.on_link);
         // IPv6-only peers count their traffic under keys of their own.
         for (key, subnets) in &wanted6.traffic {
             if !maps.tracked.contains(key) {
