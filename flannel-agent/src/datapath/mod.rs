@@ -102,7 +102,7 @@ pub struct Datapath {
 enum Kind {
     HostGw(HostGw),
     Ebpf(Box<EbpfDatapath>),
-    KernelVxlan(KernelVxlan),
+    KernelVxlan(Box<KernelVxlan>),
     TunUdp(TunUdp),
 }
 
@@ -305,9 +305,9 @@ impl Kind {
                 port,
                 direct_routing,
                 ..
-            } => Ok(Self::KernelVxlan(
+            } => Ok(Self::KernelVxlan(Box::new(
                 KernelVxlan::start(*vni, *port, iface, mtu, families, *direct_routing).await?,
-            )),
+            ))),
             Backend::Udp { port } => Ok(Self::TunUdp(TunUdp::start(*port, iface, mtu).await?)),
             Backend::HostGw => bail!("host-gw has no classic variant"),
         }
