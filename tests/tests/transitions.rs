@@ -184,9 +184,9 @@ fn an_upgrade_from_the_previous_release_loses_no_packet() {
         containers.push(bed.add_docker_container(index, &agent, 2).unwrap());
         agents.push(agent);
     }
-    routed_between(&bed, &agents, 0, 1);
     let (c0, c1) = (&containers[0], &containers[1]);
     // The window starts in the steady state: both fast paths deliver into the containers.
+    // (The previous release's maps have other names: its routes are not read here.)
     for (from, to) in [(c0, c1), (c1, c0)] {
         wait_for("delivery straight into the containers", READY, || {
             from.ping(to.ip).is_ok_and(|reply| reply.contains("ttl=64"))
