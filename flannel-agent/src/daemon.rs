@@ -381,6 +381,14 @@ impl Agent {
             watch_restarts: self.counts.watch_restarts,
             etcd_outages: self.counts.etcd_outages,
             etcd_errors: self.counts.etcd_errors,
+            etcd_up: !self.etcd_down,
+            lease_expiry: self.lease.expires.map(|expires| {
+                let left = expires.saturating_duration_since(std::time::Instant::now());
+                (std::time::SystemTime::now() + left)
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs()
+            }),
             datapath_errors: self.counts.datapath_errors,
             lease_overwrites: self.counts.overwrites,
             traffic,

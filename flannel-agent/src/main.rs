@@ -6,7 +6,7 @@ use flannel_agent::{
     control::docker_opts,
     daemon,
     ops::{
-        cleanup,
+        cleanup, manual,
         monitor::{self, MonitorArgs},
         status::{self, StatusArgs},
     },
@@ -52,16 +52,24 @@ fn main() -> ExitCode {
             }
         };
     }
+    if argv.get(1).is_some_and(|arg| arg == "completion") {
+        let shell = argv.get(2).map(|s| s.to_string_lossy().into_owned());
+        return report(
+            "flanneld completion",
+            manual::print_completion(&shell.unwrap_or_default()),
+        );
+    }
+    // For packagers: the manual pages, into a directory.
+    if argv.get(1).is_some_and(|arg| arg == "man") {
+        let dir = argv
+            .get(2)
+            .map_or_else(|| ".".into(), std::path::PathBuf::from);
+        return report("flanneld man", manual::write_man_pages(&dir));
+    }
     if argv.get(1).is_some_and(|arg| arg == "monitor") {
         let args = MonitorArgs::try_parse_from(go_style(argv.into_iter().skip(1)))
             .unwrap_or_else(|e| e.exit());
-        return match monitor::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("flanneld monitor: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return report("flanneld monitor", monitor::run(&args));
     }
     let args = Args::parse_go_style(argv).unwrap_or_else(|e| e.exit());
     init_logging(args.verbosity, args.log_format);
@@ -76,6 +84,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A subcommand's exit: its error, if any, on stderr.
+fn report(what: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e:#}");
             ExitCode::FAILURE
         }
     }

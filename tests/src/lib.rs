@@ -8,6 +8,7 @@ pub mod bpf_run;
 pub mod bulk;
 pub mod etcd;
 pub mod hooks;
+pub mod metrics;
 pub mod netns;
 pub mod packet;
 pub mod pins;

@@ -1,6 +1,7 @@
 //! A real systemd as PID 1 of its own PID and mount namespaces, in a test host's network
-//! namespace, with `cargo xtask install`'s files at /usr/local; killed (with all it started)
-//! on drop.
+//! namespace, with `cargo xtask install`'s files at /usr/local, or with /usr, /etc and /var
+//! writable for `dpkg` (overlays whose writes go to a temporary directory); killed (with all it
+//! started) on drop.
 //!
 //! Its mount namespace hides what its boot would touch on the machine: /run, /tmp and /var/tmp
 //! (systemd-tmpfiles empties /tmp at boot) and the journal are fresh tmpfs, and a bpffs is at
@@ -34,17 +35,37 @@ impl Systemd {
     /// Installs flanneld with `cargo xtask install --prefix /usr/local --destdir D`, boots
     /// systemd in `host` with D/usr/local at /usr/local, and waits until it is up.
     pub fn boot(host: &Netns) -> Result<Self> {
+        Self::boot_with(host, true)
+    }
+
+    /// Boots systemd in `host` with /usr, /etc and /var writable, for `dpkg` to install
+    /// packages there (their writes land in a temporary directory), and waits until it is up.
+    pub fn boot_for_packages(host: &Netns) -> Result<Self> {
+        Self::boot_with(host, false)
+    }
+
+    fn boot_with(host: &Netns, install: bool) -> Result<Self> {
         static ONE: Mutex<()> = Mutex::new(());
         let guard = ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let destdir = tempfile::tempdir()?;
-        xtask("install", destdir.path())?;
+        let root = destdir.path().display();
+        let files = if install {
+            xtask("install", destdir.path())?;
+            format!("mount --bind {root}/usr/local /usr/local")
+        } else {
+            format!(
+                "for dir in usr etc var; do \
+                 mkdir -p {root}/$dir-upper {root}/$dir-work && \
+                 mount -t overlay overlay -o lowerdir=/$dir,upperdir={root}/$dir-upper,\
+                 workdir={root}/$dir-work /$dir || exit 1; done"
+            )
+        };
         let script = format!(
-            "mount --bind {}/usr/local /usr/local && \
+            "{files} && \
              for dir in /run /tmp /var/tmp; do mount -t tmpfs tmpfs $dir || exit 1; done && \
              if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi && \
              mount -t bpf bpf /sys/fs/bpf && \
-             exec /lib/systemd/systemd --system --unit=basic.target",
-            destdir.path().display()
+             exec /lib/systemd/systemd --system --unit=basic.target"
         );
         let unshare = Command::new("ip")
             .args(["netns", "exec", &host.name])
@@ -78,10 +99,10 @@ impl Systemd {
         Ok(systemd)
     }
 
-    /// Runs a command in systemd's PID and mount namespaces (and the host's network).
+    /// Runs a command in systemd's PID, mount and network namespaces.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
         let pid = self.pid.to_string();
-        let mut full = vec!["-t", pid.as_str(), "-p", "-m", program];
+        let mut full = vec!["-t", pid.as_str(), "-p", "-m", "-n", program];
         full.extend_from_slice(args);
         run("nsenter", &full)
     }
@@ -111,7 +132,7 @@ impl Systemd {
         let dir = Path::new(path).parent().context("a file path")?;
         self.exec("mkdir", &["-p", &dir.to_string_lossy()])?;
         let status = Command::new("nsenter")
-            .args(["-t", &self.pid.to_string(), "-p", "-m", "sh", "-c"])
+            .args(["-t", &self.pid.to_string(), "-p", "-m", "-n", "sh", "-c"])
             .arg(format!("cat > {path}"))
             .stdin(Stdio::piped())
             .spawn()
@@ -162,6 +183,27 @@ impl Drop for Systemd {
         let _ = run("kill", &["-KILL", &self.pid.to_string()]);
         let _ = self.unshare.wait();
     }
+}
+
+/// `cargo xtask package --revision <revision>`: the .deb it built.
+pub fn package(revision: u32) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = Command::new(cargo)
+        .current_dir(workspace)
+        .args(["xtask", "package", "--revision", &revision.to_string()])
+        .output()
+        .context("running cargo xtask package")?;
+    if !output.status.success() {
+        bail!(
+            "cargo xtask package failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8(output.stdout)?;
+    let deb = stdout.lines().last().context("no package named")?;
+    Ok(PathBuf::from(deb))
 }
 
 fn xtask(task: &str, destdir: &Path) -> Result<()> {

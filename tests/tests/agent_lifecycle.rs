@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use flannel_tests::{
     etcd::wait_for,
-    require_root,
+    metrics, require_root,
     testbed::{lease_key, Testbed, PREFIX},
 };
 
@@ -416,7 +416,7 @@ fn healthz_and_readyz() {
     require_root();
     let bed = Testbed::new(1).unwrap();
     let mut a = bed
-        .agent(0, &["--healthz-port=8471", "--healthz-ip=127.0.0.1"])
+        .agent(0, &[metrics::FLAG, "--healthz-ip=127.0.0.1"])
         .unwrap();
     let get = |path: &str| {
         bed.hosts[0]
@@ -428,16 +428,12 @@ fn healthz_and_readyz() {
                     "/dev/null",
                     "-w",
                     "%{http_code}",
-                    &format!("http://127.0.0.1:8471{path}"),
+                    &format!("http://127.0.0.1:{}{path}", metrics::PORT),
                 ],
             )
             .unwrap_or_default()
     };
-    let metrics = || {
-        bed.hosts[0]
-            .exec("curl", &["-sf", "http://127.0.0.1:8471/metrics"])
-            .unwrap_or_default()
-    };
+    let metrics = || metrics::scrape(&bed.hosts[0]).unwrap_or_default();
     wait_for("/healthz", READY, || get("/healthz") == "200").unwrap();
     assert_eq!(get("/readyz"), "503", "no config, no lease: not ready");
     assert!(metrics().contains("\nflannel_ready 0\n"), "{}", metrics());

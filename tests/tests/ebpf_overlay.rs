@@ -9,7 +9,7 @@ use flannel_common::map_names;
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
-    hooks,
+    hooks, metrics,
     netns::{kernel_vxlan, kernel_vxlan_peer, Bpffs, Netns},
     require_root,
     testbed::{self, lease_key, Container, Testbed, PREFIX},
@@ -718,19 +718,12 @@ fn xdp_decap_carries_traffic_and_restarts_without_loss() {
 #[test]
 fn metrics_count_what_crosses_the_overlay() {
     require_root();
-    let flags: [&[&str]; 2] = [&["--healthz-port=8471"], &[]];
+    let flags: [&[&str]; 2] = [&[metrics::FLAG], &[]];
     let (bed, _agents, containers) = Testbed::cluster(VXLAN, &flags).unwrap();
     all_reach_all(&containers);
-    let metrics = || {
-        bed.hosts[0]
-            .exec("curl", &["-s", "http://127.0.0.1:8471/metrics"])
-            .unwrap()
-    };
-    let tx = |text: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with("flannel_peer_tx_packets_total{"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+    let metrics = || metrics::scrape(&bed.hosts[0]).unwrap();
+    let tx = |text: &str| {
+        metrics::value(text, "flannel_peer_tx_packets_total")
             .unwrap_or_else(|| panic!("no per-peer counter in:\n{text}"))
     };
     let before = metrics();
@@ -751,7 +744,7 @@ fn metrics_count_what_crosses_the_overlay() {
         containers[0].ping(containers[1].ip).unwrap();
     }
     let after = metrics();
-    assert!(tx(&after) >= tx(&before) + 5, "{before}\n{after}");
+    assert!(tx(&after) >= tx(&before) + 5.0, "{before}\n{after}");
 }
 
 #[test]

@@ -5,8 +5,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use flannel_tests::{
     etcd::wait_for,
-    netns::Bpffs,
-    pins, require_root,
+    metrics, pins, require_root,
     testbed::{lease_key, Testbed},
 };
 
@@ -15,15 +14,8 @@ const VXLAN: &str = r#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"
 #[test]
 fn etcd_outages_of_2_s_30_s_and_two_in_a_row_lose_no_ping_and_no_lease() {
     require_root();
-    let bpffs = Bpffs::mount().unwrap();
-    let ((pins_a, flag_a), (pins_b, flag_b)) = (bpffs.pin_dir("a"), bpffs.pin_dir("b"));
-    let metrics_flags = ["--healthz-port=8473", "--healthz-ip=127.0.0.1"];
-    let (mut bed, _agents, containers) = Testbed::cluster(
-        VXLAN,
-        &[&[&flag_a, metrics_flags[0], metrics_flags[1]], &[&flag_b]],
-    )
-    .unwrap();
-    let host = bed.hosts[0].name.clone();
+    let (mut bed, _agents, containers) = Testbed::cluster(VXLAN, &[&[metrics::FLAG], &[]]).unwrap();
+    let (pins_a, pins_b) = (bed.pin_dir(0), bed.pin_dir(1));
     let mut next = 200;
     let lost = containers[0]
         .pings_lost_while(containers[1].ip, 5000, || {
@@ -47,20 +39,6 @@ fn etcd_outages_of_2_s_30_s_and_two_in_a_row_lose_no_ping_and_no_lease() {
         })
         .unwrap();
     assert_eq!(lost, 0, "pings lost through the outages");
-    let metrics = flannel_tests::netns::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &host,
-            "curl",
-            "-sf",
-            "http://127.0.0.1:8473/metrics",
-        ],
-    )
-    .unwrap();
-    assert!(
-        metrics.contains("\nflannel_etcd_outages_total 3\n"),
-        "{metrics}"
-    );
+    let outages = metrics::read(&bed.hosts[0], "flannel_etcd_outages_total");
+    assert_eq!(outages.unwrap(), 3.0);
 }

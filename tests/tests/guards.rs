@@ -6,7 +6,8 @@ use std::{net::Ipv4Addr, time::Duration};
 use flannel_common::{Encap, Tunnel, TunnelEnds};
 use flannel_tests::{
     etcd::wait_for,
-    netns::{run, Bpffs},
+    metrics,
+    netns::Bpffs,
     packet, pins, require_root,
     testbed::{lease_key, Testbed},
 };
@@ -59,8 +60,7 @@ fn a_bogus_route_in_the_map_never_shadows_local_traffic() {
 #[test]
 fn a_peer_cannot_speak_for_a_third_hosts_subnet() {
     require_root();
-    let metrics_flags: &[&str] = &["--healthz-port=8475", "--healthz-ip=127.0.0.1"];
-    let (bed, agents, containers) = Testbed::cluster(VXLAN, &[&[], metrics_flags]).unwrap();
+    let (bed, agents, containers) = Testbed::cluster(VXLAN, &[&[], &[metrics::FLAG]]).unwrap();
     wait_for("reachability", READY, || {
         containers[0].ping(containers[1].ip).is_ok()
     })
@@ -102,22 +102,8 @@ fn a_peer_cannot_speak_for_a_third_hosts_subnet() {
         listener.recv(&mut buf).is_err(),
         "a packet from a third host's subnet reached the container"
     );
-    let metrics = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &bed.hosts[1].name,
-            "curl",
-            "-sf",
-            "http://127.0.0.1:8475/metrics",
-        ],
-    )
-    .unwrap();
-    assert!(
-        metrics.contains("flannel_drops_total{reason=\"wrong_inner_source\"} 1"),
-        "{metrics}"
-    );
+    let dropped = r#"flannel_drops_total{reason="wrong_inner_source"}"#;
+    assert_eq!(metrics::read(&bed.hosts[1], dropped).unwrap(), 1.0);
     // An outside client's packet, forwarded by the peer, is delivered.
     send_from(Ipv4Addr::new(8, 8, 8, 8));
     let len = listener

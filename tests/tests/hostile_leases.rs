@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use flannel_tests::{
     etcd::wait_for,
-    netns::{run, Bpffs},
-    pins, require_root,
+    metrics, pins, require_root,
     testbed::{lease_key, Testbed},
 };
 
@@ -28,16 +27,8 @@ fn narrower(subnet: &str, len: u8) -> String {
 #[test]
 fn hostile_leases_are_rejected_counted_and_never_in_a_map() {
     require_root();
-    let bpffs = Bpffs::mount().unwrap();
-    let ((pins_a, flag_a), (pins_b, flag_b)) = (bpffs.pin_dir("a"), bpffs.pin_dir("b"));
-    let (bed, agents, containers) = Testbed::cluster(
-        VXLAN,
-        &[
-            &[&flag_a, "--healthz-port=8474", "--healthz-ip=127.0.0.1"],
-            &[&flag_b],
-        ],
-    )
-    .unwrap();
+    let (bed, agents, containers) = Testbed::cluster(VXLAN, &[&[metrics::FLAG], &[]]).unwrap();
+    let (pins_a, pins_b) = (bed.pin_dir(0), bed.pin_dir(1));
     let neighbour = bed.add_docker_container(0, &agents[0], 3).unwrap();
     let (a, b) = (agents[0].subnet().unwrap(), agents[1].subnet().unwrap());
     let host_a = Testbed::host_ip(0).to_string();
@@ -81,23 +72,9 @@ fn hostile_leases_are_rejected_counted_and_never_in_a_map() {
         pins::has_route(&pins_a, "10.1.213.0/24") && pins::has_route(&pins_b, "10.1.213.0/24")
     })
     .unwrap();
-    let metrics = || {
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &bed.hosts[0].name,
-                "curl",
-                "-sf",
-                "http://127.0.0.1:8474/metrics",
-            ],
-        )
-        .unwrap_or_default()
-    };
     let rejected = || -> u64 {
-        metrics()
-            .lines()
+        let text = metrics::scrape(&bed.hosts[0]).unwrap_or_default();
+        text.lines()
             .filter(|l| l.starts_with("flannel_leases_rejected_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
@@ -128,7 +105,7 @@ fn hostile_leases_are_rejected_counted_and_never_in_a_map() {
         wanted.sort();
         assert_eq!(routes, wanted, "only the sound leases are routed");
     }
-    let text = metrics();
+    let text = metrics::scrape(&bed.hosts[0]).unwrap();
     for reason in [
         "wider_than_subnet_len",
         "outside_network",

@@ -15,7 +15,7 @@ use flannel_tests::{
     agent::Agent,
     bulk::verified_transfer,
     etcd::wait_for,
-    hooks, pins, require_root,
+    hooks, metrics, pins, require_root,
     testbed::{self, Container, Testbed, Underlay},
 };
 
@@ -79,7 +79,7 @@ fn forward_port(router: &Container, port: u16, to: Ipv4Addr) {
 /// second container on host 0, and A and C exchange 64 MiB each way through R: what host 1
 /// decapsulated (GRO aggregates included) goes out through the tunnel again.
 fn bulk_transfers_arrive_intact(config: &str, decap: &str) {
-    let (bed, agents, containers) = cluster(config, &[decap, "--healthz-port=8471"]);
+    let (bed, agents, containers) = cluster(config, &[decap, metrics::FLAG]);
     let (a, r) = (&containers[0], &containers[1]);
     verified_transfer(&r.ns, at(r.ip, 5001), &a.ns, at(r.ip, 5001), BYTES).unwrap();
     verified_transfer(&a.ns, at(a.ip, 5002), &r.ns, at(a.ip, 5002), BYTES).unwrap();
@@ -90,7 +90,7 @@ fn bulk_transfers_arrive_intact(config: &str, decap: &str) {
     verified_transfer(&c.ns, at(c.ip, 6001), &a.ns, at(r.ip, 6001), BYTES).unwrap();
     verified_transfer(&a.ns, at(a.ip, 6002), &c.ns, at(r.ip, 6002), BYTES).unwrap();
     for host in &bed.hosts {
-        let dropped = metric(host, 8471, r#"flannel_drops_total{reason="encap_failed"}"#);
+        let dropped = metric(host, r#"flannel_drops_total{reason="encap_failed"}"#);
         assert_eq!(dropped, 0.0, "packets the programs could not encapsulate");
     }
 }
@@ -124,7 +124,7 @@ fn ipv6_bulk_tcp_is_intact() {
     let (bed, _agents, containers) = Testbed::dual_stack_cluster_on(
         Underlay::NicLike,
         DUAL_VXLAN,
-        &[&["--healthz-port=8471"], &["--healthz-port=8471"]],
+        &[&[metrics::FLAG], &[metrics::FLAG]],
     )
     .unwrap();
     testbed::all_reach_all(&containers, READY).unwrap();
@@ -134,28 +134,20 @@ fn ipv6_bulk_tcp_is_intact() {
     verified_transfer(ns_b, at6(b, 5001), ns_a, at6(b, 5001), BYTES).unwrap();
     verified_transfer(ns_a, at6(a, 5002), ns_b, at6(a, 5002), BYTES).unwrap();
     for host in &bed.hosts {
-        let dropped = metric(host, 8471, r#"flannel_drops_total{reason="encap_failed"}"#);
+        let dropped = metric(host, r#"flannel_drops_total{reason="encap_failed"}"#);
         assert_eq!(dropped, 0.0, "packets the programs could not encapsulate");
     }
 }
 
-/// The value of the first sample of `name` (with its labels, if it has them) in `host`'s
-/// `/metrics`.
-fn metric(host: &flannel_tests::netns::Netns, port: u16, name: &str) -> f64 {
-    let text = host
-        .exec("curl", &["-s", &format!("http://127.0.0.1:{port}/metrics")])
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && !l[name.len()..].starts_with('_'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+/// The value of `series` in `host`'s `/metrics`.
+fn metric(host: &flannel_tests::netns::Netns, series: &str) -> f64 {
+    metrics::read(host, series).unwrap()
 }
 
 #[test]
 fn gro_merges_vxlan_frames_before_tc_decap_and_its_device_follows_the_agent() {
     require_root();
-    let (bed, mut agents, containers) = cluster(VXLAN, &["--healthz-port=8471"]);
+    let (bed, mut agents, containers) = cluster(VXLAN, &[metrics::FLAG]);
     let host = &bed.hosts[1];
     let details = host.ip(&["-d", "link", "show", "flannel-gro"]).unwrap();
     assert!(
@@ -173,8 +165,8 @@ fn gro_merges_vxlan_frames_before_tc_decap_and_its_device_follows_the_agent() {
     // What TC decapsulates are GRO aggregates, not wire frames.
     let (a, b) = (&containers[0], &containers[1]);
     verified_transfer(&b.ns, at(b.ip, 5001), &a.ns, at(b.ip, 5001), BYTES).unwrap();
-    let merged = metric(host, 8471, "flannel_peer_rx_bytes_total")
-        / metric(host, 8471, "flannel_peer_rx_packets_total");
+    let merged =
+        metric(host, "flannel_peer_rx_bytes_total") / metric(host, "flannel_peer_rx_packets_total");
     assert!(merged > 3000.0, "{merged} bytes per decapsulated packet");
 
     // A restart keeps the device (no moment without GRO).
@@ -225,10 +217,10 @@ fn gro_merges_vxlan_frames_before_tc_decap_and_its_device_follows_the_agent() {
 #[test]
 fn gro_merges_udp_frames_after_tc_decap_and_its_device_follows_the_agent() {
     require_root();
-    let (bed, mut agents, containers) = cluster(UDP, &["--bpf-decap=tc", "--healthz-port=8471"]);
+    let (bed, mut agents, containers) = cluster(UDP, &["--bpf-decap=tc", metrics::FLAG]);
     let (host, pin_dir) = (&bed.hosts[1], bed.pin_dir(1));
     let decap = r#"flannel_bpf_decap_info{decap="tc",gro="decapsulated frames"}"#;
-    assert_eq!(metric(host, 8471, decap), 1.0);
+    assert_eq!(metric(host, decap), 1.0);
     let details = host.ip(&["-d", "link", "show", "flannel-gro"]).unwrap();
     assert!(
         details.contains("veth") && details.contains(",UP"),

@@ -1,14 +1,16 @@
-//! flanneld as users run it: `cargo xtask install`, then a real systemd starts, watches,
-//! restarts and stops it (see `flannel_tests::systemd`). Host 0 runs it under systemd; host 1
-//! runs a plain agent; containers behind both ping each other every 10 ms through each fault.
+//! flanneld as users run it: `cargo xtask install`, or the Debian package, then a real systemd
+//! starts, watches, restarts and stops it (see `flannel_tests::systemd`). Host 0 runs it under
+//! systemd; host 1 runs a plain agent; containers behind both ping each other every 10 ms
+//! through each fault.
 
 use std::time::Duration;
 
+use aya::programs::TcAttachType;
 use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
-    require_root,
-    systemd::Systemd,
+    hooks, require_root,
+    systemd::{package, Systemd},
     testbed::{all_reach_all, lease_key, Container, Testbed},
 };
 
@@ -220,4 +222,109 @@ fn installed_unit_under_systemd_starts_restarts_and_stops_without_dropping_traff
     systemd.systemctl(&["daemon-reload"]).unwrap();
     assert_eq!(systemd.property(UNIT, "LoadState").unwrap(), "not-found");
     assert!(!systemd.destdir().join("usr/local").exists());
+}
+
+/// The Debian package, as operators use it: `dpkg -i` on a host without flanneld, `systemctl
+/// enable --now`, traffic across; `dpkg -i` of a newer build restarts the agent into it with
+/// no ping lost and the same lease; `dpkg -r` stops it and its datapath forwards on; `dpkg
+/// -P` cleans up after it, leaving nothing of it on the host.
+#[test]
+fn the_package_installs_upgrades_removes_and_purges() {
+    require_root();
+    let (first, newer) = (package(1).unwrap(), package(2).unwrap());
+    let bed = Testbed::new(2).unwrap();
+    bed.put_config(VXLAN).unwrap();
+    let host = &bed.hosts[0];
+    let systemd = Systemd::boot_for_packages(host).unwrap();
+    let dpkg = |args: &[&str]| systemd.exec("dpkg", args).unwrap();
+    assert!(
+        systemd.exec("dpkg", &["-s", "flanneld"]).is_err(),
+        "installed before"
+    );
+    // A host, not a Docker image: no policy-rc.d forbids maintainer scripts to act on units.
+    systemd
+        .exec("rm", &["-f", "/usr/sbin/policy-rc.d"])
+        .unwrap();
+    dpkg(&["-i", &first.display().to_string()]);
+    // The operator's settings, as an edit of /etc/sysconfig/flanneld would give them.
+    systemd
+        .write(
+            "/etc/sysconfig/flanneld",
+            &format!(
+                "FLANNEL_ETCD_ENDPOINTS=\"{}\"\nFLANNEL_OPTIONS=\"-iface=eth0\"\n",
+                bed.etcd.endpoint()
+            ),
+        )
+        .unwrap();
+    systemd
+        .systemctl(&["enable", "--now", "flanneld.service"])
+        .unwrap();
+    systemd.wait_state(UNIT, "active", START).unwrap();
+    let subnet_before = subnet(&systemd);
+    let mut peer = bed.agent(1, &[]).unwrap();
+    peer.wait_ready(START).unwrap();
+    let mtu = value_of(
+        &systemd.read("/run/flannel/subnet.env").unwrap(),
+        "FLANNEL_MTU",
+    );
+    let here = bed.add_container(0, &subnet_before, 2).unwrap();
+    here.ns.ip(&["link", "set", "eth0", "mtu", &mtu]).unwrap();
+    let there = bed.add_docker_container(1, &peer, 2).unwrap();
+    let both = [here, there];
+    all_reach_all(&both, START).unwrap();
+    let [here, there] = &both;
+
+    // The upgrade restarts the agent into the new build: no ping lost, the same lease.
+    let pid = systemd.property(UNIT, "MainPID").unwrap();
+    let lost = here.pings_lost_while(there.ip, 500, || {
+        dpkg(&["-i", &newer.display().to_string()]);
+        wait_for("the new agent", START, || {
+            systemd
+                .property(UNIT, "MainPID")
+                .is_ok_and(|p| p != pid && p != "0")
+        })
+        .unwrap();
+        systemd.wait_state(UNIT, "active", START).unwrap();
+    });
+    assert_eq!(lost.unwrap(), 0, "pings lost across the upgrade");
+    let version = dpkg(&["-s", "flanneld"]);
+    assert!(version.contains("Version: 0.2.0-2"), "{version}");
+    assert_eq!(subnet(&systemd), subnet_before);
+    // The operator's edit of the conffile survived the upgrade.
+    let settings = systemd.read("/etc/sysconfig/flanneld").unwrap();
+    assert!(settings.contains(&bed.etcd.endpoint()), "{settings}");
+
+    // Removed: stopped, its datapath forwards on.
+    dpkg(&["-r", "flanneld"]);
+    assert_eq!(systemd.property(UNIT, "ActiveState").unwrap(), "inactive");
+    assert!(systemd.exec("test", &["-e", "/usr/bin/flanneld"]).is_err());
+    let lost = here.pings_lost_while(there.ip, 100, || {}).unwrap();
+    assert_eq!(lost, 0, "pings lost after the removal");
+
+    // Purged: nothing of it on the host, and so no more traffic.
+    dpkg(&["-P", "flanneld"]);
+    assert!(systemd.exec("dpkg", &["-s", "flanneld"]).is_err());
+    for gone in [
+        "/etc/sysconfig/flanneld",
+        "/run/flannel",
+        "/var/lib/flanneld",
+        "/sys/fs/bpf/flannel",
+    ] {
+        assert!(
+            systemd.exec("test", &["-e", gone]).is_err(),
+            "{gone} stayed"
+        );
+    }
+    for device in ["flannel-bpf", "flannel-gro"] {
+        assert!(
+            host.ip(&["link", "show", device]).is_err(),
+            "{device} stayed"
+        );
+    }
+    let hooked = hooks::hooked(host, "eth0", TcAttachType::Ingress).unwrap();
+    assert!(hooked.is_empty(), "{hooked:?}");
+    let routes = host.ip(&["route", "show", "proto", "241"]).unwrap();
+    assert!(routes.trim().is_empty(), "{routes}");
+    assert!(!host.exec("iptables-save", &[]).unwrap().contains("FLANNEL"));
+    assert!(here.ping(there.ip).is_err(), "traffic after the purge");
 }

@@ -22,6 +22,16 @@ pub struct Target {
     destdir: Option<PathBuf>,
 }
 
+impl Target {
+    /// `prefix`'s files, staged under `destdir`.
+    pub fn staged(prefix: &Path, destdir: &Path) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            destdir: Some(destdir.to_owned()),
+        }
+    }
+}
+
 /// Where each file goes under a prefix (as installed; `staged` adds the destdir).
 struct Layout {
     destdir: PathBuf,

@@ -5,6 +5,7 @@ mod chart;
 mod demo;
 mod ebpf_build;
 mod install;
+mod package;
 mod rr;
 mod scale;
 mod setup;
@@ -51,6 +52,11 @@ enum Task {
     Install {
         #[command(flatten)]
         target: install::Target,
+    },
+    /// Build a Debian package (target/package/flanneld_<version>_<arch>.deb), checked by lintian.
+    Package {
+        #[command(flatten)]
+        options: package::Options,
     },
     /// Remove what `install` put under the prefix (an edited configuration stays).
     Uninstall {
@@ -99,6 +105,10 @@ fn main() -> Result<()> {
             demo::run()
         }
         Task::Install { target } => install::install(&target),
+        Task::Package { options } => {
+            setup::run()?;
+            package::run(&options)
+        }
         Task::Uninstall { target } => install::uninstall(&target),
         Task::Bench {
             quick,

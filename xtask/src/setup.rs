@@ -32,6 +32,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("curl", "tests (/healthz)"),
     ("tcpdump", "debugging"),
     ("ethtool", "bench"),
+    ("dpkg-dev", "cargo xtask package (dpkg-shlibdeps)"),
+    ("lintian", "cargo xtask package checks the .deb"),
+    ("prometheus", "tests (promtool checks the alerting rules)"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -21,6 +21,11 @@ pub struct Snapshot {
     /// Leases rejected so far, by reason.
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
     pub etcd_errors: u64,
+    /// etcd answers (the lease watch is open).
+    pub etcd_up: bool,
+    /// When our lease runs out unless renewed, in seconds since the epoch; None for a
+    /// reservation, which never does.
+    pub lease_expiry: Option<u64>,
     pub datapath_errors: u64,
     pub lease_overwrites: u64,
     /// Per peer (subnet, public IP; IPv6 ones for an IPv6-only peer), where the datapath
@@ -132,6 +137,21 @@ pub fn render(s: &Snapshot) -> String {
         "Failed etcd operations.",
         &[(String::new(), s.etcd_errors)],
     );
+    family(
+        "flannel_etcd_up",
+        "gauge",
+        "1 while etcd answers (the lease watch is open), 0 while it does not.",
+        &[(String::new(), u64::from(s.etcd_up))],
+    );
+    if let Some(expiry) = s.lease_expiry {
+        family(
+            "flannel_lease_expiry_timestamp_seconds",
+            "gauge",
+            "When our lease runs out unless renewed (renewals come --subnet-lease-renew-margin \
+             before).",
+            &[(String::new(), expiry)],
+        );
+    }
     family(
         "flannel_datapath_errors_total",
         "counter",

@@ -3,6 +3,7 @@
 
 pub mod cleanup;
 pub mod health;
+pub mod manual;
 pub mod metrics;
 pub mod monitor;
 pub mod status;
