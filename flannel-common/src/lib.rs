@@ -466,13 +466,20 @@ pub mod pins;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all are #[repr(C)] with only integer fields and explicit padding.
+    // SAFETY: #[repr(C)], only integer fields and explicit padding: any bytes are a value.
     unsafe impl aya::Pod for super::DatapathConfig {}
+    // SAFETY: #[repr(C)], only integer fields and explicit padding: any bytes are a value.
     unsafe impl aya::Pod for super::PeerInfo {}
+    // SAFETY: #[repr(C)], only integer fields and explicit padding: any bytes are a value.
     unsafe impl aya::Pod for super::Tunnel {}
+    // SAFETY: #[repr(C)], only integer fields and explicit padding: any bytes are a value.
     unsafe impl aya::Pod for super::PeerTraffic {}
+    // SAFETY: #[repr(C)], only integer fields and explicit padding: any bytes are a value.
     unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: #[repr(C)], only integer fields and explicit padding: any bytes are a value.
     unsafe impl aya::Pod for super::DatapathConfig6 {}
+    // SAFETY: #[repr(C)], only integer fields and explicit padding: any bytes are a value.
     unsafe impl aya::Pod for super::Tunnel6 {}
+    // SAFETY: #[repr(C)], only integer fields and explicit padding: any bytes are a value.
     unsafe impl aya::Pod for super::PeerInfo6 {}
 }

@@ -27,7 +27,11 @@ pub fn send6(nic_ifindex: u32, next_hop: &[u8; 16]) -> i32 {
     for (word, bytes) in words.iter_mut().zip(next_hop.chunks_exact(4)) {
         *word = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     }
-    redirect(nic_ifindex, AF_INET6, bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: words })
+    redirect(
+        nic_ifindex,
+        AF_INET6,
+        bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: words },
+    )
 }
 
 #[inline(always)]

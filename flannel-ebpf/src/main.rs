@@ -369,7 +369,7 @@ fn fits6(ctx: &TcContext, ip: &Ipv6Hdr, mtu: u32, gso_size: u32) -> bool {
 #[inline(always)]
 fn gso_size(ctx: &TcContext) -> u32 {
     // SAFETY: reading a field of the skb behind the context.
-    u32::from(unsafe { (*ctx.skb.skb).gso_size })
+    unsafe { (*ctx.skb.skb).gso_size }
 }
 
 /// Makes sure the first `len` bytes (or the whole packet, if shorter) are linear.
