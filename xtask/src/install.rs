@@ -1,6 +1,6 @@
 //! `cargo xtask install [--prefix P] [--destdir D]` and `uninstall`: the release binary, its
-//! `mk-docker-opts` name, the systemd unit, a Docker drop-in and an example
-//! `/etc/sysconfig/flanneld`. `--destdir` stages the files under D as packagers do (the unit
+//! `mk-docker-opts` name, the systemd unit, a Docker drop-in, the man pages (which the unit's
+//! `Documentation=` names) and an example `/etc/sysconfig/flanneld`. `--destdir` stages the files under D as packagers do (the unit
 //! still names the files under the prefix).
 
 use std::{
@@ -38,8 +38,18 @@ struct Layout {
     prefix: PathBuf,
     bindir: PathBuf,
     unitdir: PathBuf,
+    mandir: PathBuf,
     sysconfdir: PathBuf,
 }
+
+/// The pages `flanneld man` writes: flanneld's and one per subcommand.
+const MAN_PAGES: [&str; 5] = [
+    "flanneld",
+    "flanneld-status",
+    "flanneld-monitor",
+    "mk-docker-opts",
+    "flanneld-completion",
+];
 
 impl Layout {
     fn new(target: &Target) -> Self {
@@ -55,6 +65,7 @@ impl Layout {
             prefix: prefix.to_owned(),
             bindir: prefix.join("bin"),
             unitdir: prefix.join("lib/systemd/system"),
+            mandir: prefix.join("share/man/man8"),
             sysconfdir,
         }
     }
@@ -77,6 +88,12 @@ impl Layout {
 
     fn sysconfig(&self) -> PathBuf {
         self.sysconfdir.join("sysconfig/flanneld")
+    }
+
+    fn man_pages(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        MAN_PAGES
+            .iter()
+            .map(|page| self.mandir.join(format!("{page}.8")))
     }
 
     /// Where `path` is written: under the destdir.
@@ -128,6 +145,11 @@ pub fn install(target: &Target) -> Result<()> {
         &staged(layout.docker_dropin()),
         &fs::read_to_string(workspace_root().join("dist/docker-flannel.conf"))?,
     )?;
+    run_checked(
+        std::process::Command::new(&built)
+            .arg("man")
+            .arg(staged(layout.mandir.clone())),
+    )?;
     // An operator's own settings are never overwritten.
     let sysconfig = staged(layout.sysconfig());
     if !sysconfig.exists() {
@@ -142,6 +164,7 @@ pub fn install(target: &Target) -> Result<()> {
     ];
     let names: Vec<String> = files
         .into_iter()
+        .chain(layout.man_pages())
         .map(|file| staged(file).display().to_string())
         .collect();
     println!("installed {}", names.join(", "));
@@ -156,6 +179,7 @@ pub fn uninstall(target: &Target) -> Result<()> {
         layout.unit(),
         layout.docker_dropin(),
     ];
+    files.extend(layout.man_pages());
     // The example configuration goes only if nobody edited it.
     if fs::read_to_string(layout.staged(&layout.sysconfig())).ok() == example_sysconfig().ok() {
         files.push(layout.sysconfig());
@@ -238,9 +262,11 @@ mod tests {
         }
     }
 
-    /// `systemd-analyze` on an installed unit; its stdout and stderr.
-    fn analyze(args: &[&str], unit: &Path) -> String {
+    /// `systemd-analyze` on an installed unit, its man pages on the search path; its stdout
+    /// and stderr.
+    fn analyze(args: &[&str], unit: &Path, layout: &Layout) -> String {
         let output = std::process::Command::new("systemd-analyze")
+            .env("MANPATH", layout.mandir.parent().unwrap())
             .args(args)
             .arg(unit)
             .output()
@@ -266,9 +292,14 @@ mod tests {
             layout.unit(),
             layout.docker_dropin(),
             layout.sysconfig(),
-        ] {
+        ]
+        .into_iter()
+        .chain(layout.man_pages())
+        {
             assert!(file.is_file(), "{}", file.display());
         }
+        let pages = fs::read_dir(&layout.mandir).unwrap().count();
+        assert_eq!(pages, MAN_PAGES.len(), "flanneld man wrote other pages");
         let link = fs::read_link(layout.mk_docker_opts()).unwrap();
         assert_eq!(link, Path::new("flanneld"));
         let help = std::process::Command::new(layout.flanneld())
@@ -276,13 +307,14 @@ mod tests {
             .output()
             .unwrap();
         assert!(help.status.success());
-        // systemd accepts every line of the unit, and its sandbox scores "OK" or better
-        // (exposure 2.2 of 10; the unit without it scored 9.6, "UNSAFE").
-        let verify = analyze(&["verify"], &layout.unit());
+        // systemd accepts every line of the unit, its man page included, and its sandbox
+        // scores "OK" or better (exposure 2.2 of 10; the unit without it scored 9.6, "UNSAFE").
+        let verify = analyze(&["verify"], &layout.unit(), &layout);
         assert!(!verify.contains("flanneld.service"), "{verify}");
         analyze(
             &["security", "--offline=true", "--threshold=25"],
             &layout.unit(),
+            &layout,
         );
         uninstall(&target).unwrap();
         assert!(!prefix.exists(), "the prefix is empty and gone");

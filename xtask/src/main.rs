@@ -9,6 +9,7 @@ mod package;
 mod rr;
 mod scale;
 mod setup;
+mod stats;
 
 use std::{
     path::{Path, PathBuf},

@@ -69,10 +69,10 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// The man pages and completions, from the command line's definition in the binary.
+/// The man pages (written by install) compressed, and the completions, from the command
+/// line's definition in the binary.
 fn generated(root: &Path, flanneld: &Path) -> Result<()> {
     let man = root.join("usr/share/man/man8");
-    run_checked(Command::new(flanneld).arg("man").arg(&man))?;
     for entry in fs::read_dir(&man)? {
         let page = entry?.path();
         gzip(&page, &fs::read(&page)?)?;

@@ -27,7 +27,7 @@ use flannel_tests::{
 use ipnet::Ipv4Net;
 use serde_json::json;
 
-use crate::bench::Metric;
+use crate::stats::{percentile, Metric};
 
 /// The lease counts measured.
 pub const SIZES: [usize; 2] = [1_000, 5_000];
@@ -68,12 +68,6 @@ fn lease_value(public_ip: Ipv4Addr, i: usize) -> String {
     format!(
         r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
     )
-}
-
-/// The value at rank `p` (0-100, nearest rank) of sorted `values`.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Measures one agent among `leases` others, with `changes` lease changes one after another.

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use rtnetlink::{
     packet_route::{
-        link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
+        link::InfoVxlan,
         neighbour::{NeighbourFlags, NeighbourState},
         route::RouteMessage,
         AddressFamily,
@@ -30,7 +30,7 @@ use crate::{
         peers::Peer,
     },
     datapath::host_gw::HostGw,
-    datapath::{overlay_device, Installed},
+    datapath::{overlay_device, vxlan_device, Installed},
     host::{
         iface::{self, ExtIface},
         netlink::{self, RouteFamily, ROUTE_PROTOCOL},
@@ -61,8 +61,6 @@ impl KernelVxlan {
         direct_routing: bool,
     ) -> Result<Self> {
         let netlink = netlink::connect()?;
-        // The eBPF datapath's GRO device, in metadata mode, would keep ours off the port.
-        crate::datapath::ebpf::gro_device::remove(&netlink).await?;
         let link = Link {
             netlink,
             vni,
@@ -318,7 +316,7 @@ impl<A: Family> Device<A> {
             .port(*port)
             .learning(false)
             .build();
-        self.index = ensure_device(netlink, &self.name, &wanted, link).await?;
+        self.index = vxlan_device::ensure(netlink, &self.name, &wanted, link).await?;
         if A::BITS == 128 {
             // As flannel: the device takes no router advertisements.
             let path = format!("/proc/sys/net/ipv6/conf/{}/accept_ra", self.name);
@@ -543,51 +541,4 @@ pub async fn cleanup(netlink: &Handle) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The vxlan device `name` with the attributes `wanted`: an existing one that has them is
-/// kept (a restart keeps its MAC), another is replaced by `link`. Returns its ifindex.
-pub async fn ensure_device(
-    netlink: &Handle,
-    name: &str,
-    wanted: &[InfoVxlan],
-    link: LinkMessage,
-) -> Result<u32> {
-    match vxlan_info(netlink, name).await? {
-        Some((index, info)) if wanted.iter().all(|w| info.contains(w)) => return Ok(index),
-        Some(_) => {
-            warn!(device = %name, "exists with other parameters; recreating it");
-            overlay_device::delete_link(netlink, name).await?;
-        }
-        None => {}
-    }
-    netlink
-        .link()
-        .add(link)
-        .execute()
-        .await
-        .with_context(|| format!("creating {name}"))?;
-    info!(device = %name, "created");
-    iface::index(name)
-}
-
-/// An existing device's ifindex and vxlan attributes, if there is one called `name`.
-async fn vxlan_info(netlink: &Handle, name: &str) -> Result<Option<(u32, Vec<InfoVxlan>)>> {
-    let Ok(index) = nix::net::if_::if_nametoindex(name) else {
-        return Ok(None);
-    };
-    let info = netlink::link_attributes(netlink, index)
-        .await?
-        .iter()
-        .filter_map(|attr| match attr {
-            LinkAttribute::LinkInfo(infos) => Some(infos),
-            _ => None,
-        })
-        .flatten()
-        .find_map(|info| match info {
-            LinkInfo::Data(InfoData::Vxlan(vxlan)) => Some(vxlan.clone()),
-            _ => None,
-        })
-        .unwrap_or_default();
-    Ok(Some((index, info)))
 }

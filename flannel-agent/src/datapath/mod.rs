@@ -7,6 +7,7 @@ pub mod kernel_vxlan;
 pub mod overlay_device;
 pub mod tun_udp;
 pub mod udp_packet;
+pub mod vxlan_device;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -299,6 +300,9 @@ impl Kind {
     /// What Go flanneld does: the kernel's vxlan device, or the TUN loop for udp.
     async fn classic(backend: &Backend, iface: &ExtIface, families: (bool, bool)) -> Result<Self> {
         let mtu = iface.overlay_mtu(backend);
+        // The eBPF datapath's GRO device would keep the vxlan device off the port, or leave a
+        // veth behind.
+        ebpf::gro_device::remove(&crate::host::netlink::connect()?).await?;
         match backend {
             Backend::Vxlan {
                 vni,

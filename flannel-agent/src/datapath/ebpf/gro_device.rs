@@ -39,7 +39,7 @@ use rtnetlink::{
 };
 
 use crate::{
-    datapath::{kernel_vxlan, overlay_device},
+    datapath::{overlay_device, vxlan_device},
     host::{ethtool, iface},
 };
 
@@ -105,7 +105,7 @@ async fn ensure_socket(netlink: &Handle, port: u16) -> Result<u32> {
         .learning(false)
         .port_range(VXLAN_SOURCE_PORTS.0, VXLAN_SOURCE_PORTS.1)
         .build();
-    kernel_vxlan::ensure_device(netlink, GRO_DEV, &wanted, link).await
+    vxlan_device::ensure(netlink, GRO_DEV, &wanted, link).await
 }
 
 /// The veth pair, one queue per CPU: a frame keeps the NIC queue it came in on (folded into
