@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+use tokio::time::Instant;
+
 use anyhow::{Context, Result};
 use futures::{channel::mpsc::UnboundedReceiver, StreamExt, TryStreamExt};
 use rtnetlink::{
@@ -121,6 +123,9 @@ const SETTLE: Duration = Duration::from_millis(20);
 pub struct ContainerEvents {
     messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
     nic: u32,
+    /// When the burst of a change already taken from `messages` has settled. Kept here, not
+    /// in `changed`'s future, so a change outlives a race that future loses.
+    settled_at: Option<Instant>,
 }
 
 impl ContainerEvents {
@@ -129,21 +134,38 @@ impl ContainerEvents {
             rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Neigh])
                 .context("subscribing to link and neighbour events")?;
         tokio::spawn(connection);
-        Ok(Self { messages, nic })
+        Ok(Self::new(messages, nic))
+    }
+
+    fn new(
+        messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+        nic: u32,
+    ) -> Self {
+        Self {
+            messages,
+            nic,
+            settled_at: None,
+        }
     }
 
     /// Waits for a change that may concern a container, and for its burst to settle.
+    /// Cancel-safe: each await either takes nothing or leaves what it took in `self`.
     pub async fn changed(&mut self) {
-        loop {
+        while self.settled_at.is_none() {
             match self.messages.next().await {
-                Some((message, _)) if self.concerns_containers(&message) => break,
+                Some((message, _)) if self.concerns_containers(&message) => {
+                    self.settled_at = Some(Instant::now() + SETTLE);
+                }
                 Some(_) => {}
                 // The subscription died: the periodic resync still runs.
                 None => std::future::pending().await,
             }
         }
-        tokio::time::sleep(SETTLE).await;
+        if let Some(at) = self.settled_at {
+            tokio::time::sleep_until(at).await;
+        }
         while self.messages.try_recv().is_ok() {}
+        self.settled_at = None;
     }
 
     fn concerns_containers(&self, message: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
@@ -156,5 +178,36 @@ impl ContainerEvents {
             ) => n.header.ifindex != self.nic,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::channel::mpsc::unbounded;
+    use tokio::time::{sleep, timeout};
+
+    use super::*;
+
+    /// The agent's loop races `changed` against its other inputs: a change taken from the
+    /// subscription must still be reported when another input wins during its settling.
+    #[tokio::test]
+    async fn a_change_survives_losing_a_race_while_it_settles() {
+        let (sender, messages) = unbounded();
+        let mut events = ContainerEvents::new(messages, 2);
+        let new_veth = NetlinkMessage::from(RouteNetlinkMessage::NewLink(LinkMessage::default()));
+        sender
+            .unbounded_send((new_veth, SocketAddr::new(0, 0)))
+            .unwrap();
+        tokio::select! {
+            () = events.changed() => panic!("reported before its burst settled"),
+            () = sleep(SETTLE / 4) => {}
+        }
+        timeout(SETTLE * 10, events.changed())
+            .await
+            .expect("the change taken before the lost race is reported");
+        assert!(
+            timeout(SETTLE * 10, events.changed()).await.is_err(),
+            "reported once"
+        );
     }
 }
