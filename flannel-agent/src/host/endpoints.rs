@@ -10,8 +10,6 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
-
 use anyhow::{Context, Result};
 use futures::{channel::mpsc::UnboundedReceiver, StreamExt, TryStreamExt};
 use rtnetlink::{
@@ -24,6 +22,8 @@ use rtnetlink::{
     sys::SocketAddr,
     Handle, MulticastGroup,
 };
+
+use tokio::time::Instant;
 
 use crate::{
     control::lease::Mac,
