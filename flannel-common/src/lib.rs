@@ -21,13 +21,13 @@ pub mod map_names {
     pub const PEERS: &str = "FLANNEL_PEERS_V1";
     pub const DROPS: &str = "FLANNEL_DROPS_V2";
     pub const ROUTES: &str = "FLANNEL_ROUTES_V3";
-    pub const TRAFFIC: &str = "FLANNEL_TRAFFIC_V1";
+    pub const TRAFFIC: &str = "FLANNEL_TRAFFIC_V2";
     pub const ENDPOINTS: &str = "FLANNEL_ENDPOINTS_V1";
     pub const EVENTS: &str = "FLANNEL_EVENTS_V2";
     pub const EVENT_RATE: &str = "FLANNEL_EVENT_RATE_V1";
     pub const CONFIG6: &str = "FLANNEL_CONFIG6_V2";
-    pub const PEERS6: &str = "FLANNEL_PEERS6_V1";
-    pub const ROUTES6: &str = "FLANNEL_ROUTES6_V2";
+    pub const PEERS6: &str = "FLANNEL_PEERS6_V2";
+    pub const ROUTES6: &str = "FLANNEL_ROUTES6_V3";
     pub const ENDPOINTS6: &str = "FLANNEL_ENDPOINTS6_V1";
 }
 
@@ -212,7 +212,9 @@ pub struct Endpoint {
     pub bridge_mac: [u8; 6],
 }
 
-/// Per-peer traffic, one per CPU in the `TRAFFIC` map, keyed by the peer's public IPv4.
+/// Per-peer traffic, one per CPU in the `TRAFFIC` map, keyed by the peer's public address
+/// of the tunnel that carried it: an IPv6 address, or an IPv4 one mapped ([`traffic_key_v4`]).
+/// A dual-stack peer has two entries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerTraffic {
@@ -232,6 +234,14 @@ impl PeerTraffic {
             rx_bytes: self.rx_bytes + other.rx_bytes,
         }
     }
+}
+
+/// The `TRAFFIC` key of a public IPv4 (network byte order): `::ffff:a.b.c.d`.
+pub const fn traffic_key_v4(addr_be: u32) -> [u8; 16] {
+    let b = addr_be.to_ne_bytes();
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3],
+    ]
 }
 
 /// Bytes added in front of the inner IP packet: outer IPv4, UDP, VXLAN, inner Ethernet.
@@ -281,19 +291,15 @@ pub struct Tunnel6 {
     pub remote_mac: [u8; 6],
     /// [`DIRECT`]: sent to `remote_ip` unencapsulated.
     pub flags: u16,
-    /// The key of the peer's traffic counters (network byte order): its public IPv4, or in
-    /// an IPv6-only network a number the agent makes of its IPv6 subnet.
-    pub traffic_key_be: u32,
 }
 
 /// Value of the `PEERS6` hash map, keyed by a peer's public IPv6: the IPv6 subnet it speaks
-/// for, and its traffic counters' key (as `Tunnel6`'s).
+/// for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerInfo6 {
     pub subnet: [u8; 16],
     pub subnet_mask: [u8; 16],
-    pub traffic_key_be: u32,
 }
 
 /// Value of the `PEERS` hash map, keyed by a peer's public IPv4 (network byte order).
@@ -454,8 +460,8 @@ const _: () = {
     assert!(size_of::<PeerInfo>() == 12);
     assert!(size_of::<DropEvent>() == 68);
     assert!(size_of::<DatapathConfig6>() == 88);
-    assert!(size_of::<Tunnel6>() == 28);
-    assert!(size_of::<PeerInfo6>() == 36);
+    assert!(size_of::<Tunnel6>() == 24);
+    assert!(size_of::<PeerInfo6>() == 32);
 };
 
 /// Maximum number of peers the maps hold.

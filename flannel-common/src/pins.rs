@@ -30,6 +30,11 @@ impl Pins {
         Map::from_map_data(MapData::from_pin(self.dir.join(name))?)
     }
 
+    /// The pinned map `name`, as the map type `T` (for callers generic over its layout).
+    pub fn map<T: TryFrom<Map, Error = MapError>>(&self, name: &str) -> Result<T, MapError> {
+        self.open(name)?.try_into()
+    }
+
     pub fn config(&self) -> Result<Array<MapData, DatapathConfig>, MapError> {
         self.open(map_names::CONFIG)?.try_into()
     }
@@ -59,8 +64,8 @@ impl Pins {
         self.open(map_names::ENDPOINTS)?.try_into()
     }
 
-    /// Peer public IPv4, network byte order → traffic per CPU.
-    pub fn traffic(&self) -> Result<PerCpuHashMap<MapData, u32, PeerTraffic>, MapError> {
+    /// Peer public address (see [`crate::traffic_key_v4`]) → traffic per CPU.
+    pub fn traffic(&self) -> Result<PerCpuHashMap<MapData, [u8; 16], PeerTraffic>, MapError> {
         self.open(map_names::TRAFFIC)?.try_into()
     }
 

@@ -5,7 +5,8 @@
 
 use aya_ebpf::programs::TcContext;
 use flannel_common::{
-    DatapathConfig, DatapathConfig6, DropReason, Encap, PeerInfo, PeerInfo6, IPV6_ONLY,
+    traffic_key_v4, DatapathConfig, DatapathConfig6, DropReason, Encap, PeerInfo, PeerInfo6,
+    IPV6_ONLY,
 };
 
 use crate::{
@@ -20,9 +21,9 @@ pub enum Verdict<P = PeerInfo> {
     Pass,
     Drop(DropReason),
     /// A tunnel packet from a current peer: `outer_ip_len` bytes of outer IP header;
-    /// `peer_be` keys its traffic counters (its public IPv4).
+    /// `traffic_key` keys its traffic counters (its public address).
     Tunnel {
-        peer_be: u32,
+        traffic_key: [u8; 16],
         peer: P,
         outer_ip_len: usize,
     },
@@ -102,7 +103,7 @@ pub fn check(pkt: Packet, cfg: &DatapathConfig) -> Verdict {
         return Verdict::Drop(reason);
     }
     Verdict::Tunnel {
-        peer_be: ip.saddr_be(),
+        traffic_key: traffic_key_v4(ip.saddr_be()),
         peer,
         outer_ip_len: ip_len,
     }
@@ -138,7 +139,7 @@ pub fn check6(pkt: Packet, cfg: &DatapathConfig, cfg6: &DatapathConfig6) -> Verd
         return Verdict::Drop(reason);
     }
     Verdict::Tunnel {
-        peer_be: peer.traffic_key_be,
+        traffic_key: ip.saddr,
         peer,
         outer_ip_len: IPV6_HLEN,
     }

@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use flannel_common::{
-    DatapathConfig, DropReason, Encap, Endpoint, Hook, DIRECT, DIRECT_ROUTING, IPV6_ONLY,
-    THROUGH_NETFILTER,
+    traffic_key_v4, DatapathConfig, DropReason, Encap, Endpoint, Hook, DIRECT, DIRECT_ROUTING,
+    IPV6_ONLY, THROUGH_NETFILTER,
 };
 
 use events::Peer;
@@ -55,18 +55,18 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn xdp_receive(ctx: &XdpContext, cfg: &DatapathConfig) -> Result<u32, DropReason> {
     let pkt = ctx.packet();
-    let (peer_be, peer, outer_ip_len) = match guard::check(pkt, cfg) {
+    let (traffic_key, peer, outer_ip_len) = match guard::check(pkt, cfg) {
         Verdict::Pass => return Ok(xdp_action::XDP_PASS),
         Verdict::Drop(reason) => return Err(reason),
         Verdict::Tunnel {
-            peer_be,
+            traffic_key,
             peer,
             outer_ip_len,
-        } => (peer_be, peer, outer_ip_len),
+        } => (traffic_key, peer, outer_ip_len),
     };
     let bytes = (pkt.end - pkt.start) as u32;
     decap::decapsulate(ctx, cfg, outer_ip_len, &peer)?;
-    maps::count_rx(peer_be, bytes);
+    maps::count_rx(&traffic_key, bytes);
     Ok(xdp_action::XDP_PASS)
 }
 
@@ -99,18 +99,18 @@ fn tc_receive(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason> 
     {
         return tc_receive6(ctx, cfg);
     }
-    let (peer_be, peer, outer_ip_len) = match guard::check(ctx.packet(), cfg) {
+    let (traffic_key, peer, outer_ip_len) = match guard::check(ctx.packet(), cfg) {
         Verdict::Pass => return Ok(NEXT),
         Verdict::Drop(reason) => return Err(reason),
         Verdict::Tunnel {
-            peer_be,
+            traffic_key,
             peer,
             outer_ip_len,
-        } => (peer_be, peer, outer_ip_len),
+        } => (traffic_key, peer, outer_ip_len),
     };
     let bytes = ctx.len();
     decap::decapsulate(ctx, cfg, outer_ip_len, &peer)?;
-    maps::count_rx(peer_be, bytes);
+    maps::count_rx(&traffic_key, bytes);
     if cfg.flags & THROUGH_NETFILTER != 0 {
         return Ok(TC_ACT_OK);
     }
@@ -136,12 +136,12 @@ fn direct_receive(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
         return NEXT;
     }
     let pkt = ctx.packet();
-    let peer_be = if ipv6 {
+    let traffic_key = if ipv6 {
         let Some(ip) = pkt.header::<Ipv6Hdr>(ETH_HLEN) else {
             return NEXT;
         };
         match maps::tunnel6_to(ip.saddr) {
-            Some(tunnel) if tunnel.flags & DIRECT != 0 => tunnel.traffic_key_be,
+            Some(tunnel) if tunnel.flags & DIRECT != 0 => tunnel.remote_ip,
             _ => return NEXT,
         }
     } else {
@@ -149,14 +149,14 @@ fn direct_receive(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
             return NEXT;
         };
         match maps::tunnel_to(ip.saddr_be()) {
-            Some(tunnel) if tunnel.flags & DIRECT != 0 => tunnel.remote_ip_be,
+            Some(tunnel) if tunnel.flags & DIRECT != 0 => traffic_key_v4(tunnel.remote_ip_be),
             _ => return NEXT,
         }
     };
     if endpoint(ctx, ipv6).is_none() {
         return NEXT;
     }
-    maps::count_rx(peer_be, ctx.len());
+    maps::count_rx(&traffic_key, ctx.len());
     deliver(ctx, ipv6)
 }
 
@@ -193,14 +193,16 @@ fn tc_receive6(ctx: &TcContext, cfg: &DatapathConfig) -> Result<i32, DropReason>
     let Some(cfg6) = maps::config6() else {
         return Ok(NEXT);
     };
-    let (peer_be, peer) = match guard::check6(ctx.packet(), cfg, cfg6) {
+    let (traffic_key, peer) = match guard::check6(ctx.packet(), cfg, cfg6) {
         Verdict::Pass => return Ok(NEXT),
         Verdict::Drop(reason) => return Err(reason),
-        Verdict::Tunnel { peer_be, peer, .. } => (peer_be, peer),
+        Verdict::Tunnel {
+            traffic_key, peer, ..
+        } => (traffic_key, peer),
     };
     let bytes = ctx.len();
     decap::decapsulate6(ctx, cfg, cfg6, &peer)?;
-    maps::count_rx(peer_be, bytes);
+    maps::count_rx(&traffic_key, bytes);
     if cfg.flags & THROUGH_NETFILTER != 0 {
         return Ok(TC_ACT_OK);
     }
@@ -275,7 +277,7 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
         return NEXT;
     };
     if tunnel.flags & DIRECT != 0 {
-        maps::count_tx(tunnel.remote_ip_be, ctx.len());
+        maps::count_tx(&traffic_key_v4(tunnel.remote_ip_be), ctx.len());
         return direct::send(cfg.nic_ifindex, tunnel.remote_ip_be);
     }
     // Too big to tunnel whole: the stack fragments it or answers "fragmentation needed".
@@ -287,7 +289,7 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
     let bytes = ctx.len();
     match encap::encapsulate(&ctx, cfg, &tunnel, gso) {
         Ok(send) => {
-            maps::count_tx(tunnel.remote_ip_be, bytes);
+            maps::count_tx(&traffic_key_v4(tunnel.remote_ip_be), bytes);
             send
         }
         Err(reason) => tc_drop(
@@ -324,7 +326,7 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
         return NEXT;
     };
     if tunnel.flags & DIRECT != 0 {
-        maps::count_tx(tunnel.traffic_key_be, ctx.len());
+        maps::count_tx(&tunnel.remote_ip, ctx.len());
         return direct::send6(cfg.nic_ifindex, &tunnel.remote_ip);
     }
     // At the overlay device the stack has applied the tunnel's MTU already. At the bridge,
@@ -340,7 +342,7 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     let bytes = ctx.len();
     match encap::encapsulate6(ctx, cfg, cfg6, &tunnel, gso_size != 0) {
         Ok(send) => {
-            maps::count_tx(tunnel.traffic_key_be, bytes);
+            maps::count_tx(&tunnel.remote_ip, bytes);
             send
         }
         Err(reason) => tc_drop(ctx, cfg, Hook::TcEncap, reason, Peer::V6(tunnel.remote_ip)),

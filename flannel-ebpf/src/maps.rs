@@ -25,16 +25,17 @@ pub static ROUTES: LpmTrie<u32, Tunnel> = LpmTrie::with_max_entries(MAX_PEERS, 0
 pub static CONFIG6: Array<DatapathConfig6> = Array::with_max_entries(1, 0);
 
 /// Current dual-stack leases, keyed by the peer's public IPv6.
-#[map(name = "FLANNEL_PEERS6_V1")]
+#[map(name = "FLANNEL_PEERS6_V2")]
 pub static PEERS6: HashMap<[u8; 16], PeerInfo6> = HashMap::with_max_entries(MAX_PEERS, 0);
 
 /// Peer IPv6 subnets (longest prefix) to their tunnel.
-#[map(name = "FLANNEL_ROUTES6_V2")]
+#[map(name = "FLANNEL_ROUTES6_V3")]
 pub static ROUTES6: LpmTrie<[u8; 16], Tunnel6> = LpmTrie::with_max_entries(MAX_PEERS, 0);
 
-/// Traffic per peer public IPv4; the agent creates the entries.
-#[map(name = "FLANNEL_TRAFFIC_V1")]
-pub static TRAFFIC: PerCpuHashMap<u32, PeerTraffic> = PerCpuHashMap::with_max_entries(MAX_PEERS, 0);
+/// Traffic per peer public address (IPv6, or IPv4 mapped); the agent creates the entries.
+#[map(name = "FLANNEL_TRAFFIC_V2")]
+pub static TRAFFIC: PerCpuHashMap<[u8; 16], PeerTraffic> =
+    PerCpuHashMap::with_max_entries(2 * MAX_PEERS, 0);
 
 /// Local containers, keyed by IPv4 (network byte order); the agent keeps it current.
 #[map(name = "FLANNEL_ENDPOINTS_V1")]
@@ -104,8 +105,8 @@ pub fn count_drop(reason: DropReason) {
 }
 
 #[inline(always)]
-pub fn count_tx(peer_be: u32, bytes: u32) {
-    if let Some(traffic) = TRAFFIC.get_ptr_mut(peer_be) {
+pub fn count_tx(peer: &[u8; 16], bytes: u32) {
+    if let Some(traffic) = TRAFFIC.get_ptr_mut(peer) {
         // SAFETY: per-CPU value.
         unsafe {
             (*traffic).tx_packets += 1;
@@ -115,8 +116,8 @@ pub fn count_tx(peer_be: u32, bytes: u32) {
 }
 
 #[inline(always)]
-pub fn count_rx(peer_be: u32, bytes: u32) {
-    if let Some(traffic) = TRAFFIC.get_ptr_mut(peer_be) {
+pub fn count_rx(peer: &[u8; 16], bytes: u32) {
+    if let Some(traffic) = TRAFFIC.get_ptr_mut(peer) {
         // SAFETY: per-CPU value.
         unsafe {
             (*traffic).rx_packets += 1;

@@ -427,7 +427,7 @@ fn ipv6_only_vxlan_on_ebpf_carries_ipv6_between_hosts_without_ipv4() {
     let (bed, agents, containers) = ipv6_only_vxlan(&[flags, &[], &[]], "flannel-bpf");
     assert_steady(&agents[0]);
     ebpf_delivers_ipv6_and_keeps_its_route(&bed, &containers);
-    // `status` names the IPv6 subnets, and counts each peer's traffic under its own key
+    // `status` names the IPv6 subnets, and counts each peer's traffic under its public IPv6
     // (since the restart, whose maps are new: the pings above reached both peers).
     let flanneld = flannel_tests::agent::flanneld().to_str().unwrap();
     let endpoints = format!("--etcd-endpoints={}", bed.etcd.ipv6_endpoint().unwrap());

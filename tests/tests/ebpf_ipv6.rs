@@ -8,8 +8,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
-    pins::Pins, DatapathConfig, DatapathConfig6, DropEvent, DropReason, Encap, Endpoint, Hook,
-    PeerInfo6, Tunnel, Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, VXLAN_PORT,
+    map_names, pins::Pins, DatapathConfig, DatapathConfig6, DropEvent, DropReason, Encap, Endpoint,
+    Hook, PeerInfo6, Tunnel, Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, VXLAN_PORT,
 };
 use flannel_tests::{
     bpf_run::{drop_events, run, run_gso, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -25,7 +25,7 @@ use ipnet::Ipv6Net;
 const LOCAL: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 2);
 const PEER: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 3);
 const STRANGER: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 0x66);
-/// The peer's public IPv4: its traffic counts there.
+/// The peer's public IPv4.
 const PEER_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 3);
 const VNI: u32 = 1;
 const OUR_VTEP: [u8; 6] = [0x0a, 0, 0, 0, 0, 1];
@@ -45,57 +45,60 @@ fn dual_stack(check_inner_source: bool, overlay_ifindex: u32) -> Programs {
     require_root();
     let mut programs = Programs::load(None).expect("load the embedded object");
     programs
-        .set_config(DatapathConfig {
-            vni: VNI,
-            port_be: VXLAN_PORT.to_be(),
-            encap: Encap::Vxlan as u16,
-            local_ip_be: u32::from(Ipv4Addr::new(192, 168, 64, 2)).to_be(),
-            vtep_mac: OUR_VTEP,
-            gro_ifindex: 42,
-            flags: if check_inner_source {
-                CHECK_INNER_SOURCE
-            } else {
-                0
+        .set_config(
+            map_names::CONFIG,
+            DatapathConfig {
+                vni: VNI,
+                port_be: VXLAN_PORT.to_be(),
+                encap: Encap::Vxlan as u16,
+                local_ip_be: u32::from(Ipv4Addr::new(192, 168, 64, 2)).to_be(),
+                vtep_mac: OUR_VTEP,
+                gro_ifindex: 42,
+                flags: if check_inner_source {
+                    CHECK_INNER_SOURCE
+                } else {
+                    0
+                },
+                ..Default::default()
             },
-            ..Default::default()
-        })
+        )
         .unwrap();
     let (network, subnet) = (net("fd00:10::/48"), net("fd00:10:0:83::/64"));
     programs
-        .set_config6(DatapathConfig6 {
-            local_ip: LOCAL.octets(),
-            network: network.network().octets(),
-            network_mask: network.netmask().octets(),
-            subnet: subnet.network().octets(),
-            subnet_mask: subnet.netmask().octets(),
-            overlay_ifindex,
-            inner_mtu: TUNNEL_MTU,
-        })
+        .set_config(
+            map_names::CONFIG6,
+            DatapathConfig6 {
+                local_ip: LOCAL.octets(),
+                network: network.network().octets(),
+                network_mask: network.netmask().octets(),
+                subnet: subnet.network().octets(),
+                subnet_mask: subnet.netmask().octets(),
+                overlay_ifindex,
+                inner_mtu: TUNNEL_MTU,
+            },
+        )
         .unwrap();
     let peer_subnet = net("fd00:10:0:74::/64");
-    let ipv4_be = u32::from(PEER_V4).to_be();
     programs
-        .insert_peer6(
+        .insert_peer(
             PEER,
             PeerInfo6 {
                 subnet: peer_subnet.network().octets(),
                 subnet_mask: peer_subnet.netmask().octets(),
-                traffic_key_be: ipv4_be,
             },
         )
         .unwrap();
     programs
-        .insert_route6(
+        .insert_route::<Ipv6Addr>(
             peer_subnet,
             Tunnel6 {
                 remote_ip: PEER.octets(),
                 remote_mac: PEER_VTEP,
                 flags: 0,
-                traffic_key_be: ipv4_be,
             },
         )
         .unwrap();
-    programs.track_traffic(PEER_V4).unwrap();
+    programs.track_traffic(PEER.into()).unwrap();
     programs
 }
 
@@ -132,7 +135,7 @@ fn ipv6_vxlan_from_a_peer_is_decapsulated_to_the_inner_packet() {
         out,
         [&frame[..14], &inner_ip("fd00:10:0:74::2")[..]].concat()
     );
-    let traffic = programs.traffic(PEER_V4).unwrap();
+    let traffic = programs.traffic(PEER.into()).unwrap();
     assert_eq!(
         (traffic.rx_packets, traffic.rx_bytes),
         (1, frame.len() as u64)
@@ -242,7 +245,9 @@ fn ipv6_traffic_not_for_our_tunnel_passes_untouched() {
     }
     // An IPv4-only network (an all-zero IPv6 config) takes no IPv6 tunnel packet.
     let mut programs = dual_stack(false, LOOPBACK);
-    programs.set_config6(DatapathConfig6::default()).unwrap();
+    programs
+        .set_config(map_names::CONFIG6, DatapathConfig6::default())
+        .unwrap();
     let frame = from_the_peer();
     assert_eq!(run(programs.tc_ingress(), &frame), (TC_ACT_UNSPEC, frame));
 }
@@ -283,14 +288,20 @@ fn an_ipv6_only_config_judges_and_tunnels_no_ipv4() {
         remote_mac: PEER_VTEP,
     };
     let route = "10.1.74.0/24".parse().unwrap();
-    programs.insert_route(route, Tunnel::new(&ends)).unwrap();
+    programs
+        .insert_route::<Ipv4Addr>(route, Tunnel::new(&ends))
+        .unwrap();
     // Without the flag, a config naming no local IPv4 judges (and drops) that frame and
     // tunnels that packet...
-    programs.set_config(ipv6_only(0)).unwrap();
+    programs
+        .set_config(map_names::CONFIG, ipv6_only(0))
+        .unwrap();
     assert_eq!(run(programs.tc_ingress(), &frame).0, TC_ACT_SHOT);
     assert_eq!(run(programs.tc_encap(), &outgoing).0, TC_ACT_REDIRECT);
     // ...with it, both pass untouched, and IPv6 from the peer is still decapsulated.
-    programs.set_config(ipv6_only(IPV6_ONLY)).unwrap();
+    programs
+        .set_config(map_names::CONFIG, ipv6_only(IPV6_ONLY))
+        .unwrap();
     let unknown = drops(&mut programs, DropReason::UnknownPeer);
     assert_eq!(
         run(programs.tc_ingress(), &frame),
@@ -404,7 +415,7 @@ fn single_ipv6_packets_for_a_peer_are_encapsulated_with_a_valid_udp_checksum() {
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_flannels_ipv6_vxlan(&out, frame);
     }
-    let traffic = programs.traffic(PEER_V4).unwrap();
+    let traffic = programs.traffic(PEER.into()).unwrap();
     let bytes = frames.iter().map(|f| f.len() as u64).sum();
     assert_eq!((traffic.tx_packets, traffic.tx_bytes), (4, bytes));
 

@@ -7,9 +7,9 @@ use std::net::{Ipv4Addr, UdpSocket};
 use aya::programs::{TestRun, TestRunOptions, XdpMode};
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
-    event_addr_v4, mask_be, pins::Pins, DatapathConfig, DropEvent, DropReason, Encap, Endpoint,
-    Hook, PeerInfo, Tunnel, TunnelEnds, CHECK_INNER_SOURCE, DIRECT_ROUTING, EVENTS_PER_SECOND,
-    THROUGH_NETFILTER, UDP_BACKEND_PORT, VXLAN_PORT,
+    event_addr_v4, map_names, mask_be, pins::Pins, DatapathConfig, DropEvent, DropReason, Encap,
+    Endpoint, Hook, PeerInfo, Tunnel, TunnelEnds, CHECK_INNER_SOURCE, DIRECT_ROUTING,
+    EVENTS_PER_SECOND, THROUGH_NETFILTER, UDP_BACKEND_PORT, VXLAN_PORT,
 };
 use flannel_tests::{
     bpf_run::{drop_events, run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -52,14 +52,14 @@ fn guard(encap: Encap) -> Programs {
     let config = config(encap);
     require_root();
     let mut programs = Programs::load(None).expect("load the embedded object");
-    programs.set_config(config).unwrap();
+    programs.set_config(map_names::CONFIG, config).unwrap();
     let peer = PeerInfo {
         subnet_be: u32::from(Ipv4Addr::new(10, 1, 74, 0)).to_be(),
         prefix_len: 24,
         ..Default::default()
     };
     programs.insert_peer(PEER, peer).unwrap();
-    programs.track_traffic(PEER).unwrap();
+    programs.track_traffic(PEER.into()).unwrap();
     let tunnel = Tunnel::new(&TunnelEnds {
         encap,
         local_ip_be: config.local_ip_be,
@@ -70,7 +70,7 @@ fn guard(encap: Encap) -> Programs {
         remote_mac: PEER_VTEP,
     });
     programs
-        .insert_route("10.1.74.0/24".parse().unwrap(), tunnel)
+        .insert_route::<Ipv4Addr>("10.1.74.0/24".parse().unwrap(), tunnel)
         .unwrap();
     programs
 }
@@ -119,7 +119,7 @@ fn vxlan_from_a_peer_is_decapsulated_to_the_inner_packet() {
     assert_eq!(verdict, TC_ACT_OK);
     // The outer Ethernet header (addressed to this host) stays, the inner packet follows.
     assert_eq!(out, [&frame[..14], &inner_ip()[..]].concat());
-    let traffic = programs.traffic(PEER).unwrap();
+    let traffic = programs.traffic(PEER.into()).unwrap();
     assert_eq!(
         (traffic.rx_packets, traffic.rx_bytes),
         (1, frame.len() as u64)
@@ -337,7 +337,7 @@ fn udp_frames_for_local_containers_take_the_gro_device() {
 
     let mut config = config(Encap::Udp);
     config.gro_ifindex = 1;
-    programs.set_config(config).unwrap();
+    programs.set_config(map_names::CONFIG, config).unwrap();
     let (verdict, out) = run(programs.tc_ingress(), &from_peer(&local));
     let into_gro_device = decapsulated(&from_peer(&local), &local);
     assert_eq!((verdict, &out), (TC_ACT_REDIRECT, &into_gro_device));
@@ -431,7 +431,7 @@ fn attached_guard_filters_real_packets() {
         1,
         "dropped once, by XDP"
     );
-    assert_eq!(programs.traffic(PEER).unwrap().rx_packets, 1);
+    assert_eq!(programs.traffic(PEER.into()).unwrap().rx_packets, 1);
     peer.exec("ping", &["-c", "1", "-W", "2", "192.168.64.2"])
         .expect("ping crosses the guarded link");
 }
@@ -512,7 +512,7 @@ fn vxlan_encap_byte_for_byte() {
         &inner[..],
         "inner Ethernet to the peer's VTEP, then the packet"
     );
-    let traffic = programs.traffic(PEER).unwrap();
+    let traffic = programs.traffic(PEER.into()).unwrap();
     assert_eq!(
         (traffic.tx_packets, traffic.tx_bytes),
         (1, frame.len() as u64)
@@ -620,7 +620,7 @@ fn vxlan_with_inner_source(src: Ipv4Addr) -> Vec<u8> {
 fn a_peer_speaks_only_for_its_own_subnet_and_outside_clients() {
     let mut programs = guard(Encap::Vxlan);
     programs
-        .set_config(config_in_network(Encap::Vxlan, true))
+        .set_config(map_names::CONFIG, config_in_network(Encap::Vxlan, true))
         .unwrap();
     let third_host = vxlan_with_inner_source(Ipv4Addr::new(10, 1, 99, 2));
     assert_eq!(
@@ -638,7 +638,7 @@ fn a_peer_speaks_only_for_its_own_subnet_and_outside_clients() {
     }
     // Turned off (--bpf-check-inner-source=false), the peer's word is taken.
     programs
-        .set_config(config_in_network(Encap::Vxlan, false))
+        .set_config(map_names::CONFIG, config_in_network(Encap::Vxlan, false))
         .unwrap();
     assert_eq!(verdicts(&mut programs, &third_host), (XDP_PASS, TC_ACT_OK));
 }
@@ -647,7 +647,7 @@ fn a_peer_speaks_only_for_its_own_subnet_and_outside_clients() {
 fn local_traffic_is_never_tunnelled_whatever_the_routes_map_holds() {
     let mut programs = guard(Encap::Vxlan);
     programs
-        .set_config(config_in_network(Encap::Vxlan, true))
+        .set_config(map_names::CONFIG, config_in_network(Encap::Vxlan, true))
         .unwrap();
     // Bogus entries, as a hostile lease once put there: the whole network, everything.
     let bogus = Tunnel::new(&TunnelEnds {
@@ -661,7 +661,7 @@ fn local_traffic_is_never_tunnelled_whatever_the_routes_map_holds() {
     });
     for subnet in ["10.1.0.0/16", "0.0.0.0/0"] {
         programs
-            .insert_route(subnet.parse().unwrap(), bogus)
+            .insert_route::<Ipv4Addr>(subnet.parse().unwrap(), bogus)
             .unwrap();
     }
     for dst in [Ipv4Addr::new(10, 1, 83, 5), Ipv4Addr::new(8, 8, 8, 8)] {
@@ -686,15 +686,15 @@ fn direct_routing_sends_and_delivers_packets_as_they_are() {
     let neighbour = Ipv4Addr::new(192, 168, 64, 4);
     let direct_subnet = "10.1.75.0/24".parse().unwrap();
     programs
-        .insert_route(direct_subnet, Tunnel::direct(u32::from(neighbour).to_be()))
+        .insert_route::<Ipv4Addr>(direct_subnet, Tunnel::direct(u32::from(neighbour).to_be()))
         .unwrap();
-    programs.track_traffic(neighbour).unwrap();
+    programs.track_traffic(neighbour.into()).unwrap();
     let frame = container_frame(Ipv4Addr::new(10, 1, 75, 2), 100);
     assert_eq!(
         run(programs.tc_encap(), &frame),
         (TC_ACT_REDIRECT, frame.clone())
     );
-    assert_eq!(programs.traffic(neighbour).unwrap().tx_packets, 1);
+    assert_eq!(programs.traffic(neighbour.into()).unwrap().tx_packets, 1);
 
     let container = Ipv4Addr::new(10, 1, 83, 2);
     let endpoint = Endpoint {
@@ -723,7 +723,7 @@ fn direct_routing_sends_and_delivers_packets_as_they_are() {
     );
     let mut config = config_in_network(Encap::Vxlan, true);
     config.flags |= DIRECT_ROUTING;
-    programs.set_config(config).unwrap();
+    programs.set_config(map_names::CONFIG, config).unwrap();
     let delivered = [
         &[endpoint.mac, endpoint.bridge_mac].concat()[..],
         &plain[12..],
@@ -733,14 +733,14 @@ fn direct_routing_sends_and_delivers_packets_as_they_are() {
         run(programs.tc_ingress(), &plain),
         (TC_ACT_REDIRECT, delivered)
     );
-    assert_eq!(programs.traffic(neighbour).unwrap().rx_packets, 1);
+    assert_eq!(programs.traffic(neighbour.into()).unwrap().rx_packets, 1);
     assert_eq!(
         run(programs.tc_ingress(), &tunnelled_subnet),
         (TC_ACT_UNSPEC, tunnelled_subnet.clone())
     );
     // Through netfilter (--bpf-fast-path=false), the stack routes it.
     config.flags |= THROUGH_NETFILTER;
-    programs.set_config(config).unwrap();
+    programs.set_config(map_names::CONFIG, config).unwrap();
     assert_eq!(
         run(programs.tc_ingress(), &plain),
         (TC_ACT_UNSPEC, plain.clone())

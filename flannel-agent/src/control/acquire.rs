@@ -10,10 +10,13 @@ use ipnet::IpNet;
 use rand::seq::IndexedRandom;
 use tracing::info;
 
-use crate::control::{
-    config::{Config, Family, FamilyConfig},
-    lease::{overlap, LeaseAttrs, Subnets},
-    registry::{Registry, Snapshot, StoredLease},
+use crate::{
+    control::{
+        config::{Config, FamilyConfig},
+        lease::{overlap, LeaseAttrs, Subnets},
+        registry::{Registry, Snapshot, StoredLease},
+    },
+    family::Family,
 };
 
 /// flannel's lease TTL.

@@ -3,15 +3,12 @@
 //! Keys match case-insensitively (Go's encoding/json), unknown keys are ignored, and every
 //! refusal names the field and the rule it breaks.
 
-use std::{
-    fmt::Display,
-    net::{Ipv4Addr, Ipv6Addr},
-    str::FromStr,
-};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
+
+use crate::family::Family;
 
 pub const DEFAULT_VXLAN_PORT: u16 = flannel_common::VXLAN_PORT;
 pub const DEFAULT_UDP_PORT: u16 = flannel_common::UDP_BACKEND_PORT;
@@ -47,15 +44,15 @@ impl<A: Family> FamilyConfig<A> {
         std::iter::successors(Some(self.subnet_min.bits()), move |addr| {
             addr.checked_add(step).filter(|next| *next <= max)
         })
-        .map(move |addr| A::net(A::from_bits(addr), self.subnet_len))
+        .filter_map(move |addr| A::net(A::from_bits(addr), self.subnet_len))
     }
 
     /// True when `subnet` is a subnet this config can hand out.
     pub fn contains_subnet(&self, subnet: &A::Net) -> bool {
-        let (first, _) = A::first_and_last(subnet);
+        let (first, _) = A::span(subnet);
         A::prefix_len(subnet) == self.subnet_len
-            && A::first_and_last(&self.network).0 <= first
-            && first <= A::first_and_last(&self.network).1
+            && A::span(&self.network).0 <= first
+            && first <= A::span(&self.network).1
             && (self.subnet_min.bits()..=self.subnet_max.bits()).contains(&first)
     }
 }
@@ -111,11 +108,11 @@ pub fn parse(json: &str) -> Result<Config> {
         .ok_or_else(|| anyhow!("the config must be a JSON object"))?;
 
     let ipv4 = match flag(root, "EnableIPv4")? {
-        None | Some(true) => Some(parse_ipv4(root)?),
+        None | Some(true) => Some(parse_family(root)?),
         Some(false) => None,
     };
     let ipv6 = match flag(root, "EnableIPv6")? {
-        Some(true) => Some(parse_ipv6(root)?),
+        Some(true) => Some(parse_family(root)?),
         _ => None,
     };
     if ipv4.is_none() && ipv6.is_none() {
@@ -137,21 +134,26 @@ pub fn parse(json: &str) -> Result<Config> {
     })
 }
 
-/// `Network` and its subnets, as flannel checks them.
-fn parse_ipv4(root: &Map<String, Value>) -> Result<Ipv4Config> {
-    let text = string(root, "Network")?.ok_or_else(|| {
-        anyhow!("Network is required (or EnableIPv4: false, for an IPv6-only network)")
+/// `Network` (or `IPv6Network`) and its subnets, as flannel checks them; IPv6's scaled:
+/// subnets default to /64, at most /126, and the network must hold four.
+fn parse_family<A: Family>(root: &Map<String, Value>) -> Result<FamilyConfig<A>> {
+    let name = format!("{}Network", field_prefix::<A>());
+    let text = string(root, &name)?.ok_or_else(|| {
+        anyhow!(A::pick(
+            "Network is required (or EnableIPv4: false, for an IPv6-only network)",
+            "IPv6Network is required when EnableIPv6 is true",
+        ))
     })?;
-    let network: Ipv4Net = text
+    let network: A::Net = text
         .parse()
-        .map_err(|_| anyhow!("Network: {text:?} is not an IPv4 CIDR"))?;
-    let network = network.trunc();
-    if network.prefix_len() > 28 {
-        bail!("Network: {network} is smaller than /28");
+        .map_err(|_| anyhow!("{name}: {text:?} is not an {} CIDR", A::NAME))?;
+    let network = A::trunc(&network);
+    if A::prefix_len(&network) > A::BITS - 4 {
+        bail!("{name}: {network} is smaller than /{}", A::BITS - 4);
     }
-    let subnet_len = subnet_len::<Ipv4Addr>(root, network.prefix_len())?;
-    let (subnet_min, subnet_max) = bounds::<Ipv4Addr>(root, &network, subnet_len)?;
-    Ok(Ipv4Config {
+    let subnet_len = subnet_len::<A>(root, A::prefix_len(&network))?;
+    let (subnet_min, subnet_max) = bounds::<A>(root, &network, subnet_len)?;
+    Ok(FamilyConfig {
         network,
         subnet_len,
         subnet_min,
@@ -159,99 +161,19 @@ fn parse_ipv4(root: &Map<String, Value>) -> Result<Ipv4Config> {
     })
 }
 
-/// `IPv6Network` and its subnets, checked as `Network` is (flannel's rules, scaled: subnets
-/// default to /64, at most /126, and the network must hold four).
-fn parse_ipv6(root: &Map<String, Value>) -> Result<Ipv6Config> {
-    let text = string(root, "IPv6Network")?
-        .ok_or_else(|| anyhow!("IPv6Network is required when EnableIPv6 is true"))?;
-    let network: Ipv6Net = text
-        .parse()
-        .map_err(|_| anyhow!("IPv6Network: {text:?} is not an IPv6 CIDR"))?;
-    let network = network.trunc();
-    if network.prefix_len() > 124 {
-        bail!("IPv6Network: {network} is smaller than /124");
-    }
-    let subnet_len = subnet_len::<Ipv6Addr>(root, network.prefix_len())?;
-    let (subnet_min, subnet_max) = bounds::<Ipv6Addr>(root, &network, subnet_len)?;
-    Ok(Ipv6Config {
-        network,
-        subnet_len,
-        subnet_min,
-        subnet_max,
-    })
-}
-
-/// What the IPv4 and IPv6 halves of the config share: field names, widths, defaults.
-pub trait Family: Copy + Display + FromStr + PartialOrd + std::fmt::Debug + Eq {
-    type Net: Display + Copy + std::fmt::Debug + Eq;
-    /// "IPv4" or "IPv6".
-    const NAME: &'static str;
-    /// The field prefix: "" or "IPv6".
-    const FIELD: &'static str;
-    const BITS: u8;
-    /// The subnet length when the network is large enough for it.
-    const DEFAULT_SUBNET_LEN: u8;
-    fn bits(self) -> u128;
-    fn from_bits(bits: u128) -> Self;
-    fn first_and_last(net: &Self::Net) -> (u128, u128);
-    fn prefix_len(net: &Self::Net) -> u8;
-    fn net(addr: Self, prefix_len: u8) -> Self::Net;
-}
-
-impl Family for Ipv4Addr {
-    type Net = Ipv4Net;
-    const NAME: &'static str = "IPv4";
-    const FIELD: &'static str = "";
-    const BITS: u8 = 32;
-    const DEFAULT_SUBNET_LEN: u8 = 24;
-    fn bits(self) -> u128 {
-        u32::from(self).into()
-    }
-    fn from_bits(bits: u128) -> Self {
-        (bits as u32).into()
-    }
-    fn first_and_last(net: &Ipv4Net) -> (u128, u128) {
-        (net.network().bits(), net.broadcast().bits())
-    }
-    fn prefix_len(net: &Ipv4Net) -> u8 {
-        net.prefix_len()
-    }
-    fn net(addr: Self, prefix_len: u8) -> Ipv4Net {
-        Ipv4Net::new(addr, prefix_len).expect("a valid prefix length")
-    }
-}
-
-impl Family for Ipv6Addr {
-    type Net = Ipv6Net;
-    const NAME: &'static str = "IPv6";
-    const FIELD: &'static str = "IPv6";
-    const BITS: u8 = 128;
-    const DEFAULT_SUBNET_LEN: u8 = 64;
-    fn bits(self) -> u128 {
-        self.into()
-    }
-    fn from_bits(bits: u128) -> Self {
-        bits.into()
-    }
-    fn first_and_last(net: &Ipv6Net) -> (u128, u128) {
-        (net.network().bits(), net.broadcast().bits())
-    }
-    fn prefix_len(net: &Ipv6Net) -> u8 {
-        net.prefix_len()
-    }
-    fn net(addr: Self, prefix_len: u8) -> Ipv6Net {
-        Ipv6Net::new(addr, prefix_len).expect("a valid prefix length")
-    }
+/// The config's name prefix of a family's fields: "" (`Network`, `SubnetLen`) or "IPv6".
+fn field_prefix<A: Family>() -> &'static str {
+    A::pick("", "IPv6")
 }
 
 /// `SubnetLen` (or `IPv6SubnetLen`): the default when absent or 0 (the family's default if
 /// the network holds four of those, else the prefix + 2), else at most two bits short of a
 /// host and at least four subnets to the network.
 fn subnet_len<A: Family>(root: &Map<String, Value>, prefix: u8) -> Result<u8> {
-    let name = format!("{}SubnetLen", A::FIELD);
+    let name = format!("{}SubnetLen", field_prefix::<A>());
     let max = A::BITS - 2;
     match integer(root, &name)? {
-        None | Some(0) => Ok(A::DEFAULT_SUBNET_LEN.max(prefix + 2)),
+        None | Some(0) => Ok(A::pick(24, 64).max(prefix + 2)),
         Some(len) if len > u64::from(max) => bail!("{name}: {len} is larger than {max}"),
         Some(len) if len < u64::from(prefix) + 2 => {
             bail!(
@@ -271,10 +193,10 @@ fn bounds<A: Family>(
     subnet_len: u8,
 ) -> Result<(A, A)> {
     let step = 1u128 << (A::BITS - subnet_len);
-    let (first, last) = A::first_and_last(network);
+    let (first, last) = A::span(network);
     let (min_name, max_name) = (
-        format!("{}SubnetMin", A::FIELD),
-        format!("{}SubnetMax", A::FIELD),
+        format!("{}SubnetMin", field_prefix::<A>()),
+        format!("{}SubnetMax", field_prefix::<A>()),
     );
     let min = bound::<A>(root, &min_name, network, subnet_len)?
         .unwrap_or_else(|| A::from_bits(first + step));
@@ -395,15 +317,18 @@ fn bound<A: Family>(
     let addr: A = text
         .parse()
         .map_err(|_| anyhow!("{name}: {text:?} is not an {} address", A::NAME))?;
-    let (first, last) = A::first_and_last(network);
+    let (first, last) = A::span(network);
     if !(first..=last).contains(&addr.bits()) {
-        bail!("{name}: {addr} is not inside {}Network {network}", A::FIELD);
+        bail!(
+            "{name}: {addr} is not inside {}Network {network}",
+            field_prefix::<A>()
+        );
     }
     let host_bits = (1u128 << (A::BITS - subnet_len)) - 1;
     if addr.bits() & host_bits != 0 {
         bail!(
             "{name}: {addr} is not aligned to {}SubnetLen /{subnet_len}",
-            A::FIELD
+            field_prefix::<A>()
         );
     }
     Ok(Some(addr))

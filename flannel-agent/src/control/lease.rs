@@ -3,13 +3,15 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::Value;
+
+use crate::family::Family;
 
 /// A MAC address, printed lower case with colons as Go's `net.HardwareAddr`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -86,6 +88,16 @@ impl Subnets {
             ipv4: Some(subnet),
             ipv6: None,
         }
+    }
+
+    /// The subnet of family `A`, if the lease has one.
+    pub fn half<A: Family>(&self) -> Option<A::Net> {
+        A::pick(self.ipv4.map(IpNet::V4), self.ipv6.map(IpNet::V6)).and_then(A::net_of)
+    }
+
+    /// The subnets it has, IPv4's first.
+    pub fn halves(&self) -> impl Iterator<Item = IpNet> {
+        (self.ipv4.map(IpNet::V4).into_iter()).chain(self.ipv6.map(IpNet::V6))
     }
 
     /// The IPv4 subnet, or the IPv6 one when there is no IPv4 (an IPv6-only network).
@@ -171,6 +183,10 @@ impl FromStr for Subnets {
     }
 }
 
+fn both_into<N: Into<IpNet>>((network, subnet): (N, N)) -> (IpNet, IpNet) {
+    (network.into(), subnet.into())
+}
+
 /// Our end of the overlay, once leased: per family in use, the network and our subnet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ours {
@@ -179,6 +195,13 @@ pub struct Ours {
 }
 
 impl Ours {
+    /// The network and our subnet of family `A`, if the network carries it.
+    pub fn half<A: Family>(&self) -> Option<(A::Net, A::Net)> {
+        let (v4, v6) = (self.ipv4.map(both_into), self.ipv6.map(both_into));
+        let (network, subnet) = A::pick(v4, v6)?;
+        Some((A::net_of(network)?, A::net_of(subnet)?))
+    }
+
     pub fn subnets(&self) -> Subnets {
         Subnets {
             ipv4: self.ipv4.map(|(_, subnet)| subnet),
@@ -198,6 +221,27 @@ pub struct LeaseAttrs {
 }
 
 impl LeaseAttrs {
+    /// The public address of family `A` (IPv4's is `0.0.0.0` in an IPv6-only network).
+    pub fn public<A: Family>(&self) -> Option<A> {
+        A::pick(
+            Some(self.public_ip.into()),
+            self.public_ipv6.map(IpAddr::V6),
+        )
+        .and_then(A::of)
+    }
+
+    /// The VTEP MAC of family `A`'s vxlan device; None for other backends.
+    pub fn vtep_mac<A: Family>(&self) -> Option<Mac> {
+        match self.backend {
+            BackendAttrs::Vxlan {
+                vtep_mac,
+                v6_vtep_mac,
+                ..
+            } => A::pick(vtep_mac, v6_vtep_mac),
+            _ => None,
+        }
+    }
+
     /// The value's JSON as flannel writes it, byte for byte (field order, `null`, lower-case
     /// MAC).
     pub fn to_json(&self) -> String {

@@ -18,13 +18,16 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use tracing::warn;
 
-use crate::control::{
-    config::Config,
-    lease::{overlap, BackendAttrs, LeaseAttrs, Subnets},
-    registry::StoredLease,
+use crate::{
+    control::{
+        config::{Config, FamilyConfig},
+        lease::{overlap, BackendAttrs, LeaseAttrs, Subnets},
+        registry::StoredLease,
+    },
+    family::Family,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,9 +40,9 @@ pub struct Peer {
 #[derive(Clone, Debug)]
 pub struct Rules {
     /// The IPv4 half; None in an IPv6-only network.
-    pub ipv4: Option<FamilyRules<Ipv4Net, Ipv4Addr>>,
+    pub ipv4: Option<FamilyRules<Ipv4Addr>>,
     /// The IPv6 half, in a dual-stack or IPv6-only network.
-    pub ipv6: Option<FamilyRules<Ipv6Net, Ipv6Addr>>,
+    pub ipv6: Option<FamilyRules<Ipv6Addr>>,
     pub backend_type: String,
     /// The etcd prefix, to name the keys of rejected leases.
     pub prefix: String,
@@ -50,18 +53,8 @@ impl Rules {
     /// without one); `prefix` is the etcd prefix.
     pub fn of(config: &Config, prefix: &str, own: Option<(&Subnets, &LeaseAttrs)>) -> Self {
         Self {
-            ipv4: (config.ipv4.as_ref()).map(|v4| FamilyRules {
-                network: v4.network,
-                subnet_len: v4.subnet_len,
-                own_subnet: own.and_then(|(s, _)| s.ipv4),
-                own_ip: own.map(|(_, a)| a.public_ip),
-            }),
-            ipv6: (config.ipv6.as_ref()).map(|v6| FamilyRules {
-                network: v6.network,
-                subnet_len: v6.subnet_len,
-                own_subnet: own.and_then(|(s, _)| s.ipv6),
-                own_ip: own.and_then(|(_, a)| a.public_ipv6),
-            }),
+            ipv4: (config.ipv4.as_ref()).map(|v4| FamilyRules::new(v4, own)),
+            ipv6: (config.ipv6.as_ref()).map(|v6| FamilyRules::new(v6, own)),
             backend_type: config.backend.type_name().to_owned(),
             prefix: prefix.to_owned(),
         }
@@ -104,7 +97,7 @@ impl Rules {
 
     /// The index entries of a lease: the subnets and public addresses of its halves that the
     /// network has (IPv4's `0.0.0.0` of an IPv6-only lease names none).
-    fn index_keys(&self, lease: &StoredLease) -> (Option<Ipv4Net>, Option<Ipv6Net>, Vec<IpAddr>) {
+    fn index_keys(&self, lease: &StoredLease) -> (Vec<IpNet>, Vec<IpAddr>) {
         let view = self.view(&lease.subnets);
         let ips = [
             view.ipv4.map(|_| lease.attrs.public_ip.into()),
@@ -114,17 +107,17 @@ impl Rules {
             .into_iter()
             .flatten()
             .filter(|ip: &IpAddr| !ip.is_unspecified());
-        (view.ipv4, view.ipv6, ips.collect())
+        (view.halves().collect(), ips.collect())
     }
 }
 
 /// What one half of a lease (IPv4 or IPv6) is checked against: the same rules for both.
 #[derive(Clone, Debug)]
-pub struct FamilyRules<N, A> {
-    pub network: N,
+pub struct FamilyRules<A: Family> {
+    pub network: A::Net,
     pub subnet_len: u8,
     /// Ours; None for `status` on a host without a subnet file.
-    pub own_subnet: Option<N>,
+    pub own_subnet: Option<A::Net>,
     pub own_ip: Option<A>,
 }
 
@@ -139,10 +132,9 @@ pub struct PeerTable {
     rules: Rules,
     /// Every lease but ours, as etcd holds it.
     leases: BTreeMap<Subnets, StoredLease>,
-    /// The leases by each half's subnet, and by public address (either family), of the
+    /// The leases by each half's subnet and by public address (either family), of the
     /// halves the network has.
-    by_subnet4: BTreeMap<Ipv4Net, BTreeSet<Subnets>>,
-    by_subnet6: BTreeMap<Ipv6Net, BTreeSet<Subnets>>,
+    by_subnet: BTreeMap<IpNet, BTreeSet<Subnets>>,
     by_ip: BTreeMap<IpAddr, BTreeSet<Subnets>>,
     /// The accepted leases of our backend type, seen as the network sees them (keyed by
     /// that view, which no two accepted leases share): what the datapath must hold.
@@ -174,8 +166,7 @@ impl PeerTable {
         Self {
             rules,
             leases: BTreeMap::new(),
-            by_subnet4: BTreeMap::new(),
-            by_subnet6: BTreeMap::new(),
+            by_subnet: BTreeMap::new(),
             by_ip: BTreeMap::new(),
             peers: BTreeMap::new(),
             rejected: BTreeMap::new(),
@@ -256,8 +247,7 @@ impl PeerTable {
             .filter(|l| Some(l.subnets) != own)
             .map(|l| (l.subnets, l.clone()))
             .collect();
-        self.by_subnet4.clear();
-        self.by_subnet6.clear();
+        self.by_subnet.clear();
         self.by_ip.clear();
         for lease in self.leases.values().cloned().collect::<Vec<_>>() {
             self.index(&lease);
@@ -266,13 +256,10 @@ impl PeerTable {
     }
 
     fn index(&mut self, lease: &StoredLease) {
-        let (subnet4, subnet6, ips) = self.rules.index_keys(lease);
+        let (halves, ips) = self.rules.index_keys(lease);
         let subnets = lease.subnets;
-        if let Some(subnet) = subnet4 {
-            index_insert(&mut self.by_subnet4, subnet, subnets);
-        }
-        if let Some(subnet) = subnet6 {
-            index_insert(&mut self.by_subnet6, subnet, subnets);
+        for subnet in halves {
+            index_insert(&mut self.by_subnet, subnet, subnets);
         }
         for ip in ips {
             index_insert(&mut self.by_ip, ip, subnets);
@@ -284,12 +271,9 @@ impl PeerTable {
         let Some(old) = self.leases.remove(subnets) else {
             return BTreeSet::from([*subnets]);
         };
-        let (subnet4, subnet6, ips) = self.rules.index_keys(&old);
-        if let Some(subnet) = subnet4 {
-            index_remove(&mut self.by_subnet4, subnet, subnets);
-        }
-        if let Some(subnet) = subnet6 {
-            index_remove(&mut self.by_subnet6, subnet, subnets);
+        let (halves, ips) = self.rules.index_keys(&old);
+        for subnet in halves {
+            index_remove(&mut self.by_subnet, subnet, subnets);
         }
         for ip in ips {
             index_remove(&mut self.by_ip, ip, subnets);
@@ -341,11 +325,7 @@ impl PeerTable {
     /// Leases with the same view overlap, so at most one of them is accepted; all are in
     /// the index of the view's first half.
     fn peer_seen_as(&self, view: &Subnets) -> Option<LeaseAttrs> {
-        let same_subnet = match (view.ipv4, view.ipv6) {
-            (Some(subnet), _) => self.by_subnet4.get(&subnet),
-            (None, Some(subnet)) => self.by_subnet6.get(&subnet),
-            (None, None) => None,
-        };
+        let same_subnet = view.either().and_then(|subnet| self.by_subnet.get(&subnet));
         same_subnet
             .into_iter()
             .flatten()
@@ -386,21 +366,10 @@ impl PeerTable {
                 ),
             );
         }
-        if let Some(v4) = &rules.ipv4 {
-            let ip = Some(attrs.public_ip.into()).filter(|ip: &IpAddr| !ip.is_unspecified());
-            let half = view.ipv4.map(Into::into);
-            let required = rules.ipv6.is_none();
-            if let Some(rejection) = v4.judge(half, ip, required, ("", "PublicIP")) {
-                return Some(rejection);
-            }
-        }
-        if let Some(v6) = &rules.ipv6 {
-            let ip = attrs.public_ipv6.map(Into::into);
-            let half = view.ipv6.map(Into::into);
-            let required = rules.ipv4.is_none();
-            if let Some(rejection) = v6.judge(half, ip, required, ("IPv6 ", "PublicIPv6")) {
-                return Some(rejection);
-            }
+        let v4 = (rules.ipv4.as_ref()).and_then(|v4| v4.judge(&view, attrs, rules.ipv6.is_none()));
+        let v6 = (rules.ipv6.as_ref()).and_then(|v6| v6.judge(&view, attrs, rules.ipv4.is_none()));
+        if let Some(rejection) = v4.or(v6) {
+            return Some(rejection);
         }
         let BackendAttrs::Vxlan {
             vni,
@@ -444,8 +413,8 @@ impl PeerTable {
             .filter(|other| age(other) < age(lease) && self.fault(other).is_none())
             .min_by_key(|other| age(other))
             .map(|older| {
-                let (_, _, ips) = self.rules.index_keys(lease);
-                let (_, _, older_ips) = self.rules.index_keys(older);
+                let (_, ips) = self.rules.index_keys(lease);
+                let (_, older_ips) = self.rules.index_keys(older);
                 match ips.into_iter().find(|ip| older_ips.contains(ip)) {
                     Some(ip) => Rejection {
                         reason: "public_ip_taken",
@@ -469,16 +438,12 @@ impl PeerTable {
 
     /// The other leases whose subnets overlap `lease`'s or that share a public address.
     fn colliding(&self, lease: &StoredLease) -> BTreeSet<Subnets> {
-        let (subnet4, subnet6, ips) = self.rules.index_keys(lease);
-        let v4 = subnet4
+        let (halves, ips) = self.rules.index_keys(lease);
+        let same_subnet = halves
             .into_iter()
-            .flat_map(|s| overlapping(&self.by_subnet4, s));
-        let v6 = subnet6
-            .into_iter()
-            .flat_map(|s| overlapping(&self.by_subnet6, s));
+            .flat_map(|s| overlapping(&self.by_subnet, s));
         let same_ip = ips.iter().filter_map(|ip| self.by_ip.get(ip));
-        (v4.map(|(_, l)| l))
-            .chain(v6.map(|(_, l)| l))
+        (same_subnet.map(|(_, l)| l))
             .chain(same_ip)
             .flatten()
             .filter(|s| **s != lease.subnets)
@@ -487,50 +452,24 @@ impl PeerTable {
     }
 }
 
-/// An aligned prefix of either family, as the indexes order them.
-trait Prefix: Ord + Copy {
-    /// The first and last prefixes inside this one, in `Ord` order.
-    fn span(self) -> (Self, Self);
-    fn supernet(self) -> Option<Self>;
-}
+impl<A: Family> FamilyRules<A> {
+    /// The rules of `config`'s half of family `A` on a host holding the lease `own`.
+    fn new(config: &FamilyConfig<A>, own: Option<(&Subnets, &LeaseAttrs)>) -> Self {
+        Self {
+            network: config.network,
+            subnet_len: config.subnet_len,
+            own_subnet: own.and_then(|(subnets, _)| subnets.half::<A>()),
+            own_ip: own.and_then(|(_, attrs)| attrs.public::<A>()),
+        }
+    }
 
-impl Prefix for Ipv4Net {
-    fn span(self) -> (Self, Self) {
-        let first = Ipv4Net::new(self.network(), 0).expect("prefix 0");
-        (
-            first,
-            Ipv4Net::new(self.broadcast(), 32).expect("prefix 32"),
-        )
-    }
-    fn supernet(self) -> Option<Self> {
-        Ipv4Net::supernet(&self)
-    }
-}
-
-impl Prefix for Ipv6Net {
-    fn span(self) -> (Self, Self) {
-        let first = Ipv6Net::new(self.network(), 0).expect("prefix 0");
-        (
-            first,
-            Ipv6Net::new(self.broadcast(), 128).expect("prefix 128"),
-        )
-    }
-    fn supernet(self) -> Option<Self> {
-        Ipv6Net::supernet(&self)
-    }
-}
-
-impl<N: Copy + Into<IpNet>, A: Copy + Into<IpAddr>> FamilyRules<N, A> {
-    /// What is wrong with a lease's half of subnet `subnet` and public address `ip`, if
-    /// anything; `required`: a lease without this half is rejected. `names` name the
-    /// family ("" or "IPv6 ") and the value's address field in messages.
-    fn judge(
-        &self,
-        subnet: Option<IpNet>,
-        ip: Option<IpAddr>,
-        required: bool,
-        (family, field): (&str, &str),
-    ) -> Option<Rejection> {
+    /// What is wrong with the half of family `A` of a lease seen as `view`, if anything;
+    /// `required`: a lease without this half is rejected.
+    fn judge(&self, view: &Subnets, attrs: &LeaseAttrs, required: bool) -> Option<Rejection> {
+        let subnet = view.half::<A>().map(Into::into);
+        let ip = attrs.public::<A>().map(Into::into);
+        let ip = ip.filter(|ip: &IpAddr| !ip.is_unspecified());
+        let (family, field) = A::pick(("", "PublicIP"), ("IPv6 ", "PublicIPv6"));
         let network: IpNet = self.network.into();
         let subnet = match subnet {
             Some(subnet) => subnet,
@@ -573,8 +512,7 @@ impl<N: Copy + Into<IpNet>, A: Copy + Into<IpAddr>> FamilyRules<N, A> {
         if Some(ip) == self.own_ip.map(Into::into) {
             return reject("our_public_ip", format!("its {field} {ip} is ours"));
         }
-        // 0.0.0.0/8 names "this network", never a host to send to (and IPv6-only peers'
-        // traffic counts under keys there).
+        // 0.0.0.0/8 names "this network", never a host to send to.
         let no_v4_host = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast() || v4.octets()[0] == 0);
         if ip.is_loopback() || ip.is_multicast() || no_v4_host || network.contains(&ip) {
             return reject(
@@ -591,10 +529,12 @@ fn reject(reason: &'static str, detail: String) -> Option<Rejection> {
 }
 
 /// The entries of `index` whose prefix overlaps `net`: aligned prefixes overlap when one lies
-/// inside the other, so these are a range and the few supernets of `net`.
-fn overlapping<N: Prefix, V>(index: &BTreeMap<N, V>, net: N) -> impl Iterator<Item = (&N, &V)> {
-    let (first, last) = net.span();
-    let containing = std::iter::successors(net.supernet(), |n| n.supernet())
+/// inside the other, so these are a range (prefixes order by address, then length) and the
+/// few supernets of `net`.
+fn overlapping<V>(index: &BTreeMap<IpNet, V>, net: IpNet) -> impl Iterator<Item = (&IpNet, &V)> {
+    let first = IpNet::new(net.network(), 0).expect("prefix 0");
+    let last = IpNet::new(net.broadcast(), net.max_prefix_len()).expect("a host prefix");
+    let containing = std::iter::successors(net.supernet(), IpNet::supernet)
         .filter_map(|n| index.get_key_value(&n));
     index.range(first..=last).chain(containing)
 }

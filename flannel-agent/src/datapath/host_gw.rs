@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use rtnetlink::{packet_route::route::RouteMessage, Handle, RouteMessageBuilder};
 use tracing::{info, warn};
 
@@ -18,9 +18,10 @@ use crate::{
         peers::Peer,
     },
     datapath::Installed,
+    family::Family,
     host::{
         iface::{self, OnLink},
-        netlink::{self, RouteFamily, ROUTE_PROTOCOL},
+        netlink::{self, ROUTE_PROTOCOL},
     },
 };
 
@@ -67,15 +68,17 @@ impl HostGw {
     /// `ip route replace <subnet> via <public ip> dev <iface>` for each family of the
     /// peer's lease (`-6`: its IPv6 subnet via its public IPv6).
     pub async fn put(&self, peer: &Peer) -> Result<()> {
-        let (v4, v6) = self.routes(&peer.subnets, &peer.attrs);
-        if let Some((subnet, via)) = v4 {
-            self.replace(self.route(&subnet, via))
-                .await
-                .with_context(|| format!("route {subnet} via {via} dev {}", self.if_name))?;
-            info!(%subnet, %via, "route added");
-        }
-        if let Some((subnet, via)) = v6 {
-            self.replace(self.route6(&subnet, via))
+        self.put_half::<Ipv4Addr>(peer).await?;
+        self.put_half::<Ipv6Addr>(peer).await
+    }
+
+    async fn put_half<A: Family>(&self, peer: &Peer) -> Result<()> {
+        if let Some((subnet, via)) = self.route_of::<A>(&peer.subnets, &peer.attrs) {
+            self.handle
+                .route()
+                .add(self.route(subnet, via)?)
+                .replace()
+                .execute()
                 .await
                 .with_context(|| format!("route {subnet} via {via} dev {}", self.if_name))?;
             info!(%subnet, %via, "route added");
@@ -84,18 +87,18 @@ impl HostGw {
     }
 
     pub async fn remove(&self, peer: &Peer) -> Result<()> {
-        let (v4, v6) = self.routes(&peer.subnets, &peer.attrs);
-        if let Some((subnet, via)) = v4 {
-            netlink::delete_route(&self.handle, self.route(&subnet, via))
-                .await
-                .with_context(|| format!("route to {subnet}"))?;
-        }
-        if let Some((subnet, via)) = v6 {
-            netlink::delete_route(&self.handle, self.route6(&subnet, via))
-                .await
-                .with_context(|| format!("route to {subnet}"))?;
-        }
+        self.remove_half::<Ipv4Addr>(peer).await?;
+        self.remove_half::<Ipv6Addr>(peer).await?;
         info!(subnets = %peer.subnets, "routes removed");
+        Ok(())
+    }
+
+    async fn remove_half<A: Family>(&self, peer: &Peer) -> Result<()> {
+        if let Some((subnet, via)) = self.route_of::<A>(&peer.subnets, &peer.attrs) {
+            netlink::delete_route(&self.handle, self.route(subnet, via)?)
+                .await
+                .with_context(|| format!("route to {subnet}"))?;
+        }
         Ok(())
     }
 
@@ -103,24 +106,20 @@ impl HostGw {
     /// either family) is missing or different, and deletes the routes no installed peer
     /// explains.
     pub async fn audit(&self, installed: &Installed) -> Result<BTreeSet<Subnets>> {
-        let peers = installed
-            .iter()
-            .map(|(subnets, attrs)| (subnets, self.routes(subnets, attrs)));
-        let wanted4 = peers
-            .clone()
-            .filter_map(|(s, (v4, _))| Some((v4?.0, (*s, v4?.1))));
-        let wanted6 = peers.filter_map(|(s, (_, v6))| Some((v6?.0, (*s, v6?.1))));
-        let mut missing = self.audit_family::<Ipv4Addr>(wanted4.collect()).await?;
-        missing.extend(self.audit_family::<Ipv6Addr>(wanted6.collect()).await?);
+        let mut missing = self.audit_family::<Ipv4Addr>(installed).await?;
+        missing.extend(self.audit_family::<Ipv6Addr>(installed).await?);
         Ok(missing)
     }
 
-    /// `audit` for one family, given the routes wanted by destination: the peers whose route
-    /// is missing or different.
-    async fn audit_family<A: RouteFamily>(
-        &self,
-        mut wanted: BTreeMap<A::Net, (Subnets, A)>,
-    ) -> Result<BTreeSet<Subnets>> {
+    /// `audit` for one family: the peers whose route is missing or different.
+    async fn audit_family<A: Family>(&self, installed: &Installed) -> Result<BTreeSet<Subnets>> {
+        let mut wanted: BTreeMap<A::Net, (Subnets, A)> = installed
+            .iter()
+            .filter_map(|(subnets, attrs)| {
+                let (subnet, via) = self.route_of::<A>(subnets, attrs)?;
+                Some((subnet, (*subnets, via)))
+            })
+            .collect();
         for route in netlink::our_routes::<A>(&self.handle).await? {
             if route.oif != Some(self.if_index) {
                 continue;
@@ -140,43 +139,23 @@ impl HostGw {
         Ok(wanted.into_values().map(|(subnets, _)| subnets).collect())
     }
 
-    /// A peer's routes: each subnet of its lease, of a family the network carries, via its
-    /// public address of that family.
-    fn routes(&self, subnets: &Subnets, attrs: &LeaseAttrs) -> Routes {
+    /// A peer's route of family `A`: its subnet via its public address, if the network
+    /// carries the family and the lease has that half.
+    fn route_of<A: Family>(&self, subnets: &Subnets, attrs: &LeaseAttrs) -> Option<(A::Net, A)> {
         let (ipv4, ipv6) = self.families;
-        let v4 = subnets
-            .ipv4
-            .filter(|_| ipv4)
-            .map(|subnet| (subnet, attrs.public_ip));
-        let v6 = subnets.ipv6.filter(|_| ipv6).zip(attrs.public_ipv6);
-        (
-            v4.filter(|(_, via)| self.carries(*via)),
-            v6.filter(|(_, via)| self.carries(*via)),
-        )
+        let subnet = subnets.half::<A>().filter(|_| A::pick(ipv4, ipv6))?;
+        let via = attrs.public::<A>()?;
+        self.carries(via).then_some((subnet, via))
     }
 
-    async fn replace(&self, route: RouteMessage) -> Result<(), rtnetlink::Error> {
-        self.handle.route().add(route).replace().execute().await
-    }
-
-    fn route(&self, subnet: &Ipv4Net, via: Ipv4Addr) -> RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(subnet.network(), subnet.prefix_len())
-            .gateway(via)
+    fn route<A: Family>(&self, subnet: A::Net, via: A) -> Result<RouteMessage> {
+        let builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(A::network(&subnet).into(), A::prefix_len(&subnet))
+            .and_then(|builder| builder.gateway(via.into()))
+            .with_context(|| format!("a route to {subnet} via {via}"))?;
+        Ok(builder
             .output_interface(self.if_index)
             .protocol(ROUTE_PROTOCOL)
-            .build()
-    }
-
-    fn route6(&self, subnet: &Ipv6Net, via: Ipv6Addr) -> RouteMessage {
-        RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(subnet.network(), subnet.prefix_len())
-            .gateway(via)
-            .output_interface(self.if_index)
-            .protocol(ROUTE_PROTOCOL)
-            .build()
+            .build())
     }
 }
-
-/// A peer's IPv4 and IPv6 routes: destination and gateway.
-type Routes = (Option<(Ipv4Net, Ipv4Addr)>, Option<(Ipv6Net, Ipv6Addr)>);

@@ -7,7 +7,6 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -31,9 +30,10 @@ use crate::{
     },
     datapath::host_gw::HostGw,
     datapath::{overlay_device, vxlan_device, Installed},
+    family::Family,
     host::{
         iface::{self, ExtIface},
-        netlink::{self, RouteFamily, ROUTE_PROTOCOL},
+        netlink::{self, ROUTE_PROTOCOL},
         vtep_mac,
     },
 };
@@ -94,7 +94,7 @@ impl KernelVxlan {
     /// A peer's tunnel of family `A` on its device: none where it is routed directly.
     fn tunnel<A: Family>(&self, subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Tunnel<A>> {
         let direct = |t: &Tunnel<A>| self.direct.as_ref().is_some_and(|d| d.carries(t.public));
-        A::tunnel(subnets, attrs).filter(|t| !direct(t))
+        Tunnel::of(subnets, attrs).filter(|t| !direct(t))
     }
 
     fn tunnel_of<A: Family>(&self, peer: &Peer) -> Option<Tunnel<A>> {
@@ -210,64 +210,35 @@ struct Tunnel<A: Family> {
     public: A,
 }
 
-/// A family the vxlan devices carry: flannel's device name for it, and a peer's half.
-trait Family: RouteFamily + fmt::Display + fmt::Debug {
-    const DEVICE: &'static str;
-    /// The device's `local` attribute.
-    fn local(self) -> InfoVxlan;
-    /// This family's half of the vxlan peer at `subnets` with `attrs`, if it has one.
-    fn tunnel(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Tunnel<Self>>;
-}
-
-impl Family for Ipv4Addr {
-    const DEVICE: &'static str = "flannel.";
-    fn local(self) -> InfoVxlan {
-        InfoVxlan::Local(self)
-    }
-    fn tunnel(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Tunnel<Self>> {
-        let BackendAttrs::Vxlan {
-            vtep_mac: Some(vtep_mac),
-            ..
-        } = attrs.backend
-        else {
-            return None;
-        };
-        let subnet = subnets.ipv4?;
-        Some(Tunnel {
+impl<A: Family> Tunnel<A> {
+    /// A lease's vxlan peer of family `A`, if the lease has that half.
+    fn of(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Self> {
+        let subnet = subnets.half::<A>()?;
+        Some(Self {
             subnet,
-            gateway: subnet.network(),
-            mac: vtep_mac,
-            public: attrs.public_ip,
+            gateway: A::network(&subnet),
+            mac: attrs.vtep_mac::<A>()?,
+            public: attrs.public::<A>()?,
         })
     }
 }
 
-impl Family for Ipv6Addr {
-    const DEVICE: &'static str = "flannel-v6.";
-    fn local(self) -> InfoVxlan {
-        InfoVxlan::Local6(self)
-    }
-    fn tunnel(subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Tunnel<Self>> {
-        let BackendAttrs::Vxlan {
-            v6_vtep_mac: Some(mac),
-            ..
-        } = attrs.backend
-        else {
-            return None;
-        };
-        let subnet = subnets.ipv6?;
-        Some(Tunnel {
-            subnet,
-            gateway: subnet.network(),
-            mac,
-            public: attrs.public_ipv6?,
-        })
+/// flannel's name for family `A`'s device, but for the VNI.
+fn device_prefix<A: Family>() -> &'static str {
+    A::pick("flannel.", "flannel-v6.")
+}
+
+/// The device's `local` attribute.
+fn local_info(local: IpAddr) -> InfoVxlan {
+    match local {
+        IpAddr::V4(ip) => InfoVxlan::Local(ip),
+        IpAddr::V6(ip) => InfoVxlan::Local6(ip),
     }
 }
 
 impl<A: Family> Device<A> {
     async fn start(link: Link, local: A, mtu: u32) -> Result<Self> {
-        let name = format!("{}{}", A::DEVICE, link.vni);
+        let name = format!("{}{}", device_prefix::<A>(), link.vni);
         // A new device (after a reboot, say) gets this host's VTEP MAC; one that is there
         // keeps the MAC its peers know.
         let mac = match nix::net::if_::if_nametoindex(name.as_str()) {
@@ -306,13 +277,13 @@ impl<A: Family> Device<A> {
         let wanted = [
             InfoVxlan::Id(*vni),
             InfoVxlan::Link(nic_index),
-            self.local.local(),
+            local_info(self.local.into()),
             InfoVxlan::Port(*port),
             InfoVxlan::Learning(false),
         ];
         let link = LinkVxlan::new(&self.name, *vni)
             .dev(nic_index)
-            .append_info_data(self.local.local())
+            .append_info_data(local_info(self.local.into()))
             .port(*port)
             .learning(false)
             .build();
@@ -437,7 +408,7 @@ impl<A: Family> Device<A> {
             }
         }
         let mut neighbours = BTreeSet::new();
-        for entry in netlink::neighbours(netlink, A::NEIGHBOURS).await? {
+        for entry in netlink::neighbours(netlink, netlink::address_family::<A>()).await? {
             if entry.header.ifindex != self.index || entry.header.state != NeighbourState::Permanent
             {
                 continue;
@@ -513,7 +484,7 @@ impl<A: Family> Device<A> {
 /// it would hold the vxlan port (the GRO device could not come up) and its peer routes would
 /// shadow the overlay's. It goes, with its neighbours, fdb entries and routes.
 pub async fn remove_classic_device(netlink: &Handle, vni: u32) -> Result<()> {
-    for prefix in [Ipv4Addr::DEVICE, Ipv6Addr::DEVICE] {
+    for prefix in [device_prefix::<Ipv4Addr>(), device_prefix::<Ipv6Addr>()] {
         let name = format!("{prefix}{vni}");
         if overlay_device::delete_link(netlink, &name).await? {
             info!(device = %name, "removed the classic datapath's vxlan device");
@@ -529,7 +500,10 @@ pub fn devices() -> Vec<String> {
         .flatten()
         .flatten()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(Ipv4Addr::DEVICE) || name.starts_with(Ipv6Addr::DEVICE))
+        .filter(|name| {
+            name.starts_with(device_prefix::<Ipv4Addr>())
+                || name.starts_with(device_prefix::<Ipv6Addr>())
+        })
         .collect()
 }
 

@@ -11,7 +11,10 @@ use ipnet::IpNet;
 use rtnetlink::{packet_route::route::RouteType, Handle, RouteMessageBuilder};
 use tracing::{info, warn};
 
-use crate::host::netlink::{self, RouteFamily, ROUTE_PROTOCOL};
+use crate::{
+    family::Family,
+    host::netlink::{self, ROUTE_PROTOCOL},
+};
 
 /// Above the kernel's metric for a device's own subnet (0 for IPv4, 256 for IPv6).
 pub const METRIC: u32 = 1024;
@@ -52,7 +55,7 @@ pub async fn ensure(netlink: &Handle, subnets: &[IpNet]) -> Result<()> {
 }
 
 /// Our blackhole routes of family `A`, by destination.
-async fn blackholes<A: RouteFamily>(
+async fn blackholes<A: Family>(
     netlink: &Handle,
 ) -> Result<Vec<(IpNet, rtnetlink::packet_route::route::RouteMessage)>> {
     Ok(netlink::our_routes::<A>(netlink)

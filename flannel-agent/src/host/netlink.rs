@@ -1,11 +1,10 @@
 //! rtnetlink, as every part of the agent uses it: a connection, the protocol tag on our
 //! routes, and dumps of routes and neighbours read back for reconciling.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::{
     packet_route::{
         link::{LinkAttribute, LinkXdp},
@@ -16,7 +15,7 @@ use rtnetlink::{
     Handle, RouteMessageBuilder,
 };
 
-use crate::control::lease::Mac;
+use crate::{control::lease::Mac, family::Family};
 
 /// The routing protocol number our routes carry, so reconciling and `--cleanup` find them
 /// and only them.
@@ -29,74 +28,35 @@ pub fn connect() -> Result<Handle> {
     Ok(handle)
 }
 
-/// A route's (or neighbour's) address family: IPv4 or IPv6.
-pub trait RouteFamily: Copy + Sized + Eq + std::hash::Hash + Into<IpAddr> {
-    type Net: Copy + Ord + std::hash::Hash + Into<IpNet>;
-    /// The neighbour table of this family.
-    const NEIGHBOURS: AddressFamily;
-    /// Bits in an address: the prefix length of a host route.
-    const BITS: u8;
-    fn address(address: &RouteAddress) -> Option<Self>;
-    fn neighbour_address(address: &NeighbourAddress) -> Option<Self>;
-    /// The destination: the default route when it carries none.
-    fn destination(address: Option<Self>, prefix_len: u8) -> Option<Self::Net>;
-    /// A dump request for this family's routes.
-    fn dump() -> RouteMessage;
+/// The netlink family of `A`'s routes and neighbours.
+pub fn address_family<A: Family>() -> AddressFamily {
+    A::pick(AddressFamily::Inet, AddressFamily::Inet6)
 }
 
-impl RouteFamily for Ipv4Addr {
-    type Net = Ipv4Net;
-    const NEIGHBOURS: AddressFamily = AddressFamily::Inet;
-    const BITS: u8 = 32;
-    fn address(address: &RouteAddress) -> Option<Self> {
-        match address {
-            RouteAddress::Inet(ip) => Some(*ip),
-            _ => None,
-        }
-    }
-    fn neighbour_address(address: &NeighbourAddress) -> Option<Self> {
-        match address {
-            NeighbourAddress::Inet(ip) => Some(*ip),
-            // An fdb entry's remote (family `Bridge`) comes as bytes.
-            NeighbourAddress::Other(bytes) => <[u8; 4]>::try_from(&bytes[..]).ok().map(Self::from),
-            _ => None,
-        }
-    }
-    fn destination(address: Option<Self>, prefix_len: u8) -> Option<Ipv4Net> {
-        Ipv4Net::new(address.unwrap_or(Ipv4Addr::UNSPECIFIED), prefix_len).ok()
-    }
-    fn dump() -> RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new().build()
+fn route_address(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(ip) => Some((*ip).into()),
+        RouteAddress::Inet6(ip) => Some((*ip).into()),
+        _ => None,
     }
 }
 
-impl RouteFamily for Ipv6Addr {
-    type Net = Ipv6Net;
-    const NEIGHBOURS: AddressFamily = AddressFamily::Inet6;
-    const BITS: u8 = 128;
-    fn address(address: &RouteAddress) -> Option<Self> {
-        match address {
-            RouteAddress::Inet6(ip) => Some(*ip),
+fn neighbour_address(address: &NeighbourAddress) -> Option<IpAddr> {
+    match address {
+        NeighbourAddress::Inet(ip) => Some((*ip).into()),
+        NeighbourAddress::Inet6(ip) => Some((*ip).into()),
+        // An fdb entry's remote (family `Bridge`) comes as bytes.
+        NeighbourAddress::Other(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(&bytes[..]).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(&bytes[..]).ok().map(IpAddr::from),
             _ => None,
-        }
-    }
-    fn neighbour_address(address: &NeighbourAddress) -> Option<Self> {
-        match address {
-            NeighbourAddress::Inet6(ip) => Some(*ip),
-            NeighbourAddress::Other(bytes) => <[u8; 16]>::try_from(&bytes[..]).ok().map(Self::from),
-            _ => None,
-        }
-    }
-    fn destination(address: Option<Self>, prefix_len: u8) -> Option<Ipv6Net> {
-        Ipv6Net::new(address.unwrap_or(Ipv6Addr::UNSPECIFIED), prefix_len).ok()
-    }
-    fn dump() -> RouteMessage {
-        RouteMessageBuilder::<Ipv6Addr>::new().build()
+        },
+        _ => None,
     }
 }
 
 /// One of our routes as the kernel holds it.
-pub struct OurRoute<A: RouteFamily> {
+pub struct OurRoute<A: Family> {
     pub destination: A::Net,
     pub gateway: Option<A>,
     pub oif: Option<u32>,
@@ -104,30 +64,38 @@ pub struct OurRoute<A: RouteFamily> {
 }
 
 /// Our routes of family `A` (those with our protocol tag) in the main table.
-pub async fn our_routes<A: RouteFamily>(netlink: &Handle) -> Result<Vec<OurRoute<A>>> {
+pub async fn our_routes<A: Family>(netlink: &Handle) -> Result<Vec<OurRoute<A>>> {
+    let mut dump = RouteMessageBuilder::<IpAddr>::new().build();
+    let dump_family = address_family::<A>();
+    dump.header.address_family = dump_family;
     let routes: Vec<RouteMessage> = netlink
         .route()
-        .get(A::dump())
+        .get(dump)
         .execute()
         .try_collect()
         .await
         .context("listing routes")?;
     Ok(routes
         .into_iter()
-        .filter(|r| r.header.protocol == ROUTE_PROTOCOL)
+        .filter(|r| r.header.protocol == ROUTE_PROTOCOL && r.header.address_family == dump_family)
         .filter_map(|message| {
             let (mut destination, mut gateway, mut oif) = (None, None, None);
             for attribute in &message.attributes {
                 match attribute {
-                    RouteAttribute::Destination(address) => destination = A::address(address),
-                    RouteAttribute::Gateway(address) => gateway = A::address(address),
+                    RouteAttribute::Destination(address) => {
+                        destination = route_address(address).and_then(A::of)
+                    }
+                    RouteAttribute::Gateway(address) => {
+                        gateway = route_address(address).and_then(A::of)
+                    }
                     RouteAttribute::Oif(index) => oif = Some(*index),
                     _ => {}
                 }
             }
             let prefix_len = message.header.destination_prefix_length;
             Some(OurRoute {
-                destination: A::destination(destination, prefix_len)?,
+                // No destination: the default route.
+                destination: A::net(destination.unwrap_or(A::from_bits(0)), prefix_len)?,
                 gateway,
                 oif,
                 message,
@@ -168,9 +136,9 @@ pub fn link_layer(message: &NeighbourMessage) -> Option<Mac> {
 }
 
 /// A neighbour's address of family `A`: the neighbour's own, or an fdb entry's remote.
-pub fn destination<A: RouteFamily>(message: &NeighbourMessage) -> Option<A> {
+pub fn destination<A: Family>(message: &NeighbourMessage) -> Option<A> {
     message.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(address) => A::neighbour_address(address),
+        NeighbourAttribute::Destination(address) => neighbour_address(address).and_then(A::of),
         _ => None,
     })
 }

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -63,7 +63,7 @@ pub struct StatusArgs {
 /// What the pinned maps of the eBPF datapath say.
 struct Pinned {
     config: DatapathConfig,
-    traffic: HashMap<Ipv4Addr, PeerTraffic>,
+    traffic: HashMap<IpAddr, PeerTraffic>,
     drops: Vec<(DropReason, u64)>,
     routes: Vec<(ipnet::Ipv4Net, Tunnel)>,
 }
@@ -167,7 +167,12 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
         .flatten();
     let pinned = read_pins(&args.pins.bpf_pin_dir).ok();
     let datapath = describe_datapath(pinned.as_ref(), own, &args.pins.bpf_pin_dir).await?;
-    let traffic = |ip: &Ipv4Addr| pinned.as_ref().and_then(|p| p.traffic.get(ip)).copied();
+    // A peer's traffic over the tunnels to its public addresses (one per family).
+    let traffic = |ips: &[IpAddr]| {
+        let pinned = pinned.as_ref()?;
+        let counted = ips.iter().filter_map(|ip| pinned.traffic.get(ip));
+        counted.copied().reduce(PeerTraffic::plus)
+    };
     let mut report = Report {
         etcd: EtcdState {
             reachable: etcd.is_ok(),
@@ -203,8 +208,9 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
                         _ => None,
                     };
                     let ips = (attrs.public_ip, attrs.public_ipv6);
-                    let key = ebpf::ipv6::traffic_key(subnets, attrs);
-                    let traffic = key.and_then(|key| traffic(&key));
+                    let v4 = subnets.ipv4.map(|_| IpAddr::V4(attrs.public_ip));
+                    let v6 = subnets.ipv6.and(attrs.public_ipv6).map(IpAddr::V6);
+                    let traffic = traffic(&[v4, v6].into_iter().flatten().collect::<Vec<_>>());
                     PeerReport::new(*subnets, ips, vtep_mac, traffic)
                 })
                 .collect();
@@ -248,7 +254,8 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
                     let ip = Ipv4Addr::from(u32::from_be(tunnel.remote_ip_be));
                     let mac =
                         vxlan.then(|| Mac(tunnel.header[36..42].try_into().expect("six bytes")));
-                    PeerReport::new(Subnets::ipv4(*subnet), (ip, None), mac, traffic(&ip))
+                    let traffic = traffic(&[ip.into()]);
+                    PeerReport::new(Subnets::ipv4(*subnet), (ip, None), mac, traffic)
                 })
                 .collect();
         }
@@ -367,11 +374,11 @@ fn read_pins(dir: &Path) -> Result<Pinned> {
     let config = pins.config()?.get(&0, 0)?;
     let mut traffic = HashMap::new();
     for entry in pins.traffic()?.iter() {
-        let (ip_be, per_cpu) = entry?;
+        let (key, per_cpu) = entry?;
         let sum = per_cpu
             .iter()
             .fold(PeerTraffic::default(), |sum, cpu| sum.plus(*cpu));
-        traffic.insert(Ipv4Addr::from(u32::from_be(ip_be)), sum);
+        traffic.insert(Ipv6Addr::from(key).to_canonical(), sum);
     }
     let drops_map = pins.drops()?;
     let drops = DropReason::ALL
@@ -382,7 +389,7 @@ fn read_pins(dir: &Path) -> Result<Pinned> {
         config,
         traffic,
         drops,
-        routes: programs::routes(&pins.routes()?)?,
+        routes: programs::routes::<Ipv4Addr, _>(&pins.routes()?)?,
     })
 }
 

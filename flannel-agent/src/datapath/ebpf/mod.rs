@@ -8,23 +8,24 @@
 //!   cni0) it does the same for container traffic before routing: the fast path.
 
 mod attach;
+mod entries;
 mod fast_path;
 pub mod gro_device;
 pub mod ipv6;
 pub mod programs;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{bail, Context, Result};
+use aya::maps::MapData;
 use aya::{programs::TcAttachType, util::KernelVersion};
 use flannel_common::{
-    mask_be, pins::Pins, DatapathConfig, DatapathConfig6, Encap, PeerInfo, PeerInfo6, Tunnel,
-    Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, DIRECT_ROUTING, IPV6_ONLY, THROUGH_NETFILTER,
+    map_names, mask_be, pins::Pins, DatapathConfig, DatapathConfig6, Encap, PeerTraffic,
+    CHECK_INNER_SOURCE, DIRECT_ROUTING, IPV6_ONLY, THROUGH_NETFILTER,
 };
-use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 use tracing::{info, warn};
 
@@ -42,6 +43,7 @@ use crate::{
 };
 use attach::{attach_xdp, detach_xdp, Hooks, Lasting, XDP_LINK_PIN};
 pub use attach::{tcx_programs, FILTER_MINOR};
+use entries::{Entries, MapFamily, Wanted, Wire};
 pub use fast_path::bridge_of;
 use gro_device::{GroDevice, GRO_PEER};
 use programs::Programs;
@@ -77,11 +79,10 @@ impl std::error::Error for Unsupported {}
 
 /// The maps as read back from their pins.
 pub struct Maps {
-    routes: Vec<(Ipv4Net, Tunnel)>,
-    peers: HashMap<Ipv4Addr, PeerInfo>,
-    tracked: HashSet<Ipv4Addr>,
-    routes6: BTreeMap<Ipv6Net, Tunnel6>,
-    peers6: HashMap<Ipv6Addr, PeerInfo6>,
+    v4: entries::Maps<Ipv4Addr>,
+    v6: entries::Maps<Ipv6Addr>,
+    /// The public addresses whose traffic is counted.
+    tracked: HashSet<IpAddr>,
 }
 
 /// Where tunnel packets are decapsulated, and what GRO merges: XDP strips the tunnel before
@@ -264,35 +265,39 @@ impl EbpfDatapath {
             (false, true) => 0,
             (false, false) => THROUGH_NETFILTER,
         };
-        self.programs.set_config(DatapathConfig {
-            vni: self.vni,
-            port_be: self.port.to_be(),
-            encap: self.encap as u16,
-            local_ip_be: match ours.ipv4 {
-                Some(_) => u32::from(self.nic.addr).to_be(),
-                None => 0,
-            },
-            nic_ifindex,
-            vtep_mac: self.vtep_mac.0,
-            inner_mtu: mtu,
-            gro_ifindex,
-            network_be: u32::from(network.network()).to_be(),
-            network_mask_be: mask_be(network.prefix_len()),
-            subnet_be: u32::from(subnet.network()).to_be(),
-            subnet_mask_be: mask_be(subnet.prefix_len()),
-            flags: flags
-                | if ours.ipv4.is_none() { IPV6_ONLY } else { 0 }
-                | if self.on_link == OnLink::default() {
-                    0
-                } else {
-                    DIRECT_ROUTING
+        self.programs.set_config(
+            map_names::CONFIG,
+            DatapathConfig {
+                vni: self.vni,
+                port_be: self.port.to_be(),
+                encap: self.encap as u16,
+                local_ip_be: match ours.ipv4 {
+                    Some(_) => u32::from(self.nic.addr).to_be(),
+                    None => 0,
                 },
-            ..Default::default()
-        })?;
-        self.programs.set_config6(match &ours6 {
+                nic_ifindex,
+                vtep_mac: self.vtep_mac.0,
+                inner_mtu: mtu,
+                gro_ifindex,
+                network_be: u32::from(network.network()).to_be(),
+                network_mask_be: mask_be(network.prefix_len()),
+                subnet_be: u32::from(subnet.network()).to_be(),
+                subnet_mask_be: mask_be(subnet.prefix_len()),
+                flags: flags
+                    | if ours.ipv4.is_none() { IPV6_ONLY } else { 0 }
+                    | if self.on_link == OnLink::default() {
+                        0
+                    } else {
+                        DIRECT_ROUTING
+                    },
+                ..Default::default()
+            },
+        )?;
+        let config6 = match &ours6 {
             Some(ours6) => ipv6::config(ours6, self.overlay_index, mtu6),
             None => DatapathConfig6::default(),
-        })?;
+        };
+        self.programs.set_config(map_names::CONFIG6, config6)?;
         self.active = Some((ours, mtu));
         Ok(())
     }
@@ -359,112 +364,98 @@ impl EbpfDatapath {
     }
 
     /// Routes `peer`'s subnets through its tunnels and lets its public addresses send to
-    /// us; an IP `old` had and no other peer uses stops being a peer.
+    /// us; an address `old` had and no other peer uses stops being a peer.
     pub fn put(&mut self, old: Option<&Peer>, peer: &Peer, installed: &Installed) -> Result<()> {
-        let ip = peer.attrs.public_ip;
-        if let Some(subnet) = peer.subnets.ipv4 {
-            let (owner, attrs) = owner_of(installed, Some(peer), None, uses_ip(ip))
-                .unwrap_or((peer.subnets, &peer.attrs));
-            let owner = owner.ipv4.expect("an IPv4 peer");
-            self.programs
-                .insert_peer(ip, peer_info((owner, vtep_mac(attrs))))?;
-            self.programs.track_traffic(ip)?;
-            self.programs
-                .insert_route(subnet, self.tunnel(&peer.attrs))?;
-        }
-        if self.ipv6 {
-            self.put6(old, peer, installed)?;
-        }
-        if let Some(old) = old.filter(|old| old.subnets.ipv4.is_some() && old.attrs.public_ip != ip)
-        {
-            self.release(old, installed)?;
-        }
-        info!(subnets = %peer.subnets, public_ip = %ip, public_ipv6 = ?peer.attrs.public_ipv6,
-              "peer in the datapath");
+        self.put_half::<Ipv4Addr>(old, peer, installed)?;
+        self.put_half::<Ipv6Addr>(old, peer, installed)?;
+        info!(subnets = %peer.subnets, public_ip = %peer.attrs.public_ip,
+              public_ipv6 = ?peer.attrs.public_ipv6, "peer in the datapath");
         Ok(())
     }
 
-    /// The IPv6 half of `put`: `peer`'s IPv6 subnet through its tunnel, its public IPv6 let
-    /// in; what `old` had and `peer` has not goes.
-    fn put6(&mut self, old: Option<&Peer>, peer: &Peer, installed: &Installed) -> Result<()> {
-        let new = ipv6::entries(&peer.subnets, &peer.attrs).map(|e| e.routed(&self.on_link));
+    /// One family's half of `put`: `peer`'s subnet through its tunnel, its public address
+    /// let in (named by the smallest lease using it) and counted; what `old` had and `peer`
+    /// has not goes.
+    fn put_half<A: MapFamily>(
+        &mut self,
+        old: Option<&Peer>,
+        peer: &Peer,
+        installed: &Installed,
+    ) -> Result<()> {
+        let new = self.entries::<A>(&peer.subnets, &peer.attrs);
         if let Some(new) = &new {
-            let owner = owner_of(installed, Some(peer), None, uses_ipv6(new.public_ip))
-                .and_then(|(s, a)| ipv6::entries(&s, a));
+            let uses = self.uses(new.public);
+            let owner = owner_of(installed, Some(peer), None, uses)
+                .and_then(|(subnets, attrs)| self.entries::<A>(&subnets, attrs));
             let owner = owner.map_or(new.peer, |owner| owner.peer);
-            self.programs.insert_peer6(new.public_ip, owner)?;
-            self.programs.insert_route6(new.subnet, new.tunnel)?;
-            if peer.subnets.ipv4.is_none() {
-                self.programs.track_traffic(new.traffic_key())?;
-            }
+            self.programs.insert_peer(new.public, owner)?;
+            self.programs.track_traffic(new.public.into())?;
+            self.programs.insert_route::<A>(new.subnet, new.tunnel)?;
         }
-        let Some(old) = old.and_then(|old| ipv6::entries(&old.subnets, &old.attrs)) else {
+        let Some(old) = old.and_then(|old| self.entries::<A>(&old.subnets, &old.attrs)) else {
             return Ok(());
         };
         if new.map(|n| n.subnet) != Some(old.subnet) {
-            self.programs.remove_route6(old.subnet)?;
+            self.programs.remove_route::<A>(old.subnet)?;
         }
-        if new.map(|n| n.public_ip) != Some(old.public_ip) {
-            self.release6(old.public_ip, peer.subnets, installed)?;
+        if new.map(|n| n.public) != Some(old.public) {
+            self.release(old.public, peer.subnets, installed)?;
         }
         Ok(())
     }
 
     pub fn remove(&mut self, peer: &Peer, installed: &Installed) -> Result<()> {
-        if let Some(subnet) = peer.subnets.ipv4 {
-            self.programs.remove_route(subnet)?;
-            self.release(peer, installed)?;
-        }
-        if let Some(old) = ipv6::entries(&peer.subnets, &peer.attrs).filter(|_| self.ipv6) {
-            self.programs.remove_route6(old.subnet)?;
-            self.release6(old.public_ip, peer.subnets, installed)?;
-            if peer.subnets.ipv4.is_none() {
-                self.programs.untrack_traffic(old.traffic_key())?;
-            }
-        }
+        self.remove_half::<Ipv4Addr>(peer, installed)?;
+        self.remove_half::<Ipv6Addr>(peer, installed)?;
         info!(subnets = %peer.subnets, "peer left the datapath");
         Ok(())
     }
 
-    /// `peer`'s subnet no longer goes to its public IP: the IP stays a peer (named by its
-    /// smallest remaining subnet) while another subnet uses it, else it goes.
-    fn release(&mut self, peer: &Peer, installed: &Installed) -> Result<()> {
-        let ip = peer.attrs.public_ip;
-        match owner_of(installed, None, Some(peer.subnets), uses_ip(ip)) {
-            Some((subnets, attrs)) => {
-                let owner = subnets.ipv4.expect("an IPv4 peer");
-                self.programs
-                    .insert_peer(ip, peer_info((owner, vtep_mac(attrs))))
-            }
+    fn remove_half<A: MapFamily>(&mut self, peer: &Peer, installed: &Installed) -> Result<()> {
+        if let Some(old) = self.entries::<A>(&peer.subnets, &peer.attrs) {
+            self.programs.remove_route::<A>(old.subnet)?;
+            self.release(old.public, peer.subnets, installed)?;
+        }
+        Ok(())
+    }
+
+    /// The lease at `leaving` no longer goes to `public_ip`: the address stays a peer (named
+    /// by its smallest remaining lease) while another lease uses it, else it goes.
+    fn release<A: MapFamily>(
+        &mut self,
+        public_ip: A,
+        leaving: Subnets,
+        installed: &Installed,
+    ) -> Result<()> {
+        let owner = owner_of(installed, None, Some(leaving), self.uses(public_ip));
+        match owner.and_then(|(subnets, attrs)| self.entries::<A>(&subnets, attrs)) {
+            Some(owner) => self.programs.insert_peer(public_ip, owner.peer),
             None => {
-                self.programs.remove_peer(ip)?;
-                self.programs.untrack_traffic(ip)
+                self.programs.remove_peer(public_ip)?;
+                self.programs.untrack_traffic(public_ip.into())
             }
         }
     }
 
-    /// `release` for a public IPv6 that the peer at `leaving` no longer uses.
-    fn release6(&mut self, ip: Ipv6Addr, leaving: Subnets, installed: &Installed) -> Result<()> {
-        let owner = owner_of(installed, None, Some(leaving), uses_ipv6(ip));
-        match owner.and_then(|(s, a)| ipv6::entries(&s, a)) {
-            Some(owner) => self.programs.insert_peer6(ip, owner.peer),
-            None => self.programs.remove_peer6(ip),
-        }
+    /// A lease's entries of family `A`, if the network carries that family and the lease
+    /// has that half.
+    fn entries<A: MapFamily>(&self, subnets: &Subnets, attrs: &LeaseAttrs) -> Option<Entries<A>> {
+        let wire = Wire {
+            encap: self.encap,
+            port: self.port,
+            vni: self.vni,
+            local_mac: self.vtep_mac,
+            local_ipv4: self.nic.public_ip,
+        };
+        Entries::of(subnets, attrs, &wire, &self.on_link).filter(|_| A::pick(self.ipv4, self.ipv6))
     }
 
-    fn tunnel(&self, attrs: &LeaseAttrs) -> Tunnel {
-        if self.on_link.contains(attrs.public_ip) {
-            return Tunnel::direct(u32::from(attrs.public_ip).to_be());
+    /// Whether a lease's half of family `A` goes to `public_ip`.
+    fn uses<A: MapFamily>(&self, public_ip: A) -> impl Fn(&Subnets, &LeaseAttrs) -> bool + '_ {
+        move |subnets, attrs| {
+            self.entries::<A>(subnets, attrs)
+                .is_some_and(|e| e.public == public_ip)
         }
-        Tunnel::new(&TunnelEnds {
-            encap: self.encap,
-            local_ip_be: u32::from(self.nic.public_ip).to_be(),
-            remote_ip_be: u32::from(attrs.public_ip).to_be(),
-            port_be: self.port.to_be(),
-            vni: self.vni,
-            local_mac: self.vtep_mac.0,
-            remote_mac: vtep_mac(attrs).0,
-        })
     }
 
     /// Reads the maps back off the loop's thread (at 5,000 peers that is tens of thousands
@@ -472,25 +463,14 @@ impl EbpfDatapath {
     pub fn map_reader(&self) -> impl FnOnce() -> Result<Maps> + Send + 'static {
         let pins = Pins::new(&self.pin_dir);
         move || {
-            let (peers, traffic) = (pins.peers()?, pins.traffic()?);
-            let peers = peers.iter().map(|entry| {
-                let (ip_be, peer) = entry?;
-                Ok((Ipv4Addr::from(u32::from_be(ip_be)), peer))
-            });
+            let traffic = pins.traffic()?;
             let tracked = traffic
                 .keys()
-                .map(|key| Ok(Ipv4Addr::from(u32::from_be(key?))));
-            let peers6 = pins.peers6()?;
-            let peers6 = peers6.iter().map(|entry| {
-                let (ip, peer) = entry?;
-                Ok((Ipv6Addr::from(ip), peer))
-            });
+                .map(|key| Ok(Ipv6Addr::from(key?).to_canonical()));
             Ok(Maps {
-                peers: peers.collect::<Result<_>>()?,
+                v4: read_maps(&pins)?,
+                v6: read_maps(&pins)?,
                 tracked: tracked.collect::<Result<_>>()?,
-                routes: programs::routes(&pins.routes()?)?,
-                routes6: programs::routes6(&pins.routes6()?)?.into_iter().collect(),
-                peers6: peers6.collect::<Result<_>>()?,
             })
         }
     }
@@ -510,71 +490,41 @@ impl EbpfDatapath {
         let Some(maps) = maps else {
             return Ok(BTreeSet::new());
         };
-        // The IPv4 halves: each route by its subnet.
-        let installed4: BTreeMap<Ipv4Net, (&Subnets, &LeaseAttrs)> = installed
-            .iter()
-            .filter_map(|(subnets, attrs)| Some((subnets.ipv4?, (subnets, attrs))))
-            .collect();
-        let mut drifted: BTreeSet<Subnets> = installed4.values().map(|(s, _)| **s).collect();
-        for (subnet, tunnel) in maps.routes {
-            match installed4.get(&subnet) {
-                Some((subnets, attrs)) if self.tunnel(attrs) == tunnel => {
-                    drifted.remove(subnets);
-                }
-                Some(_) => {}
-                None => {
-                    warn!(%subnet, "removing a stale entry from the routes map");
-                    self.programs.remove_route(subnet)?;
-                }
-            }
-        }
-        // Each public IP's peers-map entry, as `put` and `release` write it: named by the
-        // smallest installed subnet using it (the map iterates in subnet order).
-        let mut wanted: HashMap<Ipv4Addr, PeerInfo> = HashMap::new();
-        for (subnet, (_, attrs)) in &installed4 {
-            let owner = (*subnet, vtep_mac(attrs));
-            wanted
-                .entry(attrs.public_ip)
-                .or_insert_with(|| peer_info(owner));
-        }
-        for (subnets, attrs) in installed4.values() {
-            let ip = attrs.public_ip;
-            if maps.peers.get(&ip) != wanted.get(&ip) || !maps.tracked.contains(&ip) {
-                drifted.insert(**subnets);
-            }
-        }
-        for ip in maps.peers.keys().filter(|ip| !wanted.contains_key(ip)) {
-            warn!(public_ip = %ip, "removing a stale entry from the peers map");
-            self.programs.remove_peer(*ip)?;
-        }
-        // Only the IPv6 network's peers have IPv6 entries.
-        let ipv4_only = Installed::new();
-        let installed = if self.ipv6 { installed } else { &ipv4_only };
-        let wanted6 = ipv6::Wanted::of(installed, &self.on_link);
-        // IPv6-only peers count their traffic under keys of their own.
-        for (key, subnets) in &wanted6.traffic {
-            if !maps.tracked.contains(key) {
-                drifted.insert(*subnets);
-            }
-        }
-        let stale = |ip: &&Ipv4Addr| !wanted.contains_key(ip) && !wanted6.traffic.contains_key(ip);
-        for ip in maps.tracked.iter().filter(stale) {
+        let mut counted = HashSet::new();
+        let mut drifted = self.audit_half(installed, &maps.v4, &maps.tracked, &mut counted)?;
+        drifted.extend(self.audit_half(installed, &maps.v6, &maps.tracked, &mut counted)?);
+        for ip in maps.tracked.difference(&counted) {
             self.programs.untrack_traffic(*ip)?;
         }
-        for subnet in maps.routes6.keys() {
-            if !wanted6.routes.contains_key(subnet) {
-                warn!(%subnet, "removing a stale entry from the IPv6 routes map");
-                self.programs.remove_route6(*subnet)?;
-            }
-        }
-        for ip in maps.peers6.keys() {
-            if !wanted6.peers.contains_key(ip) {
-                warn!(public_ip = %ip, "removing a stale entry from the IPv6 peers map");
-                self.programs.remove_peer6(*ip)?;
-            }
-        }
-        drifted.extend(wanted6.drifted(&maps.routes6, &maps.peers6));
         Ok(drifted)
+    }
+
+    /// `audit` for one family's maps: deletes their stale entries, adds the public addresses
+    /// whose traffic is counted to `counted`, returns the installed peers that drifted.
+    fn audit_half<A: MapFamily>(
+        &mut self,
+        installed: &Installed,
+        maps: &entries::Maps<A>,
+        tracked: &HashSet<IpAddr>,
+        counted: &mut HashSet<IpAddr>,
+    ) -> Result<BTreeSet<Subnets>> {
+        let wanted = Wanted::of(installed, |subnets, attrs| {
+            self.entries::<A>(subnets, attrs)
+        });
+        for subnet in maps.routes.keys() {
+            if !wanted.routes.contains_key(subnet) {
+                warn!(%subnet, "removing a stale entry from the {} routes map", A::NAME);
+                self.programs.remove_route::<A>(*subnet)?;
+            }
+        }
+        for ip in maps.peers.keys() {
+            if !wanted.peers.contains_key(ip) {
+                warn!(public_ip = %ip, "removing a stale entry from the {} peers map", A::NAME);
+                self.programs.remove_peer(*ip)?;
+            }
+        }
+        counted.extend(wanted.peers.keys().map(|ip| (*ip).into()));
+        Ok(wanted.drifted(maps, |ip| tracked.contains(&ip.into())))
     }
 
     /// The overlay device (with our VTEP MAC), its address and route, the config and the
@@ -611,21 +561,26 @@ impl EbpfDatapath {
         Ok(())
     }
 
-    /// Traffic with each installed peer (by its public IP, or an IPv6-only peer's public
-    /// IPv6), and drops by reason, summed over CPUs.
+    /// Traffic with each installed peer over both families' tunnels (listed by its first
+    /// subnet and public address), and drops by reason, summed over CPUs.
     pub fn counters(&mut self, installed: &Installed) -> Result<crate::datapath::Counters> {
-        let traffic = installed
-            .iter()
-            .filter_map(|(subnets, attrs)| match subnets.ipv4 {
-                Some(subnet) => Some((subnet.into(), attrs.public_ip.into(), attrs.public_ip)),
-                None => {
-                    let entries = ipv6::entries(subnets, attrs)?;
-                    let ip = entries.public_ip.into();
-                    Some((entries.subnet.into(), ip, entries.traffic_key()))
-                }
-            })
-            .map(|(subnet, ip, key)| Ok((subnet, ip, self.programs.traffic(key)?)))
-            .collect::<Result<_>>()?;
+        let mut traffic = Vec::new();
+        for (subnets, attrs) in installed {
+            let v4 = self
+                .entries::<Ipv4Addr>(subnets, attrs)
+                .map(|e| e.public.into());
+            let v6 = self
+                .entries::<Ipv6Addr>(subnets, attrs)
+                .map(|e| e.public.into());
+            let (Some(subnet), Some(ip)) = (subnets.either(), v4.or(v6)) else {
+                continue;
+            };
+            let mut sum = PeerTraffic::default();
+            for ip in v4.into_iter().chain(v6) {
+                sum = sum.plus(self.programs.traffic(ip)?);
+            }
+            traffic.push((subnet, ip, sum));
+        }
         Ok((traffic, self.programs.drops()?))
     }
 }
@@ -715,29 +670,16 @@ fn owner_of<'a>(
         .min_by_key(|(subnets, _)| *subnets)
 }
 
-/// Whether a lease's IPv4 half goes to `ip`.
-fn uses_ip(ip: Ipv4Addr) -> impl Fn(&Subnets, &LeaseAttrs) -> bool {
-    move |subnets, attrs| subnets.ipv4.is_some() && attrs.public_ip == ip
-}
-
-/// Whether a lease's IPv6 half goes to `ip`.
-fn uses_ipv6(ip: Ipv6Addr) -> impl Fn(&Subnets, &LeaseAttrs) -> bool {
-    move |subnets, attrs| ipv6::entries(subnets, attrs).is_some_and(|e| e.public_ip == ip)
-}
-
-fn peer_info((subnet, vtep_mac): (Ipv4Net, Mac)) -> PeerInfo {
-    PeerInfo {
-        subnet_be: u32::from(subnet.network()).to_be(),
-        prefix_len: subnet.prefix_len(),
-        vtep_mac: vtep_mac.0,
-        ..Default::default()
-    }
-}
-
-/// A vxlan peer's (IPv4) VTEP MAC; zero for udp.
-fn vtep_mac(attrs: &LeaseAttrs) -> Mac {
-    match &attrs.backend {
-        BackendAttrs::Vxlan { vtep_mac, .. } => vtep_mac.unwrap_or_default(),
-        _ => Mac::default(),
-    }
+/// One family's routes and peers maps, read from their pins.
+fn read_maps<A: MapFamily>(pins: &Pins) -> Result<entries::Maps<A>> {
+    let routes = pins.map(A::ROUTES)?;
+    let peers: aya::maps::HashMap<MapData, A::Key, A::Peer> = pins.map(A::PEERS)?;
+    let peers = peers.iter().map(|entry| {
+        let (key, peer) = entry?;
+        Ok((A::from_key(key), peer))
+    });
+    Ok(entries::Maps {
+        routes: programs::routes::<A, _>(&routes)?.into_iter().collect(),
+        peers: peers.collect::<Result<_>>()?,
+    })
 }

@@ -1,10 +1,6 @@
 //! Loading the eBPF programs and owning their maps.
 
-use std::{
-    fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
-};
+use std::{fs, net::IpAddr, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -12,11 +8,9 @@ use aya::{
     programs::{SchedClassifier, Xdp},
     Ebpf,
 };
-use flannel_common::{
-    map_names, program_names, DatapathConfig, DatapathConfig6, DropReason, Endpoint, PeerInfo,
-    PeerInfo6, PeerTraffic, Tunnel, Tunnel6,
-};
-use ipnet::{Ipv4Net, Ipv6Net};
+use flannel_common::{map_names, program_names, DropReason, Endpoint, PeerTraffic};
+
+use crate::datapath::ebpf::entries::MapFamily;
 
 /// The object built from `flannel-ebpf` when this binary was compiled (the one `cargo xtask
 /// build-ebpf` prints).
@@ -96,64 +90,37 @@ impl Programs {
         program(&mut self.ebpf, program_names::TC_MERGED).expect("checked at load")
     }
 
-    pub fn set_config(&mut self, config: DatapathConfig) -> Result<()> {
-        let mut map: Array<&mut MapData, DatapathConfig> = self.map(map_names::CONFIG)?;
-        map.set(0, config, 0).context("writing the datapath config")
+    /// Writes the programs' settings: `CONFIG`'s [`flannel_common::DatapathConfig`] or `CONFIG6`'s
+    /// [`flannel_common::DatapathConfig6`].
+    pub fn set_config<C: aya::Pod>(&mut self, name: &str, config: C) -> Result<()> {
+        let mut map: Array<&mut MapData, C> = self.map(name)?;
+        map.set(0, config, 0)
+            .with_context(|| format!("writing the datapath config {name}"))
     }
 
-    pub fn insert_peer(&mut self, public_ip: Ipv4Addr, peer: PeerInfo) -> Result<()> {
-        let mut map: HashMap<&mut MapData, u32, PeerInfo> = self.map(map_names::PEERS)?;
-        map.insert(u32::from(public_ip).to_be(), peer, 0)
-            .with_context(|| format!("adding peer {public_ip} to the peer map"))
+    /// Lets `public_ip` send to us, speaking for the subnet in `peer`.
+    pub fn insert_peer<A: MapFamily>(&mut self, public_ip: A, peer: A::Peer) -> Result<()> {
+        let mut map: HashMap<&mut MapData, A::Key, A::Peer> = self.map(A::PEERS)?;
+        map.insert(public_ip.key(), peer, 0)
+            .with_context(|| format!("adding peer {public_ip} to the {} peer map", A::NAME))
     }
 
-    pub fn remove_peer(&mut self, public_ip: Ipv4Addr) -> Result<()> {
-        let mut map: HashMap<&mut MapData, u32, PeerInfo> = self.map(map_names::PEERS)?;
-        absent_ok(map.remove(&u32::from(public_ip).to_be()))
-            .with_context(|| format!("removing peer {public_ip} from the peer map"))
+    pub fn remove_peer<A: MapFamily>(&mut self, public_ip: A) -> Result<()> {
+        let mut map: HashMap<&mut MapData, A::Key, A::Peer> = self.map(A::PEERS)?;
+        absent_ok(map.remove(&public_ip.key()))
+            .with_context(|| format!("removing peer {public_ip} from the {} peer map", A::NAME))
     }
 
     /// Routes `subnet` through `tunnel`.
-    pub fn insert_route(&mut self, subnet: Ipv4Net, tunnel: Tunnel) -> Result<()> {
-        let mut map: LpmTrie<&mut MapData, u32, Tunnel> = self.map(map_names::ROUTES)?;
-        map.insert(&route_key(subnet), tunnel, 0)
+    pub fn insert_route<A: MapFamily>(&mut self, subnet: A::Net, tunnel: A::Tunnel) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, A::Key, A::Tunnel> = self.map(A::ROUTES)?;
+        map.insert(&route_key::<A>(&subnet), tunnel, 0)
             .with_context(|| format!("adding the route to {subnet}"))
     }
 
-    pub fn remove_route(&mut self, subnet: Ipv4Net) -> Result<()> {
-        let mut map: LpmTrie<&mut MapData, u32, Tunnel> = self.map(map_names::ROUTES)?;
-        absent_ok(map.remove(&route_key(subnet)))
-            .with_context(|| format!("removing the route to {subnet}"))
-    }
-
-    pub fn set_config6(&mut self, config: DatapathConfig6) -> Result<()> {
-        let mut map: Array<&mut MapData, DatapathConfig6> = self.map(map_names::CONFIG6)?;
-        map.set(0, config, 0)
-            .context("writing the IPv6 datapath config")
-    }
-
-    pub fn insert_peer6(&mut self, public_ip: Ipv6Addr, peer: PeerInfo6) -> Result<()> {
-        let mut map: HashMap<&mut MapData, [u8; 16], PeerInfo6> = self.map(map_names::PEERS6)?;
-        map.insert(public_ip.octets(), peer, 0)
-            .with_context(|| format!("adding peer {public_ip} to the IPv6 peer map"))
-    }
-
-    pub fn remove_peer6(&mut self, public_ip: Ipv6Addr) -> Result<()> {
-        let mut map: HashMap<&mut MapData, [u8; 16], PeerInfo6> = self.map(map_names::PEERS6)?;
-        absent_ok(map.remove(&public_ip.octets()))
-            .with_context(|| format!("removing peer {public_ip} from the IPv6 peer map"))
-    }
-
-    /// Routes the IPv6 `subnet` through `tunnel`.
-    pub fn insert_route6(&mut self, subnet: Ipv6Net, tunnel: Tunnel6) -> Result<()> {
-        let mut map: LpmTrie<&mut MapData, [u8; 16], Tunnel6> = self.map(map_names::ROUTES6)?;
-        map.insert(&route6_key(subnet), tunnel, 0)
-            .with_context(|| format!("adding the route to {subnet}"))
-    }
-
-    pub fn remove_route6(&mut self, subnet: Ipv6Net) -> Result<()> {
-        let mut map: LpmTrie<&mut MapData, [u8; 16], Tunnel6> = self.map(map_names::ROUTES6)?;
-        absent_ok(map.remove(&route6_key(subnet)))
+    pub fn remove_route<A: MapFamily>(&mut self, subnet: A::Net) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, A::Key, A::Tunnel> = self.map(A::ROUTES)?;
+        absent_ok(map.remove(&route_key::<A>(&subnet)))
             .with_context(|| format!("removing the route to {subnet}"))
     }
 
@@ -210,9 +177,9 @@ impl Programs {
     }
 
     /// Starts counting traffic with `public_ip` (kept if already counting).
-    pub fn track_traffic(&mut self, public_ip: Ipv4Addr) -> Result<()> {
-        let key = u32::from(public_ip).to_be();
-        let mut map: PerCpuHashMap<&mut MapData, u32, PeerTraffic> =
+    pub fn track_traffic(&mut self, public_ip: IpAddr) -> Result<()> {
+        let key = traffic_key(public_ip);
+        let mut map: PerCpuHashMap<&mut MapData, [u8; 16], PeerTraffic> =
             self.map(map_names::TRAFFIC)?;
         if map.get(&key, 0).is_ok() {
             return Ok(());
@@ -225,18 +192,19 @@ impl Programs {
             .with_context(|| format!("adding traffic counters for {public_ip}"))
     }
 
-    pub fn untrack_traffic(&mut self, public_ip: Ipv4Addr) -> Result<()> {
-        let mut map: PerCpuHashMap<&mut MapData, u32, PeerTraffic> =
+    pub fn untrack_traffic(&mut self, public_ip: IpAddr) -> Result<()> {
+        let mut map: PerCpuHashMap<&mut MapData, [u8; 16], PeerTraffic> =
             self.map(map_names::TRAFFIC)?;
-        absent_ok(map.remove(&u32::from(public_ip).to_be()))
+        absent_ok(map.remove(&traffic_key(public_ip)))
             .with_context(|| format!("removing traffic counters for {public_ip}"))
     }
 
     /// Traffic with `public_ip`, summed over CPUs.
-    pub fn traffic(&mut self, public_ip: Ipv4Addr) -> Result<PeerTraffic> {
-        let map: PerCpuHashMap<&mut MapData, u32, PeerTraffic> = self.map(map_names::TRAFFIC)?;
+    pub fn traffic(&mut self, public_ip: IpAddr) -> Result<PeerTraffic> {
+        let map: PerCpuHashMap<&mut MapData, [u8; 16], PeerTraffic> =
+            self.map(map_names::TRAFFIC)?;
         let per_cpu = map
-            .get(&u32::from(public_ip).to_be(), 0)
+            .get(&traffic_key(public_ip), 0)
             .with_context(|| format!("reading traffic counters for {public_ip}"))?;
         Ok(per_cpu
             .iter()
@@ -318,33 +286,30 @@ fn shares_init_mounts() -> bool {
     namespace("self").is_some_and(|ours| Some(ours) == namespace("1"))
 }
 
-/// Every entry of a routes map (the agent's, or a pinned one): peer subnet → tunnel.
-pub fn routes<T: std::borrow::Borrow<MapData>>(
-    map: &LpmTrie<T, u32, Tunnel>,
-) -> Result<Vec<(Ipv4Net, Tunnel)>> {
+/// Every entry of a routes map of family `A` (the agent's, or a pinned one): peer subnet →
+/// tunnel.
+pub fn routes<A: MapFamily, T: std::borrow::Borrow<MapData>>(
+    map: &LpmTrie<T, A::Key, A::Tunnel>,
+) -> Result<Vec<(A::Net, A::Tunnel)>> {
     map.iter()
         .map(|entry| {
-            let (key, tunnel) = entry.context("reading the routes map")?;
-            let network = Ipv4Addr::from(u32::from_be(key.data()));
-            let subnet = Ipv4Net::new(network, key.prefix_len() as u8)
-                .context("a routes map key with a bad prefix length")?;
+            let (key, tunnel) =
+                entry.with_context(|| format!("reading the {} routes map", A::NAME))?;
+            let subnet =
+                A::net(A::from_key(key.data()), key.prefix_len() as u8).with_context(|| {
+                    format!("an {} routes map key with a bad prefix length", A::NAME)
+                })?;
             Ok((subnet, tunnel))
         })
         .collect()
 }
 
-/// Every entry of an IPv6 routes map: peer IPv6 subnet → tunnel.
-pub fn routes6<T: std::borrow::Borrow<MapData>>(
-    map: &LpmTrie<T, [u8; 16], Tunnel6>,
-) -> Result<Vec<(Ipv6Net, Tunnel6)>> {
-    map.iter()
-        .map(|entry| {
-            let (key, tunnel) = entry.context("reading the IPv6 routes map")?;
-            let subnet = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)
-                .context("an IPv6 routes map key with a bad prefix length")?;
-            Ok((subnet, tunnel))
-        })
-        .collect()
+/// The key of a public address in the traffic map: IPv6, or IPv4 mapped.
+fn traffic_key(public_ip: IpAddr) -> [u8; 16] {
+    match public_ip {
+        IpAddr::V4(ip) => flannel_common::traffic_key_v4(u32::from(ip).to_be()),
+        IpAddr::V6(ip) => ip.octets(),
+    }
 }
 
 /// A removal finds the entry already gone: what we wanted.
@@ -355,12 +320,8 @@ fn absent_ok(result: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
-fn route_key(subnet: Ipv4Net) -> Key<u32> {
-    flannel_common::pins::route_key(u32::from(subnet.network()), subnet.prefix_len())
-}
-
-fn route6_key(subnet: Ipv6Net) -> Key<[u8; 16]> {
-    Key::new(u32::from(subnet.prefix_len()), subnet.network().octets())
+fn route_key<A: MapFamily>(subnet: &A::Net) -> Key<A::Key> {
+    Key::new(u32::from(A::prefix_len(subnet)), A::network(subnet).key())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
