@@ -6,6 +6,10 @@
 //! without swapping.
 #![no_std]
 
+pub mod headers;
+
+use headers::{EthHdr, Header, Ipv4Hdr, TunnelHeader, UdpHdr, VxlanHdr, ETH_P_IP, IPPROTO_UDP};
+
 /// UDP port of flannel's vxlan backend (the kernel's default for `flannel.1`).
 pub const VXLAN_PORT: u16 = 8472;
 /// UDP port of flannel's udp backend.
@@ -120,9 +124,6 @@ pub enum Encap {
     Udp = 2,
 }
 
-/// Outer headers a tunnel puts in front of the inner IPv4 packet, at most (vxlan).
-pub const HEADER_LEN: usize = VXLAN_OVERHEAD as usize;
-
 /// Value of the `ROUTES` LPM trie, keyed by a peer's subnet: where to tunnel its traffic,
 /// with the outer headers prebuilt by the agent, so the program only fills in what changes
 /// per packet.
@@ -137,7 +138,7 @@ pub struct Tunnel {
     /// The outer headers, of which the wire format's overhead is used: IPv4, UDP, and for
     /// vxlan the VXLAN header and the inner Ethernet header. Per packet the program fills in
     /// the IPv4 total length and checksum, and the UDP source port and length.
-    pub header: [u8; HEADER_LEN],
+    pub header: TunnelHeader,
     /// [`DIRECT`]: no header; `remote_ip_be` is the next hop.
     pub flags: u16,
 }
@@ -157,31 +158,23 @@ pub struct TunnelEnds {
 
 impl Tunnel {
     pub fn new(ends: &TunnelEnds) -> Self {
-        let mut header = [0u8; HEADER_LEN];
-        header[0] = 0x45; // IPv4, 20-byte header
-        header[6] = 0x40; // DF, as the kernel's vxlan device sets it
-        header[8] = 64; // TTL
-        header[9] = 17; // UDP
-        header[12..16].copy_from_slice(&ends.local_ip_be.to_ne_bytes());
-        header[16..20].copy_from_slice(&ends.remote_ip_be.to_ne_bytes());
-        header[22..24].copy_from_slice(&ends.port_be.to_ne_bytes());
-        // header[26..28]: UDP checksum 0, legal over IPv4.
+        let ip = |addr_be: u32| addr_be.to_ne_bytes();
+        let mut header = TunnelHeader {
+            ip: Ipv4Hdr::new(ip(ends.local_ip_be), ip(ends.remote_ip_be), IPPROTO_UDP, 0),
+            udp: UdpHdr {
+                dest: ends.port_be.to_ne_bytes(),
+                // Checksum 0: legal over IPv4, as the kernel's vxlan device sends.
+                ..UdpHdr::default()
+            },
+            ..TunnelHeader::default()
+        };
         if let Encap::Vxlan = ends.encap {
-            header[28] = 0x08; // VNI present
-            header[32..36].copy_from_slice(&(ends.vni << 8).to_be_bytes());
-            header[36..42].copy_from_slice(&ends.remote_mac);
-            header[42..48].copy_from_slice(&ends.local_mac);
-            header[48..50].copy_from_slice(&0x0800u16.to_be_bytes());
-        }
-        let mut ip_sum = 0;
-        let mut i = 0;
-        while i < 20 {
-            ip_sum += u32::from(u16::from_be_bytes([header[i], header[i + 1]]));
-            i += 2;
+            header.vxlan = VxlanHdr::new(ends.vni);
+            header.inner = EthHdr::new(ends.remote_mac, ends.local_mac, ETH_P_IP);
         }
         Self {
             remote_ip_be: ends.remote_ip_be,
-            ip_sum,
+            ip_sum: headers::sum16(header.ip.as_bytes()),
             header,
             flags: 0,
         }
@@ -189,11 +182,11 @@ impl Tunnel {
 
     /// A route to a peer on our interface's subnet (`DirectRouting`): its public IPv4 is the
     /// next hop, nothing is encapsulated.
-    pub const fn direct(remote_ip_be: u32) -> Self {
+    pub fn direct(remote_ip_be: u32) -> Self {
         Self {
             remote_ip_be,
             ip_sum: 0,
-            header: [0; HEADER_LEN],
+            header: TunnelHeader::default(),
             flags: DIRECT,
         }
     }
@@ -245,12 +238,12 @@ pub const fn traffic_key_v4(addr_be: u32) -> [u8; 16] {
 }
 
 /// Bytes added in front of the inner IP packet: outer IPv4, UDP, VXLAN, inner Ethernet.
-pub const VXLAN_OVERHEAD: u32 = 20 + 8 + 8 + 14;
+pub const VXLAN_OVERHEAD: u32 = core::mem::size_of::<TunnelHeader>() as u32;
 /// Bytes added in front of the inner IP packet: outer IPv4 and UDP.
-pub const UDP_OVERHEAD: u32 = 20 + 8;
+pub const UDP_OVERHEAD: u32 = (headers::IPV4_HLEN + headers::UDP_HLEN) as u32;
 /// Bytes added in front of the inner IP packet by vxlan over IPv6: outer IPv6, UDP, VXLAN,
 /// inner Ethernet.
-pub const VXLAN6_OVERHEAD: u32 = 40 + 8 + 8 + 14;
+pub const VXLAN6_OVERHEAD: u32 = core::mem::size_of::<headers::TunnelHeader6>() as u32;
 
 impl Encap {
     pub const fn overhead(self) -> u32 {

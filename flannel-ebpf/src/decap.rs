@@ -16,7 +16,10 @@ use flannel_common::{
 };
 
 use crate::{
-    parse::{in_prefix6, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ETH_HLEN, IPV6_HLEN},
+    parse::{
+        in_prefix6, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ETH_HLEN, IPV6_HLEN, UDP_HLEN,
+        VXLAN_HLEN,
+    },
     ttl,
 };
 
@@ -46,11 +49,8 @@ impl Strip for XdpContext {
     #[inline(always)]
     fn strip(&self, len: usize) -> Result<(), DropReason> {
         let pkt = self.packet();
-        let eth = *pkt
-            .header::<[u8; ETH_HLEN]>(0)
-            .ok_or(DropReason::Truncated)?;
-        *pkt.header_mut::<[u8; ETH_HLEN]>(len)
-            .ok_or(DropReason::Truncated)? = eth;
+        let eth = *pkt.header::<EthHdr>(0).ok_or(DropReason::Truncated)?;
+        *pkt.header_mut::<EthHdr>(len).ok_or(DropReason::Truncated)? = eth;
         // SAFETY: plain helper call on our context.
         if unsafe { bpf_xdp_adjust_head(self.ctx, len as i32) } != 0 {
             return Err(DropReason::DecapFailed);
@@ -137,12 +137,12 @@ fn outer_len(
     outer_ip_len: usize,
     ipv6: bool,
 ) -> Result<usize, DropReason> {
-    let udp_end = outer_ip_len + 8;
+    let udp_end = outer_ip_len + UDP_HLEN;
     if cfg.encap != Encap::Vxlan as u16 {
         return Ok(udp_end);
     }
     let inner = pkt
-        .header::<EthHdr>(ETH_HLEN + udp_end + 8)
+        .header::<EthHdr>(ETH_HLEN + udp_end + VXLAN_HLEN)
         .ok_or(DropReason::Truncated)?;
     if inner.dst != cfg.vtep_mac {
         return Err(DropReason::WrongMac);
@@ -150,5 +150,5 @@ fn outer_len(
     if (ipv6 && !inner.is_ipv6()) || (!ipv6 && !inner.is_ipv4()) {
         return Err(DropReason::DecapFailed);
     }
-    Ok(udp_end + 8 + ETH_HLEN)
+    Ok(udp_end + VXLAN_HLEN + ETH_HLEN)
 }

@@ -13,16 +13,18 @@ use aya_ebpf::{
     helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
+use core::mem::offset_of;
+
 use flannel_common::{
-    DatapathConfig, DatapathConfig6, DropReason, Encap, Tunnel, Tunnel6, VXLAN6_OVERHEAD,
-    VXLAN_SOURCE_PORTS,
+    DatapathConfig, DatapathConfig6, DropReason, Encap, Tunnel, Tunnel6, UDP_OVERHEAD,
+    VXLAN6_OVERHEAD, VXLAN_SOURCE_PORTS,
 };
 
 use crate::{
     csum,
     parse::{
-        Context, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-        IPV6_HLEN, VXLAN_FLAGS_I,
+        set_macs, Context, EthHdr, Header, Ipv4Hdr, Ipv6Hdr, TunnelHeader6, UdpHdr, VxlanHdr,
+        ETH_HLEN, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN,
     },
     ttl,
 };
@@ -43,7 +45,7 @@ const VXLAN6_GROW_FLAGS: u64 = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 | BPF_F_ADJ_ROOM_EN
 const EALREADY: i64 = -114;
 
 /// Outer IPv4 and UDP: what the udp format puts in front.
-const OUTER_LEN: usize = 28;
+const UDP_FORMAT_LEN: usize = UDP_OVERHEAD as usize;
 
 /// The kernel's formula spans the range's ends' difference.
 const SPORT_MIN: u32 = VXLAN_SOURCE_PORTS.0 as u32;
@@ -101,16 +103,16 @@ pub fn encapsulate(
     }
 
     let mut header = tunnel.header;
-    header[2..4].copy_from_slice(&outer_len.to_be_bytes());
-    let check = csum::fold(tunnel.ip_sum + u32::from(outer_len));
-    header[10..12].copy_from_slice(&check.to_be_bytes());
-    header[20..22].copy_from_slice(&source_port(hash));
-    header[24..26].copy_from_slice(&(outer_len - 20).to_be_bytes());
+    header.ip.tot_len = outer_len.to_be_bytes();
+    header.ip.check = csum::fold(tunnel.ip_sum + u32::from(outer_len)).to_be_bytes();
+    header.udp.source = source_port(hash);
+    header.udp.len = (outer_len - IPV4_HLEN as u16).to_be_bytes();
     let stored = if vxlan {
         ctx.store(ETH_HLEN, &header, 0)
     } else {
         let outer = header
-            .first_chunk::<OUTER_LEN>()
+            .as_bytes()
+            .first_chunk::<UDP_FORMAT_LEN>()
             .ok_or(DropReason::EncapFailed)?;
         ctx.store(ETH_HLEN, outer, 0)
     };
@@ -128,13 +130,12 @@ pub fn encapsulate(
 /// in the same wire format: the inner Ethernet header from our VTEP MAC to the peer's, then
 /// VXLAN to the peer's public IP.
 fn via_kernel(ctx: &TcContext, cfg: &DatapathConfig, tunnel: &Tunnel) -> Result<i32, DropReason> {
-    // The template's inner Ethernet addresses: the peer's VTEP MAC, then ours.
-    let mut macs = [0u8; 12];
-    macs.copy_from_slice(&tunnel.header[36..48]);
     // SAFETY: an all-zero key is valid; the fields set are plain integers.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.__bindgen_anon_1.remote_ipv4 = u32::from_be(tunnel.remote_ip_be);
-    send_via_kernel(ctx, cfg, &macs, key, BPF_F_DONT_FRAGMENT as u64)
+    // The template's inner Ethernet header: from our VTEP MAC to the peer's.
+    let inner = &tunnel.header.inner;
+    send_via_kernel(ctx, cfg, inner, key, BPF_F_DONT_FRAGMENT as u64)
 }
 
 /// IPv6 to a peer: one packet, not to be segmented later, whose outer UDP checksum can be
@@ -162,31 +163,29 @@ pub fn encapsulate6(
         return via_kernel6(ctx, cfg, cfg6, tunnel);
     }
     let udp_len = (ctx.len() - (ETH_HLEN + IPV6_HLEN) as u32) as u16;
-    let mut h = [0u8; VXLAN6_OVERHEAD as usize];
-    // Outer IPv6: class and flow label 0, hop limit 64, as flannel's device sends.
-    h[0] = 0x60;
-    h[4..6].copy_from_slice(&udp_len.to_be_bytes());
-    h[6] = IPPROTO_UDP;
-    h[7] = 64;
-    h[8..24].copy_from_slice(&cfg6.local_ip);
-    h[24..40].copy_from_slice(&tunnel.remote_ip);
-    h[40..42].copy_from_slice(&source_port(hash));
-    h[42..44].copy_from_slice(&cfg.port_be.to_ne_bytes());
-    h[44..46].copy_from_slice(&udp_len.to_be_bytes());
-    // VXLAN: the I flag, then the VNI in the upper 24 bits.
-    h[48..52].copy_from_slice(&VXLAN_FLAGS_I.to_be_bytes());
-    h[52..56].copy_from_slice(&(cfg.vni << 8).to_be_bytes());
-    h[56..62].copy_from_slice(&tunnel.remote_mac);
-    h[62..68].copy_from_slice(&cfg.vtep_mac);
-    h[68..70].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+    let mut h = TunnelHeader6 {
+        ip: Ipv6Hdr::new(cfg6.local_ip, tunnel.remote_ip, IPPROTO_UDP, udp_len),
+        udp: UdpHdr {
+            source: source_port(hash),
+            dest: cfg.port_be.to_ne_bytes(),
+            len: udp_len.to_be_bytes(),
+            check: [0; 2],
+        },
+        vxlan: VxlanHdr::new(cfg.vni),
+        inner: EthHdr::new(tunnel.remote_mac, cfg.vtep_mac, ETH_P_IPV6),
+    };
     // The pseudo-header (addresses, length, protocol), the outer UDP header on, and the
     // inner packet's share.
-    let sum = csum::sum16(&h[8..40]) + u32::from(udp_len) + u32::from(IPPROTO_UDP);
-    let check = match csum::fold(sum + csum::sum16(&h[40..]) + inner) {
+    let pseudo = csum::sum16(&h.ip.saddr) + csum::sum16(&h.ip.daddr);
+    let pseudo = pseudo + u32::from(udp_len) + u32::from(IPPROTO_UDP);
+    let outer = csum::sum16(h.udp.as_bytes())
+        + csum::sum16(h.vxlan.as_bytes())
+        + csum::sum16(h.inner.as_bytes());
+    h.udp.check = match csum::fold(pseudo + outer + inner) {
         0 => 0xffff, // 0 means "no checksum" in UDP
         check => check,
-    };
-    h[46..48].copy_from_slice(&check.to_be_bytes());
+    }
+    .to_be_bytes();
     ctx.store(ETH_HLEN, &h, 0)
         .map_err(|_| DropReason::EncapFailed)?;
     // SAFETY: plain helper call; no pointers passed.
@@ -206,7 +205,8 @@ fn inner_sum(ctx: &TcContext) -> Option<u32> {
     match next {
         IPPROTO_TCP | IPPROTO_ICMPV6 => {}
         IPPROTO_UDP => {
-            let check = ctx.load::<[u8; 2]>(ETH_HLEN + IPV6_HLEN + 6).ok()?;
+            let check_at = ETH_HLEN + IPV6_HLEN + offset_of!(UdpHdr, check);
+            let check = ctx.load::<[u8; 2]>(check_at).ok()?;
             if check == [0, 0] {
                 return None;
             }
@@ -233,28 +233,26 @@ fn via_kernel6(
     cfg6: &DatapathConfig6,
     tunnel: &Tunnel6,
 ) -> Result<i32, DropReason> {
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&tunnel.remote_mac);
-    macs[6..].copy_from_slice(&cfg.vtep_mac);
     // SAFETY: an all-zero key is valid; the fields set are plain integers.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     // The kernel copies IPv6 addresses as bytes, in network order.
     key.__bindgen_anon_1.remote_ipv6 = words(&tunnel.remote_ip);
     key.__bindgen_anon_3.local_ipv6 = words(&cfg6.local_ip);
-    send_via_kernel(ctx, cfg, &macs, key, BPF_F_TUNINFO_IPV6 as u64)
+    let inner = EthHdr::new(tunnel.remote_mac, cfg.vtep_mac, ETH_P_IPV6);
+    send_via_kernel(ctx, cfg, &inner, key, BPF_F_TUNINFO_IPV6 as u64)
 }
 
-/// Addresses the inner Ethernet header (`macs`: destination, then source), puts the tunnel
+/// Addresses the packet's Ethernet header as the tunnel's `inner` one, puts the tunnel
 /// `key` (with our VNI and a TTL of 64) on the packet and redirects it to the GRO device.
 #[inline(always)]
 fn send_via_kernel(
     ctx: &TcContext,
     cfg: &DatapathConfig,
-    macs: &[u8; 12],
+    inner: &EthHdr,
     mut key: bpf_tunnel_key,
     flags: u64,
 ) -> Result<i32, DropReason> {
-    ctx.store(0, macs, 0).map_err(|_| DropReason::EncapFailed)?;
+    set_macs(ctx, &inner.dst, &inner.src).map_err(|_| DropReason::EncapFailed)?;
     key.tunnel_id = cfg.vni;
     key.tunnel_ttl = 64;
     // SAFETY: the key lives on our stack for the call; its size is passed.

@@ -14,7 +14,10 @@ use flannel_common::{
 
 use crate::{
     guard, maps,
-    parse::{Ipv4Hdr, Ipv6Hdr, Packet, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN},
+    parse::{
+        Ipv4Hdr, Ipv6Hdr, Packet, UdpHdr, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, UDP_HLEN,
+        VXLAN_HLEN,
+    },
 };
 
 /// The tunnel's other end, when the caller knows it.
@@ -98,17 +101,17 @@ pub fn dropped(
 #[inline(always)]
 fn describe(pkt: Packet, cfg: &DatapathConfig, event: &mut DropEvent) {
     let vxlan = if cfg.encap == Encap::Vxlan as u16 {
-        8 + ETH_HLEN
+        VXLAN_HLEN + ETH_HLEN
     } else {
         0
     };
     let cfg6 = maps::config6();
     let inner = if let Some(outer) = guard::claimed_tunnel(pkt, cfg) {
         (event.peer_family, event.peer) = (4, event_addr_v4(outer.saddr_be()));
-        ETH_HLEN + outer.header_len() + 8 + vxlan
+        ETH_HLEN + outer.header_len() + UDP_HLEN + vxlan
     } else if let Some(outer) = cfg6.and_then(|cfg6| guard::claimed_tunnel6(pkt, cfg, cfg6)) {
         (event.peer_family, event.peer) = (6, outer.saddr);
-        ETH_HLEN + IPV6_HLEN + 8 + vxlan
+        ETH_HLEN + IPV6_HLEN + UDP_HLEN + vxlan
     } else {
         ETH_HLEN
     };
@@ -116,7 +119,7 @@ fn describe(pkt: Packet, cfg: &DatapathConfig, event: &mut DropEvent) {
     let Some(ip) = pkt.header::<Ipv4Hdr>(inner) else {
         return;
     };
-    let ports_at = match ip.version_ihl >> 4 {
+    let ports_at = match ip.version() {
         4 => {
             event.family = 4;
             event.src = event_addr_v4(ip.saddr_be());
@@ -141,8 +144,9 @@ fn describe(pkt: Packet, cfg: &DatapathConfig, event: &mut DropEvent) {
     if !matches!(event.protocol, IPPROTO_TCP | IPPROTO_UDP) {
         return;
     }
-    if let Some(ports) = pkt.header::<[[u8; 2]; 2]>(ports_at) {
-        event.sport_be = u16::from_ne_bytes(ports[0]);
-        event.dport_be = u16::from_ne_bytes(ports[1]);
+    // TCP's ports lie where UDP's do.
+    if let Some(udp) = pkt.header::<UdpHdr>(ports_at) {
+        event.sport_be = u16::from_ne_bytes(udp.source);
+        event.dport_be = u16::from_ne_bytes(udp.dest);
     }
 }

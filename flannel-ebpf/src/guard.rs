@@ -3,6 +3,8 @@
 //! Anything that is not a tunnel packet for us passes untouched; a packet that claims our
 //! tunnel port but fails a check is dropped with a reason; a genuine one is handed to decap.
 
+use core::mem::offset_of;
+
 use aya_ebpf::programs::TcContext;
 use flannel_common::{
     traffic_key_v4, DatapathConfig, DatapathConfig6, DropReason, Encap, PeerInfo, PeerInfo6,
@@ -13,7 +15,7 @@ use crate::{
     maps,
     parse::{
         Context, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, UdpHdr, VxlanHdr, ETH_HLEN, ETH_P_IP,
-        ETH_P_IPV6, IPPROTO_UDP, IPV6_HLEN, VXLAN_FLAGS_I,
+        ETH_P_IPV6, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, UDP_HLEN, VXLAN_HLEN,
     },
 };
 
@@ -35,30 +37,34 @@ pub enum Verdict<P = PeerInfo> {
 /// tunnel packet's payload (which would copy it out of its pages).
 #[inline(always)]
 pub fn claimed_header_len(ctx: &TcContext, cfg: &DatapathConfig) -> Option<u32> {
-    let ipv6 = match u16::from_be_bytes(peek(ctx, 12)?) {
+    let ipv6 = match u16::from_be_bytes(peek(ctx, offset_of!(EthHdr, ether_type))?) {
         ETH_P_IP => false,
         ETH_P_IPV6 => true,
         _ => return None,
     };
     let (outer_ip_len, protocol_at) = if ipv6 {
-        (IPV6_HLEN, ETH_HLEN + 6)
+        (IPV6_HLEN, ETH_HLEN + offset_of!(Ipv6Hdr, next_header))
     } else {
+        let version_ihl = peek::<u8>(ctx, ETH_HLEN + offset_of!(Ipv4Hdr, version_ihl))?;
         (
-            usize::from(peek::<u8>(ctx, ETH_HLEN)? & 0xf) * 4,
-            ETH_HLEN + 9,
+            usize::from(version_ihl & 0xf) * 4,
+            ETH_HLEN + offset_of!(Ipv4Hdr, protocol),
         )
     };
-    let port_be = u16::from_ne_bytes(peek(ctx, ETH_HLEN + outer_ip_len + 2)?);
+    let port_be = u16::from_ne_bytes(peek(
+        ctx,
+        ETH_HLEN + outer_ip_len + offset_of!(UdpHdr, dest),
+    )?);
     if peek::<u8>(ctx, protocol_at)? != IPPROTO_UDP || port_be != cfg.port_be {
         return None;
     }
     let inner_eth = if cfg.encap == Encap::Vxlan as u16 {
-        8 + ETH_HLEN
+        VXLAN_HLEN + ETH_HLEN
     } else {
         0
     };
-    let inner_ip_len = if ipv6 { IPV6_HLEN } else { 20 };
-    Some((ETH_HLEN + outer_ip_len + 8 + inner_eth + inner_ip_len) as u32)
+    let inner_ip_len = if ipv6 { IPV6_HLEN } else { IPV4_HLEN };
+    Some((ETH_HLEN + outer_ip_len + UDP_HLEN + inner_eth + inner_ip_len) as u32)
 }
 
 /// A `T` at `offset`: read in place when the linear bytes hold it (a NIC's frame mostly
@@ -80,7 +86,7 @@ pub fn claimed_tunnel<'a>(pkt: Packet, cfg: &DatapathConfig) -> Option<&'a Ipv4H
     }
     let ip = pkt.header::<Ipv4Hdr>(ETH_HLEN)?;
     let ip_len = ip.header_len();
-    if ip.protocol != IPPROTO_UDP || ip_len < 20 || ip.is_later_fragment() {
+    if ip.protocol != IPPROTO_UDP || ip_len < IPV4_HLEN || ip.is_later_fragment() {
         return None;
     }
     if cfg.local_ip_be != 0 && ip.daddr_be() != cfg.local_ip_be {
@@ -99,7 +105,7 @@ pub fn check(pkt: Packet, cfg: &DatapathConfig) -> Verdict {
     let Some(peer) = maps::peer(ip.saddr_be()) else {
         return Verdict::Drop(DropReason::UnknownPeer);
     };
-    if let Err(reason) = check_vni(pkt, cfg, ETH_HLEN + ip_len + 8) {
+    if let Err(reason) = check_vni(pkt, cfg, ETH_HLEN + ip_len + UDP_HLEN) {
         return Verdict::Drop(reason);
     }
     Verdict::Tunnel {
@@ -135,7 +141,7 @@ pub fn check6(pkt: Packet, cfg: &DatapathConfig, cfg6: &DatapathConfig6) -> Verd
     let Some(peer) = maps::peer6(&ip.saddr) else {
         return Verdict::Drop(DropReason::UnknownPeer);
     };
-    if let Err(reason) = check_vni(pkt, cfg, ETH_HLEN + IPV6_HLEN + 8) {
+    if let Err(reason) = check_vni(pkt, cfg, ETH_HLEN + IPV6_HLEN + UDP_HLEN) {
         return Verdict::Drop(reason);
     }
     Verdict::Tunnel {
@@ -152,7 +158,7 @@ fn check_vni(pkt: Packet, cfg: &DatapathConfig, at: usize) -> Result<(), DropRea
         return Ok(());
     }
     let vxlan = pkt.header::<VxlanHdr>(at).ok_or(DropReason::Truncated)?;
-    if vxlan.flags != VXLAN_FLAGS_I.to_be_bytes() || vxlan.vni != (cfg.vni << 8).to_be_bytes() {
+    if *vxlan != VxlanHdr::new(cfg.vni) {
         return Err(DropReason::WrongVni);
     }
     Ok(())

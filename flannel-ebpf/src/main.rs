@@ -12,6 +12,8 @@ mod maps;
 mod parse;
 mod ttl;
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_redirect, bpf_redirect_peer},
@@ -26,7 +28,8 @@ use flannel_common::{
 use events::Peer;
 use guard::Verdict;
 use parse::{
-    in_prefix6, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN,
+    in_prefix6, set_macs, Context, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, ETH_HLEN, IPPROTO_TCP,
+    IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, UDP_HLEN,
 };
 
 /// The TC programs' verdict for what is not ours: the next program or filter on the hook
@@ -132,7 +135,8 @@ fn direct_receive(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     };
     let (ipv4, ipv6) = (eth.is_ipv4(), eth.is_ipv6());
     // (Pulling data invalidates what was read of the packet before.)
-    if !(ipv4 || ipv6) || !linear(ctx, (ETH_HLEN + if ipv6 { IPV6_HLEN } else { 20 }) as u32) {
+    let ip_len = if ipv6 { IPV6_HLEN } else { IPV4_HLEN };
+    if !(ipv4 || ipv6) || !linear(ctx, (ETH_HLEN + ip_len) as u32) {
         return NEXT;
     }
     let pkt = ctx.packet();
@@ -179,7 +183,7 @@ pub fn tc_merged(ctx: TcContext) -> i32 {
         .packet()
         .header::<EthHdr>(0)
         .is_some_and(EthHdr::is_ipv6);
-    let ip_len = if ipv6 { IPV6_HLEN } else { 20 };
+    let ip_len = if ipv6 { IPV6_HLEN } else { IPV4_HLEN };
     if !linear(&ctx, (ETH_HLEN + ip_len) as u32) {
         return TC_ACT_OK;
     }
@@ -217,10 +221,7 @@ fn deliver(ctx: &TcContext, ipv6: bool) -> i32 {
     let Some(endpoint) = endpoint(ctx, ipv6) else {
         return TC_ACT_OK;
     };
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&endpoint.mac);
-    macs[6..].copy_from_slice(&endpoint.bridge_mac);
-    if ctx.store(0, &macs, 0).is_err() {
+    if set_macs(ctx, &endpoint.mac, &endpoint.bridge_mac).is_err() {
         return TC_ACT_OK;
     }
     // SAFETY: plain helper call.
@@ -249,7 +250,7 @@ pub fn tc_encap(ctx: TcContext) -> i32 {
     let Some(cfg) = maps::config() else {
         return NEXT;
     };
-    if cfg.port_be == 0 || !linear(&ctx, (ETH_HLEN + 20) as u32) {
+    if cfg.port_be == 0 || !linear(&ctx, (ETH_HLEN + IPV4_HLEN) as u32) {
         return NEXT;
     }
     let pkt = ctx.packet();
@@ -357,11 +358,14 @@ fn fits6(ctx: &TcContext, ip: &Ipv6Hdr, mtu: u32, gso_size: u32) -> bool {
         return (IPV6_HLEN + usize::from(u16::from_be_bytes(ip.payload_len))) as u32 <= mtu;
     }
     let transport_len = match ip.next_header {
-        IPPROTO_TCP => match ctx.load::<u8>(ETH_HLEN + IPV6_HLEN + 12) {
-            Ok(offset) => u32::from(offset >> 4) * 4,
-            Err(_) => return false,
-        },
-        IPPROTO_UDP => 8,
+        IPPROTO_TCP => {
+            let at = ETH_HLEN + IPV6_HLEN + offset_of!(TcpHdr, data_offset);
+            match ctx.load::<u8>(at) {
+                Ok(words) => u32::from(words >> 4) * 4,
+                Err(_) => return false,
+            }
+        }
+        IPPROTO_UDP => UDP_HLEN as u32,
         _ => return false,
     };
     IPV6_HLEN as u32 + transport_len + gso_size <= mtu

@@ -1,96 +1,10 @@
-//! Packet headers and bounds-checked access to them.
-//!
-//! Headers sit at 2-byte-aligned offsets (behind Ethernet, the IPv4 addresses start at 26),
-//! so every multi-byte field is a byte array in network order: each header struct then has
-//! alignment 1, and a reference to it is valid at any offset.
+//! Bounds-checked access to a packet's headers (whose layouts are `flannel_common::headers`,
+//! all of alignment 1).
 
 use core::mem::{align_of, size_of};
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-
-pub const ETH_HLEN: usize = size_of::<EthHdr>();
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-pub const IPV6_HLEN: usize = size_of::<Ipv6Hdr>();
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
-/// VXLAN flags word with only the I (valid VNI) bit set.
-pub const VXLAN_FLAGS_I: u32 = 0x0800_0000;
-
-#[repr(C)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    pub ether_type: [u8; 2],
-}
-
-impl EthHdr {
-    #[inline(always)]
-    pub fn is_ipv4(&self) -> bool {
-        self.ether_type == ETH_P_IP.to_be_bytes()
-    }
-
-    #[inline(always)]
-    pub fn is_ipv6(&self) -> bool {
-        self.ether_type == ETH_P_IPV6.to_be_bytes()
-    }
-}
-
-#[repr(C)]
-pub struct Ipv4Hdr {
-    pub version_ihl: u8,
-    pub tos: u8,
-    pub tot_len: [u8; 2],
-    pub id: [u8; 2],
-    pub frag_off: [u8; 2],
-    pub ttl: u8,
-    pub protocol: u8,
-    pub check: [u8; 2],
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
-}
-
-impl Ipv4Hdr {
-    /// Header length in bytes (IHL * 4); at most 60, which keeps the verifier's range small.
-    #[inline(always)]
-    pub fn header_len(&self) -> usize {
-        ((self.version_ihl & 0x0f) as usize) * 4
-    }
-
-    /// True for the second and later fragments, which carry no L4 header.
-    #[inline(always)]
-    pub fn is_later_fragment(&self) -> bool {
-        u16::from_be_bytes(self.frag_off) & 0x1fff != 0
-    }
-
-    /// The source address as the maps key it: network byte order.
-    #[inline(always)]
-    pub fn saddr_be(&self) -> u32 {
-        u32::from_ne_bytes(self.saddr)
-    }
-
-    /// The destination address in network byte order.
-    #[inline(always)]
-    pub fn daddr_be(&self) -> u32 {
-        u32::from_ne_bytes(self.daddr)
-    }
-
-    #[inline(always)]
-    pub fn total_len(&self) -> u16 {
-        u16::from_be_bytes(self.tot_len)
-    }
-}
-
-#[repr(C)]
-pub struct Ipv6Hdr {
-    pub version_class_flow: [u8; 4],
-    pub payload_len: [u8; 2],
-    pub next_header: u8,
-    pub hop_limit: u8,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-}
+pub use flannel_common::headers::*;
 
 /// True when `addr` lies in the prefix `net`/`mask` (all in network byte order).
 #[inline(always)]
@@ -103,21 +17,6 @@ pub fn in_prefix6(addr: &[u8; 16], net: &[u8; 16], mask: &[u8; 16]) -> bool {
         i += 1;
     }
     true
-}
-
-#[repr(C)]
-pub struct UdpHdr {
-    pub source: [u8; 2],
-    pub dest: [u8; 2],
-    pub len: [u8; 2],
-    pub check: [u8; 2],
-}
-
-#[repr(C)]
-pub struct VxlanHdr {
-    pub flags: [u8; 4],
-    /// VNI in the upper 24 bits.
-    pub vni: [u8; 4],
 }
 
 /// The packet as the program sees it: the linear bytes `[start, end)`.
@@ -180,4 +79,15 @@ impl Context for XdpContext {
             end: self.data_end(),
         }
     }
+}
+
+/// Sets the destination and source MACs of the packet's Ethernet header (the first two of
+/// its fields).
+#[inline(always)]
+pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), i64> {
+    const { assert!(core::mem::offset_of!(EthHdr, src) == 6) };
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(dst);
+    macs[6..].copy_from_slice(src);
+    ctx.store(0, &macs, 0)
 }

@@ -2,80 +2,67 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_ICMPV6: u8 = 58;
+pub use flannel_common::headers::{
+    checksum, EthHdr, Header, IcmpHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, TunnelHeader, TunnelHeader6,
+    UdpHdr, VxlanHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    IPV4_DF, IPV4_HLEN, IPV6_HLEN, UDP_HLEN,
+};
 
-/// The Internet checksum (RFC 1071) of `bytes`.
-pub fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+/// The header `H` at the start of `bytes`, and the bytes after it; None when too short.
+pub fn try_split<H: Header>(bytes: &[u8]) -> Option<(&H, &[u8])> {
+    Some((H::from_bytes(bytes)?, &bytes[size_of::<H>()..]))
+}
+
+/// `try_split` of bytes known to hold the header.
+pub fn split<H: Header>(bytes: &[u8]) -> (&H, &[u8]) {
+    try_split(bytes).expect("long enough for the header")
+}
+
+/// A tunnel frame's outer headers `H` (a `TunnelHeader` or `TunnelHeader6`) behind its
+/// Ethernet header, and the inner packet; None when too short.
+pub fn tunnelled<H: Header>(frame: &[u8]) -> Option<(&H, &[u8])> {
+    try_split::<H>(try_split::<EthHdr>(frame)?.1)
+}
+
+/// `split`, to change the header in place.
+pub fn split_mut<H: Header>(bytes: &mut [u8]) -> &mut H {
+    H::from_bytes_mut(bytes).expect("long enough for the header")
 }
 
 pub fn ethernet(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(14 + payload.len());
-    frame.extend_from_slice(&dst);
-    frame.extend_from_slice(&src);
-    frame.extend_from_slice(&ether_type.to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
+    [EthHdr::new(dst, src, ether_type).as_bytes(), payload].concat()
 }
 
 /// An IPv4 header (no options, DF set, TTL 64) with a valid checksum, then `payload`.
 pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
-    let total_len = u16::try_from(20 + payload.len()).expect("packet fits in IPv4");
-    let mut header = [0u8; 20];
-    header[0] = 0x45;
-    header[2..4].copy_from_slice(&total_len.to_be_bytes());
-    header[6] = 0x40;
-    header[8] = 64;
-    header[9] = protocol;
-    header[12..16].copy_from_slice(&src.octets());
-    header[16..20].copy_from_slice(&dst.octets());
-    let sum = checksum(&header);
-    header[10..12].copy_from_slice(&sum.to_be_bytes());
-    [&header[..], payload].concat()
+    let total_len = u16::try_from(IPV4_HLEN + payload.len()).expect("packet fits in IPv4");
+    let header = Ipv4Hdr::new(src.octets(), dst.octets(), protocol, total_len).checksummed();
+    [header.as_bytes(), payload].concat()
 }
 
 /// An IPv6 header (hop limit 64, no extension headers), then `payload`.
 pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: &[u8]) -> Vec<u8> {
     let payload_len = u16::try_from(payload.len()).expect("packet fits in IPv6");
-    let mut header = [0u8; 40];
-    header[0] = 0x60;
-    header[4..6].copy_from_slice(&payload_len.to_be_bytes());
-    header[6] = next_header;
-    header[7] = 64;
-    header[8..24].copy_from_slice(&src.octets());
-    header[24..40].copy_from_slice(&dst.octets());
-    [&header[..], payload].concat()
+    let header = Ipv6Hdr::new(src.octets(), dst.octets(), next_header, payload_len);
+    [header.as_bytes(), payload].concat()
 }
 
 /// A UDP header with checksum 0 (legal over IPv4), then `payload`.
 pub fn udp(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
-    let len = u16::try_from(8 + payload.len()).expect("datagram fits");
-    let mut datagram = Vec::with_capacity(len.into());
-    datagram.extend_from_slice(&src_port.to_be_bytes());
-    datagram.extend_from_slice(&dst_port.to_be_bytes());
-    datagram.extend_from_slice(&len.to_be_bytes());
-    datagram.extend_from_slice(&[0, 0]);
-    datagram.extend_from_slice(payload);
-    datagram
+    let len = u16::try_from(UDP_HLEN + payload.len()).expect("datagram fits");
+    let header = UdpHdr {
+        source: src_port.to_be_bytes(),
+        dest: dst_port.to_be_bytes(),
+        len: len.to_be_bytes(),
+        check: [0; 2],
+    };
+    [header.as_bytes(), payload].concat()
 }
 
-/// A VXLAN header (flags 0x08, VNI in the upper 24 bits of the second word), then `payload`.
+/// A VXLAN header (the I flag, the VNI in the upper 24 bits of the second word), then
+/// `payload`.
 pub fn vxlan(vni: u32, payload: &[u8]) -> Vec<u8> {
-    let mut header = vec![0x08, 0, 0, 0];
-    header.extend_from_slice(&(vni << 8).to_be_bytes());
-    header.extend_from_slice(payload);
-    header
+    [VxlanHdr::new(vni).as_bytes(), payload].concat()
 }
 
 /// A whole frame: Ethernet, IPv4 and UDP from `src` to `dst`, carrying `payload`.
@@ -174,16 +161,7 @@ pub fn capture_udp_frames(port: u16, count: usize) -> std::thread::JoinHandle<Ve
                 break;
             }
             let frame = &buf[..len as usize];
-            let ipv4 = frame.len() > 42
-                && frame[12..14] == ETH_P_IP.to_be_bytes()
-                && frame[23] == IPPROTO_UDP
-                && frame[36..38] == port.to_be_bytes();
-            let ipv6 = frame.len() > 62
-                && frame[12..14] == ETH_P_IPV6.to_be_bytes()
-                && frame[20] == IPPROTO_UDP
-                && frame[56..58] == port.to_be_bytes();
-            let is_match = ipv4 || ipv6;
-            if is_match {
+            if udp_to(frame) == Some(port) {
                 frames.push(frame.to_vec());
                 last = std::time::Instant::now();
             }
@@ -192,6 +170,22 @@ pub fn capture_udp_frames(port: u16, count: usize) -> std::thread::JoinHandle<Ve
         unsafe { libc::close(fd) };
         frames
     })
+}
+
+/// The destination port of a UDP frame (IPv4 without options, or IPv6 without extension
+/// headers).
+fn udp_to(frame: &[u8]) -> Option<u16> {
+    let (eth, ip) = try_split::<EthHdr>(frame)?;
+    let datagram = if eth.is_ipv4() {
+        let (header, datagram) = try_split::<Ipv4Hdr>(ip)?;
+        (header.protocol == IPPROTO_UDP).then_some(datagram)?
+    } else if eth.is_ipv6() {
+        let (header, datagram) = try_split::<Ipv6Hdr>(ip)?;
+        (header.next_header == IPPROTO_UDP).then_some(datagram)?
+    } else {
+        return None;
+    };
+    try_split::<UdpHdr>(datagram).map(|(udp, _)| u16::from_be_bytes(udp.dest))
 }
 
 #[cfg(test)]
@@ -206,8 +200,9 @@ mod tests {
             IPPROTO_UDP,
             &[1, 2, 3],
         );
-        assert_eq!(checksum(&packet[..20]), 0);
-        assert_eq!(u16::from_be_bytes([packet[2], packet[3]]), 23);
+        let (header, _) = split::<Ipv4Hdr>(&packet);
+        assert_eq!(checksum(header.as_bytes()), 0);
+        assert_eq!(header.total_len(), 23);
     }
 
     #[test]

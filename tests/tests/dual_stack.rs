@@ -16,7 +16,9 @@ use flannel_tests::{
     agent::Agent,
     etcd::wait_for,
     netns::Bpffs,
-    packet::{self, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP},
+    packet::{
+        self, EthHdr, Header, Ipv6Hdr, TcpHdr, TunnelHeader6, IPPROTO_TCP, IPPROTO_UDP, UDP_HLEN,
+    },
     require_root,
     testbed::{all_reach_all, Container, Testbed, Underlay, PREFIX},
 };
@@ -283,17 +285,21 @@ fn a_connection_is_one_outer_flow(bed: &Testbed, containers: &[Container]) {
     // whether GSO packets (whole on this underlay) and single packets were among them.
     let mut flows: HashMap<[u16; 2], (BTreeSet<u16>, bool, bool)> = HashMap::new();
     for frame in capture.join().unwrap() {
-        let inner_ip = 14 + 40 + 8 + 8 + 14;
-        if frame.len() < inner_ip + 44 || frame[22..38] != from_host0 {
+        let Some((tunnel, inner)) = packet::tunnelled::<TunnelHeader6>(&frame) else {
+            continue;
+        };
+        let Some((ip, segment)) = packet::try_split::<Ipv6Hdr>(inner) else {
+            continue;
+        };
+        let Some((tcp, _)) = packet::try_split::<TcpHdr>(segment) else {
+            continue;
+        };
+        if tunnel.ip.saddr != from_host0 || ip.next_header != IPPROTO_TCP {
             continue;
         }
-        if frame[inner_ip + 6] != IPPROTO_TCP {
-            continue;
-        }
-        let port = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
-        let (a, b) = (port(inner_ip + 40), port(inner_ip + 42));
+        let (a, b) = (u16::from_be_bytes(tcp.source), u16::from_be_bytes(tcp.dest));
         let flow = flows.entry([a.min(b), a.max(b)]).or_default();
-        flow.0.insert(port(54));
+        flow.0.insert(u16::from_be_bytes(tunnel.udp.source));
         flow.1 |= frame.len() > 1500;
         flow.2 |= frame.len() < 200;
     }
@@ -483,22 +489,34 @@ fn our_ipv6_vxlan_is_flannels_on_the_wire(bed: &Testbed, containers: &[Container
             .collect();
         bytes
     };
-    let (outer, udp, vxlan, inner) = (&frame[14..54], &frame[54..62], &frame[62..70], &frame[70..]);
-    assert_eq!(frame[12..14], ETH_P_IPV6.to_be_bytes());
-    assert_eq!(outer[6], IPPROTO_UDP, "no extension headers");
-    assert_eq!(outer[8..24], Testbed::host_ipv6(0).octets());
-    assert_eq!(outer[24..40], Testbed::host_ipv6(1).octets());
-    assert_eq!(udp[2..4], VXLAN_PORT.to_be_bytes());
-    assert_ne!(udp[6..8], [0, 0], "IPv6 UDP needs a checksum");
-    assert_eq!(vxlan, [0x08, 0, 0, 0, 0, 0, 1, 0]);
-    assert_eq!((&inner[..6], &inner[6..12]), (&mac(1)[..], &mac(0)[..]));
-    assert_eq!(inner[12..14], ETH_P_IPV6.to_be_bytes());
+    assert!(packet::split::<EthHdr>(&frame).0.is_ipv6());
+    let (tunnel, inner) = packet::tunnelled::<TunnelHeader6>(&frame).expect("a VXLAN frame");
+    assert_eq!(tunnel.ip.next_header, IPPROTO_UDP, "no extension headers");
+    assert_eq!(tunnel.ip.saddr, Testbed::host_ipv6(0).octets());
+    assert_eq!(tunnel.ip.daddr, Testbed::host_ipv6(1).octets());
+    assert_eq!(tunnel.udp.dest, VXLAN_PORT.to_be_bytes());
+    assert_ne!(tunnel.udp.check, [0, 0], "IPv6 UDP needs a checksum");
+    assert_eq!(tunnel.vxlan.as_bytes(), [0x08, 0, 0, 0, 0, 0, 1, 0]);
+    let inner_eth = &tunnel.inner;
+    assert_eq!(
+        (&inner_eth.dst[..], &inner_eth.src[..]),
+        (&mac(1)[..], &mac(0)[..])
+    );
+    assert!(inner_eth.is_ipv6());
     // The container's packet, its flow label the container's own, its hop limit unspent.
-    let sent = packet::ipv6(from, to, IPPROTO_UDP, &[0; 8 + 35]);
-    let ip = &inner[14..];
-    assert_eq!(ip[0] >> 4, 6);
-    assert_eq!(ip[4..40], sent[4..40]);
-    assert_eq!(&ip[40 + 8..], payload);
+    let sent = packet::ipv6(from, to, IPPROTO_UDP, &[0; UDP_HLEN + 35]);
+    let (sent, _) = packet::split::<Ipv6Hdr>(&sent);
+    let (ip, datagram) = packet::split::<Ipv6Hdr>(inner);
+    assert_eq!(ip.version_class_flow[0] >> 4, 6);
+    let flow = ip.version_class_flow;
+    assert_eq!(
+        *ip,
+        Ipv6Hdr {
+            version_class_flow: flow,
+            ..*sent
+        }
+    );
+    assert_eq!(&datagram[UDP_HLEN..], payload);
 
     // A ping's echo request carries its final ICMPv6 checksum (a datagram's may still be the
     // device's to fill in): over it, the outer UDP checksum verifies, as flannel's device
@@ -512,9 +530,10 @@ fn our_ipv6_vxlan_is_flannels_on_the_wire(bed: &Testbed, containers: &[Container
         .unwrap()
         .expect("a ping's VXLAN frame on host 1");
     let (src, dst) = (Testbed::host_ipv6(0), Testbed::host_ipv6(1));
-    assert_eq!(frame[14 + 24..14 + 40], dst.octets());
+    let (outer, datagram) = packet::split::<Ipv6Hdr>(packet::split::<EthHdr>(&frame).1);
+    assert_eq!(outer.daddr, dst.octets());
     assert_eq!(
-        packet::ipv6_upper_checksum(src, dst, IPPROTO_UDP, &frame[54..]),
+        packet::ipv6_upper_checksum(src, dst, IPPROTO_UDP, datagram),
         0,
         "the outer UDP checksum verifies"
     );

@@ -4,19 +4,23 @@
 //! program, or by the GRO device it hands packets to), and an IPv6-only config leaving IPv4
 //! alone.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    mem::offset_of,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
     map_names, pins::Pins, DatapathConfig, DatapathConfig6, DropEvent, DropReason, Encap, Endpoint,
-    Hook, PeerInfo6, Tunnel, Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, VXLAN_PORT,
+    Hook, PeerInfo6, Tunnel, Tunnel6, TunnelEnds, CHECK_INNER_SOURCE, IPV6_ONLY, VXLAN6_OVERHEAD,
+    VXLAN_PORT,
 };
 use flannel_tests::{
     bpf_run::{drop_events, run, run_gso, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     netns::{kernel_vxlan_frame, Bpffs},
     packet::{
-        self, udp6_frame, udp_frame, vxlan, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP,
-        IPPROTO_UDP,
+        self, udp6_frame, udp_frame, vxlan, EthHdr, Header, IcmpHdr, Ipv6Hdr, TcpHdr, UdpHdr,
+        VxlanHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
     },
     require_root,
 };
@@ -133,7 +137,7 @@ fn ipv6_vxlan_from_a_peer_is_decapsulated_to_the_inner_packet() {
     // The outer Ethernet header (addressed to this host) stays, the inner packet follows.
     assert_eq!(
         out,
-        [&frame[..14], &inner_ip("fd00:10:0:74::2")[..]].concat()
+        [&frame[..ETH_HLEN], &inner_ip("fd00:10:0:74::2")[..]].concat()
     );
     let traffic = programs.traffic(PEER.into()).unwrap();
     assert_eq!(
@@ -160,10 +164,8 @@ fn decapsulated_ipv6_for_a_local_container_goes_straight_into_it() {
     // Redirected into the container's namespace, addressed from the bridge to the container.
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let inner = inner_ip("fd00:10:0:74::2");
-    assert_eq!(
-        out,
-        [&container[..], &bridge, &frame[12..14], &inner].concat()
-    );
+    let eth = EthHdr::new(container, bridge, ETH_P_IPV6);
+    assert_eq!(out, [eth.as_bytes(), &inner].concat());
 }
 
 #[test]
@@ -315,7 +317,7 @@ fn an_ipv6_only_config_judges_and_tunnels_no_ipv4() {
     );
     let (verdict, out) = run(programs.tc_ingress(), &from_the_peer());
     assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(&out[14..], &inner_ip("fd00:10:0:74::2")[..]);
+    assert_eq!(&out[ETH_HLEN..], &inner_ip("fd00:10:0:74::2")[..]);
 }
 
 /// The IPv6 tunnel's MTU in `dual_stack`: a 1,500-byte underlay less vxlan over IPv6.
@@ -345,9 +347,12 @@ fn frame_to(dst: &str, next_header: u8, mut upper: Vec<u8>, check: Option<usize>
 
 /// A container's TCP segment to `dst` with `payload` bytes of data, its checksum right.
 fn tcp_to(dst: &str, payload: usize) -> Vec<u8> {
-    let mut tcp = vec![9; 20 + payload];
-    tcp[12] = 5 << 4; // data offset: 5 words, no options
-    frame_to(dst, IPPROTO_TCP, tcp, Some(16))
+    let header = TcpHdr {
+        data_offset: 5 << 4, // 5 words: no options
+        ..TcpHdr::default()
+    };
+    let tcp = [header.as_bytes(), &vec![9; payload]].concat();
+    frame_to(dst, IPPROTO_TCP, tcp, Some(offset_of!(TcpHdr, check)))
 }
 
 fn to(dst: &str) -> Vec<u8> {
@@ -359,37 +364,47 @@ fn to(dst: &str) -> Vec<u8> {
 /// checksum that verifies, VXLAN with the I flag and our VNI, inner Ethernet from our VTEP
 /// MAC to the peer's, and the packet byte for byte.
 fn assert_flannels_ipv6_vxlan(out: &[u8], frame: &[u8]) {
-    assert_eq!(out.len(), frame.len() + 70);
-    let (outer, udp, vxlan, inner_eth) = (&out[14..54], &out[54..62], &out[62..70], &out[70..84]);
-    assert_eq!(out[12..14], ETH_P_IPV6.to_be_bytes());
-    let udp_len = (out.len() - 54) as u16;
-    assert_eq!(outer[..4], [0x60, 0, 0, 0], "class and flow label 0");
-    assert_eq!(outer[4..6], udp_len.to_be_bytes());
-    assert_eq!((outer[6], outer[7]), (IPPROTO_UDP, 64));
-    assert_eq!(outer[8..24], LOCAL.octets());
-    assert_eq!(outer[24..40], PEER.octets());
-    assert!((32768..61000).contains(&u16::from_be_bytes([udp[0], udp[1]])));
-    assert_eq!(udp[2..4], VXLAN_PORT.to_be_bytes());
-    assert_eq!(udp[4..6], udp_len.to_be_bytes());
-    assert_ne!(udp[6..8], [0, 0], "IPv6 UDP needs a checksum");
+    assert_eq!(out.len(), frame.len() + VXLAN6_OVERHEAD as usize);
+    let (eth, rest) = packet::split::<EthHdr>(out);
+    assert!(eth.is_ipv6());
+    let (outer, datagram) = packet::split::<Ipv6Hdr>(rest);
+    let udp_len = datagram.len() as u16;
     assert_eq!(
-        packet::ipv6_upper_checksum(LOCAL, PEER, IPPROTO_UDP, &out[54..]),
+        outer.version_class_flow,
+        [0x60, 0, 0, 0],
+        "class and flow label 0"
+    );
+    assert_eq!(outer.payload_len, udp_len.to_be_bytes());
+    assert_eq!((outer.next_header, outer.hop_limit), (IPPROTO_UDP, 64));
+    assert_eq!((outer.saddr, outer.daddr), (LOCAL.octets(), PEER.octets()));
+    let (udp, rest) = packet::split::<UdpHdr>(datagram);
+    assert!((32768..61000).contains(&u16::from_be_bytes(udp.source)));
+    assert_eq!(udp.dest, VXLAN_PORT.to_be_bytes());
+    assert_eq!(udp.len, udp_len.to_be_bytes());
+    assert_ne!(udp.check, [0, 0], "IPv6 UDP needs a checksum");
+    assert_eq!(
+        packet::ipv6_upper_checksum(LOCAL, PEER, IPPROTO_UDP, datagram),
         0,
         "the outer UDP checksum verifies"
     );
-    assert_eq!(vxlan, [0x08, 0, 0, 0, 0, 0, VNI as u8, 0]);
+    let (vxlan, rest) = packet::split::<VxlanHdr>(rest);
+    assert_eq!(vxlan.as_bytes(), [0x08, 0, 0, 0, 0, 0, VNI as u8, 0]);
+    let (inner_eth, inner) = packet::split::<EthHdr>(rest);
     assert_eq!(
-        inner_eth,
+        inner_eth.as_bytes(),
         [&PEER_VTEP[..], &OUR_VTEP, &[0x86, 0xdd]].concat()
     );
-    assert_eq!(&out[84..], &frame[14..]);
+    assert_eq!(inner, &frame[ETH_HLEN..]);
 }
 
 /// Handed to the GRO device for the kernel's encapsulation: only the inner Ethernet header
 /// is addressed, from our VTEP MAC to the peer's.
 fn assert_handed_to_the_gro_device((verdict, out): (u32, Vec<u8>), frame: &[u8]) {
     assert_eq!(verdict, TC_ACT_REDIRECT);
-    assert_eq!(out, [&PEER_VTEP[..], &OUR_VTEP[..], &frame[12..]].concat());
+    let mut addressed = frame.to_vec();
+    let eth = packet::split_mut::<EthHdr>(&mut addressed);
+    (eth.dst, eth.src) = (PEER_VTEP, OUR_VTEP);
+    assert_eq!(out, addressed);
 }
 
 /// Single TCP, UDP and ICMPv6 packets for a peer are encapsulated by the program itself, in
@@ -406,9 +421,15 @@ fn single_ipv6_packets_for_a_peer_are_encapsulated_with_a_valid_udp_checksum() {
             PEER_CONTAINER,
             IPPROTO_UDP,
             packet::udp(5000, 53, b"query"),
-            Some(6),
+            Some(offset_of!(UdpHdr, check)),
         ),
-        frame_to(PEER_CONTAINER, IPPROTO_ICMPV6, echo, Some(2)),
+        // ICMPv6's header begins as ICMP's: type, code, checksum.
+        frame_to(
+            PEER_CONTAINER,
+            IPPROTO_ICMPV6,
+            echo,
+            Some(offset_of!(IcmpHdr, check)),
+        ),
     ];
     for frame in &frames {
         let (verdict, out) = run(programs.tc_encap(), frame);
@@ -492,16 +513,24 @@ fn decapsulates_a_frame_made_by_the_kernels_ipv6_vxlan_device() {
     )
     .unwrap();
     // The kernel's IPv6 vxlan sets the UDP checksum (flannel's device drops frames without).
-    assert_ne!(&frame[60..62], &[0, 0], "outer UDP checksum");
+    let (_, outer) = packet::split::<EthHdr>(&frame);
+    let (_, datagram) = packet::split::<Ipv6Hdr>(outer);
+    let (udp, _) = packet::split::<UdpHdr>(datagram);
+    assert_ne!(udp.check, [0, 0], "outer UDP checksum");
 
     let mut programs = dual_stack(true, LOOPBACK);
     let (verdict, out) = run(programs.tc_ingress(), &frame);
     assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(&out[..14], &frame[..14]);
-    assert_eq!(&out[14..], &frame[14 + 70..], "the inner IPv6 packet");
-    let inner_src: [u8; 16] = out[14 + 8..14 + 24].try_into().unwrap();
+    assert_eq!(&out[..ETH_HLEN], &frame[..ETH_HLEN]);
+    let inner = &out[ETH_HLEN..];
     assert_eq!(
-        Ipv6Addr::from(inner_src),
+        inner,
+        &frame[ETH_HLEN + VXLAN6_OVERHEAD as usize..],
+        "the inner IPv6 packet"
+    );
+    let (ip, _) = packet::split::<Ipv6Hdr>(inner);
+    assert_eq!(
+        Ipv6Addr::from(ip.saddr),
         "fd00:10:0:74::".parse::<Ipv6Addr>().unwrap()
     );
     assert!(out.ends_with(b"from a kernel IPv6 vxlan peer"));

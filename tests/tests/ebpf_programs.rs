@@ -9,12 +9,16 @@ use flannel_agent::datapath::ebpf::programs::Programs;
 use flannel_common::{
     event_addr_v4, map_names, mask_be, pins::Pins, DatapathConfig, DropEvent, DropReason, Encap,
     Endpoint, Hook, PeerInfo, Tunnel, TunnelEnds, CHECK_INNER_SOURCE, DIRECT_ROUTING,
-    EVENTS_PER_SECOND, THROUGH_NETFILTER, UDP_BACKEND_PORT, VXLAN_PORT,
+    EVENTS_PER_SECOND, THROUGH_NETFILTER, UDP_BACKEND_PORT, UDP_OVERHEAD, VXLAN_OVERHEAD,
+    VXLAN_PORT,
 };
 use flannel_tests::{
     bpf_run::{drop_events, run, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     netns::{kernel_vxlan_frame, link, Bpffs, Netns},
-    packet::{self, udp_frame, vxlan, IPPROTO_TCP},
+    packet::{
+        self, udp_frame, vxlan, EthHdr, Header, Ipv4Hdr, UdpHdr, VxlanHdr, ETH_HLEN, IPPROTO_TCP,
+        IPV4_HLEN, UDP_HLEN,
+    },
     require_root,
 };
 
@@ -118,7 +122,7 @@ fn vxlan_from_a_peer_is_decapsulated_to_the_inner_packet() {
     let (verdict, out) = run(programs.tc_ingress(), &frame);
     assert_eq!(verdict, TC_ACT_OK);
     // The outer Ethernet header (addressed to this host) stays, the inner packet follows.
-    assert_eq!(out, [&frame[..14], &inner_ip()[..]].concat());
+    assert_eq!(out, [&frame[..ETH_HLEN], &inner_ip()[..]].concat());
     let traffic = programs.traffic(PEER.into()).unwrap();
     assert_eq!(
         (traffic.rx_packets, traffic.rx_bytes),
@@ -226,7 +230,10 @@ fn vxlan_with_another_vni_is_dropped() {
 fn vxlan_without_the_valid_vni_flag_is_dropped() {
     let mut programs = guard(Encap::Vxlan);
     let mut frame = vxlan_from(PEER, VNI);
-    frame[14 + 20 + 8] = 0; // clear the I flag
+    let (eth, rest) = packet::split::<EthHdr>(&frame);
+    let (ip, _) = packet::split::<Ipv4Hdr>(rest);
+    let vxlan_at = size_of_val(eth) + ip.header_len() + UDP_HLEN;
+    packet::split_mut::<VxlanHdr>(&mut frame[vxlan_at..]).flags = [0; 4]; // no I flag
     assert_eq!(verdicts(&mut programs, &frame), (XDP_DROP, TC_ACT_SHOT));
     assert_eq!(drops(&mut programs, DropReason::WrongVni), 2);
 }
@@ -301,7 +308,10 @@ fn udp_backend_checks_the_sender_but_has_no_vni() {
     // Decapsulated with the inner TTL decremented, as flannel's udp backend does.
     let (verdict, out) = run(programs.tc_ingress(), &from_peer);
     assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(out, [&from_peer[..14], &with_ttl(&inner, 63)[..]].concat());
+    assert_eq!(
+        out,
+        [&from_peer[..ETH_HLEN], &with_ttl(&inner, 63)[..]].concat()
+    );
 }
 
 /// udp with TC decap: a decapsulated frame for a local container goes, as it is, into the
@@ -324,12 +334,9 @@ fn udp_frames_for_local_containers_take_the_gro_device() {
     let from_peer =
         |inner: &[u8]| udp_frame(PEER, LOCAL, UDP_BACKEND_PORT, UDP_BACKEND_PORT, inner);
     let (local, other) = (to(container), to(Ipv4Addr::new(10, 1, 83, 3)));
-    let decapsulated = |frame: &[u8], inner: &[u8]| [&frame[..14], &with_ttl(inner, 63)].concat();
-    let delivered = [
-        &[endpoint.mac, endpoint.bridge_mac].concat()[..],
-        &decapsulated(&from_peer(&local), &local)[12..],
-    ]
-    .concat();
+    let decapsulated =
+        |frame: &[u8], inner: &[u8]| [&frame[..ETH_HLEN], &with_ttl(inner, 63)].concat();
+    let delivered = delivered(&decapsulated(&from_peer(&local), &local), &endpoint);
 
     // Without a GRO device: straight into the container.
     let (verdict, out) = run(programs.tc_ingress(), &from_peer(&local));
@@ -455,43 +462,60 @@ fn container_frame(dst: Ipv4Addr, payload_len: usize) -> Vec<u8> {
 /// `ip` with its TTL set to `ttl` and the header checksum recomputed.
 fn with_ttl(ip: &[u8], ttl: u8) -> Vec<u8> {
     let mut ip = ip.to_vec();
-    ip[8] = ttl;
-    ip[10..12].copy_from_slice(&[0, 0]);
-    let sum = packet::checksum(&ip[..20]);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let header = packet::split_mut::<Ipv4Hdr>(&mut ip);
+    *header = Ipv4Hdr { ttl, ..*header }.checksummed();
     ip
+}
+
+/// `frame` as delivered to a container: from the bridge's MAC to the container's.
+fn delivered(frame: &[u8], endpoint: &Endpoint) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    let eth = packet::split_mut::<EthHdr>(&mut frame);
+    (eth.dst, eth.src) = (endpoint.mac, endpoint.bridge_mac);
+    frame
 }
 
 /// Checks the outer headers tc_encap wrote in front of `inner_len` bytes, and returns the
 /// bytes after them. The UDP source port comes from the flow hash: any ephemeral port.
-fn check_outer(out: &[u8], original: &[u8], overhead: usize, port: u16) -> Vec<u8> {
-    let inner_len = original.len() - 14;
-    assert_eq!(out.len(), original.len() + overhead);
+fn check_outer(out: &[u8], original: &[u8], overhead: u32, port: u16) -> Vec<u8> {
+    let inner_len = original.len() - ETH_HLEN;
+    assert_eq!(out.len(), original.len() + overhead as usize);
+    let (eth, rest) = packet::split::<EthHdr>(out);
     assert_eq!(
-        &out[..14],
-        &original[..14],
+        eth,
+        packet::split::<EthHdr>(original).0,
         "the L2 header is the neighbour layer's to rewrite"
     );
-    let outer_ip = &out[14..34];
-    let total = (inner_len + overhead) as u16;
-    let mut expected_ip = vec![0x45, 0];
-    expected_ip.extend_from_slice(&total.to_be_bytes());
-    expected_ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17]);
-    expected_ip.extend_from_slice(&outer_ip[10..12]);
-    expected_ip.extend_from_slice(&LOCAL.octets());
-    expected_ip.extend_from_slice(&PEER.octets());
-    assert_eq!(outer_ip, &expected_ip[..]);
-    assert_eq!(packet::checksum(outer_ip), 0, "valid outer IPv4 checksum");
-    let udp = &out[34..42];
-    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    let (outer_ip, rest) = packet::split::<Ipv4Hdr>(rest);
+    let total = (inner_len + overhead as usize) as u16;
+    assert_eq!(
+        outer_ip.as_bytes(),
+        [
+            &[0x45, 0][..],
+            &total.to_be_bytes(),
+            &[0, 0, 0x40, 0, 64, 17],
+            &outer_ip.check,
+            &LOCAL.octets(),
+            &PEER.octets(),
+        ]
+        .concat(),
+        "IPv4 to the peer: no options, DF, TTL 64, UDP"
+    );
+    assert_eq!(
+        packet::checksum(outer_ip.as_bytes()),
+        0,
+        "valid outer IPv4 checksum"
+    );
+    let (udp, rest) = packet::split::<UdpHdr>(rest);
+    let sport = u16::from_be_bytes(udp.source);
     assert!(
         (32768..61000).contains(&sport),
         "source port {sport} is ephemeral"
     );
-    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), port);
-    assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), total - 20);
-    assert_eq!(&udp[6..8], &[0, 0], "UDP checksum 0");
-    out[42..].to_vec()
+    assert_eq!(u16::from_be_bytes(udp.dest), port);
+    assert_eq!(u16::from_be_bytes(udp.len), total - IPV4_HLEN as u16);
+    assert_eq!(udp.check, [0, 0], "UDP checksum 0");
+    rest.to_vec()
 }
 
 #[test]
@@ -500,15 +524,16 @@ fn vxlan_encap_byte_for_byte() {
     let frame = container_frame(Ipv4Addr::new(10, 1, 74, 2), 100);
     let (verdict, out) = run(programs.tc_encap(), &frame);
     assert_eq!(verdict, TC_ACT_REDIRECT, "sent to the NIC");
-    let rest = check_outer(&out, &frame, 50, VXLAN_PORT);
+    let rest = check_outer(&out, &frame, VXLAN_OVERHEAD, VXLAN_PORT);
+    let (vxlan, rest) = packet::split::<VxlanHdr>(&rest);
     assert_eq!(
-        &rest[..8],
-        &[0x08, 0, 0, 0, 0, 0, 1, 0],
+        vxlan.as_bytes(),
+        [0x08, 0, 0, 0, 0, 0, 1, 0],
         "VXLAN flags and VNI 1"
     );
-    let inner = packet::ethernet(PEER_VTEP, OUR_VTEP, packet::ETH_P_IP, &frame[14..]);
+    let inner = packet::ethernet(PEER_VTEP, OUR_VTEP, packet::ETH_P_IP, &frame[ETH_HLEN..]);
     assert_eq!(
-        &rest[8..],
+        rest,
         &inner[..],
         "inner Ethernet to the peer's VTEP, then the packet"
     );
@@ -525,10 +550,10 @@ fn udp_encap_byte_for_byte_with_the_ttl_decremented() {
     let frame = container_frame(Ipv4Addr::new(10, 1, 74, 2), 100);
     let (verdict, out) = run(programs.tc_encap(), &frame);
     assert_eq!(verdict, TC_ACT_REDIRECT);
-    let rest = check_outer(&out, &frame, 28, UDP_BACKEND_PORT);
+    let rest = check_outer(&out, &frame, UDP_OVERHEAD, UDP_BACKEND_PORT);
     assert_eq!(
         rest,
-        with_ttl(&frame[14..], 63),
+        with_ttl(&frame[ETH_HLEN..], 63),
         "the raw IPv4 packet, TTL 64 - 1"
     );
 }
@@ -566,9 +591,15 @@ fn decapsulates_a_frame_made_by_the_kernels_vxlan_device() {
     let mut programs = guard(Encap::Vxlan);
     let (verdict, out) = run(programs.tc_ingress(), &frame);
     assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(&out[..14], &frame[..14]);
-    assert_eq!(&out[14..], &frame[14 + 50..], "the inner IPv4 packet");
-    assert_eq!(&out[14 + 12..14 + 20], &[10, 1, 74, 0, 10, 1, 83, 2]);
+    assert_eq!(&out[..ETH_HLEN], &frame[..ETH_HLEN]);
+    let inner = &out[ETH_HLEN..];
+    assert_eq!(
+        inner,
+        &frame[ETH_HLEN + VXLAN_OVERHEAD as usize..],
+        "the inner IPv4 packet"
+    );
+    let (ip, _) = packet::split::<Ipv4Hdr>(inner);
+    assert_eq!((ip.saddr, ip.daddr), ([10, 1, 74, 0], [10, 1, 83, 2]));
     assert!(out.ends_with(b"from a kernel vxlan peer"));
 }
 
@@ -578,7 +609,7 @@ fn xdp_decapsulates_both_formats_like_tc() {
     let frame = vxlan_from(PEER, VNI);
     assert_eq!(
         run(programs.xdp_ingress(), &frame),
-        (XDP_PASS, [&frame[..14], &inner_ip()[..]].concat())
+        (XDP_PASS, [&frame[..ETH_HLEN], &inner_ip()[..]].concat())
     );
 
     let mut programs = guard(Encap::Udp);
@@ -588,7 +619,7 @@ fn xdp_decapsulates_both_formats_like_tc() {
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(
         out,
-        [&frame[..14], &with_ttl(&inner, 63)[..]].concat(),
+        [&frame[..ETH_HLEN], &with_ttl(&inner, 63)[..]].concat(),
         "TTL 64 - 1, checksum updated"
     );
 }
@@ -724,11 +755,7 @@ fn direct_routing_sends_and_delivers_packets_as_they_are() {
     let mut config = config_in_network(Encap::Vxlan, true);
     config.flags |= DIRECT_ROUTING;
     programs.set_config(map_names::CONFIG, config).unwrap();
-    let delivered = [
-        &[endpoint.mac, endpoint.bridge_mac].concat()[..],
-        &plain[12..],
-    ]
-    .concat();
+    let delivered = delivered(&plain, &endpoint);
     assert_eq!(
         run(programs.tc_ingress(), &plain),
         (TC_ACT_REDIRECT, delivered)

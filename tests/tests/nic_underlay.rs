@@ -15,7 +15,9 @@ use flannel_tests::{
     agent::Agent,
     bulk::verified_transfer,
     etcd::wait_for,
-    hooks, metrics, pins, require_root,
+    hooks, metrics,
+    packet::{self, TunnelHeader, IPV4_DF},
+    pins, require_root,
     testbed::{self, Container, Testbed, Underlay},
 };
 
@@ -359,7 +361,7 @@ fn the_nic_gets_whole_tunnel_gso_packets_only_if_it_segments_them() {
         let (bed, _agents, containers) = Testbed::cluster_on(underlay, VXLAN, &[&[], &[]]).unwrap();
         testbed::all_reach_all(&containers, READY).unwrap();
         let capture = bed.hosts[0]
-            .enter(|| flannel_tests::packet::capture_udp_frames(8472, 400))
+            .enter(|| packet::capture_udp_frames(8472, 400))
             .unwrap();
         let (a, b) = (&containers[0], &containers[1]);
         verified_transfer(&b.ns, at(b.ip, 5001), &a.ns, at(b.ip, 5001), 16 << 20).unwrap();
@@ -367,7 +369,10 @@ fn the_nic_gets_whole_tunnel_gso_packets_only_if_it_segments_them() {
             .join()
             .unwrap()
             .into_iter()
-            .filter(|f| f[26..30] == Testbed::host_ip(0).octets())
+            .filter(|frame| {
+                packet::tunnelled::<TunnelHeader>(frame)
+                    .is_some_and(|(t, _)| t.ip.saddr == Testbed::host_ip(0).octets())
+            })
             .collect();
         let largest = sent.iter().map(Vec::len).max().unwrap_or(0);
         assert_eq!(
@@ -376,8 +381,10 @@ fn the_nic_gets_whole_tunnel_gso_packets_only_if_it_segments_them() {
             "{underlay:?}: largest frame {largest} bytes"
         );
         for frame in &sent {
-            assert_eq!(frame[40..42], [0, 0], "{underlay:?}: UDP checksum");
-            assert_eq!(frame[20] & 0x40, 0x40, "{underlay:?}: DF");
+            let (tunnel, _) = packet::tunnelled::<TunnelHeader>(frame).unwrap();
+            assert_eq!(tunnel.udp.check, [0, 0], "{underlay:?}: UDP checksum");
+            let df = u16::from_be_bytes(tunnel.ip.frag_off) & IPV4_DF;
+            assert_eq!(df, IPV4_DF, "{underlay:?}: DF");
         }
     }
 }

@@ -6,6 +6,7 @@ use std::{
     net::Ipv4Addr,
 };
 
+use flannel_common::headers::{checksum, Header, IcmpHdr, Ipv4Hdr, IPPROTO_ICMP, IPV4_HLEN};
 use ipnet::Ipv4Net;
 
 /// Peer subnets to their public IPs, longest prefix first.
@@ -88,42 +89,18 @@ pub fn inbound(packet: &mut [u8]) -> bool {
 }
 
 fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
-    let header_len = usize::from(*packet.first()? & 0x0f) * 4;
-    if packet[0] >> 4 != 4 || header_len < 20 || packet.len() < header_len {
+    let ip = Ipv4Hdr::from_bytes(packet)?;
+    let header_len = ip.header_len();
+    if ip.version() != 4 || header_len < IPV4_HLEN || packet.len() < header_len {
         return None;
     }
-    Some(Ipv4Addr::new(
-        packet[16], packet[17], packet[18], packet[19],
-    ))
+    Some(ip.daddr.into())
 }
 
 /// Decrements the TTL, updating the header checksum incrementally (RFC 1624); false when the
 /// TTL runs out.
 pub fn decrement_ttl(packet: &mut [u8]) -> bool {
-    if packet.len() < 20 || packet[8] <= 1 {
-        return false;
-    }
-    let old = u16::from_be_bytes([packet[8], packet[9]]);
-    packet[8] -= 1;
-    let new = u16::from_be_bytes([packet[8], packet[9]]);
-    let check = u16::from_be_bytes([packet[10], packet[11]]);
-    let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    packet[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    true
-}
-
-/// The Internet checksum of `bytes`.
-pub fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    Ipv4Hdr::from_bytes_mut(packet).is_some_and(Ipv4Hdr::decrement_ttl)
 }
 
 /// ICMP destination unreachable, code 0 (net), to the sender of `original`, quoting its IP
@@ -131,49 +108,58 @@ pub fn checksum(bytes: &[u8]) -> u16 {
 /// reply from one of its own addresses arriving on the TUN device as a martian. None for
 /// packets that get no ICMP error.
 pub fn net_unreachable(original: &[u8]) -> Option<Vec<u8>> {
-    let header_len = usize::from(original[0] & 0x0f) * 4;
-    let is_icmp_error = original[9] == 1
+    const DEST_UNREACHABLE: u8 = 3;
+    let ip = Ipv4Hdr::from_bytes(original)?;
+    let header_len = ip.header_len();
+    // No error about an error (destination unreachable, source quench, redirect, time
+    // exceeded, parameter problem), nor about a later fragment.
+    let is_icmp_error = ip.protocol == IPPROTO_ICMP
         && original
             .get(header_len)
-            .is_some_and(|t| matches!(t, 3 | 4 | 5 | 11 | 12));
-    let later_fragment = u16::from_be_bytes([original[6], original[7]]) & 0x1fff != 0;
-    if is_icmp_error || later_fragment {
+            .is_some_and(|kind| matches!(kind, 3 | 4 | 5 | 11 | 12));
+    if is_icmp_error || ip.is_later_fragment() {
         return None;
     }
+    // RFC 792: the header and the first 64 bits of the datagram.
     let quoted = &original[..original.len().min(header_len + 8)];
-    let mut icmp = vec![3, 0, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(quoted);
-    let sum = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-
-    let total = (20 + icmp.len()) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
-    ip.extend_from_slice(&original[16..20]);
-    ip.extend_from_slice(&original[12..16]);
-    let sum = checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    ip.extend_from_slice(&icmp);
-    Some(ip)
+    let mut icmp = IcmpHdr {
+        kind: DEST_UNREACHABLE,
+        ..IcmpHdr::default()
+    };
+    let message = [icmp.as_bytes(), quoted].concat();
+    icmp.check = checksum(&message).to_be_bytes();
+    let total = IPV4_HLEN + message.len();
+    let reply = Ipv4Hdr {
+        frag_off: [0; 2],
+        ..Ipv4Hdr::new(ip.daddr, ip.saddr, IPPROTO_ICMP, total as u16)
+    };
+    Some([reply.checksummed().as_bytes(), icmp.as_bytes(), quoted].concat())
 }
 
 #[cfg(test)]
 mod tests {
+    use flannel_common::headers::{UdpHdr, IPPROTO_UDP};
+
     use super::*;
 
     /// An IPv4/UDP packet with a valid header checksum.
     fn packet(src: [u8; 4], dst: [u8; 4], ttl: u8, payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, ttl, 17, 0, 0];
-        p.extend_from_slice(&src);
-        p.extend_from_slice(&dst);
-        p.extend_from_slice(&[0x13, 0x88, 0x13, 0x89, 0, 12, 0, 0]);
-        p.extend_from_slice(payload);
-        let total = p.len() as u16;
-        p[2..4].copy_from_slice(&total.to_be_bytes());
-        let sum = checksum(&p[..20]);
-        p[10..12].copy_from_slice(&sum.to_be_bytes());
-        p
+        let udp = UdpHdr {
+            source: 5000u16.to_be_bytes(),
+            dest: 5001u16.to_be_bytes(),
+            len: ((8 + payload.len()) as u16).to_be_bytes(),
+            check: [0; 2],
+        };
+        let total = (IPV4_HLEN + 8 + payload.len()) as u16;
+        let ip = Ipv4Hdr {
+            ttl,
+            ..Ipv4Hdr::new(src, dst, IPPROTO_UDP, total)
+        };
+        [ip.checksummed().as_bytes(), udp.as_bytes(), payload].concat()
+    }
+
+    fn ip(packet: &[u8]) -> &Ipv4Hdr {
+        Ipv4Hdr::from_bytes(packet).unwrap()
     }
 
     fn routes() -> Routes {
@@ -215,8 +201,12 @@ mod tests {
     fn ttl_is_decremented_with_a_valid_checksum_and_runs_out() {
         let mut p = packet([10, 1, 83, 2], [10, 1, 74, 2], 64, b"data");
         assert!(decrement_ttl(&mut p));
-        assert_eq!(p[8], 63);
-        assert_eq!(checksum(&p[..20]), 0, "header checksum still valid");
+        assert_eq!(ip(&p).ttl, 63);
+        assert_eq!(
+            checksum(ip(&p).as_bytes()),
+            0,
+            "header checksum still valid"
+        );
         let mut last = packet([10, 1, 83, 2], [10, 1, 74, 2], 1, b"data");
         assert!(!decrement_ttl(&mut last));
         assert!(!inbound(&mut last));
@@ -236,7 +226,7 @@ mod tests {
             outbound(&mut known, &only_74, &network),
             Outbound::Send(Ipv4Addr::new(192, 168, 64, 3))
         );
-        assert_eq!(known[8], 63);
+        assert_eq!(ip(&known).ttl, 63);
 
         let mut outside = packet([10, 1, 83, 2], [8, 8, 8, 8], 64, b"data");
         assert_eq!(outbound(&mut outside, &only_74, &network), Outbound::Drop);
@@ -245,29 +235,35 @@ mod tests {
         let Outbound::Reply(reply) = outbound(&mut original.clone(), &only_74, &network) else {
             panic!("no ICMP reply");
         };
-        assert_eq!(checksum(&reply[..20]), 0);
+        let header = ip(&reply);
+        assert_eq!(checksum(header.as_bytes()), 0);
+        assert_eq!(header.saddr, [10, 1, 99, 2], "from the unreachable address");
+        assert_eq!(header.daddr, [10, 1, 83, 2], "to the sender");
+        assert_eq!(header.protocol, IPPROTO_ICMP);
+        let message = &reply[IPV4_HLEN..];
+        let icmp = IcmpHdr::from_bytes(message).unwrap();
         assert_eq!(
-            &reply[12..16],
-            &[10, 1, 99, 2],
-            "from the unreachable address"
+            (icmp.kind, icmp.code),
+            (3, 0),
+            "destination unreachable, net"
         );
-        assert_eq!(&reply[16..20], &[10, 1, 83, 2], "to the sender");
-        assert_eq!(reply[9], 1, "ICMP");
-        assert_eq!(&reply[20..22], &[3, 0], "destination unreachable, net");
-        assert_eq!(checksum(&reply[20..]), 0, "valid ICMP checksum");
+        assert_eq!(checksum(message), 0, "valid ICMP checksum");
         assert_eq!(
-            &reply[28..],
-            &original[..28],
+            &message[std::mem::size_of::<IcmpHdr>()..],
+            &original[..IPV4_HLEN + 8],
             "quotes the header and 8 bytes"
         );
     }
 
     #[test]
     fn no_icmp_error_about_an_icmp_error() {
-        let mut error = packet([10, 1, 83, 2], [10, 1, 99, 2], 64, b"");
-        error[9] = 1;
-        error.truncate(20);
-        error.extend_from_slice(&[3, 1, 0, 0, 0, 0, 0, 0]);
+        let ip = Ipv4Hdr::new([10, 1, 83, 2], [10, 1, 99, 2], IPPROTO_ICMP, 28);
+        let port_unreachable = IcmpHdr {
+            kind: 3,
+            code: 3,
+            ..IcmpHdr::default()
+        };
+        let error = [ip.checksummed().as_bytes(), port_unreachable.as_bytes()].concat();
         assert_eq!(net_unreachable(&error), None);
     }
 }

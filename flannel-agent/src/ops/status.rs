@@ -252,8 +252,7 @@ pub async fn run(args: &StatusArgs) -> Result<bool> {
             report.peers = (pinned.iter().flat_map(|p| &p.routes))
                 .map(|(subnet, tunnel)| {
                     let ip = Ipv4Addr::from(u32::from_be(tunnel.remote_ip_be));
-                    let mac =
-                        vxlan.then(|| Mac(tunnel.header[36..42].try_into().expect("six bytes")));
+                    let mac = vxlan.then_some(Mac(tunnel.header.inner.dst));
                     let traffic = traffic(&[ip.into()]);
                     PeerReport::new(Subnets::ipv4(*subnet), (ip, None), mac, traffic)
                 })
