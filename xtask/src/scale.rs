@@ -172,15 +172,20 @@ fn wait_for_routes(pins: &Path, leases: usize, since: Instant) -> Result<Duratio
     }
 }
 
-/// The kernel memory charged to the pinned maps, from each one's fdinfo, in bytes.
+/// The kernel memory charged to the pinned maps, from each one's fdinfo, in bytes. The
+/// directory also pins the agent's TCX and XDP links, which are no maps.
 fn maps_memlock(pins: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(pins)? {
         let path = entry?.path();
-        let map =
+        let pinned =
             MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        let fdinfo = format!("/proc/self/fdinfo/{}", map.fd().as_fd().as_raw_fd());
-        total += std::fs::read_to_string(&fdinfo)?
+        let fdinfo = format!("/proc/self/fdinfo/{}", pinned.fd().as_fd().as_raw_fd());
+        let info = std::fs::read_to_string(&fdinfo)?;
+        if !info.lines().any(|l| l.starts_with("map_type:")) {
+            continue;
+        }
+        total += info
             .lines()
             .find_map(|l| l.strip_prefix("memlock:")?.trim().parse::<u64>().ok())
             .with_context(|| format!("no memlock in {fdinfo}"))?;
