@@ -3,12 +3,22 @@
 use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use flannel_common::{pins::Pins, DropEvent};
 
+use crate::packet::{self, EthHdr};
+
 /// TC verdicts as `run` returns them.
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 /// -1: the next program or filter on the hook decides.
 pub const TC_ACT_UNSPEC: u32 = u32::MAX;
+/// XDP verdicts.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// The VNI and VTEP MACs of the crafted tunnels: ours and the peer's.
+pub const VNI: u32 = 1;
+pub const OUR_VTEP: [u8; 6] = [0x0a, 0, 0, 0, 0, 1];
+pub const PEER_VTEP: [u8; 6] = [0x0a, 0, 0, 0, 0, 2];
 
 /// Runs `program` on `frame`: its verdict and the packet it leaves.
 pub fn run<P>(program: &mut P, frame: &[u8]) -> (u32, Vec<u8>)
@@ -47,6 +57,21 @@ where
         .expect("test run");
     out.truncate(result.data_size_out as usize);
     (result.return_value, out)
+}
+
+/// What a program left of the tunnel `frame` it decapsulated, `out`, is the outer Ethernet
+/// header then the inner packet, which followed `overhead` bytes of outer headers; returns
+/// the inner packet.
+pub fn assert_decapsulated<'a>(out: &'a [u8], frame: &[u8], overhead: u32) -> &'a [u8] {
+    let (eth, inner) = packet::split::<EthHdr>(out);
+    assert_eq!(
+        eth,
+        packet::split::<EthHdr>(frame).0,
+        "the outer Ethernet header stays"
+    );
+    let outer = size_of::<EthHdr>() + overhead as usize;
+    assert_eq!(inner, &frame[outer..], "the inner packet");
+    inner
 }
 
 /// The drop events waiting in the pinned ring.

@@ -14,9 +14,12 @@ pub fn hooked(host: &Netns, dev: &str, kind: TcAttachType) -> Result<Vec<String>
     let mut names: Vec<String> = (host.tcx_programs(dev, kind)?.into_iter())
         .map(|(name, _)| name)
         .collect();
-    let filters = host.exec("tc", &["filter", "show", "dev", dev, direction(kind)]);
-    // No clsact qdisc on the device (the only hooks are TCX links): no filters.
-    let filters = filters.unwrap_or_default();
+    // Without a clsact qdisc on the device (the only hooks are TCX links), no filters.
+    let qdiscs = host.exec("tc", &["qdisc", "show", "dev", dev])?;
+    let filters = match qdiscs.contains("clsact") {
+        true => host.exec("tc", &["filter", "show", "dev", dev, direction(kind)])?,
+        false => String::new(),
+    };
     for name in ["tc_ingress", "tc_encap", "tc_merged"] {
         if filters.contains(name) {
             names.push(name.to_owned());

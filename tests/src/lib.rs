@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bpf_run;
 pub mod bulk;
+pub mod configs;
 pub mod etcd;
 pub mod hooks;
 pub mod metrics;

@@ -4,7 +4,7 @@ use std::{
     fs::File,
     net::IpAddr,
     os::fd::AsRawFd,
-    process::Command,
+    process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
@@ -28,6 +28,26 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs `program` as a check: true when it succeeds, false when it exits with status 1 (the
+/// "no" of a check: `ping` got no reply, `test` found nothing, `dpkg -s` knows no such
+/// package); an error otherwise, so a check whose tool failed never passes.
+pub fn check(program: &str, args: &[&str]) -> Result<bool> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    match output.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => bail!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    }
 }
 
 /// A network namespace with a name unique to this process and test.
@@ -63,6 +83,20 @@ impl Netns {
         run("ip", &full)
     }
 
+    /// `check` inside the namespace.
+    pub fn check(&self, program: &str, args: &[&str]) -> Result<bool> {
+        let mut full = vec!["netns", "exec", self.name.as_str(), program];
+        full.extend_from_slice(args);
+        check("ip", &full)
+    }
+
+    /// Whether the namespace has an interface `name` (listing them must work).
+    pub fn has_link(&self, name: &str) -> Result<bool> {
+        let links: Vec<serde_json::Value> =
+            serde_json::from_str(&self.ip(&["-j", "link", "show"])?)?;
+        Ok(links.iter().any(|link| link["ifname"] == name))
+    }
+
     /// Runs `f` on a thread that has entered this namespace: sockets and netlink calls it
     /// makes (aya's attach, for instance) act inside the namespace.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
@@ -86,31 +120,52 @@ impl Netns {
         })
     }
 
-    /// Pings `to` every 10 ms, `count` times, while `during` runs (it starts once traffic
-    /// has flowed for half a second); returns how many of them got no reply.
+    /// Pings `to` every 10 ms, `count` times, while `during` runs (it starts once a first
+    /// reply has come back: traffic flows); returns how many of them got no reply.
     pub fn pings_lost_while(
         &self,
         to: impl Into<IpAddr>,
         count: u32,
         during: impl FnOnce(),
     ) -> Result<u32> {
+        use std::io::{BufRead, BufReader};
         let (target, count_arg) = (to.into().to_string(), count.to_string());
-        let report = std::thread::scope(|scope| {
-            let pinger = scope.spawn(|| {
-                self.exec(
-                    "ping",
-                    &["-q", "-i", "0.01", "-c", &count_arg, "-W", "1", &target],
-                )
-            });
-            std::thread::sleep(Duration::from_millis(500));
-            during();
-            pinger.join().expect("the pinging thread")
-        })?;
-        // "300 packets transmitted, 298 received, ..."
-        let received = report
-            .split(", ")
-            .find_map(|part| part.strip_suffix(" received")?.parse::<u32>().ok())
-            .ok_or_else(|| anyhow::anyhow!("no ping summary in {report:?}"))?;
+        let mut ping = Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "ping", "-i", "0.01", "-c", &count_arg,
+            ])
+            .args(["-W", "1", &target])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("running ping")?;
+        let stdout = ping.stdout.take().context("ping's output")?;
+        let (replied, first_reply) = std::sync::mpsc::channel();
+        // Each reply is a line "64 bytes from ..."; the summary "300 packets transmitted,
+        // 298 received, ..." comes last.
+        let reader = thread::spawn(move || {
+            let mut summary = None;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains(" bytes from ") {
+                    let _ = replied.send(());
+                } else if line.contains(" received") {
+                    summary = Some(line);
+                }
+            }
+            summary
+        });
+        if first_reply.recv_timeout(Duration::from_secs(5)).is_err() {
+            let _ = ping.kill();
+            bail!("no reply from {target} within 5 s: nothing to measure against");
+        }
+        during();
+        ping.wait().context("waiting for ping")?;
+        let summary = reader.join().expect("the reading thread");
+        let received = (summary.as_deref())
+            .and_then(|s| {
+                s.split(", ")
+                    .find_map(|p| p.strip_suffix(" received")?.parse::<u32>().ok())
+            })
+            .with_context(|| format!("no ping summary from ping to {target}"))?;
         Ok(count - received)
     }
 
@@ -123,8 +178,8 @@ impl Netns {
             ])
             .arg("--immediate-mode")
             .args(filter.split_whitespace())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .context("running tcpdump")?;
         // It says so on stderr once it captures.

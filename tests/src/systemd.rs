@@ -20,7 +20,7 @@ use tempfile::TempDir;
 
 use crate::{
     etcd::wait_for,
-    netns::{run, Netns},
+    netns::{check, run, Netns},
 };
 
 pub struct Systemd {
@@ -105,6 +105,14 @@ impl Systemd {
         let mut full = vec!["-t", pid.as_str(), "-p", "-m", "-n", program];
         full.extend_from_slice(args);
         run("nsenter", &full)
+    }
+
+    /// `check` inside the host: true on exit 0, false on exit 1, an error otherwise.
+    pub fn check(&self, program: &str, args: &[&str]) -> Result<bool> {
+        let pid = self.pid.to_string();
+        let mut full = vec!["-t", pid.as_str(), "-p", "-m", "-n", program];
+        full.extend_from_slice(args);
+        check("nsenter", &full)
     }
 
     pub fn systemctl(&self, args: &[&str]) -> Result<String> {

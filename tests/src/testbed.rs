@@ -4,6 +4,7 @@
 //! sit behind a docker0-style bridge `cni0` on their host's subnet.
 
 use std::{
+    io::ErrorKind,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Mutex,
     time::Duration,
@@ -75,6 +76,26 @@ enum Stack {
 impl Testbed {
     pub fn new(hosts: usize) -> Result<Self> {
         Self::with_underlay(hosts, Underlay::Passthrough)
+    }
+
+    /// `hosts` hosts, with `config` in etcd (as root: it says so otherwise).
+    pub fn configured(hosts: usize, config: &str) -> Result<Self> {
+        crate::require_root();
+        let bed = Self::new(hosts)?;
+        bed.put_config(config)?;
+        Ok(bed)
+    }
+
+    /// The lease keys in etcd (`<prefix>/subnets/...`).
+    pub fn lease_keys(&self) -> Result<Vec<String>> {
+        self.etcd.keys(&format!("{PREFIX}/subnets/"))
+    }
+
+    /// An agent on host `i` with `flags`, once it is ready.
+    pub fn ready_agent(&self, i: usize, flags: &[&str]) -> Result<Agent> {
+        let mut agent = self.agent(i, flags)?;
+        agent.wait_ready(crate::configs::READY)?;
+        Ok(agent)
     }
 
     pub fn with_underlay(hosts: usize, kind: Underlay) -> Result<Self> {
@@ -571,6 +592,18 @@ fn napi_threads() -> Result<Vec<u32>> {
     Ok(pids)
 }
 
+/// `hosts` hosts with agents on `config` and one container each.
+pub fn overlay(config: &str, hosts: usize) -> (Testbed, Vec<Agent>, Vec<Container>) {
+    crate::require_root();
+    Testbed::cluster(config, &vec![&[][..]; hosts]).expect("the cluster")
+}
+
+/// The lease of `subnet` ("10.1.5.0/24") in the testbed's etcd, as JSON.
+pub fn lease_json(bed: &Testbed, subnet: &str) -> Result<serde_json::Value> {
+    let value = bed.etcd.get(&lease_key(subnet))?;
+    Ok(serde_json::from_str(&value.context("no such lease")?)?)
+}
+
 /// Waits until every container reaches every other (each pair within `timeout`), over IPv6
 /// too between containers that have it.
 pub fn all_reach_all(containers: &[Container], timeout: Duration) -> Result<()> {
@@ -611,12 +644,12 @@ impl Container {
 
     /// A UDP socket on `port` in the container; a receive gives up after 2 s, for tests that
     /// show a packet does not arrive.
-    pub fn udp_listener(&self, port: u16) -> Result<std::net::UdpSocket> {
+    pub fn udp_listener(&self, port: u16) -> Result<Listener> {
         let socket = self
             .ns
             .enter(|| std::net::UdpSocket::bind((self.ip, port)))??;
         socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-        Ok(socket)
+        Ok(Listener(socket))
     }
 
     /// Pings `to` every 10 ms, `count` times, while `during` runs (it starts once traffic
@@ -654,8 +687,29 @@ impl Container {
         Ok(Duration::from_secs_f64(ms / 1000.0))
     }
 
+    /// Whether one ping to `to` is answered within 2 s (an error where ping itself fails).
+    pub fn reaches(&self, to: impl Into<IpAddr>) -> Result<bool> {
+        self.ns
+            .check("ping", &["-c", "1", "-W", "2", &to.into().to_string()])
+    }
+
     pub fn ping(&self, to: impl Into<IpAddr>) -> Result<String> {
         self.ns
             .exec("ping", &["-c", "1", "-W", "2", &to.into().to_string()])
+    }
+}
+
+/// A UDP socket in a container, for the datagrams sent to it.
+pub struct Listener(std::net::UdpSocket);
+
+impl Listener {
+    /// The next datagram, or None when none comes within 2 s.
+    pub fn next(&self) -> Result<Option<Vec<u8>>> {
+        let mut buf = [0u8; 2048];
+        match self.0.recv(&mut buf) {
+            Ok(len) => Ok(Some(buf[..len].to_vec())),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }
