@@ -162,8 +162,8 @@ pub struct Args {
     /// log format: human text, or one JSON object per line
     #[arg(long, env = "FLANNELD_LOG_FORMAT", value_enum, default_value = "text", help_heading = OURS)]
     pub log_format: LogFormat,
-    /// remove everything flanneld installed on this host (filters, overlay device, routes,
-    /// iptables chains, pinned maps) and exit
+    /// remove everything flanneld installed on this host (TCX links and TC filters, overlay and
+    /// GRO devices, routes, iptables chains and nftables tables, pins) and exit
     #[arg(long, help_heading = OURS)]
     pub cleanup: bool,
     /// drop a peer's tunnel packet whose inner source lies in the network but outside the

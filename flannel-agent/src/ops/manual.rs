@@ -106,6 +106,24 @@ mod tests {
         );
     }
 
+    /// docs/configuration.md is where users look a flag up: each one is there.
+    #[test]
+    fn every_flag_is_documented() {
+        let docs = include_str!("../../../docs/configuration.md");
+        let undocumented: Vec<String> = Args::command()
+            .get_arguments()
+            .filter(|arg| !arg.is_hide_set())
+            .filter_map(|arg| arg.get_long())
+            .filter(|long| !["help", "version"].contains(long))
+            .filter(|long| !docs.contains(&format!("-{long}`")))
+            .map(|long| format!("--{long}"))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "not in docs/configuration.md: {undocumented:?}"
+        );
+    }
+
     #[test]
     fn every_page_is_written() {
         let dir = tempfile::tempdir().unwrap();
