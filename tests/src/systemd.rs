@@ -107,6 +107,17 @@ impl Systemd {
         run("nsenter", &full)
     }
 
+    /// Copies `file` into the host's /run and returns its path there: the host's /tmp and
+    /// /var/tmp are its own, so a file under the machine's (a checkout in /tmp) is not seen.
+    pub fn copy_in(&self, file: &Path) -> Result<String> {
+        let name = file.file_name().context("a file")?.to_string_lossy();
+        let inside = format!("/run/copied/{name}");
+        let contents =
+            std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        self.write(&inside, contents)?;
+        Ok(inside)
+    }
+
     /// `check` inside the host: true on exit 0, false on exit 1, an error otherwise.
     pub fn check(&self, program: &str, args: &[&str]) -> Result<bool> {
         let pid = self.pid.to_string();
@@ -135,8 +146,8 @@ impl Systemd {
         .with_context(|| self.journal(unit).unwrap_or_default())
     }
 
-    /// Writes `text` to `path` inside (its directory is created).
-    pub fn write(&self, path: &str, text: &str) -> Result<()> {
+    /// Writes `contents` to `path` inside (its directory is created).
+    pub fn write(&self, path: &str, contents: impl AsRef<[u8]>) -> Result<()> {
         let dir = Path::new(path).parent().context("a file path")?;
         self.exec("mkdir", &["-p", &dir.to_string_lossy()])?;
         let status = Command::new("nsenter")
@@ -149,7 +160,7 @@ impl Systemd {
                 cat.stdin
                     .take()
                     .expect("piped")
-                    .write_all(text.as_bytes())?;
+                    .write_all(contents.as_ref())?;
                 cat.wait()
             })?;
         if !status.success() {

@@ -80,7 +80,7 @@ fn installed_unit_under_systemd_starts_restarts_and_stops_without_dropping_traff
     systemd
         .write(
             "/run/systemd/system/flanneld.service.d/test.conf",
-            &settings(&bed.etcd.endpoint()),
+            settings(&bed.etcd.endpoint()),
         )
         .unwrap();
     systemd
@@ -233,12 +233,12 @@ fn the_package_installs_upgrades_removes_and_purges() {
     systemd
         .exec("rm", &["-f", "/usr/sbin/policy-rc.d"])
         .unwrap();
-    dpkg(&["-i", &first.display().to_string()]);
+    dpkg(&["-i", &systemd.copy_in(&first).unwrap()]);
     // The operator's settings, as an edit of /etc/sysconfig/flanneld would give them.
     systemd
         .write(
             "/etc/sysconfig/flanneld",
-            &format!(
+            format!(
                 "FLANNEL_ETCD_ENDPOINTS=\"{}\"\nFLANNEL_OPTIONS=\"-iface=eth0\"\n",
                 bed.etcd.endpoint()
             ),
@@ -253,9 +253,10 @@ fn the_package_installs_upgrades_removes_and_purges() {
     let [here, there] = &both;
 
     // The upgrade restarts the agent into the new build: no ping lost, the same lease.
+    let newer = systemd.copy_in(&newer).unwrap();
     let pid = systemd.property(UNIT, "MainPID").unwrap();
     let lost = here.pings_lost_while(there.ip, 500, || {
-        dpkg(&["-i", &newer.display().to_string()]);
+        dpkg(&["-i", &newer]);
         wait_for("the new agent", START, || {
             systemd
                 .property(UNIT, "MainPID")
