@@ -147,7 +147,7 @@ pub async fn run(args: Args) -> Result<()> {
         warn!("listing peers: {e:#}; retrying");
         sleep(RETRY).await;
     }
-    agent.datapath.attach()?;
+    agent.datapath.attach().await?;
     // The fast path learns the containers already there. (Reading the rest back waits for
     // the first resync: the maps were just filled, and a start stays quick at any scale.)
     agent.follow_containers().await;

@@ -8,6 +8,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
 };
 
 use anyhow::{bail, Context, Result};
@@ -480,17 +481,35 @@ impl<A: Family> Device<A> {
     }
 }
 
+/// Whether a classic vxlan device for `vni` (flannel's or ours) is on this host: it holds the
+/// vxlan port.
+pub fn classic_device_present(vni: u32) -> bool {
+    [device_prefix::<Ipv4Addr>(), device_prefix::<Ipv6Addr>()]
+        .iter()
+        .any(|prefix| Path::new(&format!("/sys/class/net/{prefix}{vni}")).exists())
+}
+
 /// The eBPF datapath takes over from the classic one on this host: a `flannel.<VNI>` left by
 /// it would hold the vxlan port (the GRO device could not come up) and its peer routes would
-/// shadow the overlay's. It goes, with its neighbours, fdb entries and routes.
-pub async fn remove_classic_device(netlink: &Handle, vni: u32) -> Result<()> {
+/// shadow the overlay's. It goes, with its neighbours, fdb entries and routes; true when one
+/// went.
+pub async fn remove_classic_device(netlink: &Handle, vni: u32) -> Result<bool> {
+    let mut removed = false;
     for prefix in [device_prefix::<Ipv4Addr>(), device_prefix::<Ipv6Addr>()] {
         let name = format!("{prefix}{vni}");
         if overlay_device::delete_link(netlink, &name).await? {
             info!(device = %name, "removed the classic datapath's vxlan device");
+            removed = true;
         }
     }
-    Ok(())
+    Ok(removed)
+}
+
+/// The MAC of the classic vxlan device of family `A` left on this host (by flannel or by our
+/// classic datapath), which the peers know as our VTEP MAC.
+pub fn classic_mac<A: Family>(vni: u32) -> Option<Mac> {
+    let path = format!("/sys/class/net/{}{vni}/address", device_prefix::<A>());
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// The classic vxlan devices (`flannel.<VNI>`, `flannel-v6.<VNI>`) on this host.

@@ -189,10 +189,10 @@ impl Datapath {
     }
 
     /// The peers are in place: start carrying traffic.
-    pub fn attach(&mut self) -> Result<()> {
+    pub async fn attach(&mut self) -> Result<()> {
         match &mut self.kind {
             Kind::HostGw(_) | Kind::KernelVxlan(_) | Kind::TunUdp(_) => Ok(()),
-            Kind::Ebpf(ebpf) => ebpf.attach(),
+            Kind::Ebpf(ebpf) => ebpf.attach().await,
         }
     }
 

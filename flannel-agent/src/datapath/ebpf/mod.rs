@@ -183,21 +183,24 @@ impl EbpfDatapath {
         let pins_outlive_us = programs::ensure_bpffs(&options.pin_dir)?;
         let hooks = Hooks::choose(pins_outlive_us, &options.pin_dir)?;
         let netlink = netlink::connect()?;
-        if encap == Encap::Vxlan {
-            kernel_vxlan::remove_classic_device(&netlink, vni).await?;
-        }
         let mtu = nic.overlay_mtu(backend);
-        // A new overlay device (after a reboot, say) gets this host's VTEP MAC; one that is
-        // there keeps the MAC its peers know.
+        // A new overlay device gets the MAC of the classic device it takes over from (flannel's
+        // or ours: the peers know it, so they rewrite nothing), or else this host's VTEP MAC
+        // (after a reboot, say); one that is there keeps the MAC its peers know.
         let public_ip = match ipv4 {
             true => IpAddr::V4(nic.public_ip),
             false => nic
                 .public_ipv6
                 .map_or(IpAddr::V4(nic.public_ip), IpAddr::V6),
         };
+        let classic_mac = match (encap, ipv4) {
+            (Encap::Udp, _) => None,
+            (Encap::Vxlan, true) => kernel_vxlan::classic_mac::<Ipv4Addr>(vni),
+            (Encap::Vxlan, false) => kernel_vxlan::classic_mac::<Ipv6Addr>(vni),
+        };
         let mac = match nix::net::if_::if_nametoindex(OVERLAY_DEV) {
             Ok(_) => None,
-            Err(_) => vtep_mac::for_device(OVERLAY_DEV, public_ip),
+            Err(_) => classic_mac.or_else(|| vtep_mac::for_device(OVERLAY_DEV, public_ip)),
         };
         let (overlay_index, vtep_mac) = ensure_overlay_device(&netlink, mtu, mac).await?;
         info!(device = OVERLAY_DEV, mtu, vtep_mac = %vtep_mac, "overlay device");
@@ -252,6 +255,9 @@ impl EbpfDatapath {
         }
         let nic_ifindex = iface::index(&self.nic.name)?;
         let gro_ifindex = match self.gro_device() {
+            // A classic device holds the port until `attach` has taken over from it (its
+            // socket lets GRO merge meanwhile); then the GRO device comes.
+            Some(GroDevice::Socket) if kernel_vxlan::classic_device_present(self.vni) => 0,
             Some(kind) => gro_device::ensure(&self.netlink, kind, self.port, self.nic.mtu).await?,
             None => {
                 gro_device::remove(&self.netlink).await?;
@@ -316,9 +322,9 @@ impl EbpfDatapath {
         }))
     }
 
-    /// Attaches the programs, taking over from a previous agent's; call once the maps hold
-    /// the peers, so no packet meets an empty map.
-    pub fn attach(&mut self) -> Result<()> {
+    /// Attaches the programs, taking over from a previous agent's or from a classic vxlan
+    /// device (flannel's); call once the maps hold the peers, so no packet meets an empty map.
+    pub async fn attach(&mut self) -> Result<()> {
         let nic = self.nic.name.clone();
         let hooks = &self.hooks;
         // Before `tc_ingress` sends frames into the GRO veth.
@@ -338,6 +344,15 @@ impl EbpfDatapath {
             self.attach_bridge();
         } else {
             self.detach_fast_path();
+        }
+        // Our programs carry the traffic now: the classic device can go, and the GRO device
+        // take its port.
+        if self.encap == Encap::Vxlan
+            && kernel_vxlan::remove_classic_device(&self.netlink, self.vni).await?
+        {
+            if let Some((ours, mtu)) = self.active {
+                self.activate(ours, mtu).await?;
+            }
         }
         Ok(())
     }
