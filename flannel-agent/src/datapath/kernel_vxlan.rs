@@ -8,7 +8,6 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
 };
 
 use anyhow::{bail, Context, Result};
@@ -256,11 +255,7 @@ impl<A: Family> Device<A> {
             subnet: None,
         };
         device.ensure().await?;
-        let path = format!("/sys/class/net/{}/address", device.name);
-        device.mac = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {path}"))?
-            .trim()
-            .parse()?;
+        device.mac = iface::mac(&device.name)?;
         info!(device = %device.name, vtep_mac = %device.mac, mtu = device.mtu, "kernel vxlan device");
         Ok(device)
     }
@@ -486,7 +481,7 @@ impl<A: Family> Device<A> {
 pub fn classic_device_present(vni: u32) -> bool {
     [device_prefix::<Ipv4Addr>(), device_prefix::<Ipv6Addr>()]
         .iter()
-        .any(|prefix| Path::new(&format!("/sys/class/net/{prefix}{vni}")).exists())
+        .any(|prefix| iface::index(&format!("{prefix}{vni}")).is_ok())
 }
 
 /// The eBPF datapath takes over from the classic one on this host: a `flannel.<VNI>` left by
@@ -508,8 +503,7 @@ pub async fn remove_classic_device(netlink: &Handle, vni: u32) -> Result<bool> {
 /// The MAC of the classic vxlan device of family `A` left on this host (by flannel or by our
 /// classic datapath), which the peers know as our VTEP MAC.
 pub fn classic_mac<A: Family>(vni: u32) -> Option<Mac> {
-    let path = format!("/sys/class/net/{}{vni}/address", device_prefix::<A>());
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    iface::mac(&format!("{}{vni}", device_prefix::<A>())).ok()
 }
 
 /// The classic vxlan devices (`flannel.<VNI>`, `flannel-v6.<VNI>`) on this host.

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::ifaddrs::getifaddrs;
 use regex::Regex;
 
-use crate::control::config::Backend;
+use crate::control::{config::Backend, lease::Mac};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtIface {
@@ -40,6 +40,15 @@ pub struct IfaceOptions {
 /// The index of the device `name`; an error naming it when there is none.
 pub fn index(name: &str) -> Result<u32> {
     nix::net::if_::if_nametoindex(name).with_context(|| format!("finding the device {name}"))
+}
+
+/// The MAC address of the device `name`.
+pub fn mac(name: &str) -> Result<Mac> {
+    let path = format!("/sys/class/net/{name}/address");
+    fs::read_to_string(&path)
+        .with_context(|| format!("reading {path}"))?
+        .trim()
+        .parse()
 }
 
 /// (interface name, address) pairs of both families, in the kernel's order (IPv4 first).

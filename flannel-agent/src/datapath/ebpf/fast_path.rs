@@ -3,7 +3,7 @@
 //! `tc_ingress` deliver decapsulated packets straight into their container. It follows
 //! Docker: the bridge may appear after us or be recreated, containers come and go.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aya::programs::TcAttachType;
 use flannel_common::Endpoint;
 use ipnet::IpNet;
@@ -151,11 +151,7 @@ impl EbpfDatapath {
         let Some((bridge, bridge_index)) = self.bridge.clone() else {
             return Ok(());
         };
-        let path = format!("/sys/class/net/{bridge}/address");
-        let bridge_mac: Mac = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {path}"))?
-            .trim()
-            .parse()?;
+        let bridge_mac = iface::mac(&bridge)?;
         let current = self.programs.endpoints()?;
         let known = current
             .iter()

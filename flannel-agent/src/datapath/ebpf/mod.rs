@@ -635,12 +635,7 @@ async fn ensure_overlay_device(netlink: &Handle, mtu: u32, mac: Option<Mac>) -> 
             .with_context(|| format!("setting {name} up"))?;
     }
     let index = iface::index(OVERLAY_DEV)?;
-    let path = format!("/sys/class/net/{OVERLAY_DEV}/address");
-    let mac = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {path}"))?
-        .trim()
-        .parse()?;
-    Ok((index, mac))
+    Ok((index, iface::mac(OVERLAY_DEV)?))
 }
 
 /// `--cleanup`: our TC filters on every interface, the overlay and GRO devices, and the pin
