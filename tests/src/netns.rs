@@ -78,16 +78,19 @@ impl Netns {
 
     /// Runs a command inside the namespace.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
-        let mut full = vec!["netns", "exec", self.name.as_str(), program];
-        full.extend_from_slice(args);
-        run("ip", &full)
+        run("ip", &self.entering(program, args))
     }
 
     /// `check` inside the namespace.
     pub fn check(&self, program: &str, args: &[&str]) -> Result<bool> {
+        check("ip", &self.entering(program, args))
+    }
+
+    /// `ip`'s arguments that run `program` with `args` inside the namespace.
+    fn entering<'a>(&'a self, program: &'a str, args: &[&'a str]) -> Vec<&'a str> {
         let mut full = vec!["netns", "exec", self.name.as_str(), program];
         full.extend_from_slice(args);
-        check("ip", &full)
+        full
     }
 
     /// Whether the namespace has an interface `name` (listing them must work).

@@ -23,6 +23,14 @@ use crate::{
     netns::{check, run, Netns},
 };
 
+/// nsenter's arguments that run `program` with `args` in the PID, mount and network
+/// namespaces of process `pid`.
+fn entering<'a>(pid: &'a str, program: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut full = vec!["-t", pid, "-p", "-m", "-n", program];
+    full.extend_from_slice(args);
+    full
+}
+
 pub struct Systemd {
     unshare: Child,
     /// systemd's PID in the test's PID namespace.
@@ -102,9 +110,7 @@ impl Systemd {
     /// Runs a command in systemd's PID, mount and network namespaces.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
         let pid = self.pid.to_string();
-        let mut full = vec!["-t", pid.as_str(), "-p", "-m", "-n", program];
-        full.extend_from_slice(args);
-        run("nsenter", &full)
+        run("nsenter", &entering(&pid, program, args))
     }
 
     /// Copies `file` into the host's /run and returns its path there: the host's /tmp and
@@ -121,9 +127,7 @@ impl Systemd {
     /// `check` inside the host: true on exit 0, false on exit 1, an error otherwise.
     pub fn check(&self, program: &str, args: &[&str]) -> Result<bool> {
         let pid = self.pid.to_string();
-        let mut full = vec!["-t", pid.as_str(), "-p", "-m", "-n", program];
-        full.extend_from_slice(args);
-        check("nsenter", &full)
+        check("nsenter", &entering(&pid, program, args))
     }
 
     pub fn systemctl(&self, args: &[&str]) -> Result<String> {
