@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::{
     attach::{self, Lasting, PortHook},
-    EbpfDatapath, OVERLAY_DEV,
+    EbpfDatapath,
 };
 use crate::{
     control::lease::Mac,
@@ -193,13 +193,16 @@ fn bridge_hook(bridge: &str) -> Lasting<'_> {
     }
 }
 
-/// The container bridge of `subnet`: the interface (other than the overlay device) holding an
-/// address in it, with its ifindex.
+/// The container bridge of `subnet`: the bridge holding an address in it, with its ifindex.
+/// (A classic vxlan device being taken over holds `<subnet>.0` too, as our overlay device
+/// does: neither is the bridge.)
 pub fn bridge_of(subnet: IpNet) -> Option<(String, u32)> {
+    let is_bridge =
+        |name: &str| std::path::Path::new(&format!("/sys/class/net/{name}/bridge")).exists();
     let name = iface::addresses()
         .ok()?
         .into_iter()
-        .find(|(name, addr)| name != OVERLAY_DEV && subnet.contains(addr))
+        .find(|(name, addr)| subnet.contains(addr) && is_bridge(name))
         .map(|(name, _)| name)?;
     let index = nix::net::if_::if_nametoindex(name.as_str()).ok()?;
     Some((name, index))
