@@ -29,7 +29,7 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "FLANNEL_ENDPOINTS_V1";
     pub const EVENTS: &str = "FLANNEL_EVENTS_V2";
     pub const EVENT_RATE: &str = "FLANNEL_EVENT_RATE_V1";
-    pub const CONFIG6: &str = "FLANNEL_CONFIG6_V2";
+    pub const CONFIG6: &str = "FLANNEL_CONFIG6_V3";
     pub const PEERS6: &str = "FLANNEL_PEERS6_V2";
     pub const ROUTES6: &str = "FLANNEL_ROUTES6_V3";
     pub const ENDPOINTS6: &str = "FLANNEL_ENDPOINTS6_V1";
@@ -271,6 +271,10 @@ pub struct DatapathConfig6 {
     /// The IPv6 tunnel's MTU: the longest IPv6 packet (or GSO segment) taken at the bridge;
     /// 0 while the network is IPv4 only.
     pub inner_mtu: u32,
+    /// Our IPv6 VTEP MAC: the only inner destination IPv6 frames may have. flannel gives its
+    /// IPv6 device a MAC of its own; a host taking over from it keeps that one.
+    pub vtep_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Value of the `ROUTES6` LPM trie, keyed by a peer's IPv6 subnet: where to tunnel its IPv6,
@@ -452,7 +456,7 @@ const _: () = {
     assert!(size_of::<PeerTraffic>() == 32);
     assert!(size_of::<PeerInfo>() == 12);
     assert!(size_of::<DropEvent>() == 68);
-    assert!(size_of::<DatapathConfig6>() == 88);
+    assert!(size_of::<DatapathConfig6>() == 96);
     assert!(size_of::<Tunnel6>() == 24);
     assert!(size_of::<PeerInfo6>() == 32);
 };

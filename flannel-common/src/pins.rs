@@ -11,7 +11,8 @@ use aya::maps::{
 };
 
 use crate::{
-    map_names, DatapathConfig, Endpoint, PeerInfo, PeerInfo6, PeerTraffic, Tunnel, Tunnel6,
+    map_names, DatapathConfig, DatapathConfig6, Endpoint, PeerInfo, PeerInfo6, PeerTraffic, Tunnel,
+    Tunnel6,
 };
 
 /// A pin directory.
@@ -37,6 +38,10 @@ impl Pins {
 
     pub fn config(&self) -> Result<Array<MapData, DatapathConfig>, MapError> {
         self.open(map_names::CONFIG)?.try_into()
+    }
+
+    pub fn config6(&self) -> Result<Array<MapData, DatapathConfig6>, MapError> {
+        self.open(map_names::CONFIG6)?.try_into()
     }
 
     /// Peer subnet (see [`route_key`]) → tunnel.

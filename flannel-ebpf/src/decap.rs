@@ -68,7 +68,7 @@ pub fn decapsulate(
     outer_ip_len: usize,
     peer: &PeerInfo,
 ) -> Result<(), DropReason> {
-    let len = outer_len(ctx.packet(), cfg, outer_ip_len, false)?;
+    let len = outer_len(ctx.packet(), cfg, &cfg.vtep_mac, outer_ip_len, false)?;
     if cfg.flags & CHECK_INNER_SOURCE != 0 {
         check_source(ctx.packet(), cfg, ETH_HLEN + len, peer)?;
     }
@@ -93,7 +93,7 @@ pub fn decapsulate6(
     cfg6: &DatapathConfig6,
     peer: &PeerInfo6,
 ) -> Result<(), DropReason> {
-    let len = outer_len(ctx.packet(), cfg, IPV6_HLEN, true)?;
+    let len = outer_len(ctx.packet(), cfg, &cfg6.vtep_mac, IPV6_HLEN, true)?;
     if cfg.flags & CHECK_INNER_SOURCE != 0 {
         let inner = ctx
             .packet()
@@ -128,12 +128,14 @@ fn check_source(
 }
 
 /// How many bytes after the outer Ethernet header to strip, once the inner headers are
-/// checked: a kernel vxlan device drops frames not addressed to its own MAC; so do we. The
-/// inner packet must be of the outer one's family (`ipv6`), as flannel carries them.
+/// checked: a kernel vxlan device drops frames not addressed to its own MAC; so do we (our
+/// `vtep_mac` of the family). The inner packet must be of the outer one's family (`ipv6`), as
+/// flannel carries them.
 #[inline(always)]
 fn outer_len(
     pkt: Packet,
     cfg: &DatapathConfig,
+    vtep_mac: &[u8; 6],
     outer_ip_len: usize,
     ipv6: bool,
 ) -> Result<usize, DropReason> {
@@ -144,7 +146,7 @@ fn outer_len(
     let inner = pkt
         .header::<EthHdr>(ETH_HLEN + udp_end + VXLAN_HLEN)
         .ok_or(DropReason::Truncated)?;
-    if inner.dst != cfg.vtep_mac {
+    if inner.dst != *vtep_mac {
         return Err(DropReason::WrongMac);
     }
     if (ipv6 && !inner.is_ipv6()) || (!ipv6 && !inner.is_ipv4()) {

@@ -16,12 +16,11 @@ use aya_ebpf::{
 use core::mem::offset_of;
 
 use flannel_common::{
-    DatapathConfig, DatapathConfig6, DropReason, Encap, Tunnel, Tunnel6, UDP_OVERHEAD,
-    VXLAN6_OVERHEAD, VXLAN_SOURCE_PORTS,
+    headers as csum, DatapathConfig, DatapathConfig6, DropReason, Encap, Tunnel, Tunnel6,
+    UDP_OVERHEAD, VXLAN6_OVERHEAD, VXLAN_SOURCE_PORTS,
 };
 
 use crate::{
-    csum,
     parse::{
         set_macs, Context, EthHdr, Header, Ipv4Hdr, Ipv6Hdr, TunnelHeader6, UdpHdr, VxlanHdr,
         ETH_HLEN, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN,
@@ -140,14 +139,16 @@ fn via_kernel(ctx: &TcContext, cfg: &DatapathConfig, tunnel: &Tunnel) -> Result<
 
 /// IPv6 to a peer: one packet, not to be segmented later, whose outer UDP checksum can be
 /// had from its headers alone (see `inner_sum`), is encapsulated here, in flannel's IPv6
-/// vxlan format, and sent straight out of the NIC; any other goes by the GRO device.
+/// vxlan format, and sent straight out of the NIC; any other goes by the GRO device. None
+/// (untouched) for those while there is no GRO device: a classic vxlan device we take over
+/// from holds the port until our programs are attached, and its routes carry them meanwhile.
 pub fn encapsulate6(
     ctx: &TcContext,
     cfg: &DatapathConfig,
     cfg6: &DatapathConfig6,
     tunnel: &Tunnel6,
     gso: bool,
-) -> Result<i32, DropReason> {
+) -> Result<Option<i32>, DropReason> {
     let inner = if gso { None } else { inner_sum(ctx) };
     let Some(inner) = inner else {
         return via_kernel6(ctx, cfg, cfg6, tunnel);
@@ -172,7 +173,7 @@ pub fn encapsulate6(
             check: [0; 2],
         },
         vxlan: VxlanHdr::new(cfg.vni),
-        inner: EthHdr::new(tunnel.remote_mac, cfg.vtep_mac, ETH_P_IPV6),
+        inner: EthHdr::new(tunnel.remote_mac, cfg6.vtep_mac, ETH_P_IPV6),
     };
     // The pseudo-header (addresses, length, protocol), the outer UDP header on, and the
     // inner packet's share.
@@ -189,7 +190,9 @@ pub fn encapsulate6(
     ctx.store(ETH_HLEN, &h, 0)
         .map_err(|_| DropReason::EncapFailed)?;
     // SAFETY: plain helper call; no pointers passed.
-    Ok(unsafe { bpf_redirect_neigh(cfg.nic_ifindex, core::ptr::null_mut(), 0, 0) as i32 })
+    Ok(Some(unsafe {
+        bpf_redirect_neigh(cfg.nic_ifindex, core::ptr::null_mut(), 0, 0) as i32
+    }))
 }
 
 /// The one's-complement sum of the inner IPv6 packet (at `ETH_HLEN`) as the outer UDP
@@ -226,20 +229,23 @@ fn inner_sum(ctx: &TcContext) -> Option<u32> {
 
 /// IPv6 by the GRO device, whose kernel vxlan encapsulation gives the outer UDP the checksum
 /// IPv6 needs (flannel's IPv6 vxlan device drops packets without one), for a GSO packet's
-/// every segment too.
+/// every segment too. None (untouched) while there is no GRO device.
 fn via_kernel6(
     ctx: &TcContext,
     cfg: &DatapathConfig,
     cfg6: &DatapathConfig6,
     tunnel: &Tunnel6,
-) -> Result<i32, DropReason> {
+) -> Result<Option<i32>, DropReason> {
+    if cfg.gro_ifindex == 0 {
+        return Ok(None);
+    }
     // SAFETY: an all-zero key is valid; the fields set are plain integers.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     // The kernel copies IPv6 addresses as bytes, in network order.
     key.__bindgen_anon_1.remote_ipv6 = words(&tunnel.remote_ip);
     key.__bindgen_anon_3.local_ipv6 = words(&cfg6.local_ip);
-    let inner = EthHdr::new(tunnel.remote_mac, cfg.vtep_mac, ETH_P_IPV6);
-    send_via_kernel(ctx, cfg, &inner, key, BPF_F_TUNINFO_IPV6 as u64)
+    let inner = EthHdr::new(tunnel.remote_mac, cfg6.vtep_mac, ETH_P_IPV6);
+    send_via_kernel(ctx, cfg, &inner, key, BPF_F_TUNINFO_IPV6 as u64).map(Some)
 }
 
 /// Addresses the packet's Ethernet header as the tunnel's `inner` one, puts the tunnel

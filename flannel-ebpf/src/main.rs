@@ -2,7 +2,6 @@
 #![no_std]
 #![no_main]
 
-mod csum;
 mod decap;
 mod direct;
 mod encap;
@@ -311,7 +310,7 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     let Some(cfg6) = maps::config6() else {
         return NEXT;
     };
-    if cfg6.inner_mtu == 0 || cfg.gro_ifindex == 0 || !linear(ctx, (ETH_HLEN + IPV6_HLEN) as u32) {
+    if cfg6.inner_mtu == 0 || !linear(ctx, (ETH_HLEN + IPV6_HLEN) as u32) {
         return NEXT;
     }
     let Some(ip) = ctx.packet().header::<Ipv6Hdr>(ETH_HLEN) else {
@@ -342,10 +341,11 @@ fn tc_encap6(ctx: &TcContext, cfg: &DatapathConfig) -> i32 {
     let tunnel = *tunnel;
     let bytes = ctx.len();
     match encap::encapsulate6(ctx, cfg, cfg6, &tunnel, gso_size != 0) {
-        Ok(send) => {
+        Ok(Some(send)) => {
             maps::count_tx(&tunnel.remote_ip, bytes);
             send
         }
+        Ok(None) => NEXT,
         Err(reason) => tc_drop(ctx, cfg, Hook::TcEncap, reason, Peer::V6(tunnel.remote_ip)),
     }
 }

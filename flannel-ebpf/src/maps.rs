@@ -21,7 +21,7 @@ pub static PEERS: HashMap<u32, PeerInfo> = HashMap::with_max_entries(MAX_PEERS, 
 pub static ROUTES: LpmTrie<u32, Tunnel> = LpmTrie::with_max_entries(MAX_PEERS, 0);
 
 /// The IPv6 half of a dual-stack network; all zero while IPv4 only.
-#[map(name = "FLANNEL_CONFIG6_V2")]
+#[map(name = "FLANNEL_CONFIG6_V3")]
 pub static CONFIG6: Array<DatapathConfig6> = Array::with_max_entries(1, 0);
 
 /// Current dual-stack leases, keyed by the peer's public IPv6.

@@ -226,7 +226,8 @@ fn ipv6_subnet(agent: &Agent) -> Ipv6Net {
     agent.ipv6_subnet().unwrap()
 }
 
-/// Dual-stack vxlan on our eBPF datapath (the default): one VTEP MAC for both families,
+/// Dual-stack vxlan on our eBPF datapath (the default) on a fresh host: one VTEP MAC for both
+/// families,
 /// the overlay device's, and IPv6 delivered and routed as `ebpf_delivers_ipv6_and_keeps_its_route`
 /// says.
 #[test]
@@ -665,4 +666,47 @@ fn no_ipv6_ping_lost_across_a_restart(agent: &mut Agent, containers: &[Container
         .unwrap();
     agent.wait_ready(READY).unwrap();
     assert_eq!(lost, 0, "IPv6 pings lost across a restart");
+}
+
+/// A dual-stack host moving from flannel's kernel vxlan devices (`flannel.1` and
+/// `flannel-v6.1`, each with its own MAC) to our eBPF datapath keeps both VTEP MACs, so its
+/// peers rewrite nothing, and loses no 10 ms ping of either family: IPv6 single packets are
+/// encapsulated by the program before the GRO device can take the port.
+#[test]
+fn a_dual_stack_host_moves_from_the_classic_vxlan_devices_to_ebpf() {
+    require_root();
+    let classic: &[&str] = &["--datapath=classic"];
+    let (bed, mut agents, containers) =
+        Testbed::dual_stack_cluster_on(Underlay::NicLike, DUAL_VXLAN, &[classic, classic]).unwrap();
+    all_reach_all(&containers, READY).unwrap();
+    let vtep_macs = |agent: &Agent| {
+        let lease: serde_json::Value = serde_json::from_str(&lease_value(&bed, agent)).unwrap();
+        let mac = |data: &str| lease[data]["VtepMAC"].as_str().map(str::to_owned);
+        (mac("BackendData"), mac("BackendV6Data"))
+    };
+    let before = vtep_macs(&agents[1]);
+    assert!(before.0.is_some() && before.1.is_some() && before.0 != before.1);
+    agents[1].terminate().unwrap();
+    let (from, to) = (&containers[0], &containers[1]);
+    let mut ebpf = None;
+    let mut lost6 = None;
+    let lost4 = from.pings_lost_while(to.ip, 300, || {
+        lost6 = Some(from.pings_lost_while(v6(to), 300, || {
+            ebpf = Some(bed.ready_agent(1, &[]).unwrap());
+        }));
+    });
+    let (lost4, lost6) = (lost4.unwrap(), lost6.unwrap().unwrap());
+    assert_eq!(
+        (lost4, lost6),
+        (0, 0),
+        "pings lost (IPv4, IPv6) while the host moved"
+    );
+    let mut ebpf = ebpf.unwrap();
+    assert_eq!(vtep_macs(&ebpf), before, "a VTEP MAC changed");
+    all_reach_all(&containers, READY).unwrap();
+    // The classic devices are gone; a restarted agent keeps both MACs all the same.
+    ebpf.terminate().unwrap();
+    let ebpf = bed.ready_agent(1, &[]).unwrap();
+    assert_eq!(vtep_macs(&ebpf), before, "a VTEP MAC changed on restart");
+    all_reach_all(&containers, READY).unwrap();
 }

@@ -34,11 +34,32 @@ const PEER: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 3);
 const STRANGER: Ipv6Addr = Ipv6Addr::new(0xfd64, 0, 0, 0, 0, 0, 0, 0x66);
 /// The peer's public IPv4.
 const PEER_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 3);
+/// Our IPv6 VTEP MAC: flannel gives its IPv6 device a MAC of its own, which a host taking
+/// over from it keeps.
+const OUR_VTEP6: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x06];
 /// In BPF_PROG_TEST_RUN a TC program's packet is on the loopback device.
 const LOOPBACK: u32 = 1;
 
 fn net(text: &str) -> Ipv6Net {
     text.parse().unwrap()
+}
+
+/// The IPv4 half of `dual_stack`'s config, with a GRO device (ifindex 42).
+fn config(check_inner_source: bool) -> DatapathConfig {
+    DatapathConfig {
+        vni: VNI,
+        port_be: VXLAN_PORT.to_be(),
+        encap: Encap::Vxlan as u16,
+        local_ip_be: u32::from(Ipv4Addr::new(192, 168, 64, 2)).to_be(),
+        vtep_mac: OUR_VTEP,
+        gro_ifindex: 42,
+        flags: if check_inner_source {
+            CHECK_INNER_SOURCE
+        } else {
+            0
+        },
+        ..Default::default()
+    }
 }
 
 /// A dual-stack host on fd00:10:0:83::/64 of fd00:10::/48 at LOCAL, with one peer, PEER,
@@ -47,23 +68,7 @@ fn dual_stack(check_inner_source: bool, overlay_ifindex: u32) -> Programs {
     require_root();
     let mut programs = Programs::load(None).expect("load the embedded object");
     programs
-        .set_config(
-            map_names::CONFIG,
-            DatapathConfig {
-                vni: VNI,
-                port_be: VXLAN_PORT.to_be(),
-                encap: Encap::Vxlan as u16,
-                local_ip_be: u32::from(Ipv4Addr::new(192, 168, 64, 2)).to_be(),
-                vtep_mac: OUR_VTEP,
-                gro_ifindex: 42,
-                flags: if check_inner_source {
-                    CHECK_INNER_SOURCE
-                } else {
-                    0
-                },
-                ..Default::default()
-            },
-        )
+        .set_config(map_names::CONFIG, config(check_inner_source))
         .unwrap();
     let (network, subnet) = (net("fd00:10::/48"), net("fd00:10:0:83::/64"));
     programs
@@ -77,6 +82,8 @@ fn dual_stack(check_inner_source: bool, overlay_ifindex: u32) -> Programs {
                 subnet_mask: subnet.netmask().octets(),
                 overlay_ifindex,
                 inner_mtu: TUNNEL_MTU,
+                vtep_mac: OUR_VTEP6,
+                _pad: [0; 2],
             },
         )
         .unwrap();
@@ -123,7 +130,7 @@ fn vxlan6(from: Ipv6Addr, vni: u32, inner_mac: [u8; 6], inner: &[u8]) -> Vec<u8>
 }
 
 fn from_the_peer() -> Vec<u8> {
-    vxlan6(PEER, VNI, OUR_VTEP, &inner_ip("fd00:10:0:74::2"))
+    vxlan6(PEER, VNI, OUR_VTEP6, &inner_ip("fd00:10:0:74::2"))
 }
 
 #[test]
@@ -175,14 +182,14 @@ fn forged_ipv6_vxlan_is_dropped_counted_and_reported() {
     let ours = inner_ip("fd00:10:0:74::2");
     for (frame, reason) in [
         (
-            vxlan6(STRANGER, VNI, OUR_VTEP, &ours),
+            vxlan6(STRANGER, VNI, OUR_VTEP6, &ours),
             DropReason::UnknownPeer,
         ),
         (vxlan6(PEER, 2, OUR_VTEP, &ours), DropReason::WrongVni),
-        (vxlan6(PEER, VNI, PEER_VTEP, &ours), DropReason::WrongMac),
+        (vxlan6(PEER, VNI, OUR_VTEP, &ours), DropReason::WrongMac),
         // A peer speaks for its own IPv6 subnet only.
         (
-            vxlan6(PEER, VNI, OUR_VTEP, &inner_ip("fd00:10:0:99::2")),
+            vxlan6(PEER, VNI, OUR_VTEP6, &inner_ip("fd00:10:0:99::2")),
             DropReason::WrongInnerSource,
         ),
     ] {
@@ -226,7 +233,7 @@ fn forged_ipv6_vxlan_is_dropped_counted_and_reported() {
         }
     );
     // An outside client's packet, forwarded by the peer, passes.
-    let outside = vxlan6(PEER, VNI, OUR_VTEP, &inner_ip("2001:db8::7"));
+    let outside = vxlan6(PEER, VNI, OUR_VTEP6, &inner_ip("2001:db8::7"));
     assert_eq!(run(programs.tc_ingress(), &outside).0, TC_ACT_OK);
 }
 
@@ -235,7 +242,7 @@ fn ipv6_traffic_not_for_our_tunnel_passes_untouched() {
     let mut programs = dual_stack(false, LOOPBACK);
     let inner = inner_ip("fd00:10:0:74::2");
     let elsewhere = {
-        let inner = packet::ethernet(OUR_VTEP, PEER_VTEP, ETH_P_IPV6, &inner);
+        let inner = packet::ethernet(OUR_VTEP6, PEER_VTEP, ETH_P_IPV6, &inner);
         let other: Ipv6Addr = "fd64::99".parse().unwrap();
         udp6_frame(PEER, other, 40000, VXLAN_PORT, &vxlan(VNI, &inner))
     };
@@ -390,7 +397,7 @@ fn assert_flannels_ipv6_vxlan(out: &[u8], frame: &[u8]) {
     let (inner_eth, inner) = packet::split::<EthHdr>(rest);
     assert_eq!(
         inner_eth.as_bytes(),
-        [&PEER_VTEP[..], &OUR_VTEP, &[0x86, 0xdd]].concat()
+        [&PEER_VTEP[..], &OUR_VTEP6, &[0x86, 0xdd]].concat()
     );
     assert_eq!(inner, &frame[ETH_HLEN..]);
 }
@@ -401,7 +408,7 @@ fn assert_handed_to_the_gro_device((verdict, out): (u32, Vec<u8>), frame: &[u8])
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let mut addressed = frame.to_vec();
     let eth = packet::split_mut::<EthHdr>(&mut addressed);
-    (eth.dst, eth.src) = (PEER_VTEP, OUR_VTEP);
+    (eth.dst, eth.src) = (PEER_VTEP, OUR_VTEP6);
     assert_eq!(out, addressed);
 }
 
@@ -475,6 +482,40 @@ fn other_ipv6_for_a_peer_is_handed_to_the_gro_device() {
     assert_handed_to_the_gro_device(run(programs.tc_encap(), &fragment), &fragment);
 }
 
+/// While a classic vxlan device we take over from holds the port, there is no GRO device:
+/// single packets are still encapsulated by the program, the others are left to the stack
+/// (whose routes are still the classic device's), never sent to a device that is not there.
+#[test]
+fn without_a_gro_device_ipv6_the_program_cannot_encapsulate_is_left_to_the_stack() {
+    let mut programs = dual_stack(false, LOOPBACK);
+    let no_gro_device = DatapathConfig {
+        gro_ifindex: 0,
+        ..config(false)
+    };
+    programs
+        .set_config(map_names::CONFIG, no_gro_device)
+        .unwrap();
+    let single = to(PEER_CONTAINER);
+    let (verdict, out) = run(programs.tc_encap(), &single);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_flannels_ipv6_vxlan(&out, &single);
+    let gso = tcp_to(PEER_CONTAINER, 3000);
+    assert_eq!(
+        run_gso(programs.tc_encap(), &gso, 1000),
+        (TC_ACT_UNSPEC, gso)
+    );
+    let unchecked = frame_to(
+        PEER_CONTAINER,
+        IPPROTO_UDP,
+        packet::udp(5000, 53, b"q"),
+        None,
+    );
+    assert_eq!(
+        run(programs.tc_encap(), &unchecked),
+        (TC_ACT_UNSPEC, unchecked.clone())
+    );
+}
+
 /// At the container bridge, before routing, IPv6 that fits the tunnel is tunnelled at once;
 /// bigger packets, or GSO packets whose segments would be, are left to the stack, which
 /// answers "packet too big".
@@ -506,7 +547,7 @@ fn decapsulates_a_frame_made_by_the_kernels_ipv6_vxlan_device() {
     require_root();
     let frame = kernel_vxlan_frame(
         (PEER.into(), "fd00:10:0:74::/64"),
-        (LOCAL.into(), "fd00:10:0:83::/64", "0a:00:00:00:00:01"),
+        (LOCAL.into(), "fd00:10:0:83::/64", "0a:00:00:00:00:06"),
         b"from a kernel IPv6 vxlan peer",
     )
     .unwrap();

@@ -20,6 +20,8 @@ use std::net::Ipv6Addr;
 use flannel_common::DatapathConfig6;
 use ipnet::Ipv6Net;
 
+use crate::control::lease::Mac;
+
 /// Our IPv6 end: the network, our subnet and our public IPv6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ours6 {
@@ -29,7 +31,7 @@ pub struct Ours6 {
 }
 
 /// The programs' IPv6 configuration; `mtu`: the IPv6 tunnel's.
-pub fn config(ours: &Ours6, overlay_ifindex: u32, mtu: u32) -> DatapathConfig6 {
+pub fn config(ours: &Ours6, overlay_ifindex: u32, mtu: u32, vtep_mac: Mac) -> DatapathConfig6 {
     DatapathConfig6 {
         local_ip: ours.public_ip.octets(),
         network: ours.network.network().octets(),
@@ -38,5 +40,7 @@ pub fn config(ours: &Ours6, overlay_ifindex: u32, mtu: u32) -> DatapathConfig6 {
         subnet_mask: ours.subnet.netmask().octets(),
         overlay_ifindex,
         inner_mtu: mtu,
+        vtep_mac: vtep_mac.0,
+        _pad: [0; 2],
     }
 }

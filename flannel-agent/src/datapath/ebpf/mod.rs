@@ -115,7 +115,11 @@ pub struct EbpfDatapath {
     nic: ExtIface,
     netlink: Handle,
     overlay_index: u32,
+    /// Our VTEP MAC: the overlay device's.
     vtep_mac: Mac,
+    /// Our IPv6 VTEP MAC: in a dual-stack network, that of flannel's `flannel-v6.<VNI>` we
+    /// took over from (flannel gives each family a device and a MAC), else `vtep_mac`.
+    vtep_mac6: Mac,
     /// The network carries IPv4 (all but IPv6-only ones).
     ipv4: bool,
     /// The network carries IPv6, between public IPv6 addresses.
@@ -204,6 +208,14 @@ impl EbpfDatapath {
         };
         let (overlay_index, vtep_mac) = ensure_overlay_device(&netlink, mtu, mac).await?;
         info!(device = OVERLAY_DEV, mtu, vtep_mac = %vtep_mac, "overlay device");
+        // The classic IPv6 device's MAC while taking over from it; on a restart the one the
+        // last agent wrote in its (pinned) IPv6 config.
+        let vtep_mac6 = match (encap, ipv4) {
+            (Encap::Vxlan, true) => kernel_vxlan::classic_mac::<Ipv6Addr>(vni)
+                .or_else(|| pinned_vtep_mac6(&options.pin_dir))
+                .unwrap_or(vtep_mac),
+            _ => vtep_mac,
+        };
         Ok(Self {
             programs,
             encap,
@@ -213,6 +225,7 @@ impl EbpfDatapath {
             netlink,
             overlay_index,
             vtep_mac,
+            vtep_mac6,
             ipv4,
             ipv6,
             active: None,
@@ -229,11 +242,10 @@ impl EbpfDatapath {
 
     pub fn lease_backend(&self) -> BackendAttrs {
         match self.encap {
-            // One VTEP MAC for both families: the overlay device's.
             Encap::Vxlan => BackendAttrs::Vxlan {
                 vni: self.vni,
                 vtep_mac: self.ipv4.then_some(self.vtep_mac),
-                v6_vtep_mac: self.ipv6.then_some(self.vtep_mac),
+                v6_vtep_mac: self.ipv6.then_some(self.vtep_mac6),
             },
             Encap::Udp => BackendAttrs::Udp,
         }
@@ -300,7 +312,7 @@ impl EbpfDatapath {
             },
         )?;
         let config6 = match &ours6 {
-            Some(ours6) => ipv6::config(ours6, self.overlay_index, mtu6),
+            Some(ours6) => ipv6::config(ours6, self.overlay_index, mtu6, self.vtep_mac6),
             None => DatapathConfig6::default(),
         };
         self.programs.set_config(map_names::CONFIG6, config6)?;
@@ -636,6 +648,12 @@ async fn ensure_overlay_device(netlink: &Handle, mtu: u32, mac: Option<Mac>) -> 
     }
     let index = iface::index(OVERLAY_DEV)?;
     Ok((index, iface::mac(OVERLAY_DEV)?))
+}
+
+/// The IPv6 VTEP MAC in the last agent's pinned IPv6 config, if it wrote one.
+fn pinned_vtep_mac6(pin_dir: &std::path::Path) -> Option<Mac> {
+    let config6 = Pins::new(pin_dir).config6().ok()?.get(&0, 0).ok()?;
+    Some(Mac(config6.vtep_mac)).filter(|mac| mac.0 != [0; 6])
 }
 
 /// `--cleanup`: our TC filters on every interface, the overlay and GRO devices, and the pin

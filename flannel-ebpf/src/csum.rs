@@ -1,3 +1,0 @@
-//! Checksums.
-
-pub use flannel_common::headers::{fold, sum16};
