@@ -228,6 +228,16 @@ fn device_prefix<A: Family>() -> &'static str {
     A::pick("flannel.", "flannel-v6.")
 }
 
+/// flannel's name for family `A`'s device of `vni`: `flannel.<VNI>`, `flannel-v6.<VNI>`.
+fn device_name<A: Family>(vni: u32) -> String {
+    format!("{}{vni}", device_prefix::<A>())
+}
+
+/// Both families' device names for `vni`.
+fn device_names(vni: u32) -> [String; 2] {
+    [device_name::<Ipv4Addr>(vni), device_name::<Ipv6Addr>(vni)]
+}
+
 /// The device's `local` attribute.
 fn local_info(local: IpAddr) -> InfoVxlan {
     match local {
@@ -238,7 +248,7 @@ fn local_info(local: IpAddr) -> InfoVxlan {
 
 impl<A: Family> Device<A> {
     async fn start(link: Link, local: A, mtu: u32) -> Result<Self> {
-        let name = format!("{}{}", device_prefix::<A>(), link.vni);
+        let name = device_name::<A>(link.vni);
         // A new device (after a reboot, say) gets this host's VTEP MAC; one that is there
         // keeps the MAC its peers know.
         let mac = match nix::net::if_::if_nametoindex(name.as_str()) {
@@ -479,9 +489,9 @@ impl<A: Family> Device<A> {
 /// Whether a classic vxlan device for `vni` (flannel's or ours) is on this host: it holds the
 /// vxlan port.
 pub fn classic_device_present(vni: u32) -> bool {
-    [device_prefix::<Ipv4Addr>(), device_prefix::<Ipv6Addr>()]
+    device_names(vni)
         .iter()
-        .any(|prefix| iface::index(&format!("{prefix}{vni}")).is_ok())
+        .any(|name| iface::index(name).is_ok())
 }
 
 /// The eBPF datapath takes over from the classic one on this host: a `flannel.<VNI>` left by
@@ -490,8 +500,7 @@ pub fn classic_device_present(vni: u32) -> bool {
 /// went.
 pub async fn remove_classic_device(netlink: &Handle, vni: u32) -> Result<bool> {
     let mut removed = false;
-    for prefix in [device_prefix::<Ipv4Addr>(), device_prefix::<Ipv6Addr>()] {
-        let name = format!("{prefix}{vni}");
+    for name in device_names(vni) {
         if overlay_device::delete_link(netlink, &name).await? {
             info!(device = %name, "removed the classic datapath's vxlan device");
             removed = true;
@@ -503,7 +512,7 @@ pub async fn remove_classic_device(netlink: &Handle, vni: u32) -> Result<bool> {
 /// The MAC of the classic vxlan device of family `A` left on this host (by flannel or by our
 /// classic datapath), which the peers know as our VTEP MAC.
 pub fn classic_mac<A: Family>(vni: u32) -> Option<Mac> {
-    iface::mac(&format!("{}{vni}", device_prefix::<A>())).ok()
+    iface::mac(&device_name::<A>(vni)).ok()
 }
 
 /// The classic vxlan devices (`flannel.<VNI>`, `flannel-v6.<VNI>`) on this host.
